@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11:
+#   make book   - builds the book on synthetic phantoms, on CPU (runs every notebook with papermill)
+#   make test   - runs the test suite
+# Each creates the virtualenv it needs ($(VENV)) when it is missing or out of date.
+
+VENV   ?= .venv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kitsmsan-installed
+
+.PHONY: venv book test test-fast reproduce bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+book: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/build_book.sh
+
+test: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow and not browser"
+
+reproduce: $(STAMP)
+	$(VENV)/bin/kitsmsan reproduce --preset smoke
+
+bench: $(STAMP)
+	$(VENV)/bin/kitsmsan bench all
+
+clean:
+	rm -rf _build runs/book book/generated

@@ -1,0 +1,68 @@
+"""The ``kitsmsan`` command line: one subcommand per pipeline stage (nnU-Net style).
+
+Each subcommand lives in ``kitsmsan/commands/<name>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a handler ``run(args) -> int``. Command modules import
+only :mod:`argparse` at top level (heavy imports go inside ``run``), so ``kitsmsan --help`` is fast.
+Errors derived from :class:`kitsmsan.errors.KitsmsanError` are printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommands in pipeline order
+COMMANDS = (
+    "download",
+    "phantoms",
+    "prepare",
+    "stats",
+    "models",
+    "train",
+    "predict",
+    "ensemble",
+    "evaluate",
+    "reproduce",
+    "bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kitsmsan",
+        description="MSAN for KiTS19: data, phantoms, training, inference, ensemble, evaluation.",
+    )
+    from kitsmsan import __version__
+
+    parser.add_argument("--version", action="version", version=f"kitsmsan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"kitsmsan.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet
+            if exc.name != f"kitsmsan.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kitsmsan.errors import KitsmsanError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KitsmsanError as exc:
+        print(f"kitsmsan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kitsmsan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``kitsmsan`` CLI, one module each (see :mod:`kitsmsan.cli`)."""
