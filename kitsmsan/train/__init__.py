@@ -1,0 +1,37 @@
+"""Training (MSAN paper, §3.1): config and presets, the loop, checkpoints, DDP.
+
+``TrainConfig``/``PRESETS`` import without torch; the rest is loaded on first use so that
+``kitsmsan --help`` stays fast.
+
+Public API::
+
+    TrainConfig, PRESETS, VARIANTS                     # kitsmsan.train.config
+    train(config, resume=False) -> Path                # kitsmsan.train.loop
+    resume(run_dir, **overrides) -> Path
+    Trainer, read_metrics, run_state
+    load_model(run_dir_or_checkpoint, device="cpu", which="best") -> model   # kitsmsan.train.checkpoint
+    load_checkpoint, save_checkpoint, make_checkpoint
+    init_distributed, sample_indices                   # kitsmsan.train.distributed
+"""
+
+from __future__ import annotations
+
+from kitsmsan.train.config import AMP_MODES, PRESETS, VARIANTS, TrainConfig
+
+_LAZY = {
+    "train": "loop", "resume": "loop", "Trainer": "loop", "read_metrics": "loop", "run_state": "loop",
+    "load_model": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "make_checkpoint": "checkpoint", "resolve_checkpoint": "checkpoint",
+    "init_distributed": "distributed", "sample_indices": "distributed",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"kitsmsan.train.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'kitsmsan.train' has no attribute {name!r}")
+
+
+__all__ = ["TrainConfig", "PRESETS", "VARIANTS", "AMP_MODES", *_LAZY]

@@ -1,0 +1,155 @@
+"""Sphinx glue for the kitsmsan book (loaded through ``sphinx.local_extensions`` in ``_config.yml``).
+
+Small things that keep the book honest and the repository URL in one place:
+
+* ``@REPO_URL@`` and ``@REPO_BRANCH@`` in any Markdown page are replaced, before parsing, by
+  ``repository.url`` and ``repository.branch`` of ``_config.yml`` (e.g. in the Colab install cell),
+  so changing the URL there changes it everywhere.
+* The ``{test}`` role, ``{test}`tests/test_losses.py::test_dice_hand_computed```, checks at build
+  time that the test file exists and defines that test (a function ``def name`` or a class
+  ``class Name``; ``Class::method`` is accepted) and renders a link to the file in the repository.
+  A missing test is a build warning, which ``-W`` turns into an error: the paper-to-code map cannot
+  silently point at a test that was renamed or deleted.
+* Launch buttons (Colab, Binder) of the executed notebook pages in ``book/generated/`` would point at
+  files that are not in git; they are rewritten to the source notebook in ``notebooks/``, using the
+  ``output -> notebook`` pairs of ``scripts/notebook_params.json``.
+* Repeated ``<script>`` tags (a Sphinx 7.4 + Jupyter Book 1 glitch that raises a JavaScript error
+  on every page) are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from docutils import nodes
+from sphinx.application import Sphinx
+from sphinx.util import logging
+
+LOGGER = logging.getLogger(__name__)
+
+#: the file, relative to the repository root (= the book root), listing the notebook runs
+NOTEBOOK_PARAMS = "scripts/notebook_params.json"
+
+_TEST_REF = re.compile(r"^(?P<file>tests/[\w/]+\.py)::(?P<names>\w+(::\w+)?)$")
+
+
+def _repo(app: Sphinx) -> tuple[str, str]:
+    """Return ``(repository_url, branch)`` from the theme options set by Jupyter Book."""
+    options = app.config.html_theme_options or {}
+    url = str(options.get("repository_url", "")).rstrip("/")
+    branch = str(options.get("repository_branch", "") or "main")
+    return url, branch
+
+
+def substitute_repo(app: Sphinx, docname: str, source: list[str]) -> None:
+    """``source-read`` handler: replace ``@REPO_URL@`` / ``@REPO_BRANCH@`` in a page's text."""
+    if "@REPO_" not in source[0]:
+        return
+    url, branch = _repo(app)
+    if not url:
+        LOGGER.warning("%s uses @REPO_URL@ but repository.url is not set in _config.yml", docname,
+                       type="kitsmsan", subtype="repo")
+    source[0] = source[0].replace("@REPO_URL@", url).replace("@REPO_BRANCH@", branch)
+
+
+def _defines(text: str, names: list[str]) -> bool:
+    """Whether ``text`` (a Python file) defines ``names`` (``[func]`` or ``[Class, method]``)."""
+    if len(names) == 1:
+        return re.search(rf"^(async\s+)?(def|class)\s+{names[0]}\b", text, re.M) is not None
+    cls, method = names
+    match = re.search(rf"^class\s+{cls}\b.*?(?=^\S|\Z)", text, re.M | re.S)
+    return match is not None and re.search(rf"^\s+def\s+{method}\b", match.group(0), re.M) is not None
+
+
+def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    """The ``{test}`` role: a checked link to a test, ``tests/test_x.py::test_name``."""
+    env = inliner.document.settings.env
+    app = env.app
+    match = _TEST_REF.match(text.strip())
+    label = text.strip().removeprefix("tests/")
+    literal = nodes.literal(label, label)
+    if match is None:
+        msg = inliner.reporter.warning(
+            f"{{test}} role: {text!r} is not of the form tests/test_file.py::test_name", line=lineno)
+        return [literal], [msg]
+    path = Path(app.srcdir) / match["file"]
+    names = match["names"].split("::")
+    if not path.is_file():
+        LOGGER.warning("{test} role: test file %s does not exist (referenced as %r)", match["file"],
+                       text, location=(env.docname, lineno), type="kitsmsan", subtype="test")
+    elif not _defines(path.read_text(encoding="utf-8"), names):
+        LOGGER.warning("{test} role: %s defines no test %s (referenced as %r)", match["file"],
+                       "::".join(names), text, location=(env.docname, lineno), type="kitsmsan",
+                       subtype="test")
+    env.note_dependency(str(path))
+    url, branch = _repo(app)
+    if not url:
+        return [literal], []
+    ref = nodes.reference(rawtext, "", refuri=f"{url}/blob/{branch}/{match['file']}",
+                          classes=["kitsmsan-test-ref"])
+    ref += literal
+    return [ref], []
+
+
+def _notebook_sources(app: Sphinx) -> dict[str, str]:
+    """Map ``book/generated/x`` (docname) -> ``notebooks/x.ipynb`` from ``scripts/notebook_params.json``."""
+    path = Path(app.srcdir) / NOTEBOOK_PARAMS
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        return {str(Path(e["output"]).with_suffix("")): str(e["notebook"]) for e in entries}
+    except (ValueError, KeyError, TypeError) as exc:
+        LOGGER.warning("%s: cannot read the output -> notebook pairs (%s)", NOTEBOOK_PARAMS, exc,
+                       type="kitsmsan", subtype="params")
+        return {}
+
+
+def rewrite_launch_buttons(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """``html-page-context`` handler: point launch buttons of generated pages at notebooks/."""
+    if not pagename.startswith("book/generated/"):
+        return
+    sources = getattr(app, "_kitsmsan_notebook_sources", None)
+    if sources is None:
+        sources = app._kitsmsan_notebook_sources = _notebook_sources(app)
+    source = sources.get(pagename)
+    if source is None:
+        return
+    generated = f"{pagename}.ipynb"
+    for group in context.get("header_buttons", []):
+        if group.get("label") != "launch-buttons":
+            continue
+        for button in group.get("buttons", []):
+            if "url" in button:
+                button["url"] = button["url"].replace(generated, source)
+
+
+def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """``html-page-context`` handler: drop repeated ``<script>`` entries from the page.
+
+    Sphinx 7.4 registers inline scripts added after the builder starts twice (once with filename
+    ``None``, once with ``''``), so pages of Jupyter Book 1 carry ``const THEBE_JS_URL = ...`` twice
+    and the browser reports "Identifier 'THEBE_JS_URL' has already been declared" on every page.
+    """
+    scripts = context.get("script_files")
+    if not isinstance(scripts, list):
+        return
+    seen, unique = set(), []
+    for js in scripts:
+        attrs = getattr(js, "attributes", {}) or {}
+        key = (getattr(js, "filename", js) or "", getattr(js, "priority", 0), tuple(sorted(attrs.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    context["script_files"] = unique
+
+
+def setup(app: Sphinx) -> dict:
+    """Register the handlers and the ``{test}`` role."""
+    app.connect("source-read", substitute_repo)
+    app.connect("html-page-context", rewrite_launch_buttons, priority=600)
+    app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.add_role("test", test_role)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,110 @@
+"""``kitsmsan ensemble``: combine several models' predictions (MSAN paper, §2.2 and §3.1).
+
+``--method vote`` (the paper's) reads ``prediction_XXXXX.nii.gz`` label files from each folder and takes
+a per-voxel majority vote (:func:`kitsmsan.ensemble.majority_vote`). ``--method average`` needs the
+probabilities, so each folder must have been written by ``kitsmsan predict --save-probs``
+(``probs_XXXXX.npy``); it averages them and takes the argmax. Output files carry the header and
+affine of the first folder's prediction, which ``kitsmsan predict`` copied from the source imaging;
+folders whose affines disagree are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ensemble",
+        help="vote (or average) several models' predictions",
+        description="Combine prediction folders of several models into one: per-voxel majority "
+        "vote of the label files (the paper's ensemble) or the mean of saved probabilities.",
+    )
+    p.add_argument("--pred", nargs="+", required=True, metavar="DIR",
+                   help="prediction folders, one per model (order matters only for --tie-break first)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--method", choices=("vote", "average"), default="vote",
+                   help="vote (default; from prediction_XXXXX.nii.gz) or average (from probs_XXXXX.npy "
+                   "written by 'kitsmsan predict --save-probs')")
+    p.add_argument("--tie-break", choices=("highest", "lowest", "first"), default="highest",
+                   help="vote ties: highest label (default: tumour > kidney > background), lowest, or "
+                   "the first listed model's label")
+    p.add_argument("--cases", default=None,
+                   help="case numbers, e.g. '180-189' (default: the predictions in the first folder)")
+    p.add_argument("--postprocess", type=int, default=0, metavar="K",
+                   help="keep the K largest kidney-region components of the result (default 0 = off)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    from kitsmsan.data.dataset import parse_case_range
+    from kitsmsan.data.kits19 import Case, case_id, load_label, save_prediction
+    from kitsmsan.ensemble import argmax_label, average_probabilities, majority_vote
+    from kitsmsan.errors import ConfigError, DataError
+    from kitsmsan.metrics import list_predictions, prediction_filename
+    from kitsmsan.utils.io import atomic_write_json, safe_join
+
+    if args.postprocess < 0:
+        raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
+    dirs = [Path(d) for d in args.pred]
+    for d in dirs:
+        if not d.is_dir():
+            raise DataError(f"{d}: prediction folder does not exist")
+    out_dir = Path(args.out)
+    if any(out_dir.resolve() == d.resolve() for d in dirs):
+        raise ConfigError(f"--out {out_dir}: must differ from the input folders")
+    if args.cases is None:
+        ids = list_predictions(dirs[0])
+    else:
+        ids = [case_id(n) for n in parse_case_range(args.cases)]
+    if not ids:
+        raise DataError(f"{dirs[0]}: no prediction_XXXXX.nii.gz files")
+
+    def probs_name(cid: str) -> str:
+        return f"probs_{cid.split('_')[1]}.npy"
+
+    needed = [prediction_filename] + ([probs_name] if args.method == "average" else [])
+    missing = [str(d / f(c)) for c in ids for d in dirs for f in needed if not (d / f(c)).is_file()]
+    if missing:
+        hint = " (average needs 'kitsmsan predict --save-probs')" if args.method == "average" else ""
+        raise DataError(f"{len(missing)} input files missing{hint}: {', '.join(missing)}")
+
+    if args.postprocess:
+        from kitsmsan.postprocess import keep_largest_components
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for cid in ids:
+        first = dirs[0] / prediction_filename(cid)
+        labels, affines = [], []
+        for d in dirs:
+            lab, _, aff = load_label(d / prediction_filename(cid))
+            labels.append(lab)
+            affines.append(aff)
+        for d, lab, aff in zip(dirs, labels, affines):
+            if lab.shape != labels[0].shape or not np.allclose(aff, affines[0], atol=1e-4):
+                raise DataError(f"{d / prediction_filename(cid)}: shape/affine differs from {first}")
+        if args.method == "vote":
+            pred = majority_vote(labels, tie_break=args.tie_break)
+        else:
+            probs = [np.load(d / probs_name(cid), mmap_mode="r") for d in dirs]
+            for d, pr in zip(dirs, probs):
+                if pr.shape[1:] != labels[0].shape:
+                    raise DataError(f"{d / probs_name(cid)}: shape {pr.shape} does not match "
+                                    f"the prediction {labels[0].shape}")
+            pred = argmax_label(average_probabilities([np.asarray(pr, np.float32) for pr in probs]))
+        if args.postprocess:
+            pred = keep_largest_components(pred, args.postprocess)
+        img = nib.load(str(first))
+        reference = Case(cid, None, labels[0], tuple(float(s) for s in img.header.get_zooms()[:3]),
+                         affines[0], first.parent, img.header)
+        save_prediction(pred, reference, safe_join(out_dir, prediction_filename(cid)))
+        print(f"{cid}: {args.method} of {len(dirs)} -> {prediction_filename(cid)}")
+    atomic_write_json(out_dir / "ensemble.json", {
+        "inputs": [str(d) for d in dirs], "method": args.method, "tie_break": args.tie_break,
+        "cases": ids, "postprocess": args.postprocess,
+    })
+    return 0

@@ -1,0 +1,287 @@
+"""Checkpoints: atomic to write, safe to load, enough to resume exactly.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts — nothing else — so it can
+be read with ``torch.load(..., weights_only=True)``: the restricted unpickler refuses any pickled
+object that would run code on load (issue #7, "untrusted files"). It holds:
+
+========================  ==============================================================
+key                       what
+========================  ==============================================================
+``format``                ``"kitsmsan-checkpoint"``, ``version`` 1
+``model``                 the model's ``state_dict`` (without any ``_orig_mod.``/``module.`` prefix)
+``model_config``          ``model.config.to_dict()`` — the model is rebuilt from this alone
+``train_config``          ``TrainConfig.to_dict()``
+``optimizer``             the Adam ``state_dict``
+``scheduler``             the learning-rate schedule ``state_dict``
+``scaler``                the fp16 ``GradScaler`` ``state_dict`` (or ``None``)
+``iteration``             optimizer steps completed; training resumes at this iteration
+``rng``                   torch / CUDA / numpy / python RNG states (numpy's as a tensor)
+``best_score``            the best validation composite Dice so far (``None`` without validation)
+========================  ==============================================================
+
+Writes go through :func:`kitsmsan.utils.io.atomic_write`: a crash or a full disk during a write
+leaves the previous checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kitsmsan.errors import CheckpointError, TrainingError
+from kitsmsan.utils.io import atomic_write
+
+FORMAT = "kitsmsan-checkpoint"
+VERSION = 1
+
+
+# ---------------------------------------------------------------------------- RNG states
+def get_rng_state() -> dict[str, Any]:
+    """Snapshot every RNG the training loop might touch, in a ``weights_only``-safe form."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states saved by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+# ---------------------------------------------------------------------------- save
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare network under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def make_checkpoint(model: torch.nn.Module, *, optimizer=None, scheduler=None, scaler=None,
+                    iteration: int = 0, train_config: dict | None = None,
+                    best_score: float | None = None) -> dict[str, Any]:
+    """Assemble the checkpoint dict described in the module docstring.
+
+    Args:
+        model: the network (wrappers are removed); must carry ``.config`` with ``to_dict()``.
+        optimizer, scheduler, scaler: their ``state_dict`` is stored when given. Default ``None``.
+        iteration: optimizer steps completed. Default 0.
+        train_config: ``TrainConfig.to_dict()``. Default ``None``.
+        best_score: best validation composite Dice so far. Default ``None``.
+    """
+    net = unwrap_model(model)
+    config = getattr(net, "config", None)
+    model_config = config.to_dict() if hasattr(config, "to_dict") else None
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "model_config": model_config,
+        "train_config": train_config,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "iteration": int(iteration),
+        "rng": get_rng_state(),
+        "best_score": None if best_score is None else float(best_score),
+    }
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically.
+
+    Args:
+        checkpoint: from :func:`make_checkpoint`.
+        path: destination file (``.../checkpoints/last.pt``).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TrainingError: the write failed (e.g. disk full); ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    try:
+        with atomic_write(path, "wb") as fh:
+            torch.save(checkpoint, fh)
+    except OSError as exc:
+        raise TrainingError(f"{path}: could not write checkpoint ({exc.strerror or exc}); "
+                            f"the previous checkpoint at this path is kept") from exc
+    return path
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete temporary files left by a process killed while writing a checkpoint.
+
+    Returns:
+        The removed files.
+    """
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for tmp in folder.glob(".*.pt.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+# ---------------------------------------------------------------------------- load
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``torch.load(weights_only=True)``) and check its structure.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where tensors go. Default ``"cpu"``.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        CheckpointError: missing file; corrupt/truncated file; a file whose pickle carries code or
+            objects other than tensors and plain containers (refused without running anything);
+            a file that is not a kitsmsan checkpoint. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused — the file holds pickled objects that are not plain weights (possibly "
+            f"code that would run on load); only tensors and plain containers are accepted "
+            f"[{first[:200]}]") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            AttributeError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a kitsmsan checkpoint (no 'format': {FORMAT!r} entry)")
+    version = checkpoint.get("version")
+    if version != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not supported "
+                              f"(this kitsmsan reads version {VERSION})")
+    for key in ("model", "model_config", "iteration"):
+        if key not in checkpoint:
+            raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
+    return checkpoint
+
+
+def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    """Load the checkpoint's weights into ``model``, refusing another architecture.
+
+    Raises:
+        CheckpointError: the checkpoint's model config differs from ``model.config`` or its tensors
+            do not fit; the message names both variants and the file.
+    """
+    net = unwrap_model(model)
+    saved = checkpoint.get("model_config") or {}
+    current = net.config.to_dict() if hasattr(getattr(net, "config", None), "to_dict") else {}
+    saved_name, current_name = _variant_name(saved), _variant_name(current)
+    if saved and current and saved != current:
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise CheckpointError(
+            f"{path}: architecture mismatch — the checkpoint holds {saved_name!r}, the model is "
+            f"{current_name!r} (differing settings: {', '.join(diff)})")
+    try:
+        net.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: architecture mismatch — the checkpoint's weights ({saved_name!r}) do not fit the "
+            f"model ({current_name!r}): {str(exc).splitlines()[0][:300]}") from None
+
+
+def _variant_name(model_config: dict) -> str:
+    for key in ("name", "variant"):
+        if isinstance(model_config.get(key), str):
+            return model_config[key]
+    return "unknown"
+
+
+def resolve_checkpoint(run_dir_or_checkpoint: str | Path, which: str = "best") -> Path:
+    """The checkpoint file of a run folder (``checkpoints/<which>.pt``) or the file itself.
+
+    Falls back from ``best`` to ``last`` when a run has no validation (hence no ``best.pt``).
+
+    Raises:
+        CheckpointError: ``which`` is not ``"best"``/``"last"`` or no checkpoint exists.
+    """
+    if which not in ("best", "last"):
+        raise CheckpointError(f"which={which!r}: choose 'best' or 'last'")
+    p = Path(run_dir_or_checkpoint)
+    if p.is_dir():
+        for name in ((which, "last") if which == "best" else (which,)):
+            candidate = p / "checkpoints" / f"{name}.pt"
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{p}: no checkpoints/{which}.pt in this run folder")
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such run folder or checkpoint file")
+    return p
+
+
+def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "cpu",
+               which: str = "best") -> torch.nn.Module:
+    """Rebuild a trained network from a run folder or checkpoint file, in eval mode.
+
+    The architecture comes from the checkpoint's own ``model_config``, so no code or settings
+    outside the file are needed (nanoGPT style).
+
+    Args:
+        run_dir_or_checkpoint: a run folder (``checkpoints/{best,last}.pt`` inside) or a ``.pt`` file.
+        device: where to put the model. Default ``"cpu"``.
+        which: ``"best"`` (highest validation Dice; falls back to ``"last"``) or ``"last"``.
+            Default ``"best"``.
+
+    Returns:
+        The model (``kitsmsan.models.MSAN``) in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: missing, corrupt or untrusted file, or unusable model config.
+    """
+    from kitsmsan.models import build_model_from_config
+
+    path = resolve_checkpoint(run_dir_or_checkpoint, which)
+    checkpoint = load_checkpoint(path)
+    try:
+        model = build_model_from_config(checkpoint["model_config"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its saved config ({exc})") from None
+    load_model_state(model, checkpoint, path)
+    return model.to(device).eval()
+
+
+__all__ = [
+    "FORMAT", "VERSION", "get_rng_state", "set_rng_state", "unwrap_model", "make_checkpoint",
+    "save_checkpoint", "remove_partial_writes", "load_checkpoint", "load_model_state",
+    "resolve_checkpoint", "load_model",
+]

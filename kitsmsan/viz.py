@@ -1,0 +1,818 @@
+"""Plotting helpers for the book: slices with label overlays, HU histograms, training curves,
+per-case Dice, attention maps and an offline-playable slice animation.
+
+Every function returns a :class:`matplotlib.figure.Figure` (or an animation) and never calls
+``plt.show()``: the notebooks display what they get, the tests inspect it with the Agg backend.
+Nothing here computes a result of the paper; the numbers come from :mod:`kitsmsan.metrics`,
+:mod:`kitsmsan.data.stats` and the run folders of :mod:`kitsmsan.train`.
+
+Conventions (as everywhere in the package):
+
+* volumes are ``(Z, Y, X)`` arrays with axis 0 axial (KiTS19 layout), images in Hounsfield units,
+  labels uint8 in ``{0, 1, 2}`` (:data:`kitsmsan.data.kits19.BACKGROUND`, ``KIDNEY``, ``TUMOR``);
+* a display window is ``(low, high)`` in HU; the default is the paper's clipping window
+  :data:`kitsmsan.data.preprocess.HU_WINDOW` = (-200, 500) (MSAN paper, §2.1);
+* a 2D slice is ``image[z]``, shown with rows downwards (anterior at the top for KiTS19's IPL
+  orientation, see the data-exploration notebook).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from kitsmsan.data.kits19 import BACKGROUND, KIDNEY, LABEL_NAMES, TUMOR
+from kitsmsan.data.preprocess import HU_WINDOW, normalize
+from kitsmsan.errors import DataError
+
+#: RGB colour of each foreground label in overlays (kidney green, tumour orange-red)
+LABEL_COLORS: dict[int, tuple[float, float, float]] = {
+    KIDNEY: (0.20, 0.80, 0.30),
+    TUMOR: (1.00, 0.30, 0.10),
+}
+
+#: colour of each scored region in Dice plots
+REGION_COLORS = {"kidney": "tab:green", "tumor": "tab:red", "composite": "tab:blue"}
+
+
+# --------------------------------------------------------------------------------------------
+# small pure helpers (also used by kitsmsan.widgets)
+# --------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    """Import pyplot lazily (so importing kitsmsan.viz never picks a GUI backend by itself)."""
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _check_volume(array: Any, name: str, ndim: int = 3) -> np.ndarray:
+    """``array`` as a numpy array with ``ndim`` dimensions, else :class:`DataError` naming it."""
+    if array is None:
+        raise DataError(f"{name}: expected a {ndim}D array, got None")
+    arr = np.asarray(array)
+    if arr.ndim != ndim:
+        raise DataError(f"{name}: expected a {ndim}D array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise DataError(f"{name}: empty array of shape {arr.shape}")
+    return arr
+
+
+def _check_same_shape(ref: np.ndarray, other: np.ndarray, name: str, ref_name: str = "image") -> None:
+    if other.shape != ref.shape:
+        raise DataError(f"{name}: shape {other.shape} differs from {ref_name} shape {ref.shape}")
+
+
+def window_from_level(level: float, width: float) -> tuple[float, float]:
+    """Convert a radiologist's window level/width to ``(low, high)`` HU.
+
+    The paper's clipping window (-200, 500) is level 150, width 700.
+
+    Args:
+        level: window centre in HU.
+        width: window width in HU, > 0.
+
+    Returns:
+        ``(level - width / 2, level + width / 2)``.
+
+    Raises:
+        DataError: if ``width`` is not positive.
+    """
+    if not width > 0:
+        raise DataError(f"window width {width!r}: must be > 0")
+    return (float(level) - float(width) / 2.0, float(level) + float(width) / 2.0)
+
+
+def label_rgba(label2d: np.ndarray, *, alpha: float = 0.45,
+               colors: Mapping[int, Sequence[float]] = LABEL_COLORS) -> np.ndarray:
+    """RGBA overlay of a 2D label map: each foreground label in its colour, background transparent.
+
+    Args:
+        label2d: ``(H, W)`` integer labels in {0, 1, 2}.
+        alpha: opacity of labelled pixels, in [0, 1]. Default 0.45.
+        colors: label → RGB in [0, 1]. Default :data:`LABEL_COLORS`.
+
+    Returns:
+        float32 ``(H, W, 4)`` array.
+    """
+    label2d = _check_volume(label2d, "label2d", 2)
+    if not 0.0 <= alpha <= 1.0:
+        raise DataError(f"alpha={alpha!r}: must be in [0, 1]")
+    out = np.zeros(label2d.shape + (4,), dtype=np.float32)
+    for value, rgb in colors.items():
+        mask = label2d == value
+        out[mask, :3] = rgb
+        out[mask, 3] = alpha
+    return out
+
+
+def compose_rgb(image2d: np.ndarray, label2d: np.ndarray | None = None, *,
+                window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
+                heat: np.ndarray | None = None, heat_alpha: float = 0.5,
+                heat_range: tuple[float, float] = (0.0, 1.0), cmap: str = "magma",
+                colors: Mapping[int, Sequence[float]] = LABEL_COLORS) -> np.ndarray:
+    """One display frame: a windowed CT slice with a label overlay and/or a heat map blended on top.
+
+    This is the pixel recipe shared by :func:`overlay`, :func:`slice_animation` and the slice viewer
+    of :mod:`kitsmsan.widgets`, so all three show the same colours.
+
+    Args:
+        image2d: ``(H, W)`` slice in HU.
+        label2d: optional ``(H, W)`` labels drawn with :func:`label_rgba`.
+        window: display window ``(low, high)`` in HU. Default (-200, 500), the paper's window (§2.1).
+        alpha: label opacity. Default 0.45.
+        heat: optional ``(H, W)`` float map (an attention weight, a disagreement count) blended with
+            colour map ``cmap``; values are scaled from ``heat_range`` to [0, 1].
+        heat_alpha: maximum heat opacity, reached at the top of ``heat_range``. Default 0.5.
+        heat_range: ``(low, high)`` of the heat values. Default (0, 1).
+        cmap: matplotlib colour map of the heat. Default ``"magma"``.
+        colors: label colours. Default :data:`LABEL_COLORS`.
+
+    Returns:
+        uint8 ``(H, W, 3)`` RGB image.
+    """
+    image2d = _check_volume(image2d, "image2d", 2)
+    grey = normalize(image2d, window)                                  # (H, W) in [0, 1]
+    rgb = np.repeat(grey[..., None], 3, axis=-1)                       # (H, W, 3)
+    if heat is not None:
+        import matplotlib
+
+        heat = _check_volume(heat, "heat", 2)
+        _check_same_shape(image2d, heat, "heat", "image2d")
+        lo, hi = heat_range
+        if not hi > lo:
+            raise DataError(f"heat_range={heat_range!r}: high must be above low")
+        h = np.clip((np.asarray(heat, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+        colour = matplotlib.colormaps[cmap](h)[..., :3].astype(np.float32)   # (H, W, 3)
+        a = (heat_alpha * h)[..., None]
+        rgb = (1 - a) * rgb + a * colour
+    if label2d is not None:
+        label2d = _check_volume(label2d, "label2d", 2)
+        _check_same_shape(image2d, label2d, "label2d", "image2d")
+        over = label_rgba(label2d, alpha=alpha, colors=colors)
+        a = over[..., 3:4]
+        rgb = (1 - a) * rgb + a * over[..., :3]
+    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = None) -> list[int]:
+    """``num`` axial slice indices spread evenly over the labelled extent (or the whole volume).
+
+    Args:
+        label: ``(Z, Y, X)`` labels; slices holding foreground define the extent. ``None``: use
+            ``depth``.
+        num: how many slices. Default 5.
+        depth: number of slices when ``label`` is None.
+
+    Returns:
+        Sorted, distinct slice indices (fewer than ``num`` when the extent is shorter).
+    """
+    if num < 1:
+        raise DataError(f"num={num!r}: must be >= 1")
+    if label is not None:
+        label = _check_volume(label, "label")
+        fg = np.flatnonzero(np.any(label > 0, axis=(1, 2)))
+        lo, hi = (int(fg[0]), int(fg[-1])) if fg.size else (0, label.shape[0] - 1)
+    elif depth is not None and depth >= 1:
+        lo, hi = 0, int(depth) - 1
+    else:
+        raise DataError("pick_slices: give a label volume or a positive depth")
+    return sorted({int(round(v)) for v in np.linspace(lo, hi, num)})
+
+
+def disagreement_map(preds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> np.ndarray:
+    """How many models disagree with the voxel-wise most common label.
+
+    0 where all models agree; at most ``len(preds) - 1``. With the paper's five models a value of
+    2 means a 3-to-2 vote, the voxels where the ensemble (MSAN paper, §3.1) was closest to going
+    the other way.
+
+    Args:
+        preds: label maps of equal shape (a sequence, or a mapping name → map).
+
+    Returns:
+        uint8 array of the common shape.
+
+    Raises:
+        DataError: no maps, or maps of different shapes.
+    """
+    maps = list(preds.values()) if isinstance(preds, Mapping) else list(preds)
+    if not maps:
+        raise DataError("disagreement_map: preds is empty")
+    ref = np.asarray(maps[0])
+    for i, m in enumerate(maps[1:], 1):
+        _check_same_shape(ref, np.asarray(m), f"preds[{i}]", "preds[0]")
+    stack = np.stack([np.asarray(m) for m in maps])                      # (M, ...)
+    counts = np.stack([(stack == v).sum(axis=0) for v in (BACKGROUND, KIDNEY, TUMOR)])
+    return (len(maps) - counts.max(axis=0)).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# slices
+# --------------------------------------------------------------------------------------------
+
+
+def overlay(ax, image2d: np.ndarray, label2d: np.ndarray | None = None, *,
+            window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
+            contour: np.ndarray | None = None, title: str | None = None):
+    """Draw a windowed slice with a filled label overlay (and an optional contour) on ``ax``.
+
+    Args:
+        ax: a matplotlib Axes.
+        image2d: ``(H, W)`` slice in HU.
+        label2d: optional ``(H, W)`` labels, drawn filled.
+        window: display window in HU. Default (-200, 500) (§2.1).
+        alpha: fill opacity. Default 0.45.
+        contour: optional ``(H, W)`` labels drawn as outlines (e.g. the ground truth under a
+            prediction): kidney region (label > 0) white, tumour (label == 2) yellow.
+        title: axes title.
+
+    Returns:
+        ``ax``.
+    """
+    ax.imshow(compose_rgb(image2d, label2d, window=window, alpha=alpha), interpolation="nearest")
+    if contour is not None:
+        contour = _check_volume(contour, "contour", 2)
+        _check_same_shape(np.asarray(image2d), contour, "contour", "image2d")
+        for mask, colour in ((contour > 0, "white"), (contour == TUMOR, "yellow")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.8)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def show_slices(image: np.ndarray, label: np.ndarray | None = None,
+                preds: Mapping[str, np.ndarray] | None = None, *,
+                slices: Sequence[int] | None = None, num_slices: int = 5,
+                window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
+                size: float = 2.2, title: str | None = None):
+    """Small multiples: a row per layer (image + ground truth, then each prediction), a column per slice.
+
+    With ``preds`` each prediction is drawn filled with the ground truth outlined on top, so errors
+    show as colour outside (false positives) or outlines without colour (misses).
+
+    Args:
+        image: ``(Z, Y, X)`` volume in HU.
+        label: optional ``(Z, Y, X)`` ground truth.
+        preds: optional name → ``(Z, Y, X)`` predicted labels, one row each.
+        slices: axial indices to show; default :func:`pick_slices` over the labelled extent.
+        num_slices: number of slices when ``slices`` is None. Default 5.
+        window: display window in HU. Default (-200, 500).
+        alpha: overlay opacity. Default 0.45.
+        size: inches per panel. Default 2.2.
+        title: figure title.
+
+    Returns:
+        The Figure, with ``(1 + len(preds)) x len(slices)`` image axes.
+    """
+    plt = _pyplot()
+    image = _check_volume(image, "image")
+    if label is not None:
+        label = _check_volume(label, "label")
+        _check_same_shape(image, label, "label")
+    preds = dict(preds or {})
+    for name, p in preds.items():
+        preds[name] = _check_volume(p, f"preds[{name!r}]")
+        _check_same_shape(image, preds[name], f"preds[{name!r}]")
+    if slices is None:
+        slices = pick_slices(label, num_slices, depth=image.shape[0])
+    slices = [int(z) for z in slices]
+    for z in slices:
+        if not 0 <= z < image.shape[0]:
+            raise DataError(f"slices: index {z} outside 0..{image.shape[0] - 1}")
+    rows = [("ground truth" if label is not None else "image", label, None)]
+    rows += [(name, p, label) for name, p in preds.items()]
+    fig, axes = plt.subplots(len(rows), len(slices), figsize=(size * len(slices), size * len(rows)),
+                             squeeze=False, constrained_layout=True)
+    for r, (name, lab, gt) in enumerate(rows):
+        for c, z in enumerate(slices):
+            overlay(axes[r, c], image[z], None if lab is None else lab[z], window=window, alpha=alpha,
+                    contour=None if gt is None else gt[z],
+                    title=f"{name}, z={z}" if r == 0 or c == 0 else f"z={z}")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_attention(image2d: np.ndarray, weights: np.ndarray, *, label2d: np.ndarray | None = None,
+                   window: tuple[float, float] = HU_WINDOW, title: str | None = None,
+                   cmap: str = "magma"):
+    """The multi-scale attention weights of one slice beside the slice itself (MSAN paper, §2.2).
+
+    The weights are the sigmoid outputs of the attention layer (values in [0, 1]); a 3D weight
+    tensor ``(C, H, W)`` is averaged over channels. Weights at a lower resolution than the slice
+    are upsampled by pixel repetition (nearest neighbour) to the slice size.
+
+    Args:
+        image2d: ``(H, W)`` slice in HU.
+        weights: ``(h, w)`` or ``(C, h, w)`` attention weights, ``H`` a multiple of ``h`` and
+            ``W`` of ``w``.
+        label2d: optional ``(H, W)`` ground truth outlined on both panels.
+        window: display window. Default (-200, 500).
+        title: figure title.
+        cmap: colour map of the weights. Default ``"magma"``.
+
+    Returns:
+        The Figure with three axes: slice, weights, weights over the slice (plus a colour bar).
+    """
+    plt = _pyplot()
+    image2d = _check_volume(image2d, "image2d", 2)
+    w = np.asarray(weights, dtype=np.float32)
+    if w.ndim == 3:
+        w = w.mean(axis=0)                                              # (C, h, w) -> (h, w)
+    w = _check_volume(w, "weights", 2)
+    w = upsample_nearest(w, image2d.shape)
+    fig, axes = plt.subplots(1, 3, figsize=(9.5, 3.4), constrained_layout=True)
+    overlay(axes[0], image2d, None, window=window, contour=label2d, title="CT slice")
+    im = axes[1].imshow(w, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    axes[1].set_axis_off()
+    axes[1].set_title("attention weights (sigmoid)", fontsize=9)
+    if label2d is not None:
+        axes[1].contour((np.asarray(label2d) > 0).astype(np.float32), levels=[0.5], colors="cyan",
+                        linewidths=0.8)
+    axes[2].imshow(compose_rgb(image2d, None, window=window, heat=w, cmap=cmap, heat_alpha=0.7))
+    axes[2].set_axis_off()
+    axes[2].set_title("weights over the slice", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def upsample_nearest(array2d: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Repeat pixels of a ``(h, w)`` map to ``shape = (H, W)`` (integer factors only).
+
+    Raises:
+        DataError: when ``H`` is not a multiple of ``h`` or ``W`` of ``w``.
+    """
+    array2d = np.asarray(array2d)
+    (h, w), (H, W) = array2d.shape, tuple(shape)
+    if (h, w) == (H, W):
+        return array2d
+    if H % h or W % w:
+        raise DataError(f"weights shape {(h, w)}: does not divide the slice shape {(H, W)}")
+    return np.repeat(np.repeat(array2d, H // h, axis=0), W // w, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# data statistics
+# --------------------------------------------------------------------------------------------
+
+
+def hu_histogram(image: np.ndarray, label: np.ndarray, *, bins: int | np.ndarray = 140,
+                 hu_range: tuple[float, float] = (-1000.0, 1000.0)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Histogram of HU values per label (voxel counts), for :func:`plot_hu_histograms`.
+
+    Args:
+        image: HU volume, any shape.
+        label: labels of the same shape.
+        bins: number of bins or bin edges. Default 140 (bins of ~14 HU over the default range).
+        hu_range: range of the histogram in HU. Default (-1000, 1000).
+
+    Returns:
+        ``(edges, {label name: counts})`` with ``len(edges) == len(counts) + 1``.
+    """
+    image, label = np.asarray(image), np.asarray(label)
+    _check_same_shape(image, label, "label")
+    edges = np.histogram_bin_edges([], bins=bins, range=hu_range) if np.isscalar(bins) else np.asarray(bins)
+    hists = {name: np.histogram(image[label == value], bins=edges)[0]
+             for value, name in LABEL_NAMES.items()}
+    return edges, hists
+
+
+def plot_hu_histograms(edges: np.ndarray, counts: Mapping[str, np.ndarray], *,
+                       window: tuple[float, float] = HU_WINDOW, density: bool = True,
+                       title: str | None = None):
+    """HU histograms per label with the paper's clipping window shaded (MSAN paper, §2.1).
+
+    The shaded band is the window kept by :func:`kitsmsan.data.preprocess.clip_hu`; the legend
+    gives, per label, the share of voxels inside it, which is the paper's argument for (-200, 500).
+
+    Args:
+        edges: bin edges ``(n + 1,)`` in HU.
+        counts: label name → ``(n,)`` voxel counts (e.g. from :func:`hu_histogram` or
+            :mod:`kitsmsan.data.stats`).
+        window: the window to shade. Default (-200, 500).
+        density: normalise each curve to unit area (labels differ in size by orders of
+            magnitude). Default True.
+        title: axes title.
+
+    Returns:
+        The Figure (one axes).
+    """
+    plt = _pyplot()
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2:
+        raise DataError(f"edges: expected a 1D array of at least 2 bin edges, got shape {edges.shape}")
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    widths = np.diff(edges)
+    fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
+    ax.axvspan(window[0], window[1], color="0.9", zorder=0, label=f"window [{window[0]:g}, {window[1]:g}] HU")
+    palette = {"background": "0.4", "kidney": "tab:green", "tumor": "tab:red"}
+    for name, c in counts.items():
+        c = np.asarray(c, dtype=np.float64)
+        if c.shape != centres.shape:
+            raise DataError(f"counts[{name!r}]: shape {c.shape} does not match {centres.size} bins")
+        total = c.sum()
+        if total == 0:
+            continue
+        inside = c[(centres >= window[0]) & (centres <= window[1])].sum() / total
+        y = c / (total * widths) if density else c
+        ax.plot(centres, y, color=palette.get(name), label=f"{name} ({100 * inside:.0f}% inside)")
+    ax.set_xlabel("Hounsfield units")
+    ax.set_ylabel("density" if density else "voxels")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
+                       labels: Mapping[str, str] | None = None, bins: int = 20, ncols: int = 3,
+                       title: str | None = None):
+    """Histograms of per-case statistics, one panel per column, one colour per source.
+
+    Used to put the phantoms beside the real KiTS19 statistics (issue #8): each source is
+    normalised to unit area so a 190-case table and a 6-case table can share a panel.
+
+    Args:
+        frames: source name (e.g. ``"KiTS19 labels"``, ``"phantoms"``) → pandas DataFrame with
+            the columns to plot; None values are skipped.
+        columns: column names to plot.
+        labels: column → axis label. Default: the column name.
+        bins: histogram bins. Default 20.
+        ncols: panels per row. Default 3.
+        title: figure title.
+
+    Returns:
+        The Figure.
+    """
+    plt = _pyplot()
+    frames = {k: v for k, v in frames.items() if v is not None}
+    if not frames:
+        raise DataError("plot_distributions: no tables given")
+    if not columns:
+        raise DataError("plot_distributions: no columns given")
+    for name, df in frames.items():
+        missing = [c for c in columns if c not in df.columns]
+        if missing and len(frames) == 1:
+            raise DataError(f"plot_distributions: table {name!r} has no column {missing[0]!r}")
+    ncols = min(ncols, len(columns))
+    nrows = math.ceil(len(columns) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False,
+                             constrained_layout=True)
+    for ax, col in zip(axes.flat, columns):
+        values = {n: np.asarray(df[col], dtype=np.float64) for n, df in frames.items() if col in df.columns}
+        values = {n: v[np.isfinite(v)] for n, v in values.items()}
+        finite = [v for v in values.values() if v.size]
+        if not finite:
+            ax.set_visible(False)
+            continue
+        lo = min(float(v.min()) for v in finite)
+        hi = max(float(v.max()) for v in finite)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        for n, v in values.items():
+            if v.size:
+                ax.hist(v, bins=edges, density=True, alpha=0.55, label=f"{n} (n={v.size})")
+        ax.set_xlabel((labels or {}).get(col, col), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# training curves
+# --------------------------------------------------------------------------------------------
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a run's ``metrics.jsonl`` (one JSON object per line; blank lines skipped).
+
+    Args:
+        path: the ``metrics.jsonl`` file or the run folder holding it.
+
+    Raises:
+        DataError: missing file, or a line that is not a JSON object (naming file and line).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: metrics file not found (train the run first)")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {n} is not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+_STEP_KEYS = ("iteration", "iter", "step")
+
+
+def _step_of(row: Mapping[str, Any]) -> float | None:
+    for k in _STEP_KEYS:
+        if isinstance(row.get(k), (int, float)):
+            return float(row[k])
+    return None
+
+
+def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for row in rows:
+        x, y = _step_of(row), row.get(key)
+        if x is not None and isinstance(y, (int, float)) and not isinstance(y, bool) and math.isfinite(y):
+            xs.append(x)
+            ys.append(float(y))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def _as_runs(metrics: Any) -> dict[str, list[dict[str, Any]]]:
+    """Normalise the accepted inputs of :func:`plot_training_curves` to name → rows."""
+    if isinstance(metrics, (str, os.PathLike)):
+        return {Path(metrics).name if Path(metrics).is_dir() else Path(metrics).parent.name: read_metrics(metrics)}
+    if isinstance(metrics, Mapping):
+        return {str(k): (read_metrics(v) if isinstance(v, (str, os.PathLike)) else list(v))
+                for k, v in metrics.items()}
+    return {"run": list(metrics)}
+
+
+def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None,
+                         val_keys: Sequence[str] | None = None, smooth: int = 1,
+                         title: str | None = None):
+    """Training loss and validation Dice against iterations, from ``metrics.jsonl`` rows.
+
+    Rows need an iteration counter (``iteration``, ``iter`` or ``step``). By default the loss
+    panel shows every numeric key whose name contains ``loss``, and the validation panel every
+    key that starts with ``val_`` or ``dice`` (e.g. ``val_kidney``, ``val_tumor``); rows without
+    a key are skipped for that curve, so training and validation rows may alternate.
+
+    Args:
+        metrics: a run folder or ``metrics.jsonl`` path, a list of row dicts, or a mapping
+            run name → either (one colour per run).
+        loss_keys: keys for the left panel. Default: auto-detected as above.
+        val_keys: keys for the right panel. Default: auto-detected as above.
+        smooth: moving-average window (rows) for the loss curves. Default 1 (none).
+        title: figure title.
+
+    Returns:
+        The Figure with two axes (loss, validation Dice).
+
+    Raises:
+        DataError: no row has an iteration counter and a loss.
+    """
+    plt = _pyplot()
+    runs = _as_runs(metrics)
+    if smooth < 1:
+        raise DataError(f"smooth={smooth!r}: must be >= 1")
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+    styles = ["-", "--", ":", "-."]
+    any_loss = any_val = False
+    for r, (name, rows) in enumerate(runs.items()):
+        keys = sorted({k for row in rows for k, v in row.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        lk = list(loss_keys) if loss_keys is not None else [k for k in keys if "loss" in k]
+        vk = list(val_keys) if val_keys is not None else [
+            k for k in keys if k.startswith("val_") or k.startswith("dice")]
+        colour = f"C{r % 10}"
+        for i, k in enumerate(lk):
+            x, y = _series(rows, k)
+            if not x.size:
+                continue
+            if smooth > 1 and y.size >= smooth:
+                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+                x = x[smooth - 1:]
+            lab = k if len(runs) == 1 else f"{name}: {k}"
+            ax_l.plot(x, y, styles[i % len(styles)], color=colour if len(runs) > 1 else f"C{i}", label=lab)
+            any_loss = True
+        for i, k in enumerate(vk):
+            x, y = _series(rows, k)
+            if not x.size:
+                continue
+            lab = k if len(runs) == 1 else f"{name}: {k}"
+            ax_v.plot(x, y, styles[i % len(styles)], marker="o", ms=3,
+                      color=colour if len(runs) > 1 else f"C{i}", label=lab)
+            any_val = True
+    if not any_loss:
+        plt.close(fig)
+        raise DataError("plot_training_curves: no row has an iteration counter and a loss value")
+    ax_l.set_xlabel("iteration")
+    ax_l.set_ylabel("Dice loss (1 - Dice)")
+    ax_l.legend(fontsize=7)
+    ax_v.set_xlabel("iteration")
+    ax_v.set_ylabel("validation Dice")
+    ax_v.set_ylim(0, 1)
+    if any_val:
+        ax_v.legend(fontsize=7)
+    else:
+        ax_v.text(0.5, 0.5, "no validation rows yet", ha="center", va="center", transform=ax_v.transAxes)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+
+def plot_dice_per_case(table, *, group: str | None = "model",
+                       regions: Sequence[str] = ("kidney", "tumor"), title: str | None = None):
+    """Per-case Dice as dots, one panel per region, one column of dots per group (model).
+
+    Args:
+        table: a per-case DataFrame (:func:`kitsmsan.metrics.dice_table`) with ``case_id`` and the
+            region columns; optional ``group`` column.
+        group: column naming the model; None (or absent) plots a single group. Default ``"model"``.
+        regions: score columns to plot. Default ``("kidney", "tumor")``.
+        title: figure title.
+
+    Returns:
+        The Figure with ``len(regions)`` axes; cases are joined across groups by thin lines so a
+        hard case can be followed from model to model. NaN scores (both masks empty) are skipped.
+    """
+    plt = _pyplot()
+    for col in ("case_id", *regions):
+        if col not in table.columns:
+            raise DataError(f"plot_dice_per_case: table has no column {col!r}")
+    if group is not None and group in table.columns:
+        names = list(dict.fromkeys(table[group].tolist()))
+    else:
+        group, names = None, ["all"]
+    cases = list(dict.fromkeys(table["case_id"].tolist()))
+    fig, axes = plt.subplots(1, len(regions), figsize=(max(4.0, 1.1 * len(names) + 2) * len(regions) / 1.6, 3.6),
+                             squeeze=False, constrained_layout=True)
+    for ax, region in zip(axes[0], regions):
+        for ci, case in enumerate(cases):
+            rows = table[table["case_id"] == case]
+            xs, ys = [], []
+            for gi, name in enumerate(names):
+                sub = rows if group is None else rows[rows[group] == name]
+                if len(sub) and np.isfinite(float(sub[region].iloc[0])):
+                    xs.append(gi)
+                    ys.append(float(sub[region].iloc[0]))
+            ax.plot(xs, ys, "-", color="0.8", lw=0.7, zorder=1)
+            ax.scatter(xs, ys, s=18, color=f"C{ci % 10}", zorder=2, label=str(case))
+        means = []
+        for name in names:
+            sub = table if group is None else table[table[group] == name]
+            v = np.asarray(sub[region], dtype=np.float64)
+            means.append(np.nanmean(v) if np.isfinite(v).any() else np.nan)
+        ax.scatter(range(len(names)), means, marker="_", s=400, color="k", zorder=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{region} Dice (bar = mean)", fontsize=9)
+    if len(cases) <= 12:
+        axes[0, -1].legend(fontsize=6, loc="lower right", ncol=2)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], *,
+                      errors: Mapping[str, Mapping[str, float]] | None = None,
+                      ylabel: str = "Dice", ylim: tuple[float, float] | None = (0.0, 1.0),
+                      title: str | None = None):
+    """Grouped bars: one group per outer key, one bar per inner key (e.g. setting → region → Dice).
+
+    Args:
+        values: group → (bar name → value); NaN values are drawn as missing bars.
+        errors: optional matching standard deviations (error bars).
+        ylabel: y-axis label. Default ``"Dice"``.
+        ylim: y limits, None for automatic. Default (0, 1).
+        title: axes title.
+
+    Returns:
+        The Figure (one axes); each bar is annotated with its value.
+    """
+    plt = _pyplot()
+    if not values:
+        raise DataError("plot_grouped_bars: values is empty")
+    groups = list(values)
+    bars = list(dict.fromkeys(k for g in groups for k in values[g]))
+    width = 0.8 / max(1, len(bars))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 1.5), 3.4), constrained_layout=True)
+    for b, bar in enumerate(bars):
+        xs = np.arange(len(groups)) + (b - (len(bars) - 1) / 2) * width
+        ys = [float(values[g].get(bar, np.nan)) for g in groups]
+        err = None
+        if errors is not None:
+            err = [float(errors.get(g, {}).get(bar, 0.0)) for g in groups]
+        rects = ax.bar(xs, ys, width, yerr=err, capsize=3, label=bar,
+                       color=REGION_COLORS.get(bar, f"C{b % 10}"), alpha=0.85)
+        for rect, y in zip(rects, ys):
+            if np.isfinite(y):
+                ax.annotate(f"{y:.2f}", (rect.get_x() + rect.get_width() / 2, y), ha="center",
+                            va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# animation (the static, offline-playable fallback of the slice viewer)
+# --------------------------------------------------------------------------------------------
+
+
+def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
+                    preds: Mapping[str, np.ndarray] | None = None, *,
+                    window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
+                    slices: Sequence[int] | None = None, max_frames: int = 48, interval: int = 150,
+                    size: float = 2.4):
+    """An axial fly-through: one panel per layer (ground truth, each prediction), one frame per slice.
+
+    ``anim.to_jshtml()`` (see :func:`animation_html`) gives self-contained HTML with play/step
+    buttons that works in the static book without a kernel or a network.
+
+    Args:
+        image: ``(Z, Y, X)`` in HU.
+        label: optional ground truth.
+        preds: optional name → predicted labels, one panel each.
+        window: display window. Default (-200, 500).
+        alpha: overlay opacity. Default 0.45.
+        slices: frames' slice indices; default every slice, thinned evenly to ``max_frames``.
+        max_frames: most frames when ``slices`` is None. Default 48.
+        interval: milliseconds between frames. Default 150.
+        size: inches per panel. Default 2.4.
+
+    Returns:
+        A :class:`matplotlib.animation.FuncAnimation` (its figure is closed so it is not also
+        shown as a still image).
+    """
+    plt = _pyplot()
+    from matplotlib import animation
+
+    image = _check_volume(image, "image")
+    layers = [("image" if label is None else "ground truth", None if label is None else _check_volume(label, "label"))]
+    for name, p in (preds or {}).items():
+        layers.append((name, _check_volume(p, f"preds[{name!r}]")))
+    for name, lab in layers:
+        if lab is not None:
+            _check_same_shape(image, lab, name)
+    if slices is None:
+        depth = image.shape[0]
+        slices = np.unique(np.linspace(0, depth - 1, min(depth, max_frames)).round().astype(int)).tolist()
+    if not slices:
+        raise DataError("slice_animation: no slices to show")
+    fig, axes = plt.subplots(1, len(layers), figsize=(size * len(layers), size + 0.3), squeeze=False,
+                             constrained_layout=True)
+    artists = []
+    for ax, (name, lab) in zip(axes[0], layers):
+        z = slices[0]
+        artists.append(ax.imshow(compose_rgb(image[z], None if lab is None else lab[z], window=window,
+                                             alpha=alpha), interpolation="nearest"))
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=9)
+    caption = fig.suptitle(f"slice {slices[0]}", fontsize=9)
+
+    def draw(frame: int):
+        z = slices[frame]
+        for art, (_, lab) in zip(artists, layers):
+            art.set_data(compose_rgb(image[z], None if lab is None else lab[z], window=window, alpha=alpha))
+        caption.set_text(f"slice {z}")
+        return [*artists, caption]
+
+    anim = animation.FuncAnimation(fig, draw, frames=len(slices), interval=interval, blit=False)
+    plt.close(fig)
+    return anim
+
+
+def animation_html(anim, *, default_mode: str = "loop") -> str:
+    """Self-contained JavaScript player of an animation (``to_jshtml``), playable offline.
+
+    Args:
+        anim: a matplotlib animation, e.g. from :func:`slice_animation`.
+        default_mode: ``"loop"``, ``"once"`` or ``"reflect"``. Default ``"loop"``.
+
+    Returns:
+        HTML text (frames embedded as base64 PNGs).
+    """
+    if default_mode not in ("loop", "once", "reflect"):
+        raise DataError(f"default_mode={default_mode!r}: must be 'loop', 'once' or 'reflect'")
+    return anim.to_jshtml(default_mode=default_mode)

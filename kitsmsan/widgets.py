@@ -1,0 +1,349 @@
+"""An ipywidgets slice viewer: case, slice, window/level, overlays of the ground truth, each model,
+the ensemble, the models' disagreement and the multi-scale attention weights (issue #5, notebook 6).
+
+Two rendering modes, chosen by ``precompute``:
+
+* **precomputed** (the default for small volumes): every (layer, slice) frame is rendered once to a
+  PNG and held in nested :class:`ipywidgets.Stack` widgets. The layer buttons and the slice slider
+  are connected to the stacks with :func:`ipywidgets.jslink`, which runs in the browser, so in the
+  *static* book (saved widget state, no kernel) the slider and the layer buttons still work. Only
+  the case, window/level and opacity controls need a running kernel (they re-render the frames).
+* **live** (large volumes, e.g. real 512 × 512 × 300 cases on Colab): one image re-rendered by the
+  kernel on every change, nothing stored in advance.
+
+``ipywidgets`` is imported lazily, so ``import kitsmsan.widgets`` works without it; building a
+viewer without it raises :class:`ImportError` naming the package to install.
+
+All pixels come from :func:`kitsmsan.viz.compose_rgb`, so the viewer, the figures and the animation
+show the same colours.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from kitsmsan.data.preprocess import HU_WINDOW
+from kitsmsan.errors import DataError
+from kitsmsan.viz import compose_rgb, disagreement_map, window_from_level
+
+#: layer names that are not models
+IMAGE_LAYER = "image"
+GT_LAYER = "ground truth"
+DISAGREEMENT_LAYER = "disagreement"
+ATTENTION_LAYER = "attention"
+#: name under which an ensemble prediction is expected in ``preds`` (excluded from disagreement)
+ENSEMBLE_NAME = "ensemble"
+
+#: above this many rendered pixels (layers × slices × H × W) ``precompute="auto"`` picks live mode
+AUTO_PRECOMPUTE_PIXELS = 20_000_000
+
+
+def _ipywidgets():
+    """Import ipywidgets, or fail with the install command."""
+    try:
+        import ipywidgets
+    except ImportError as exc:  # pragma: no cover - exercised only without ipywidgets
+        raise ImportError("kitsmsan.widgets needs ipywidgets: pip install 'kitsmsan[widgets]' "
+                          "(or pip install ipywidgets)") from exc
+    return ipywidgets
+
+
+@dataclass
+class ViewerCase:
+    """The arrays of one case shown by :class:`SliceViewer`.
+
+    Attributes:
+        image: ``(Z, Y, X)`` CT in HU.
+        label: optional ``(Z, Y, X)`` ground truth in {0, 1, 2}.
+        preds: model name → ``(Z, Y, X)`` predicted labels (an ``"ensemble"`` entry is shown as a
+            layer but left out of the disagreement count). Default empty.
+        attention: optional ``(Z, Y, X)`` attention weights in [0, 1] (e.g. the channel mean of the
+            multi-scale attention layer's sigmoid output, upsampled to the image).
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None = None
+    preds: dict[str, np.ndarray] = field(default_factory=dict)
+    attention: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.image = np.asarray(self.image)
+        if self.image.ndim != 3 or self.image.size == 0:
+            raise DataError(f"image: expected a non-empty (Z, Y, X) volume, got shape {self.image.shape}")
+        if self.label is not None:
+            self.label = self._same("label", self.label)
+        self.preds = {str(k): self._same(f"preds[{k!r}]", v) for k, v in dict(self.preds).items()}
+        if self.attention is not None:
+            self.attention = self._same("attention", self.attention)
+
+    def _same(self, name: str, array: Any) -> np.ndarray:
+        array = np.asarray(array)
+        if array.shape != self.image.shape:
+            raise DataError(f"{name}: shape {array.shape} differs from image shape {self.image.shape}")
+        return array
+
+    @property
+    def model_preds(self) -> dict[str, np.ndarray]:
+        """The predictions of individual models (everything but the ensemble)."""
+        return {k: v for k, v in self.preds.items() if k != ENSEMBLE_NAME}
+
+    def layers(self) -> list[str]:
+        """Layer names in display order: image, ground truth, models, ensemble, disagreement, attention."""
+        names = [IMAGE_LAYER]
+        if self.label is not None:
+            names.append(GT_LAYER)
+        names += list(self.model_preds)
+        if ENSEMBLE_NAME in self.preds:
+            names.append(ENSEMBLE_NAME)
+        if len(self.model_preds) >= 2:
+            names.append(DISAGREEMENT_LAYER)
+        if self.attention is not None:
+            names.append(ATTENTION_LAYER)
+        return names
+
+
+def render_frame(case: ViewerCase, layer: str, z: int, *, window: tuple[float, float] = HU_WINDOW,
+                 alpha: float = 0.45, disagreement: np.ndarray | None = None) -> np.ndarray:
+    """One viewer frame as RGB pixels.
+
+    Args:
+        case: the case.
+        layer: one of ``case.layers()``.
+        z: axial slice index.
+        window: display window ``(low, high)`` in HU. Default (-200, 500) (MSAN paper, §2.1).
+        alpha: overlay opacity. Default 0.45.
+        disagreement: the case's :func:`kitsmsan.viz.disagreement_map`, if already computed.
+
+    Returns:
+        uint8 ``(Y, X, 3)``.
+
+    Raises:
+        DataError: unknown layer or slice out of range.
+    """
+    if layer not in case.layers():
+        raise DataError(f"layer {layer!r}: not one of {case.layers()}")
+    if not 0 <= z < case.image.shape[0]:
+        raise DataError(f"slice {z}: outside 0..{case.image.shape[0] - 1}")
+    image = case.image[z]
+    if layer == IMAGE_LAYER:
+        return compose_rgb(image, window=window)
+    if layer == GT_LAYER:
+        return compose_rgb(image, case.label[z], window=window, alpha=alpha)
+    if layer == DISAGREEMENT_LAYER:
+        if disagreement is None:
+            disagreement = disagreement_map(case.model_preds)
+        top = max(1, len(case.model_preds) - 1)
+        return compose_rgb(image, window=window, heat=disagreement[z].astype(np.float32),
+                           heat_range=(0.0, float(top)), heat_alpha=0.85, cmap="inferno")
+    if layer == ATTENTION_LAYER:
+        return compose_rgb(image, window=window, heat=case.attention[z], heat_alpha=0.7)
+    return compose_rgb(image, case.preds[layer][z], window=window, alpha=alpha)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """Encode a uint8 ``(H, W, 3)`` image as PNG bytes."""
+    from matplotlib import image as mpimg
+
+    buf = io.BytesIO()
+    mpimg.imsave(buf, np.ascontiguousarray(rgb), format="png")
+    return buf.getvalue()
+
+
+def _thin(depth: int, max_slices: int) -> list[int]:
+    """At most ``max_slices`` evenly spread slice indices of ``range(depth)``."""
+    if depth <= max_slices:
+        return list(range(depth))
+    return np.unique(np.linspace(0, depth - 1, max_slices).round().astype(int)).tolist()
+
+
+class SliceViewer:
+    """Interactive viewer of one or more cases (notebook 6).
+
+    Controls: case (dropdown), layer (toggle buttons: image, ground truth, each model, ensemble,
+    disagreement, attention), slice (slider with a play button), window level and width, overlay
+    opacity. Display it by leaving it as the last expression of a cell (it has a
+    ``_repr_mimebundle_``) or with ``display(viewer.widget)``.
+
+    Args:
+        cases: case id → :class:`ViewerCase` (or a mapping with its fields).
+        window: initial display window ``(low, high)`` in HU. Default (-200, 500).
+        alpha: initial overlay opacity. Default 0.45.
+        precompute: ``True`` renders every frame up front so slice and layer work without a kernel
+            (static book); ``False`` renders on demand; ``"auto"`` (default) precomputes when the
+            biggest case needs at most :data:`AUTO_PRECOMPUTE_PIXELS` rendered pixels.
+        max_slices: in precomputed mode, at most this many slices per case (evenly thinned).
+            Default 48.
+        image_width: displayed width in pixels. Default 360.
+
+    Raises:
+        DataError: no cases, or arrays of mismatched shapes.
+        ImportError: ipywidgets is not installed.
+    """
+
+    def __init__(self, cases: Mapping[str, ViewerCase | Mapping[str, Any]], *,
+                 window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
+                 precompute: bool | str = "auto", max_slices: int = 48, image_width: int = 360) -> None:
+        if not cases:
+            raise DataError("SliceViewer: cases is empty")
+        if max_slices < 1:
+            raise DataError(f"max_slices={max_slices!r}: must be >= 1")
+        if precompute not in (True, False, "auto"):
+            raise DataError(f"precompute={precompute!r}: must be True, False or 'auto'")
+        low, high = (float(v) for v in window)
+        if not high > low:
+            raise DataError(f"window={window!r}: high must be above low")
+        self.cases: dict[str, ViewerCase] = {
+            str(k): v if isinstance(v, ViewerCase) else ViewerCase(**dict(v)) for k, v in cases.items()}
+        self.max_slices = int(max_slices)
+        self.image_width = int(image_width)
+        if precompute == "auto":
+            need = max(len(c.layers()) * min(c.image.shape[0], max_slices) * c.image.shape[1] * c.image.shape[2]
+                       for c in self.cases.values())
+            precompute = need <= AUTO_PRECOMPUTE_PIXELS
+        self.precompute = bool(precompute)
+        self._disagreement: dict[str, np.ndarray] = {}
+        self._build(window=(low, high), alpha=float(alpha))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def case_id(self) -> str:
+        """The case on show."""
+        return self._case_dd.value
+
+    @property
+    def case(self) -> ViewerCase:
+        """The :class:`ViewerCase` on show."""
+        return self.cases[self.case_id]
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The display window ``(low, high)`` in HU from the level/width sliders."""
+        return window_from_level(self._level.value, self._width.value)
+
+    @property
+    def layer(self) -> str:
+        """The layer on show."""
+        return self._layer_tb.value
+
+    @property
+    def slice_index(self) -> int:
+        """The axial slice on show."""
+        return int(self._slice.value)
+
+    @property
+    def slices(self) -> list[int]:
+        """The slice indices the slider offers for the current case."""
+        return list(self._zs)
+
+    def frame(self, layer: str | None = None, z: int | None = None) -> np.ndarray:
+        """RGB pixels of a frame of the current case (default: the layer and slice on show)."""
+        return render_frame(self.case, self.layer if layer is None else layer,
+                            self.slice_index if z is None else int(z), window=self.window,
+                            alpha=self._alpha.value, disagreement=self._disagreement_of(self.case_id))
+
+    def _disagreement_of(self, case_id: str) -> np.ndarray | None:
+        case = self.cases[case_id]
+        if len(case.model_preds) < 2:
+            return None
+        if case_id not in self._disagreement:
+            self._disagreement[case_id] = disagreement_map(case.model_preds)
+        return self._disagreement[case_id]
+
+    # ------------------------------------------------------------------ widgets
+    def _build(self, *, window: tuple[float, float], alpha: float) -> None:
+        w = _ipywidgets()
+        level, width = (window[0] + window[1]) / 2.0, window[1] - window[0]
+        first = next(iter(self.cases))
+        self._case_dd = w.Dropdown(options=list(self.cases), value=first, description="case")
+        self._layer_tb = w.ToggleButtons(options=self.cases[first].layers(), description="layer",
+                                         style={"button_width": "auto"})
+        self._slice = w.SelectionSlider(options=["0"], description="slice", continuous_update=True)
+        self._play = w.Play(min=0, max=0, step=1, interval=200, description="play")
+        self._level = w.IntSlider(value=int(round(level)), min=-1000, max=1500, step=10, description="level",
+                                  continuous_update=False)
+        self._width = w.IntSlider(value=int(round(width)), min=10, max=3000, step=10, description="width",
+                                  continuous_update=False)
+        self._alpha = w.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="opacity",
+                                    continuous_update=False)
+        note = ("slice, layer and play work in the static page; case, level, width and opacity "
+                "re-render and need a running kernel" if self.precompute
+                else "live mode: every control re-renders in the kernel")
+        self._note = w.HTML(f"<small>{note}</small>")
+        self._links: list[Any] = [w.jslink((self._play, "value"), (self._slice, "index"))]
+        self._view = w.Box()
+        self._load_case(first)
+        self._case_dd.observe(lambda ch: self._load_case(ch["new"]), names="value")
+        for control in (self._level, self._width, self._alpha):
+            control.observe(lambda ch: self._render_all(), names="value")
+        if not self.precompute:
+            self._slice.observe(lambda ch: self._render_live(), names="value")
+            self._layer_tb.observe(lambda ch: self._render_live(), names="value")
+        self.widget = w.VBox([
+            self._case_dd, self._layer_tb,
+            w.HBox([self._play, self._slice]),
+            w.HBox([self._level, self._width, self._alpha]),
+            self._view, self._note,
+        ])
+
+    def _load_case(self, case_id: str) -> None:
+        """Set up slider, layers and frames for ``case_id``."""
+        w = _ipywidgets()
+        case = self.cases[case_id]
+        depth = case.image.shape[0]
+        self._zs = _thin(depth, self.max_slices) if self.precompute else list(range(depth))
+        layers = case.layers()
+        keep = self._layer_tb.value if self._layer_tb.value in layers else layers[0]
+        self._layer_tb.options = layers
+        self._layer_tb.value = keep
+        start = self._zs[len(self._zs) // 2]
+        if case.label is not None and (case.label > 0).any():   # start on the middle labelled slice
+            fg = np.flatnonzero(np.any(case.label > 0, axis=(1, 2)))
+            mid = int(fg[len(fg) // 2])
+            start = min(self._zs, key=lambda z: abs(z - mid))
+        self._slice.options = [str(z) for z in self._zs]
+        self._slice.value = str(start)
+        self._play.max = len(self._zs) - 1
+        self._play.value = self._zs.index(start)
+        for link in self._links[1:]:
+            link.close()
+        self._links = self._links[:1]
+        if self.precompute:
+            layout = w.Layout(width=f"{self.image_width}px")
+            self._images = {layer: [w.Image(format="png", layout=layout) for _ in self._zs] for layer in layers}
+            inner = {layer: w.Stack(children=imgs, selected_index=self._zs.index(start))
+                     for layer, imgs in self._images.items()}
+            outer = w.Stack(children=[inner[layer] for layer in layers], selected_index=layers.index(keep))
+            self._links.append(w.jslink((self._layer_tb, "index"), (outer, "selected_index")))
+            for stack in inner.values():
+                self._links.append(w.jslink((self._slice, "index"), (stack, "selected_index")))
+            self._view.children = [outer]
+        else:
+            self._live_image = w.Image(format="png", layout=w.Layout(width=f"{self.image_width}px"))
+            self._view.children = [self._live_image]
+        self._render_all()
+
+    def _render_all(self) -> None:
+        """Re-render every stored frame (precomputed) or the one on show (live)."""
+        if not self.precompute:
+            self._render_live()
+            return
+        for layer, images in self._images.items():
+            for image_widget, z in zip(images, self._zs):
+                image_widget.value = png_bytes(self.frame(layer, z))
+
+    def _render_live(self) -> None:
+        self._live_image.value = png_bytes(self.frame())
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def viewer_from_arrays(image: np.ndarray, label: np.ndarray | None = None,
+                       preds: Mapping[str, np.ndarray] | None = None,
+                       attention: np.ndarray | None = None, *, case_id: str = "case", **kwargs) -> SliceViewer:
+    """A :class:`SliceViewer` of a single case given as arrays (keyword arguments go to the viewer)."""
+    return SliceViewer({case_id: ViewerCase(image, label, dict(preds or {}), attention)}, **kwargs)

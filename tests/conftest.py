@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny KiTS19-layout cases, the real label folder, a cache.
+
+Torch is limited to 2 threads at import: the development machine has 2 cores shared by the team.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import torch
+
+    torch.set_num_threads(2)
+except ImportError:  # pragma: no cover - torch is a hard dependency, but keep conftest importable
+    torch = None
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: the tiny cases of ``tiny_case_root``: (Z, Y, X), spacing (z, y, x), kidney slices, tumour slices
+TINY_CASES = {
+    "case_00000": {"shape": (10, 16, 16), "spacing": (2.5, 0.75, 0.75), "kidney": [4, 5], "tumor": [5]},
+    "case_00001": {"shape": (3, 16, 20), "spacing": (5.0, 0.8, 0.8), "kidney": [1], "tumor": []},
+    "case_00002": {"shape": (12, 16, 16), "spacing": (1.0, 0.7, 0.7), "kidney": [], "tumor": []},
+}
+
+
+def make_tiny_case(case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Deterministic (image float32 HU, label uint8, spacing) of one of :data:`TINY_CASES`.
+
+    Integer HU from -1000 to 1500 (outside the window on both sides); kidney = a 4 x 4 block at
+    rows/cols 4..7 on its kidney slices, tumour = a 2 x 2 block at rows/cols 5..6 on its tumour slices.
+    """
+    spec = TINY_CASES[case_id]
+    rng = np.random.default_rng(int(case_id[-5:]))
+    image = rng.integers(-1000, 1500, spec["shape"]).astype(np.float32)
+    label = np.zeros(spec["shape"], np.uint8)
+    for z in spec["kidney"]:
+        label[z, 4:8, 4:8] = 1
+    for z in spec["tumor"]:
+        label[z, 5:7, 5:7] = 2
+    return image, label, spec["spacing"]
+
+
+@pytest.fixture
+def tiny_case_root(tmp_path: Path) -> Path:
+    """A KiTS19 data folder with the 3 tiny cases of :data:`TINY_CASES`, written by ``save_case``."""
+    from kitsmsan.data.kits19 import save_case
+
+    root = tmp_path / "data"
+    for cid in TINY_CASES:
+        image, label, spacing = make_tiny_case(cid)
+        save_case(root, cid, image, label, spacing)
+    return root
+
+
+@pytest.fixture
+def tiny_cache(tiny_case_root: Path, tmp_path: Path) -> Path:
+    """``prepare_cache`` output of ``tiny_case_root``."""
+    from kitsmsan.data.preprocess import prepare_cache
+
+    cache = tmp_path / "cache"
+    prepare_cache(tiny_case_root, cache, progress=False)
+    return cache
+
+
+@pytest.fixture
+def kits_labels_dir() -> Path:
+    """The real KiTS19 segmentations: ``$KITSMSAN_LABELS`` or ``../shared/kits19-labels``; skips
+    the test when neither exists."""
+    env = os.environ.get("KITSMSAN_LABELS")
+    path = Path(env) if env else REPO.parent / "shared" / "kits19-labels"
+    if not (path / "case_00000").is_dir():
+        pytest.skip(
+            f"real KiTS19 labels not found at {path} (set KITSMSAN_LABELS to a folder of "
+            "case_XXXXX/segmentation.nii.gz)"
+        )
+    return path

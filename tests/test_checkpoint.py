@@ -1,0 +1,165 @@
+"""Checkpoints: round trip, RNG states, atomic writes, refusal of corrupt/untrusted/mismatched files."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from kitsmsan.errors import CheckpointError, TrainingError
+from kitsmsan.models import build_model
+from kitsmsan.train import checkpoint as ckpt
+
+
+def tiny(variant="msan_v1"):
+    torch.manual_seed(0)
+    return build_model(variant, base_channels=4)
+
+
+def test_round_trip_restores_weights_and_model(tmp_path):
+    model = tiny("msan_v2_ds")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.1)
+    state = ckpt.make_checkpoint(model, optimizer=opt, scheduler=sched, iteration=7,
+                                 train_config={"variant": "msan_v2_ds"}, best_score=0.5)
+    path = ckpt.save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
+    loaded = ckpt.load_checkpoint(path)
+    assert loaded["iteration"] == 7 and loaded["best_score"] == 0.5
+    assert loaded["model_config"]["name"] == "msan_v2_ds"
+    rebuilt = ckpt.load_model(tmp_path, which="last")  # from the run folder, best falls back to last
+    assert not rebuilt.training
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert ckpt.resolve_checkpoint(tmp_path, "best") == path
+
+
+def test_rng_states_round_trip_through_a_file(tmp_path):
+    torch.manual_seed(1); np.random.seed(2); random.seed(3)
+    state = ckpt.make_checkpoint(tiny(), iteration=0)
+    ckpt.save_checkpoint(state, tmp_path / "a.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99); np.random.seed(99); random.seed(99)
+    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "a.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+class _Evil:
+    """Unpickling this calls ``open(target, "w")``: it would create a file."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pt"
+    state = ckpt.make_checkpoint(tiny(), iteration=1)
+    state["payload"] = _Evil(str(target))
+    torch.save(state, path)
+    assert not target.exists()
+    with pytest.raises(CheckpointError, match="evil.pt.*refused"):
+        ckpt.load_checkpoint(path)
+    assert not target.exists()
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        ckpt.load_model(path)
+    assert not target.exists()
+    # the same file *would* run code under a plain pickle load: the test is meaningful
+    with open(path, "wb") as fh:
+        pickle.dump(_Evil(str(target)), fh)
+    with pytest.raises(CheckpointError):
+        ckpt.load_checkpoint(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file(tmp_path, damage):
+    path = ckpt.save_checkpoint(ckpt.make_checkpoint(tiny(), iteration=1), tmp_path / "c.pt")
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(2048), "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="c.pt"):
+        ckpt.load_checkpoint(path)
+
+
+def test_not_a_kitsmsan_checkpoint(tmp_path):
+    torch.save({"state_dict": tiny().state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a kitsmsan checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_architecture_mismatch_names_both_variants(tmp_path):
+    path = ckpt.save_checkpoint(ckpt.make_checkpoint(tiny("msan_v2"), iteration=1), tmp_path / "v2.pt")
+    with pytest.raises(CheckpointError, match=r"'msan_v2'.*'unet3d'"):
+        ckpt.load_model_state(tiny("unet3d"), ckpt.load_checkpoint(path), path)
+    # same variant, other width: also refused
+    with pytest.raises(CheckpointError, match="base_channels"):
+        ckpt.load_model_state(build_model("msan_v2", base_channels=8), ckpt.load_checkpoint(path), path)
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(ckpt.make_checkpoint(tiny(), iteration=1), path)
+    before = path.read_bytes()
+
+    def full(obj, fh, *a, **k):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(TrainingError, match="No space left on device"):
+        ckpt.save_checkpoint(ckpt.make_checkpoint(tiny(), iteration=2), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and ckpt.load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_kill_during_checkpoint_write_leaves_the_last_good_one(tmp_path):
+    """SIGKILL a process halfway through writing: the old checkpoint still loads."""
+    path = tmp_path / "last.pt"
+    marker = tmp_path / "writing"
+    script = textwrap.dedent(f"""
+        import time, torch
+        from kitsmsan.models import build_model
+        from kitsmsan.train import checkpoint as ckpt
+        model = build_model("msan_v1", base_channels=4)
+        ckpt.save_checkpoint(ckpt.make_checkpoint(model, iteration=1), {str(path)!r})
+        real_save = torch.save
+        def slow_save(obj, fh, *a, **k):
+            fh.write(b"x" * 4096); fh.flush()
+            open({str(marker)!r}, "w").close()
+            time.sleep(60)
+        torch.save = slow_save
+        ckpt.save_checkpoint(ckpt.make_checkpoint(model, iteration=2), {str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "writer died early"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    leftovers = [p for p in tmp_path.glob(".last.pt.*.tmp")]
+    assert leftovers, "the kill should have left a temporary file behind"
+    assert ckpt.load_checkpoint(path)["iteration"] == 1
+    assert ckpt.remove_partial_writes(tmp_path) == leftovers
+    assert not list(tmp_path.glob(".last.pt.*.tmp"))

@@ -1,0 +1,590 @@
+"""Tests of kitsmsan.data.download against a local HTTP server on 127.0.0.1 (issues #7, #8).
+
+The server serves small phantom-like cases written by :func:`kitsmsan.data.kits19.save_case` in the
+official URL layout (``/images/case_XXXXX.nii.gz``, ``/data/case_XXXXX/segmentation.nii.gz``,
+``/data/kits.json``) and can misbehave on purpose: drop the connection half-way through a body,
+answer 500 before succeeding, ignore ``Range``, serve garbage, or trickle bytes slowly (for the
+kill -9 test). Nothing leaves the loopback interface; every server is shut down by its fixture.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kitsmsan.data import download as dl
+from kitsmsan.data import kits19
+from kitsmsan.errors import DataError, DownloadError
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (8, 48, 48)  # (Z, Y, X): ~70 kB float32, noise keeps the gzip near that size
+CASES = (0, 1, 2, 210)  # 210 = a test case: imaging only
+FAST = dict(backoff_factor=0, retries=3, timeout=(2.0, 5.0), progress=False, workers=2)
+
+
+# --------------------------------------------------------------------------------------------
+# phantom-like source files
+# --------------------------------------------------------------------------------------------
+
+
+def _phantom(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy body with a kidney (label 1) and a tumour (label 2), shape ``SHAPE``."""
+    rng = np.random.default_rng(n)
+    z, y, x = np.meshgrid(*(np.arange(s) for s in SHAPE), indexing="ij")
+    body = ((y - 24) / 20.0) ** 2 + ((x - 24) / 22.0) ** 2 <= 1
+    kidney = ((z - 4) / 3.0) ** 2 + ((y - 24) / 6.0) ** 2 + ((x - 14 - n) / 5.0) ** 2 <= 1
+    tumor = kidney & (x > 14 + n)
+    label = np.where(tumor, 2, np.where(kidney, 1, 0)).astype(np.uint8)
+    image = np.where(body, 40.0, -1000.0) + 110.0 * kidney + rng.normal(0, 20, SHAPE)
+    return image.astype(np.float32), label
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> dict[str, bytes]:
+    """URL path -> bytes, in the official layout."""
+    src = tmp_path_factory.mktemp("kits19-source")
+    files = {}
+    for n in CASES:
+        image, label = _phantom(n)
+        cid = kits19.case_id(n)
+        folder = kits19.save_case(src, cid, image, label if n < 210 else None, (3.0, 0.8, 0.8))
+        files[f"/images/{cid}.nii.gz"] = (folder / "imaging.nii.gz").read_bytes()
+        if n < 210:
+            files[f"/data/{cid}/segmentation.nii.gz"] = (folder / "segmentation.nii.gz").read_bytes()
+    meta = [{"case_id": kits19.case_id(n), "captured_pixel_width": 0.8} for n in CASES]
+    files["/data/kits.json"] = json.dumps(meta).encode()
+    return files
+
+
+def _nifti_gz(array: np.ndarray) -> bytes:
+    return gzip.compress(nib.Nifti1Image(array, np.eye(4)).to_bytes())
+
+
+# --------------------------------------------------------------------------------------------
+# the misbehaving server
+# --------------------------------------------------------------------------------------------
+
+
+class FakeKits:
+    """A loopback HTTP server with switchable faults; ``log`` records every GET."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = dict(files)
+        self.log: list[dict] = []
+        self.drop_first: dict[str, int] = {}  # path -> number of bodies cut in half
+        self.fail_first: dict[str, int] = {}  # path -> number of 500 answers
+        self.ignore_range = False
+        self.slow = 0.0  # seconds between 2 kB pieces
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                rng = self.headers.get("Range")
+                entry = {"path": path, "range": rng, "status": None, "sent": 0}
+                with fake.lock:
+                    fake.log.append(entry)
+                    fail = fake.fail_first.get(path, 0)
+                    if fail:
+                        fake.fail_first[path] = fail - 1
+                    drop = fake.drop_first.get(path, 0)
+                    if drop:
+                        fake.drop_first[path] = drop - 1
+                if path not in fake.files:
+                    entry["status"] = 404
+                    self.send_error(404)
+                    return
+                if fail:
+                    entry["status"] = 500
+                    self.send_error(500, "try again")
+                    return
+                body, start = fake.files[path], 0
+                if rng and not fake.ignore_range:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        entry["status"] = 416
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                entry["status"] = 206 if start or (rng and not fake.ignore_range) else 200
+                payload = body[start:]
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Content-Type", "application/octet-stream")
+                # a hostile name: the downloader must never use it
+                self.send_header("Content-Disposition", 'attachment; filename="../../evil.nii.gz"')
+                self.end_headers()
+                if drop:
+                    payload = payload[: len(payload) // 2]
+                try:
+                    for i in range(0, len(payload), 2048):
+                        self.wfile.write(payload[i : i + 2048])
+                        entry["sent"] += len(payload[i : i + 2048])
+                        if fake.slow:
+                            self.wfile.flush()
+                            time.sleep(fake.slow)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                if drop:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def urls(self) -> dict[str, str]:
+        base = f"http://127.0.0.1:{self.port}"
+        return {"imaging_base_url": f"{base}/images", "labels_base_url": f"{base}/data"}
+
+    def requests_for(self, path: str) -> list[dict]:
+        return [e for e in self.log if e["path"] == path]
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(source):
+    fake = FakeKits(source)
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def _get(root, server, cases=(0, 1), **kw):
+    opts = {**FAST, **server.urls, **kw}
+    return dl.download_kits19(root, list(cases), **opts)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under root except the downloader's own state file."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != dl.STATE_FILE
+    }
+
+
+def _expected(source, cases, imaging=True, labels=True) -> dict[str, bytes]:
+    out = {}
+    for n in cases:
+        cid = kits19.case_id(n)
+        if imaging:
+            out[f"{cid}/imaging.nii.gz"] = source[f"/images/{cid}.nii.gz"]
+        if labels and n < 210:
+            out[f"{cid}/segmentation.nii.gz"] = source[f"/data/{cid}/segmentation.nii.gz"]
+    if labels:
+        out["kits.json"] = source["/data/kits.json"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# URL scheme and planning
+# --------------------------------------------------------------------------------------------
+
+
+def test_official_url_scheme():
+    assert dl.imaging_url("case_00042") == (
+        "https://huggingface.co/datasets/neheller/KiTS-Challenge-Imaging/resolve/main/images/case_00042.nii.gz"
+    )
+    assert dl.imaging_url("case_00042", dl.LEGACY_IMAGING_URL) == (
+        "https://kits19.sfo2.digitaloceanspaces.com/master_00042.nii.gz"
+    )
+    assert dl.segmentation_url("case_00007") == (
+        "https://raw.githubusercontent.com/neheller/kits19/master/data/case_00007/segmentation.nii.gz"
+    )
+    assert dl.kits_json_url("http://h/x/") == "http://h/x/kits.json"
+
+
+def test_base_urls_from_environment(monkeypatch):
+    monkeypatch.setenv(dl.ENV_IMAGING_URL, "http://127.0.0.1:1/img")
+    monkeypatch.delenv(dl.ENV_LABELS_URL, raising=False)
+    assert dl.resolve_base_urls() == ("http://127.0.0.1:1/img", dl.OFFICIAL_LABELS_URL)
+    assert dl.resolve_base_urls("http://a/b", "http://c/d") == ("http://a/b", "http://c/d")
+    with pytest.raises(Exception, match="file:///etc"):
+        dl.resolve_base_urls("file:///etc")
+
+
+@pytest.mark.parametrize(
+    "cases, bad",
+    [([300], "300"), ([-1, 5, 999], "-1, 999"), (["../x"], "'../x'"), (["case_0001"], "case_0001"),
+     (["/etc/passwd"], "/etc/passwd"), ([True], "True")],
+)
+def test_bad_case_ids_refused_before_anything(tmp_path, server, cases, bad):
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match="unknown KiTS19 case") as exc:
+        _get(root, server, cases)
+    assert bad in str(exc.value)
+    assert not root.exists() and server.log == []
+
+
+def test_test_cases_get_no_labels(tmp_path):
+    groups, notes = dl.plan_downloads(tmp_path, [5, 210, 299], imaging=False, labels=True)
+    rels = [i.rel for g in groups for i in g]
+    assert rels == ["case_00005/segmentation.nii.gz", "kits.json"]
+    assert "2 test case(s) (case_00210..case_00299)" in notes[0]
+
+
+# --------------------------------------------------------------------------------------------
+# happy path, resume, retries
+# --------------------------------------------------------------------------------------------
+
+
+def test_full_download_loads(tmp_path, server, source):
+    root = tmp_path / "data"
+    report = _get(root, server, (0, 1, 210))
+    assert _tree(root) == _expected(source, (0, 1, 210))
+    assert len(report.downloaded) == 6 and report.skipped == [] and report.failed == {}
+    assert report.bytes_downloaded == sum(len(b) for b in _expected(source, (0, 1, 210)).values())
+    case = kits19.load_case(root / "case_00001")
+    image, label = _phantom(1)
+    np.testing.assert_array_equal(case.image, image)
+    np.testing.assert_array_equal(case.label, label)
+    assert kits19.load_case(root / "case_00210").label is None
+    assert not (tmp_path / "evil.nii.gz").exists() and not list(tmp_path.rglob("evil*"))
+    state = json.loads((root / dl.STATE_FILE).read_text())["files"]
+    assert state["kits.json"]["sha256"] == hashlib.sha256(source["/data/kits.json"]).hexdigest()
+
+
+def test_resume_after_dropped_connection(tmp_path, server, source):
+    path = "/images/case_00000.nii.gz"
+    server.drop_first[path] = 1
+    root = tmp_path / "data"
+    _get(root, server, (0,), labels=False)
+    reqs = server.requests_for(path)
+    assert len(reqs) == 2
+    half = len(source[path]) // 2
+    assert reqs[0]["range"] is None and reqs[0]["sent"] == half
+    assert reqs[1]["range"] == f"bytes={half}-" and reqs[1]["status"] == 206
+    assert reqs[1]["sent"] == len(source[path]) - half  # only the rest travelled again
+    assert (root / "case_00000/imaging.nii.gz").read_bytes() == source[path]
+
+
+def test_server_ignoring_range_restarts_cleanly(tmp_path, server, source):
+    path = "/data/case_00001/segmentation.nii.gz"
+    server.ignore_range = True
+    server.drop_first[path] = 2
+    root = tmp_path / "data"
+    _get(root, server, (1,), imaging=False)
+    reqs = server.requests_for(path)
+    assert [r["status"] for r in reqs] == [200, 200, 200]
+    assert reqs[1]["range"] is not None  # we asked to resume, the server sent everything
+    assert (root / "case_00001/segmentation.nii.gz").read_bytes() == source[path]
+
+
+def test_500_then_ok_is_retried_by_urllib3(tmp_path, server, source):
+    path = "/data/kits.json"
+    server.fail_first[path] = 2
+    root = tmp_path / "data"
+    _get(root, server, (0,), imaging=False)
+    assert [r["status"] for r in server.requests_for(path)] == [500, 500, 200]
+    assert (root / "kits.json").read_bytes() == source[path]
+
+
+def test_persistent_500_fails_naming_url_and_file(tmp_path, server):
+    path = "/images/case_00000.nii.gz"
+    server.fail_first[path] = 100
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError) as exc:
+        _get(root, server, (0,), retries=2)
+    msg = str(exc.value)
+    assert path in msg and "case_00000/imaging.nii.gz" in msg and "HTTP 500" in msg
+    assert len(server.requests_for(path)) == 3  # 1 + 2 retries
+    assert not (root / "case_00000/imaging.nii.gz").exists()
+    # the other file of the case and kits.json were still fetched
+    assert (root / "case_00000/segmentation.nii.gz").is_file() and (root / "kits.json").is_file()
+    assert exc.value.report.failed.keys() == {"case_00000/imaging.nii.gz"}
+
+
+def test_missing_file_404(tmp_path, server):
+    del server.files["/data/case_00001/segmentation.nii.gz"]
+    with pytest.raises(DownloadError, match=r"case_00001/segmentation.nii.gz: HTTP 404"):
+        _get(tmp_path, server, (1,), imaging=False)
+    assert len(server.requests_for("/data/case_00001/segmentation.nii.gz")) == 1  # 404: no retry
+
+
+def test_connection_refused(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(DownloadError, match="request failed after 1 retries"):
+        dl.download_kits19(tmp_path, [0], labels=False, imaging_base_url=f"http://127.0.0.1:{port}/i",
+                           **{**FAST, "retries": 1})
+    assert not (tmp_path / "case_00000/imaging.nii.gz").exists()
+
+
+def test_endless_drops_give_up_and_keep_the_partial(tmp_path, server, source):
+    path = "/images/case_00002.nii.gz"
+    server.drop_first[path] = 100
+    server.ignore_range = True  # every pass restarts and is cut again: no progress
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError, match="dropped .* times without progress"):
+        _get(root, server, (2,), labels=False, retries=2)
+    part = root / "case_00002/imaging.nii.gz.part"
+    assert part.is_file() and not (root / "case_00002/imaging.nii.gz").exists()
+    assert len(server.requests_for(path)) == 4  # 1 pass with progress + 3 without (retries=2)
+    half = len(source[path]) // 2
+    assert part.stat().st_size == half
+    server.drop_first[path] = 0
+    server.ignore_range = False
+    _get(root, server, (2,), labels=False)  # a later run resumes from it
+    assert server.log[-1]["range"] == f"bytes={half}-" and server.log[-1]["status"] == 206
+    assert (root / "case_00002/imaging.nii.gz").read_bytes() == source[path] and not part.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# garbage and verification: nothing is placed, the .part is removed
+# --------------------------------------------------------------------------------------------
+
+
+def _garbage(kind: str, good: bytes) -> bytes:
+    if kind == "html":
+        return b"<html><body>Service moved</body></html>" * 50
+    if kind == "gzip_not_nifti":
+        return gzip.compress(b"hello " * 2000)
+    if kind == "truncated_gzip":
+        return good[: len(good) * 2 // 3]  # served with a matching Content-Length
+    if kind == "lfs_pointer":
+        return b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
+    if kind == "four_d":
+        return _nifti_gz(np.zeros((2, 8, 48, 48), np.float32))
+    if kind == "nan_voxels":
+        return _nifti_gz(np.full(SHAPE, np.nan, np.float32))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, expect",
+    [("html", "not a gzip file"), ("gzip_not_nifti", "not a NIfTI file"),
+     ("truncated_gzip", "truncated or corrupt gzip"), ("lfs_pointer", "Git LFS pointer"),
+     ("four_d", "expected a 3-D"), ("nan_voxels", "non-finite")],
+)
+def test_garbage_imaging_is_refused(tmp_path, server, kind, expect):
+    path = "/images/case_00000.nii.gz"
+    server.files[path] = _garbage(kind, server.files[path])
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError, match=expect) as exc:
+        _get(root, server, (0,), labels=False)
+    assert server.urls["imaging_base_url"] + "/case_00000.nii.gz" in str(exc.value)
+    assert str(root.resolve() / "case_00000/imaging.nii.gz") in str(exc.value)
+    assert not list(root.rglob("*.nii.gz*"))  # neither the file nor its .part
+
+
+@pytest.mark.parametrize(
+    "label, expect",
+    [(np.full(SHAPE, 3, np.uint8), r"outside \{0, 1, 2\}"),
+     (np.zeros((8, 48, 40), np.uint8), r"shape \(8, 48, 40\) differs")],
+)
+def test_bad_segmentation_is_refused(tmp_path, server, label, expect):
+    path = "/data/case_00001/segmentation.nii.gz"
+    server.files[path] = _nifti_gz(label)
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError, match=expect):
+        _get(root, server, (1,))
+    assert (root / "case_00001/imaging.nii.gz").is_file()
+    assert not list((root / "case_00001").glob("segmentation*"))
+
+
+def test_kits_json_with_hostile_case_id_is_refused(tmp_path, server):
+    server.files["/data/kits.json"] = json.dumps([{"case_id": "../../evil"}]).encode()
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError, match=r"invalid case_id '../../evil'"):
+        _get(root, server, (0,), imaging=False)
+    assert not list(root.glob("kits.json*")) and not (tmp_path / "evil").exists()
+
+
+def test_manifest_hash_checked(tmp_path, server, source):
+    rel, path = "case_00000/segmentation.nii.gz", "/data/case_00000/segmentation.nii.gz"
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError, match="SHA-256 .* differs from the manifest"):
+        _get(root, server, (0,), imaging=False, manifest={rel: {"sha256": "0" * 64}})
+    assert not (root / rel).exists() and not (root / (rel + ".part")).exists()
+    with pytest.raises(DownloadError, match="size .* manifest says 5"):
+        _get(root, server, (0,), imaging=False, manifest={rel: {"size": 5}})
+    good = {"files": {rel: {"sha256": hashlib.sha256(source[path]).hexdigest(), "size": len(source[path])}}}
+    manifest_file = tmp_path / "manifest.json"
+    manifest_file.write_text(json.dumps(good))
+    _get(root, server, (0,), imaging=False, manifest=manifest_file)
+    assert (root / rel).read_bytes() == source[path]
+
+
+# --------------------------------------------------------------------------------------------
+# idempotence, partial files, labels-only
+# --------------------------------------------------------------------------------------------
+
+
+def test_second_run_makes_no_requests(tmp_path, server, source):
+    root = tmp_path / "data"
+    _get(root, server, (0, 1))
+    n = len(server.log)
+    report = _get(root, server, (0, 1))
+    assert len(server.log) == n  # not one request
+    assert report.downloaded == [] and len(report.skipped) == 5
+    # without the state file every file is verified in full, still without a request
+    (root / dl.STATE_FILE).unlink()
+    report = _get(root, server, (0, 1), verify_existing=True)
+    assert len(server.log) == n and len(report.skipped) == 5
+    assert _tree(root) == _expected(source, (0, 1))
+
+
+def test_corrupt_file_in_place_is_replaced(tmp_path, server, source):
+    root = tmp_path / "data"
+    _get(root, server, (0,), imaging=False)
+    seg = root / "case_00000/segmentation.nii.gz"
+    seg.write_bytes(seg.read_bytes()[:100])  # truncated by hand: size/mtime no longer match
+    report = _get(root, server, (0,), imaging=False)
+    assert seg.read_bytes() == source["/data/case_00000/segmentation.nii.gz"]
+    assert report.downloaded == [seg.resolve()]
+    assert "failed verification" in report.notes[-1]
+
+
+def test_complete_part_from_a_killed_run_is_placed(tmp_path, server, source):
+    path = "/images/case_00001.nii.gz"
+    part = tmp_path / "case_00001/imaging.nii.gz.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(source[path])  # killed after the last byte, before the rename
+    _get(tmp_path, server, (1,), labels=False)
+    req = server.requests_for(path)
+    assert [(r["range"], r["status"], r["sent"]) for r in req] == [(f"bytes={len(source[path])}-", 416, 0)]
+    assert (tmp_path / "case_00001/imaging.nii.gz").read_bytes() == source[path]
+
+
+def test_stale_part_is_discarded_and_refetched(tmp_path, server, source):
+    path = "/images/case_00001.nii.gz"
+    part = tmp_path / "case_00001/imaging.nii.gz.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(os.urandom(1000))  # left by some other file / version
+    _get(tmp_path, server, (1,), labels=False)
+    req = server.requests_for(path)
+    assert [r["range"] for r in req] == ["bytes=1000-", None]
+    assert (tmp_path / "case_00001/imaging.nii.gz").read_bytes() == source[path]
+
+
+def test_labels_only(tmp_path, server, source):
+    report = _get(tmp_path, server, (0, 2, 210), imaging=False)
+    assert _tree(tmp_path) == _expected(source, (0, 2), imaging=False)
+    assert not any(e["path"].startswith("/images/") for e in server.log)
+    assert not (tmp_path / "case_00210").exists()
+    assert any("no public segmentation" in n for n in report.notes)
+    case = kits19.load_case(tmp_path / "case_00002", load_image=False)
+    np.testing.assert_array_equal(case.label, _phantom(2)[1])
+
+
+# --------------------------------------------------------------------------------------------
+# paths from metadata / CLI never leave the root
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["/etc/passwd", "../outside.nii.gz", "case_00000/../../x"])
+def test_manifest_path_traversal_refused(tmp_path, server, entry):
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match="manifest: entry"):
+        _get(root, server, (0,), manifest={entry: {"size": 1}})
+    assert not root.exists() and server.log == []
+
+
+def test_case_folder_symlinked_outside_refused(tmp_path, server):
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    (root / "case_00000").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError, match="escapes the output folder"):
+        _get(root, server, (0,))
+    assert list(outside.iterdir()) == [] and server.log == []
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_labels_only(tmp_path, server, source, capsys):
+    from kitsmsan.cli import main
+
+    rc = main(["download", "--root", str(tmp_path), "--cases", "0-1", "--labels-only", "--no-progress",
+               "--labels-url", server.urls["labels_base_url"], "--retries", "2"])
+    assert rc == 0
+    assert _tree(tmp_path) == _expected(source, (0, 1), imaging=False)
+    assert "3 downloaded" in capsys.readouterr().out
+    rc = main(["download", "--root", str(tmp_path), "--cases", "0-1,300", "--no-progress"])
+    assert rc == 2 and "300" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 during a download, then re-run: the result equals a clean run
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_during_download_then_rerun_equals_clean(tmp_path, server, source):
+    root, clean = tmp_path / "killed", tmp_path / "clean"
+    cases = [0, 1, 2]
+    server.slow = 0.02  # 2 kB every 20 ms: each file takes ~0.7 s
+    script = (
+        "import sys; from kitsmsan.data.download import download_kits19; "
+        "download_kits19(sys.argv[1], [0, 1, 2], imaging_base_url=sys.argv[2], "
+        "labels_base_url=sys.argv[3], workers=2, backoff_factor=0, progress=False)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(root), *server.urls.values()],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        parts: dict[Path, int] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            sizes = {p: p.stat().st_size for p in root.rglob("*.part")} if root.exists() else {}
+            if any(s > 4096 for s in sizes.values()):
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    parts = {p: p.stat().st_size for p in root.rglob("*.part")}
+    assert parts, "the kill should have left a partial file"
+    server.slow = 0.0
+    n_before = len(server.log)
+    _get(root, server, cases)
+    for part, size in parts.items():  # each partial was resumed where it stopped
+        url_path = "/images/" + part.parent.name + ".nii.gz" if part.name.startswith("imaging") else (
+            "/data/" + part.parent.name + "/segmentation.nii.gz")
+        resumed = [e for e in server.log[n_before:] if e["path"] == url_path]
+        assert resumed[0]["range"] == f"bytes={size}-"
+    _get(clean, server, cases)
+    assert _tree(root) == _tree(clean) == _expected(source, cases)
+    assert not list(root.rglob("*.part"))

@@ -1,0 +1,211 @@
+"""Tests of kitsmsan.viz (Agg backend): pixel recipes by hand, figures' axes and data checked."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from kitsmsan import viz  # noqa: E402
+from kitsmsan.errors import DataError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def volume():
+    """(6, 32, 32) HU volume with a kidney block on slices 1-4 and a tumour inside on 2-3."""
+    image = np.full((6, 32, 32), -1000.0, dtype=np.float32)
+    image[:, 4:28, 4:28] = 40.0
+    label = np.zeros((6, 32, 32), dtype=np.uint8)
+    label[1:5, 8:20, 8:20] = 1
+    label[2:4, 10:14, 10:14] = 2
+    image[label == 1] = 150.0
+    image[label == 2] = 500.0
+    return image, label
+
+
+def test_window_from_level_hand_values():
+    assert viz.window_from_level(150, 700) == (-200.0, 500.0)   # the paper's window (§2.1)
+    assert viz.window_from_level(40, 400) == (-160.0, 240.0)
+    with pytest.raises(DataError, match="width"):
+        viz.window_from_level(0, 0)
+
+
+def test_label_rgba_colours_and_alpha():
+    label = np.array([[0, 1], [2, 0]], dtype=np.uint8)
+    rgba = viz.label_rgba(label, alpha=0.5)
+    assert rgba.shape == (2, 2, 4)
+    assert rgba[0, 0, 3] == 0.0 and rgba[1, 1, 3] == 0.0
+    np.testing.assert_allclose(rgba[0, 1], [*viz.LABEL_COLORS[1], 0.5], rtol=1e-6)
+    np.testing.assert_allclose(rgba[1, 0], [*viz.LABEL_COLORS[2], 0.5], rtol=1e-6)
+    with pytest.raises(DataError, match="alpha"):
+        viz.label_rgba(label, alpha=2.0)
+
+
+def test_compose_rgb_windowing_and_blend_by_hand():
+    image = np.array([[-200.0, 150.0], [500.0, 1000.0]], dtype=np.float32)
+    rgb = viz.compose_rgb(image)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    # -200 -> 0, 150 -> 0.5 -> 128 (round 127.5), 500 and above -> 255, grey on all channels
+    assert rgb[0, 0].tolist() == [0, 0, 0]
+    assert rgb[0, 1].tolist() == [128, 128, 128]
+    assert rgb[1, 0].tolist() == [255, 255, 255] == rgb[1, 1].tolist()
+    label = np.array([[1, 0], [0, 0]], dtype=np.uint8)
+    over = viz.compose_rgb(image, label, alpha=1.0)
+    expected = np.round(np.array(viz.LABEL_COLORS[1]) * 255).astype(int).tolist()
+    assert over[0, 0].tolist() == expected             # opaque kidney colour over black
+    assert over[0, 1].tolist() == [128, 128, 128]      # background untouched
+    # a heat of 0 leaves the pixel grey; a full heat with opacity 1 gives the colour map's top colour
+    heat = np.array([[0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+    hot = viz.compose_rgb(image, heat=heat, heat_alpha=1.0, cmap="gray")
+    assert hot[0, 0].tolist() == [0, 0, 0] and hot[0, 1].tolist() == [255, 255, 255]
+
+
+def test_compose_rgb_rejects_mismatched_shapes():
+    with pytest.raises(DataError, match="label2d"):
+        viz.compose_rgb(np.zeros((4, 4)), np.zeros((4, 5), dtype=np.uint8))
+    with pytest.raises(DataError, match="image2d"):
+        viz.compose_rgb(np.zeros((2, 4, 4)))
+
+
+def test_pick_slices_spans_the_labelled_extent(volume):
+    _, label = volume
+    assert viz.pick_slices(label, 4) == [1, 2, 3, 4]
+    assert viz.pick_slices(label, 2) == [1, 4]
+    assert viz.pick_slices(None, 3, depth=11) == [0, 5, 10]
+    with pytest.raises(DataError):
+        viz.pick_slices(None, 3)
+
+
+def test_disagreement_map_by_hand():
+    a = np.array([0, 1, 2, 1], dtype=np.uint8)
+    b = np.array([0, 1, 1, 2], dtype=np.uint8)
+    c = np.array([0, 2, 1, 0], dtype=np.uint8)
+    # voxel 0 unanimous; 1: {1,1,2} -> 1; 2: {2,1,1} -> 1; 3: {1,2,0} -> 2
+    assert viz.disagreement_map([a, b, c]).tolist() == [0, 1, 1, 2]
+    assert viz.disagreement_map({"a": a, "b": a}).tolist() == [0, 0, 0, 0]
+    with pytest.raises(DataError, match="shape"):
+        viz.disagreement_map([a, np.zeros(3, dtype=np.uint8)])
+    with pytest.raises(DataError, match="empty"):
+        viz.disagreement_map([])
+
+
+def test_show_slices_grid_and_errors(volume):
+    image, label = volume
+    fig = viz.show_slices(image, label, {"m1": label, "m2": np.zeros_like(label)}, num_slices=3)
+    assert len(fig.axes) == 3 * 3                       # (GT + 2 models) rows x 3 slices
+    shown = fig.axes[0].images[0].get_array()
+    assert shown.shape == (32, 32, 3)
+    with pytest.raises(DataError, match="preds"):
+        viz.show_slices(image, label, {"bad": label[:3]})
+    with pytest.raises(DataError, match="outside"):
+        viz.show_slices(image, label, slices=[9])
+
+
+def test_hu_histogram_counts_and_plot(volume):
+    image, label = volume
+    edges, counts = viz.hu_histogram(image, label, bins=np.array([-1100.0, 0.0, 200.0, 600.0]))
+    assert counts["kidney"].tolist() == [0, int((label == 1).sum()), 0]   # 150 HU in [0, 200)
+    assert counts["tumor"].tolist() == [0, 0, 32]                          # 500 HU, 2 x 4 x 4 voxels
+    assert counts["background"].sum() == int((label == 0).sum())
+    fig = viz.plot_hu_histograms(edges, counts)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("kidney (100% inside") for t in legend)
+    with pytest.raises(DataError, match="counts"):
+        viz.plot_hu_histograms(edges, {"kidney": np.zeros(5)})
+
+
+def test_plot_distributions_two_sources():
+    real = pd.DataFrame({"kidney_ml": [100.0, 150, 200], "slices": [60, 80, 100]})
+    phantom = pd.DataFrame({"kidney_ml": [30.0, 40], "slices": [16, 16]})
+    fig = viz.plot_distributions({"KiTS19": real, "phantoms": phantom, "absent": None}, ["kidney_ml", "slices"])
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2
+    assert len(visible[0].patches) == 2 * 20            # two sources x 20 bins
+    with pytest.raises(DataError, match="no column"):
+        viz.plot_distributions({"only": real}, ["missing"])
+
+
+def test_read_metrics_and_training_curves(tmp_path):
+    rows = [{"iteration": i, "loss": 1.0 - i / 100, "lr": 1e-3} for i in range(10, 60, 10)]
+    rows.append({"iteration": 50, "val_kidney": 0.7, "val_tumor": 0.2, "val_composite": 0.45})
+    run = tmp_path / "msan_v1"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert viz.read_metrics(run) == rows
+    fig = viz.plot_training_curves(run)
+    ax_loss, ax_val = fig.axes
+    assert len(ax_loss.lines) == 1                       # "loss" only ("lr" is not a loss)
+    np.testing.assert_allclose(ax_loss.lines[0].get_ydata(), [0.9, 0.8, 0.7, 0.6, 0.5])
+    assert len(ax_val.lines) == 3
+    fig2 = viz.plot_training_curves({"a": rows, "b": rows}, smooth=2)
+    assert len(fig2.axes[0].lines) == 2
+    np.testing.assert_allclose(fig2.axes[0].lines[0].get_ydata(), [0.85, 0.75, 0.65, 0.55])
+    with pytest.raises(DataError, match="no row"):
+        viz.plot_training_curves([{"loss": 1.0}])
+
+
+def test_read_metrics_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        viz.read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\nnot json\n')
+    with pytest.raises(DataError, match="line 2"):
+        viz.read_metrics(tmp_path)
+
+
+def test_plot_dice_per_case_means():
+    table = pd.DataFrame({
+        "case_id": ["c0", "c1", "c0", "c1"],
+        "model": ["a", "a", "b", "b"],
+        "kidney": [0.8, 0.6, 0.9, np.nan],
+        "tumor": [0.1, 0.3, 0.2, 0.4],
+    })
+    fig = viz.plot_dice_per_case(table)
+    ax_k, ax_t = fig.axes[:2]
+    means = ax_k.collections[-1].get_offsets()
+    np.testing.assert_allclose(np.asarray(means)[:, 1], [0.7, 0.9])       # NaN skipped for b
+    assert [t.get_text() for t in ax_k.get_xticklabels()] == ["a", "b"]
+    with pytest.raises(DataError, match="column"):
+        viz.plot_dice_per_case(table.drop(columns="tumor"))
+
+
+def test_plot_grouped_bars_heights():
+    fig = viz.plot_grouped_bars({"k=1": {"kidney": 0.9, "tumor": 0.5}, "none": {"kidney": 0.8, "tumor": 0.4}})
+    heights = sorted(round(p.get_height(), 3) for p in fig.axes[0].patches)
+    assert heights == [0.4, 0.5, 0.8, 0.9]
+    with pytest.raises(DataError):
+        viz.plot_grouped_bars({})
+
+
+def test_plot_attention_and_upsampling(volume):
+    image, label = volume
+    weights = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)   # (C, h, w)
+    fig = viz.plot_attention(image[2], weights, label2d=label[2])
+    shown = fig.axes[1].images[0].get_array()
+    assert shown.shape == (32, 32)
+    np.testing.assert_allclose(shown[:4, :4], weights.mean(0)[0, 0], rtol=1e-6)   # 4x4 repeat
+    with pytest.raises(DataError, match="divide"):
+        viz.upsample_nearest(np.zeros((5, 5)), (32, 32))
+
+
+def test_slice_animation_frames_and_html(volume):
+    image, label = volume
+    anim = viz.slice_animation(image, label, {"m": label}, max_frames=4)
+    html = viz.animation_html(anim)
+    assert "<script" in html and html.count("data:image/png;base64") == 4
+    with pytest.raises(DataError, match="default_mode"):
+        viz.animation_html(anim, default_mode="sideways")
