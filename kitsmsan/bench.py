@@ -26,13 +26,17 @@ def _synthetic_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray,
     z, y, x = shape
     zz, yy, xx = np.ogrid[:z, :y, :x]
     body = ((yy - y / 2) / (0.42 * y)) ** 2 + ((xx - x / 2) / (0.47 * x)) ** 2 <= 1
-    image = np.where(body, 40.0, -1000.0).astype(np.float32) + rng.normal(0, 15, shape).astype(np.float32)
+    image = rng.normal(0, 15, shape).astype(np.float32)
+    image += np.where(body, 40.0, -1000.0).astype(np.float32)
     label = np.zeros(shape, np.uint8)
+
+    def ellipsoid(cz, cy, cx, rz, ry, rx):
+        return ((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
     for cx in (0.32 * x, 0.68 * x):
-        kid = ((zz - z / 2) / (0.15 * z)) ** 2 + ((yy - 0.55 * y) / (0.07 * y)) ** 2 + ((xx - cx) / (0.05 * x)) ** 2 <= 1
-        label[kid] = 1
-    tum = ((zz - z / 2) / (0.04 * z)) ** 2 + ((yy - 0.55 * y) / (0.03 * y)) ** 2 + ((xx - 0.32 * x) / (0.03 * x)) ** 2 <= 1
-    label[np.broadcast_to(tum, shape) & (label > 0)] = 2
+        label[ellipsoid(z / 2, 0.55 * y, cx, 0.15 * z, 0.07 * y, 0.05 * x)] = 1
+    tumor = np.broadcast_to(ellipsoid(z / 2, 0.55 * y, 0.32 * x, 0.04 * z, 0.03 * y, 0.03 * x), shape)
+    label[tumor & (label > 0)] = 2
     image[label == 1] = 180.0
     image[label == 2] = 100.0
     return np.rint(image).astype(np.float32), label
@@ -129,8 +133,8 @@ def bench_data(
         "benchmark": "data",
         "case": f"{source} {num_slices}x{size}x{size}",
         "threads": 1,
-        "write_nifti_s": round(write_s, 2),
-        "prepare_s": round(prepare_s, 2),
+        "write_nifti_s": round(write_s, 3),
+        "prepare_s": round(prepare_s, 3),
         "cache_windows_per_s": round(num_windows / cache_s, 1),
         "nifti_windows_per_s": round(num_nifti_windows / nifti_s, 2),
         "speedup": round((num_windows / cache_s) / (num_nifti_windows / nifti_s), 1),

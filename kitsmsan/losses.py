@@ -144,8 +144,9 @@ class DeepSupervisionLoss(nn.Module):
     Args:
         base_loss: a callable ``(logits, target) -> scalar``, e.g. :class:`DiceLoss` (default when
             None).
-        weights: one weight per output, finest first; default (None):
-            :func:`deep_supervision_weights` of the number of outputs (``[4/7, 2/7, 1/7]`` for three).
+        weights: one non-negative weight per output, finest first, used as given (not
+            renormalised); default (None): :func:`deep_supervision_weights` of the number of outputs
+            (``[4/7, 2/7, 1/7]`` for three).
         target_mode: ``"nearest"`` (default): the integer target is sampled at the first voxel of each
             block (``target[..., ::f_D, ::f_H, ::f_W]``, nnU-Net's nearest-neighbour downsampling);
             ``"average"``: the one-hot target is average-pooled over each block, giving class fractions

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from kitsmsan.data.kits19 import BACKGROUND, KIDNEY, LABEL_NAMES, TUMOR
+from kitsmsan.data.kits19 import BACKGROUND, KIDNEY, TUMOR
 from kitsmsan.data.preprocess import HU_WINDOW, normalize
 from kitsmsan.errors import DataError
 
@@ -362,33 +362,132 @@ def upsample_nearest(array2d: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(array2d, H // h, axis=0), W // w, axis=1)
 
 
+def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
+                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                    center: tuple[int, int, int] | None = None,
+                    window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45, size: float = 3.2):
+    """Axial, coronal and sagittal planes through one voxel, drawn at their true aspect ratio.
+
+    KiTS19 arrays are ``(Z, Y, X)`` with axis 0 axial (orientation IPL: z runs inferiorly, y
+    posteriorly, x to the patient's left), so the axial plane is ``image[z]``, the coronal plane
+    ``image[:, y]`` and the sagittal plane ``image[:, :, x]``. Slices are usually thicker than the
+    in-plane pixels, so the reformatted planes are stretched by ``spacing[0] / spacing[1]``.
+
+    Args:
+        image: ``(Z, Y, X)`` in HU.
+        label: optional ``(Z, Y, X)`` labels overlaid.
+        spacing: ``(z, y, x)`` voxel size in mm (``Case.spacing``). Default (1, 1, 1).
+        center: ``(z, y, x)`` voxel the planes pass through; default the centre of the foreground
+            (or of the volume without a label).
+        window: display window. Default (-200, 500).
+        alpha: overlay opacity. Default 0.45.
+        size: inches per panel. Default 3.2.
+
+    Returns:
+        The Figure with three axes titled axial, coronal, sagittal.
+    """
+    plt = _pyplot()
+    image = _check_volume(image, "image")
+    if label is not None:
+        label = _check_volume(label, "label")
+        _check_same_shape(image, label, "label")
+    dz, dy, dx = (float(v) for v in spacing)
+    if min(dz, dy, dx) <= 0:
+        raise DataError(f"spacing={spacing!r}: every voxel size must be > 0")
+    if center is None:
+        if label is not None and (label > 0).any():
+            center = tuple(int(round(c)) for c in np.argwhere(label > 0).mean(axis=0))
+        else:
+            center = tuple(s // 2 for s in image.shape)
+    z, y, x = (int(c) for c in center)
+    for c, n, name in ((z, image.shape[0], "z"), (y, image.shape[1], "y"), (x, image.shape[2], "x")):
+        if not 0 <= c < n:
+            raise DataError(f"center: {name}={c} outside 0..{n - 1}")
+    planes = [
+        ("axial (z={})".format(z), image[z], None if label is None else label[z], dy / dx),
+        ("coronal (y={})".format(y), image[:, y], None if label is None else label[:, y], dz / dx),
+        ("sagittal (x={})".format(x), image[:, :, x], None if label is None else label[:, :, x], dz / dy),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(3 * size, size), constrained_layout=True)
+    for ax, (title, img2d, lab2d, aspect) in zip(axes, planes):
+        ax.imshow(compose_rgb(img2d, lab2d, window=window, alpha=alpha), aspect=aspect, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    return fig
+
+
+def plot_maps(maps: Mapping[str, np.ndarray], *, cmap: str = "viridis", vmin: float | None = None,
+              vmax: float | None = None, ncols: int = 4, size: float = 2.4, colorbar: bool = True,
+              title: str | None = None):
+    """Small multiples of 2D maps (attention weights per level, receptive fields, auxiliary outputs).
+
+    Args:
+        maps: panel title → ``(H, W)`` array (panels may differ in size).
+        cmap: colour map. Default ``"viridis"``.
+        vmin, vmax: shared colour limits; default each panel's own range.
+        ncols: panels per row. Default 4.
+        size: inches per panel. Default 2.4.
+        colorbar: one colour bar per panel. Default True.
+        title: figure title.
+
+    Returns:
+        The Figure (hidden axes fill the last row).
+    """
+    plt = _pyplot()
+    if not maps:
+        raise DataError("plot_maps: maps is empty")
+    arrays = {k: _check_volume(np.asarray(v, dtype=np.float32), f"maps[{k!r}]", 2) for k, v in maps.items()}
+    ncols = min(ncols, len(arrays))
+    nrows = math.ceil(len(arrays) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False,
+                             constrained_layout=True)
+    for ax, (name, arr) in zip(axes.flat, arrays.items()):
+        im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+        if colorbar:
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    for ax in list(axes.flat)[len(arrays):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def source_markdown(obj: Any) -> str:
+    """The source of a package object as a fenced Python block (shown in the book, never copied).
+
+    Args:
+        obj: a function, class or method (anything :func:`inspect.getsource` accepts).
+
+    Returns:
+        Markdown text: a header line naming ``module.qualname`` and the source in a code fence.
+    """
+    import inspect
+    import textwrap
+
+    try:
+        src = inspect.getsource(obj)
+    except (TypeError, OSError) as exc:
+        raise DataError(f"source_markdown: no source for {obj!r} ({exc})") from None
+    name = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+    return f"`{name}`\n\n```python\n{textwrap.dedent(src).rstrip()}\n```\n"
+
+
+def show_source(obj: Any):
+    """:func:`source_markdown` as an IPython Markdown object, for the last line of a notebook cell."""
+    from IPython.display import Markdown
+
+    return Markdown(source_markdown(obj))
+
+
 # --------------------------------------------------------------------------------------------
 # data statistics
 # --------------------------------------------------------------------------------------------
 
 
-def hu_histogram(image: np.ndarray, label: np.ndarray, *, bins: int | np.ndarray = 140,
-                 hu_range: tuple[float, float] = (-1000.0, 1000.0)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Histogram of HU values per label (voxel counts), for :func:`plot_hu_histograms`.
-
-    Args:
-        image: HU volume, any shape.
-        label: labels of the same shape.
-        bins: number of bins or bin edges. Default 140 (bins of ~14 HU over the default range).
-        hu_range: range of the histogram in HU. Default (-1000, 1000).
-
-    Returns:
-        ``(edges, {label name: counts})`` with ``len(edges) == len(counts) + 1``.
-    """
-    image, label = np.asarray(image), np.asarray(label)
-    _check_same_shape(image, label, "label")
-    edges = np.histogram_bin_edges([], bins=bins, range=hu_range) if np.isscalar(bins) else np.asarray(bins)
-    hists = {name: np.histogram(image[label == value], bins=edges)[0]
-             for value, name in LABEL_NAMES.items()}
-    return edges, hists
-
-
-def plot_hu_histograms(edges: np.ndarray, counts: Mapping[str, np.ndarray], *,
+def plot_hu_histograms(edges: np.ndarray | Mapping[str, np.ndarray],
+                       counts: Mapping[str, np.ndarray] | None = None, *,
                        window: tuple[float, float] = HU_WINDOW, density: bool = True,
                        title: str | None = None):
     """HU histograms per label with the paper's clipping window shaded (MSAN paper, §2.1).
@@ -397,9 +496,10 @@ def plot_hu_histograms(edges: np.ndarray, counts: Mapping[str, np.ndarray], *,
     gives, per label, the share of voxels inside it, which is the paper's argument for (-200, 500).
 
     Args:
-        edges: bin edges ``(n + 1,)`` in HU.
-        counts: label name → ``(n,)`` voxel counts (e.g. from :func:`hu_histogram` or
-            :mod:`kitsmsan.data.stats`).
+        edges: bin edges ``(n + 1,)`` in HU, or the whole dict returned by
+            :func:`kitsmsan.data.stats.hu_histograms` (``{"edges": ..., "background": ...,
+            "kidney": ..., "tumor": ...}``), in which case ``counts`` is omitted.
+        counts: label name → ``(n,)`` voxel counts.
         window: the window to shade. Default (-200, 500).
         density: normalise each curve to unit area (labels differ in size by orders of
             magnitude). Default True.
@@ -409,6 +509,15 @@ def plot_hu_histograms(edges: np.ndarray, counts: Mapping[str, np.ndarray], *,
         The Figure (one axes).
     """
     plt = _pyplot()
+    if isinstance(edges, Mapping):
+        if counts is not None:
+            raise DataError("plot_hu_histograms: give a histogram dict or (edges, counts), not both")
+        counts = {k: v for k, v in edges.items() if k != "edges"}
+        edges = edges.get("edges")
+        if edges is None:
+            raise DataError("plot_hu_histograms: the histogram dict has no 'edges'")
+    if counts is None:
+        raise DataError("plot_hu_histograms: counts is missing")
     edges = np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2:
         raise DataError(f"edges: expected a 1D array of at least 2 bin edges, got shape {edges.shape}")

@@ -342,6 +342,69 @@ class SliceViewer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
+def attention_volume(model, image_hu: np.ndarray, *, level: int = 0, num_slices: int = 4,
+                     divisor: int = 16, device: str = "cpu") -> np.ndarray:
+    """The multi-scale attention weights of a whole volume, for the viewer's attention layer (§2.2).
+
+    The volume is normalised like training and inference (:func:`kitsmsan.data.preprocess.normalize`),
+    padded in-plane to a multiple of ``divisor`` with 0 (the window's lower end, as
+    :func:`kitsmsan.inference.predict_case` does) and cut into windows of ``num_slices`` slices
+    (:func:`kitsmsan.inference.window_starts` with stride = ``num_slices``; the last window is
+    aligned to the end and overwrites the overlap). Each window goes through
+    :meth:`kitsmsan.models.MSAN.attention_maps`; the weights of ``level`` are averaged over
+    channels and brought to the slice size by pixel repetition.
+
+    Args:
+        model: an :class:`~kitsmsan.models.MSAN` with attention (``config.attention`` True).
+        image_hu: ``(Z, Y, X)`` CT in HU.
+        level: which skip connection's attention layer (0 = full resolution … 3). Default 0.
+        num_slices: window depth. Default 4 (§3.1).
+        divisor: in-plane padding multiple. Default 16 (four poolings).
+        device: where to run the model. Default ``"cpu"``.
+
+    Returns:
+        float32 ``(Z, Y, X)`` weights in (0, 1).
+
+    Raises:
+        DataError: ``image_hu`` not a non-empty 3D array, or ``level`` not a layer of the model.
+        ConfigError: the model has no attention layers (raised by ``attention_maps``).
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from kitsmsan.data.preprocess import normalize
+    from kitsmsan.inference import window_starts
+
+    image_hu = np.asarray(image_hu)
+    if image_hu.ndim != 3 or image_hu.size == 0:
+        raise DataError(f"image_hu: expected a non-empty (Z, Y, X) volume, got shape {image_hu.shape}")
+    Z, Y, X = image_hu.shape
+    Zp = max(Z, num_slices)
+    Hp, Wp = math.ceil(Y / divisor) * divisor, math.ceil(X / divisor) * divisor
+    volume = torch.from_numpy(normalize(image_hu))                       # (Z, Y, X) in [0, 1]
+    if Zp > Z:                                                            # too few slices: repeat the last
+        volume = torch.cat([volume, volume[-1:].expand(Zp - Z, Y, X)], dim=0)
+    volume = F.pad(volume, (0, Wp - X, 0, Hp - Y))                       # (Zp, Hp, Wp)
+    out = np.zeros((Zp, Hp, Wp), dtype=np.float32)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        for start in window_starts(Zp, num_slices, num_slices):
+            x = volume[start:start + num_slices][None, None].to(device)  # (1, 1, D, Hp, Wp)
+            maps = model.attention_maps(x)
+            if level not in maps:
+                raise DataError(f"level={level!r}: the model's attention levels are {sorted(maps)}")
+            w = maps[level][0].float().mean(dim=0).cpu().numpy()          # (D, Hp / 2**level, Wp / 2**level)
+            factor = (Hp // w.shape[1], Wp // w.shape[2])
+            w = np.repeat(np.repeat(w, factor[0], axis=1), factor[1], axis=2)   # (D, Hp, Wp)
+            out[start:start + num_slices] = w
+    finally:
+        model.train(was_training)
+    return np.ascontiguousarray(out[:Z, :Y, :X])
+
+
 def viewer_from_arrays(image: np.ndarray, label: np.ndarray | None = None,
                        preds: Mapping[str, np.ndarray] | None = None,
                        attention: np.ndarray | None = None, *, case_id: str = "case", **kwargs) -> SliceViewer:

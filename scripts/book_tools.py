@@ -24,7 +24,9 @@ output untouched and its partial copy in ``_build/failed/``; the command then ex
   tables; a GPU row that has not been measured says so;
 * ``real_anatomy_tables.md``: ``book/data/postprocess_ceiling.csv`` and
   ``book/data/kits19_label_stats.csv`` (written by ``kitsmsan stats`` on the real KiTS19
-  segmentations), summarised as tables.
+  segmentations), summarised as tables;
+* ``api_modules.md``: an ``automodule`` section for every module of the package (so a new module
+  is documented without editing ``book/api.md``), ``cli_reference.md``: ``kitsmsan <cmd> --help``.
 
 Missing inputs are not errors for ``render``: the snippet then says what is missing and which
 command produces it, so the book always builds and never shows an invented number.
@@ -247,8 +249,35 @@ BENCH_META = ("device", "torch", "torch_version", "cuda", "commit", "python", "d
               "threads", "num_threads", "note")
 
 
+def _bench_sections(data) -> tuple[dict, dict[str, list[dict]]]:
+    """Split a benchmark JSON into (metadata, {benchmark name: rows}).
+
+    Accepted shapes: a list of flat result dicts, each naming its ``benchmark`` (what
+    ``kitsmsan bench --json`` writes), or a dict with metadata keys and the results under
+    ``results`` (a list like the former, or a dict ``name -> rows``).
+    """
+    meta: dict = {}
+    if isinstance(data, dict):
+        meta = {k: data[k] for k in BENCH_META if k in data}
+        env = data.get("env") or data.get("environment")
+        if isinstance(env, dict):
+            meta.update({k: env[k] for k in BENCH_META if k in env and k not in meta})
+        data = data.get("results", [])
+    sections: dict[str, list[dict]] = {}
+    if isinstance(data, dict):
+        for name, rows in data.items():
+            rows = rows if isinstance(rows, list) else [rows]
+            sections[str(name)] = [r for r in rows if isinstance(r, dict)]
+    elif isinstance(data, list):
+        for row in data:
+            if isinstance(row, dict):
+                sections.setdefault(str(row.get("benchmark", "results")), []).append(
+                    {k: v for k, v in row.items() if k != "benchmark"})
+    return meta, {k: v for k, v in sections.items() if v}
+
+
 def render_performance() -> str:
-    """Render every ``book/data/bench_*.json`` as tables (sections = lists of row dicts)."""
+    """Render every ``book/data/bench_*.json`` as tables, one per benchmark, with its provenance."""
     files = sorted(DATA.glob("bench_*.json"))
     out = []
     for path in files:
@@ -256,29 +285,26 @@ def render_performance() -> str:
             data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise BookBuildError(f"{path}: not valid JSON ({exc})") from None
+        meta, sections = _bench_sections(data)
         out.append(f"### `{path.name}`\n")
-        meta = {k: data[k] for k in BENCH_META if isinstance(data, dict) and k in data}
-        env = data.get("env") or data.get("environment") if isinstance(data, dict) else None
-        if isinstance(env, dict):
-            meta.update({k: env[k] for k in BENCH_META if k in env and k not in meta})
         if meta:
             out.append("\n".join(f"- **{k}**: {_fmt(v)}" for k, v in meta.items()) + "\n")
-        sections = data.get("results", data) if isinstance(data, dict) else {"results": data}
-        if isinstance(sections, list):
-            sections = {"results": sections}
+        if not sections:
+            out.append(f"`{path.name}` holds no results.\n")
         for name, rows in sections.items():
-            if isinstance(rows, dict) and rows and all(isinstance(v, dict) for v in rows.values()):
-                rows = [{"name": k, **v} for k, v in rows.items()]
-            if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-                out.append(f"**{name}**\n\n{markdown_table(rows)}")
+            if len(rows) == 1:  # one result: a two-column key / value table reads better
+                table = markdown_table([{"quantity": k, "value": v} for k, v in rows[0].items()])
+            else:
+                table = markdown_table(rows)
+            out.append(f"**{name}**\n\n{table}")
     gpu_measured = any("gpu" in p.name or "cuda" in p.name for p in files)
     if not files:
-        out.append(":::{note}\nNo benchmark has been recorded yet. `kitsmsan bench all` writes the JSON "
-                   "that this page shows (`book/data/bench_cpu.json` on a CPU).\n:::\n")
+        out.append(":::{note}\nNo benchmark has been recorded yet. `kitsmsan bench all --json "
+                   "book/data/bench_cpu.json` writes the file this page shows.\n:::\n")
     if not gpu_measured:
-        out.append(":::{important}\n**GPU row: pending.** No GPU measurement has been recorded yet, so this "
-                   "page shows none; the projected hours of the paper schedule on a GPU are not known until "
-                   "`kitsmsan bench` runs on one and its JSON is saved as `book/data/bench_gpu.json`.\n:::\n")
+        out.append(":::{important}\n**GPU: pending.** No GPU measurement has been recorded yet, so this page "
+                   "shows none — in particular no projected time for the paper's schedule on a GPU. Running "
+                   "`kitsmsan bench all --json book/data/bench_gpu.json` on a GPU fills it in.\n:::\n")
     return "\n".join(out)
 
 
@@ -320,6 +346,54 @@ def render_real_anatomy() -> str:
     return "\n".join(out)
 
 
+#: pipeline order of the API reference; modules not listed here follow in alphabetical order
+API_ORDER = (
+    "kitsmsan.data.kits19", "kitsmsan.data.phantom", "kitsmsan.data.preprocess", "kitsmsan.data.dataset",
+    "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry", "kitsmsan.models.msan",
+    "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses", "kitsmsan.train.config",
+    "kitsmsan.train.loop", "kitsmsan.train.checkpoint", "kitsmsan.train.distributed", "kitsmsan.inference",
+    "kitsmsan.postprocess", "kitsmsan.ensemble", "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench",
+    "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io", "kitsmsan.utils.provenance",
+    "kitsmsan.cli",
+)
+#: not in the API reference: per-command argument parsing (shown as the CLI reference instead)
+API_SKIP = ("kitsmsan.commands", "kitsmsan.__main__")
+
+
+def api_modules() -> list[str]:
+    """Every module of the installed ``kitsmsan`` package, in :data:`API_ORDER`, packages left out."""
+    import pkgutil
+
+    import kitsmsan
+
+    found = [m.name for m in pkgutil.walk_packages(kitsmsan.__path__, "kitsmsan.") if not m.ispkg]
+    found = [m for m in found if not m.startswith(API_SKIP)]
+    rank = {name: i for i, name in enumerate(API_ORDER)}
+    return sorted(found, key=lambda m: (rank.get(m, len(rank)), m))
+
+
+def render_api() -> str:
+    """One section with an ``automodule`` directive per module of the package."""
+    out = []
+    for module in api_modules():
+        # eval-rst: autodoc emits reStructuredText (docstrings use :class:`...` roles), which a
+        # MyST directive would parse as Markdown
+        out.append(f"## `{module}`\n\n```{{eval-rst}}\n.. automodule:: {module}\n   :members:\n```\n")
+    return "\n".join(out)
+
+
+def render_cli() -> str:
+    """The ``--help`` text of ``kitsmsan`` and of each of its subcommands."""
+    from kitsmsan.cli import build_parser
+
+    parser = build_parser()
+    out = ["```text", parser.format_help().rstrip(), "```\n"]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, subparser in sub.choices.items():
+        out += [f"### `kitsmsan {name}`\n", "```text", subparser.format_help().rstrip(), "```\n"]
+    return "\n".join(out)
+
+
 def render() -> int:
     """Write the ``{include}`` snippets into ``book/generated/``; returns 0."""
     snippets = {
@@ -327,6 +401,8 @@ def render() -> int:
         "reliability_fragments.md": render_fragments("reliability"),
         "performance_tables.md": render_performance(),
         "real_anatomy_tables.md": render_real_anatomy(),
+        "api_modules.md": render_api(),
+        "cli_reference.md": render_cli(),
     }
     for name, text in snippets.items():
         GENERATED.mkdir(parents=True, exist_ok=True)

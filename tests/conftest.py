@@ -67,6 +67,17 @@ def tiny_cache(tiny_case_root: Path, tmp_path: Path) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def tiny_phantom_root(tmp_path_factory) -> Path:
+    """Two 32 x 32 phantom cases (``write_phantom_dataset(root, 2, seed=0, size=32)``), written once
+    per session: treat as read-only."""
+    from kitsmsan.data.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms") / "data"
+    write_phantom_dataset(root, 2, seed=0, size=32, progress=False)
+    return root
+
+
 @pytest.fixture
 def kits_labels_dir() -> Path:
     """The real KiTS19 segmentations: ``$KITSMSAN_LABELS`` or ``../shared/kits19-labels``; skips

@@ -156,7 +156,7 @@ class FakeKits:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
@@ -440,6 +440,50 @@ def test_manifest_hash_checked(tmp_path, server, source):
     assert (root / rel).read_bytes() == source[path]
 
 
+def test_disk_full_fails_cleanly_and_resumes(tmp_path, server, source, monkeypatch):
+    """ENOSPC after 20 kB: DownloadError naming the file, nothing in place, the good prefix kept."""
+    import builtins
+    import errno
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            if self.written + len(data) > 20_000:  # fill the disk, then fail like ENOSPC does
+                self.fh.write(data[: 20_000 - self.written])
+                self.written = 20_000
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.written += len(data)
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def full_open(file, mode="r", *args, **kw):
+        fh = builtins.open(file, mode, *args, **kw)
+        return FullDisk(fh) if str(file).endswith(".part") else fh
+
+    monkeypatch.setattr(dl, "open", full_open, raising=False)
+    path = "/images/case_00001.nii.gz"
+    with pytest.raises(DownloadError, match="imaging.nii.gz: cannot write .No space left on device"):
+        _get(tmp_path, server, (1,), labels=False)
+    part = tmp_path / "case_00001/imaging.nii.gz.part"
+    assert not (tmp_path / "case_00001/imaging.nii.gz").exists()
+    kept = part.stat().st_size
+    assert kept == 20_000 and source[path].startswith(part.read_bytes())
+    monkeypatch.undo()  # space freed: the next run resumes and completes
+    _get(tmp_path, server, (1,), labels=False)
+    assert server.log[-1]["range"] == f"bytes={kept}-"
+    assert (tmp_path / "case_00001/imaging.nii.gz").read_bytes() == source[path]
+
+
 # --------------------------------------------------------------------------------------------
 # idempotence, partial files, labels-only
 # --------------------------------------------------------------------------------------------
@@ -576,7 +620,7 @@ def test_kill_during_download_then_rerun_equals_clean(tmp_path, server, source):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     parts = {p: p.stat().st_size for p in root.rglob("*.part")}
-    assert parts, "the kill should have left a partial file"
+    assert any(parts.values()), "the kill should have left a non-empty partial file"
     server.slow = 0.0
     n_before = len(server.log)
     _get(root, server, cases)
@@ -584,7 +628,63 @@ def test_kill_during_download_then_rerun_equals_clean(tmp_path, server, source):
         url_path = "/images/" + part.parent.name + ".nii.gz" if part.name.startswith("imaging") else (
             "/data/" + part.parent.name + "/segmentation.nii.gz")
         resumed = [e for e in server.log[n_before:] if e["path"] == url_path]
-        assert resumed[0]["range"] == f"bytes={size}-"
+        assert resumed[0]["range"] == (f"bytes={size}-" if size else None)
     _get(clean, server, cases)
     assert _tree(root) == _tree(clean) == _expected(source, cases)
     assert not list(root.rglob("*.part"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_keeps_partials(tmp_path, server, source):
+    """SIGINT to ``kitsmsan download``: exit code 130, nothing half-written in place, resumable."""
+    root = tmp_path / "data"
+    server.slow = 0.02
+    cmd = [sys.executable, "-m", "kitsmsan", "download", "--root", str(root), "--cases", "0-2",
+           "--no-progress", "--imaging-url", server.urls["imaging_base_url"],
+           "--labels-url", server.urls["labels_base_url"]]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if root.exists() and any(p.stat().st_size > 4096 for p in root.rglob("*.part")):
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and b"interrupted" in err
+    assert any(p.stat().st_size for p in root.rglob("*.part"))
+    for f in root.rglob("*.nii.gz"):  # whatever is in place is complete
+        assert f.read_bytes() in source.values()
+    server.slow = 0.0
+    _get(root, server, (0, 1, 2))
+    assert _tree(root) == _expected(source, (0, 1, 2))
+
+
+@pytest.mark.kits_labels
+def test_real_kits19_labels_pass_verification(tmp_path, kits_labels_dir):
+    """The awkward real files (uint16 qform-only case_00015, 512 x 796 in-plane case_00160) and the real
+    kits.json go through the downloader unchanged and load."""
+    real = {"/data/kits.json": (kits_labels_dir / "kits.json").read_bytes()}
+    for n in (0, 15, 160):
+        cid = kits19.case_id(n)
+        seg = kits_labels_dir / cid / "segmentation.nii.gz"
+        real[f"/data/{cid}/segmentation.nii.gz"] = seg.read_bytes()
+    fake = FakeKits(real)
+    try:
+        fake.drop_first["/data/case_00160/segmentation.nii.gz"] = 1  # and resume a real one
+        _get(tmp_path, fake, (0, 15, 160), imaging=False)
+    finally:
+        fake.stop()
+    for n in (0, 15, 160):
+        cid = kits19.case_id(n)
+        got = tmp_path / cid / "segmentation.nii.gz"
+        assert got.read_bytes() == real[f"/data/{cid}/segmentation.nii.gz"]
+        label, spacing, _ = kits19.load_label(got)
+        assert label.dtype == np.uint8 and label.max() <= 2
+    assert kits19.load_label(tmp_path / "case_00160/segmentation.nii.gz")[0].shape == (252, 512, 796)
+    assert (tmp_path / "kits.json").read_bytes() == real["/data/kits.json"]

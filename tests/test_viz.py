@@ -114,19 +114,23 @@ def test_show_slices_grid_and_errors(volume):
         viz.show_slices(image, label, slices=[9])
 
 
-def test_hu_histogram_counts_and_plot(volume):
-    image, label = volume
-    edges, counts = viz.hu_histogram(image, label, bins=np.array([-1100.0, 0.0, 200.0, 600.0]))
-    assert counts["kidney"].tolist() == [0, int((label == 1).sum()), 0]   # 150 HU in [0, 200)
-    assert counts["tumor"].tolist() == [0, 0, 32]                          # 500 HU, 2 x 4 x 4 voxels
-    assert counts["background"].sum() == int((label == 0).sum())
-    fig = viz.plot_hu_histograms(edges, counts)
+def test_plot_hu_histograms_window_share():
+    edges = np.array([-1100.0, -300.0, 0.0, 200.0, 600.0])        # centres -700, -150, 100, 400
+    counts = {"background": np.array([10, 0, 0, 0]), "kidney": np.array([0, 1, 2, 1]),
+              "tumor": np.array([0, 0, 0, 4])}
+    fig = viz.plot_hu_histograms({"edges": edges, **counts})     # the dict of stats.hu_histograms
     ax = fig.axes[0]
     assert len(ax.lines) == 3
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any(t.startswith("kidney (100% inside") for t in legend)
+    assert "kidney (100% inside)" in legend and "tumor (100% inside)" in legend
+    assert "background (0% inside)" in legend
+    # density: each curve integrates to 1 over the bins
+    y = ax.lines[1].get_ydata()
+    assert float((y * np.diff(edges)).sum()) == pytest.approx(1.0)
     with pytest.raises(DataError, match="counts"):
         viz.plot_hu_histograms(edges, {"kidney": np.zeros(5)})
+    with pytest.raises(DataError, match="not both"):
+        viz.plot_hu_histograms({"edges": edges, **counts}, counts)
 
 
 def test_plot_distributions_two_sources():
@@ -209,3 +213,42 @@ def test_slice_animation_frames_and_html(volume):
     assert "<script" in html and html.count("data:image/png;base64") == 4
     with pytest.raises(DataError, match="default_mode"):
         viz.animation_html(anim, default_mode="sideways")
+
+
+def test_show_orthogonal_aspect_and_center(volume):
+    image, label = volume
+    fig = viz.show_orthogonal(image, label, spacing=(3.0, 0.75, 0.75))
+    axial, coronal, sagittal = fig.axes
+    assert axial.images[0].get_array().shape == (32, 32, 3)
+    assert coronal.images[0].get_array().shape == (6, 32, 3)
+    assert coronal.get_aspect() == pytest.approx(4.0)        # 3 mm slices / 0.75 mm pixels
+    assert axial.get_title() == "axial (z=2)"                 # foreground centre: z in 1..4 -> 2.5 -> 2
+    with pytest.raises(DataError, match="spacing"):
+        viz.show_orthogonal(image, spacing=(0, 1, 1))
+    with pytest.raises(DataError, match="center"):
+        viz.show_orthogonal(image, center=(9, 0, 0))
+
+
+def test_plot_maps_panels():
+    fig = viz.plot_maps({"a": np.zeros((4, 4)), "b": np.ones((2, 3)), "c": np.eye(3)}, ncols=2)
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.images]
+    assert [ax.get_title() for ax in visible] == ["a", "b", "c"]
+    assert visible[1].images[0].get_array().shape == (2, 3)
+    with pytest.raises(DataError):
+        viz.plot_maps({})
+
+
+def test_source_markdown_is_the_package_source():
+    import inspect
+
+    from kitsmsan.postprocess import keep_largest_components
+
+    md = viz.source_markdown(keep_largest_components)
+    assert md.startswith("`kitsmsan.postprocess.keep_largest_components`")
+    assert inspect.getsource(keep_largest_components).rstrip() in md
+    from kitsmsan.widgets import SliceViewer
+
+    method = viz.source_markdown(SliceViewer.frame)           # a method: dedented to column 0
+    assert "\ndef frame(self" in method and "\n    def frame" not in method
+    with pytest.raises(DataError, match="no source"):
+        viz.source_markdown(42)

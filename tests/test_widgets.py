@@ -109,3 +109,25 @@ def test_thinning_and_bad_arguments(case):
         widgets.SliceViewer({"c": case}, precompute="yes")
     with pytest.raises(DataError, match="window"):
         widgets.SliceViewer({"c": case}, window=(5, 5))
+
+
+def test_attention_volume_matches_attention_maps():
+    torch = pytest.importorskip("torch")
+    from kitsmsan.data.preprocess import normalize
+    from kitsmsan.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("msan_v1", base_channels=4).eval()
+    image = np.random.default_rng(0).normal(100, 200, (6, 32, 32)).astype(np.float32)
+    vol = widgets.attention_volume(model, image, level=1)
+    assert vol.shape == (6, 32, 32) and vol.dtype == np.float32
+    assert 0.0 < vol.min() and vol.max() < 1.0
+    # windows start at 0 and 2 (last aligned to the end): slices 2..5 come from the second window
+    x = torch.from_numpy(normalize(image[2:6]))[None, None]
+    w = model.attention_maps(x)[1][0].mean(0).numpy()                   # (4, 16, 16)
+    np.testing.assert_allclose(vol[2:6, ::2, ::2], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vol[2:6, 1::2, 1::2], w, rtol=1e-5, atol=1e-6)   # pixel repetition
+    with pytest.raises(DataError, match="level"):
+        widgets.attention_volume(model, image, level=7)
+    with pytest.raises(DataError, match="image_hu"):
+        widgets.attention_volume(model, image[0])

@@ -13,6 +13,9 @@ Small things that keep the book honest and the repository URL in one place:
 * Launch buttons (Colab, Binder) of the executed notebook pages in ``book/generated/`` would point at
   files that are not in git; they are rewritten to the source notebook in ``notebooks/``, using the
   ``output -> notebook`` pairs of ``scripts/notebook_params.json``.
+* Short or re-exported names in docstrings (``ModelConfig``, ``kitsmsan.models.build_model``) are
+  resolved to the one documented object they name, so ``-n`` only reports real dangling references.
+* Prose docstrings of constants are not split by napoleon into a bogus ``type: description``.
 * Repeated ``<script>`` tags (a Sphinx 7.4 + Jupyter Book 1 glitch that raises a JavaScript error
   on every page) are removed.
 """
@@ -146,10 +149,91 @@ def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
     context["script_files"] = unique
 
 
+def _importable(dotted: str) -> bool:
+    """Whether ``dotted`` (``pkg.module.attr.attr``) names an object that exists at import time."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def resolve_reexports(app: Sphinx, env, node, contnode):
+    """``missing-reference`` handler: resolve a short or re-exported name to its one kitsmsan object.
+
+    Docstrings say ``ModelConfig`` or ``kitsmsan.models.build_model`` (the name a user imports), while
+    autodoc documents the object where it is defined (``kitsmsan.models.msan.ModelConfig``,
+    ``kitsmsan.models.registry.build_model``). When exactly one documented ``kitsmsan`` object has the
+    same last name component (and, for a dotted target, lives under the same package), the
+    reference is resolved to it. A name that exists in the package but is not documented (a
+    constant without a ``#:`` comment) is rendered as plain code. Anything else stays missing and
+    ``-n`` reports it: a docstring cannot name a function that does not exist.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "").lstrip(".~")
+    if not target or " " in target:
+        return None
+    domain = env.get_domain("py")
+    head, _, last = target.rpartition(".")
+
+    def matches(name: str) -> bool:
+        if name.endswith("." + target):  # ModelConfig.to_dict -> kitsmsan.models.msan.ModelConfig.to_dict
+            return True
+        # kitsmsan.models.build_model -> kitsmsan.models.registry.build_model (a re-export)
+        return head.startswith("kitsmsan") and name.startswith(head + ".") and name.rsplit(".", 1)[-1] == last
+
+    candidates = [(name, obj) for name, obj in domain.objects.items()
+                  if name.startswith("kitsmsan.") and not obj.aliased and matches(name)]
+    if len(candidates) != 1:
+        # an existing but undocumented kitsmsan object (a constant without a doc comment): plain text
+        scopes = [node.get("py:module"), node.get("py:class")]
+        for full in (target, ".".join(filter(None, [scopes[0], target])),
+                     ".".join(filter(None, [*scopes, target]))):
+            if full.startswith("kitsmsan") and _importable(full):
+                return contnode
+        return None
+    name, obj = candidates[0]
+    from sphinx.util.nodes import make_refnode
+
+    return make_refnode(app.builder, node.get("refdoc", env.docname), obj.docname, obj.node_id, contnode, name)
+
+
+_TYPE_LIKE = re.compile(r"^[\w.\[\]]+$")  # after removing ", ", " | " and " or " separators
+
+
+def protect_attribute_prose(app: Sphinx, what: str, name: str, obj, options, lines: list[str]) -> None:
+    """``autodoc-process-docstring`` handler (before napoleon): keep prose docstrings of constants whole.
+
+    Napoleon reads the first line of a data/attribute docstring as ``type: description``, so a prose
+    line such as ``Table 1 of the paper (MSAN paper, Table 1): ...`` would turn its first clause into a
+    (dangling) type reference. When the text before the first colon is not type-like
+    (``tuple[int, int]``, ``int | None``), an empty reST comment (``..`` and a blank line) is put
+    first: napoleon then finds no inline type and keeps the whole docstring as the description.
+    """
+    if what not in ("data", "attribute", "property") or not lines or ":" not in lines[0]:
+        return
+    prefix = lines[0].split(":", 1)[0].strip()
+    if prefix and not _TYPE_LIKE.match(re.sub(r",\s*|\s*\|\s*|\s+or\s+", "", prefix)):
+        lines[:0] = ["..", ""]
+
+
 def setup(app: Sphinx) -> dict:
     """Register the handlers and the ``{test}`` role."""
     app.connect("source-read", substitute_repo)
     app.connect("html-page-context", rewrite_launch_buttons, priority=600)
     app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.connect("missing-reference", resolve_reexports)
+    app.connect("autodoc-process-docstring", protect_attribute_prose, priority=400)
     app.add_role("test", test_role)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -21,12 +21,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "download",
         help="download KiTS19 (imaging, segmentations, kits.json): resumable and verified",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Fetch KiTS19 imaging, segmentations and kits.json into the KiTS19 layout: "
+        "resumable (HTTP Range), retried with backoff, verified before it is moved into place, "
+        "idempotent (verified files are skipped).",
     )
     p.add_argument("--root", required=True, help="output data folder (KiTS19 layout)")
     p.add_argument("--cases", default="0-209",
-                   help="case numbers, e.g. '0-209' or '0-179,185' (0-299; 210-299 have no labels)")
+                   help="case numbers, e.g. '0-179,185' (default 0-209; cases 0-299 exist, "
+                        "210-299 have no labels)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--labels-only", action="store_true",
                       help="only segmentation.nii.gz and kits.json (no imaging)")
@@ -39,8 +41,9 @@ def register(subparsers) -> None:
                         "(default: $KITSMSAN_LABELS_URL or the official repository)")
     p.add_argument("--manifest", default=None,
                    help="JSON {path: {sha256, size}} of expected files (optional)")
-    p.add_argument("--workers", type=int, default=4, help="cases downloaded in parallel")
-    p.add_argument("--retries", type=int, default=5, help="HTTP retries per request / drops per file")
+    p.add_argument("--workers", type=int, default=4, help="cases downloaded in parallel (default 4)")
+    p.add_argument("--retries", type=int, default=5,
+                   help="HTTP retries per request, and drops without progress per file (default 5)")
     p.add_argument("--verify-existing", action="store_true",
                    help="fully re-verify files already in place")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

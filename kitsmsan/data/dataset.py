@@ -145,11 +145,17 @@ class SliceWindowDataset(Dataset):
         tumor_fraction: share of foreground windows centred on tumour, default 0.25.
         length: ``len(ds)``, default 10**6; indices ``0..length-1`` are valid.
         seed: sampling seed, default 0.
-        window: HU window for :func:`~kitsmsan.data.preprocess.normalize`, default (-200, 500).
+        window: HU window for :func:`~kitsmsan.data.preprocess.normalize`, default (-200, 500);
+            must lie inside the window the cache was prepared with.
+        downsample: in-plane reduction factor applied after the crop, default 1 (none); for cheap
+            CPU smoke runs on 512-pixel data. The image is area-averaged over ``f x f`` blocks, the
+            label takes each block's centre voxel (nearest neighbour). The crop (or plane) size must
+            be divisible by it.
 
     Returns (``ds[i]``):
         ``(image, label)``: float32 tensor ``(1, num_slices, H, W)`` in [0, 1] and int64 tensor
-        ``(num_slices, H, W)`` in {0, 1, 2}.
+        ``(num_slices, H, W)`` in {0, 1, 2}, with ``(H, W)`` the output plane divided by
+        ``downsample``.
 
     Raises:
         DataError: missing cache / unknown case ids. ConfigError: bad numeric arguments.
@@ -167,6 +173,7 @@ class SliceWindowDataset(Dataset):
         length: int = 10**6,
         seed: int = 0,
         window: tuple[float, float] = HU_WINDOW,
+        downsample: int = 1,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         index = load_cache_index(self.cache_dir)
@@ -195,6 +202,13 @@ class SliceWindowDataset(Dataset):
             if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
                 raise ConfigError(f"crop_size={crop_size!r}: expected a positive int or (H, W)")
             self.plane_size = size
+        if not (isinstance(downsample, int) and downsample >= 1) or any(
+            p % downsample for p in self.plane_size
+        ):
+            raise ConfigError(
+                f"downsample={downsample!r}: expected a positive int dividing the plane {self.plane_size}"
+            )
+        self.downsample = downsample
         self.crop_size = crop_size
         self.num_slices = num_slices
         self.fg_fraction = float(fg_fraction)
@@ -202,6 +216,12 @@ class SliceWindowDataset(Dataset):
         self.length = length
         self.seed = int(seed)
         self.window = (float(window[0]), float(window[1]))
+        cached_low, cached_high = index["window"]
+        if not cached_low <= self.window[0] < self.window[1] <= cached_high:
+            raise ConfigError(
+                f"window={window!r}: must lie inside the cache's HU window {tuple(index['window'])} "
+                "(the cache stores HU clipped to it; re-run prepare with a wider window)"
+            )
         self._kidney = {c: np.asarray(self.meta[c]["kidney_slices"], dtype=np.int64) for c in self.case_ids}
         self._tumor = {c: np.asarray(self.meta[c]["tumor_slices"], dtype=np.int64) for c in self.case_ids}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -304,4 +324,9 @@ class SliceWindowDataset(Dataset):
             pad = ((0, 0), (ya - spec.y0, spec.y0 + out_h - yb), (xa - spec.x0, spec.x0 + out_w - xb))
             img = np.pad(img, pad, constant_values=0.0)  # 0 = the window's low end
             lab = np.pad(lab, pad, constant_values=kits19.BACKGROUND)
+        f = self.downsample
+        if f > 1:
+            n = img.shape[0]
+            img = img.reshape(n, out_h // f, f, out_w // f, f).mean(axis=(2, 4), dtype=np.float32)
+            lab = lab[:, f // 2 :: f, f // 2 :: f]
         return torch.from_numpy(img).unsqueeze(0), torch.from_numpy(lab.astype(np.int64))

@@ -448,7 +448,9 @@ def verify_nifti(
         head = raw_fh.read(64)
         raw_fh.seek(0)
         if head.startswith(b"version https://git-lfs"):
-            raise DataError(f"{source}: got a Git LFS pointer, not the file (use a URL that serves LFS content)")
+            raise DataError(
+                f"{source}: got a Git LFS pointer, not the file (use a URL that serves LFS content)"
+            )
         if not head.startswith(b"\x1f\x8b"):
             raise DataError(f"{source}: not a gzip file (starts with {head[:16]!r})")
         reader = _HashingReader(raw_fh)
@@ -469,7 +471,8 @@ def verify_nifti(
                 while fh.read(1 << 20):  # trailing bytes, then the gzip CRC/size check at EOF
                     pass
         except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-            raise DataError(f"{source}: truncated or corrupt gzip data ({type(exc).__name__}: {exc})") from None
+            problem = f"truncated or corrupt gzip data ({type(exc).__name__}: {exc})"
+            raise DataError(f"{source}: {problem}") from None
         return shape, reader.drain()
 
 
@@ -614,6 +617,24 @@ def _content_range(resp: requests.Response) -> tuple[int | None, int | None]:
     return start, total
 
 
+def _body_chunks(resp: requests.Response, chunk_size: int):
+    """Yield the raw (not content-decoded) body as it arrives, at most ``chunk_size`` at a time.
+
+    ``read1`` (urllib3 >= 2.3) returns what one socket read delivered, so a drop or a kill loses
+    at most one chunk in flight; older urllib3 falls back to ``stream`` (fills whole chunks).
+    Both raise on a body shorter than its ``Content-Length``.
+    """
+    raw = resp.raw
+    if hasattr(raw, "read1"):
+        while True:
+            chunk = raw.read1(chunk_size, decode_content=False)
+            if not chunk:
+                return
+            yield chunk
+    else:  # pragma: no cover - urllib3 < 2.3
+        yield from raw.stream(chunk_size, decode_content=False)
+
+
 def _remove(path: Path) -> None:
     try:
         path.unlink()
@@ -686,7 +707,9 @@ def fetch_to_part(
                 _remove(item.part)
                 stalls += 1
                 if stalls > retries:
-                    raise DownloadError(f"{where}: server keeps answering {resp.status_code} to a range request")
+                    raise DownloadError(
+                        f"{where}: server keeps answering {resp.status_code} to a range request"
+                    )
                 continue
             else:
                 raise DownloadError(f"{where}: HTTP {resp.status_code} {resp.reason}")
@@ -695,7 +718,7 @@ def fetch_to_part(
                 announced = True
             try:
                 with open(item.part, mode) as fh:
-                    for chunk in resp.raw.stream(chunk_size, decode_content=False):
+                    for chunk in _body_chunks(resp, chunk_size):
                         if stop is not None and stop.is_set():
                             raise _Stopped
                         fh.write(chunk)
@@ -709,7 +732,9 @@ def fetch_to_part(
                     return received + got
                 if size > total:
                     _remove(item.part)
-                    raise DownloadError(f"{where}: received {size} bytes, more than the announced {total}")
+                    raise DownloadError(
+                        f"{where}: received {size} bytes, more than the announced {total}"
+                    )
                 log.info("%s: body ended at %d of %d bytes; resuming", where, size, total)
             except _BODY_ERRORS as exc:
                 log.info("%s: connection dropped after %d new bytes (%s); resuming", where, got, exc)
@@ -736,6 +761,8 @@ class _State:
     def __init__(self, root: Path):
         self.path = safe_join(root, STATE_FILE)
         self.lock = threading.Lock()
+        for tmp in Path(root).glob(f".{STATE_FILE}.*.tmp"):  # left by a run killed mid-write
+            _remove(tmp)
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self.files = data["files"] if isinstance(data.get("files"), dict) else {}
@@ -816,7 +843,9 @@ def _process_item(item, session, state, report, lock, *, verify_existing, fetch_
             sha = verify_file(item.dest, item)
         except DataError as exc:
             with lock:
-                report.notes.append(f"{item.rel}: present but failed verification ({exc}); downloading again")
+                report.notes.append(
+                    f"{item.rel}: present but failed verification ({exc}); downloading again"
+                )
         else:
             state.record(item, sha)
             with lock:
@@ -832,7 +861,8 @@ def _process_item(item, session, state, report, lock, *, verify_existing, fetch_
             if resumed and not fresh_try:
                 # the .part came from an earlier run and may belong to another file version:
                 # one clean download before blaming the server
-                log.info("%s: resumed file failed verification (%s); downloading from scratch", item.rel, exc)
+                log.info("%s: resumed file failed verification (%s); downloading from scratch",
+                         item.rel, exc)
                 continue
             raise DownloadError(f"{exc} (download discarded)") from None
         break
@@ -891,8 +921,8 @@ def download_kits19(
         DataError: bad case ids/numbers or manifest entries, or a destination outside ``root``
             (raised before anything is written or requested).
         ConfigError: bad URLs, ``workers``/``retries`` out of range, nothing selected.
-        DownloadError: if any file failed (after all other cases finished); the message names
-            the URL and the file, ``.report`` holds the :class:`DownloadReport`. Partial
+        DownloadError: if any file failed (after all other cases finished), including local
+            write errors such as a full disk; the message names the URL and the file, ``.report`` holds the :class:`DownloadReport`. Partial
             ``.part`` files of dropped connections are kept, so a re-run resumes them.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -929,6 +959,11 @@ def download_kits19(
                     with lock:
                         report.failed[item.rel] = str(exc)
                     log.warning("%s", exc)  # go on: the case's other file may still be fine
+                except OSError as exc:  # local: disk full, permissions (the .part is kept)
+                    msg = f"{item.url} -> {item.dest}: cannot write ({exc.strerror or exc})"
+                    with lock:
+                        report.failed[item.rel] = msg
+                    log.warning("%s", msg)
         finally:
             session.close()
 

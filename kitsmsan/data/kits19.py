@@ -234,6 +234,20 @@ def check_image_values(image: np.ndarray, source: str | Path) -> np.ndarray:
     return image
 
 
+def read_header(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray]:
+    """Shape, spacing and affine of a 3-D NIfTI file without reading its voxels (fast).
+
+    Returns:
+        ``((Z, Y, X), (z, y, x) mm, 4 x 4 affine)``.
+
+    Raises:
+        DataError: naming the file, if missing, not NIfTI or not 3-D.
+    """
+    path = Path(path)
+    img = _open_nifti(path)
+    return tuple(int(s) for s in img.shape), _spacing(img, path), np.asarray(img.affine, np.float64)
+
+
 def load_label(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     """Read a segmentation file.
 

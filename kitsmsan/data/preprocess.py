@@ -271,8 +271,8 @@ def prepare_cache(
     Args:
         data_root: KiTS19 data folder with ``case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz``.
         cache_dir: output folder (created if missing).
-        case_ids: cases to prepare (ints or ``"case_XXXXX"``); default None = every case with
-            imaging under ``data_root``.
+        case_ids: cases to prepare (ints, ``"case_XXXXX"`` ids or a range string ``"0-179"``);
+            default None = every case with imaging under ``data_root``.
         progress: show a tqdm progress bar (default True).
         window: HU window the stored image is clipped to, default :data:`HU_WINDOW`.
 
@@ -289,6 +289,10 @@ def prepare_cache(
     if case_ids is None:
         wanted = available
     else:
+        if isinstance(case_ids, str):  # a range like "0-179,185"
+            from kitsmsan.data.dataset import parse_case_range
+
+            case_ids = parse_case_range(case_ids)
         wanted = [kits19.normalize_case_id(c) for c in case_ids]
         missing = sorted(set(wanted) - set(available))
         if missing:

@@ -1,0 +1,377 @@
+"""The whole paper pipeline in one call: data → cache → five networks → predictions → post-processing
+→ vote → evaluation → the Table 1 analogue (MSAN paper, §2–3, Table 1).
+
+``reproduce("smoke")`` runs on a laptop CPU in a few minutes on synthetic phantoms; ``reproduce("paper",
+data=KITS19_ROOT)`` is the full GPU reproduction. Both are resumable: finished runs are skipped,
+unfinished runs resume from their last checkpoint, existing predictions are reused.
+
+Output folder::
+
+    out/data/            phantoms (smoke) — absent when --data points at KiTS19
+    out/cache/           the training cache
+    out/runs/<variant>/  one run folder per network (config, metrics, checkpoints)
+    out/predictions/<variant>/prediction_XXXXX.nii.gz   raw argmax of each network
+    out/predictions/ensemble/prediction_XXXXX.nii.gz    vote of the post-processed networks
+    out/table1.md, table1.csv, table1.json, per_case.csv
+
+The numbers are labelled by their data: a number computed on phantoms is never presented as a KiTS19
+number; the paper's KiTS19 numbers sit beside ours in their own columns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kitsmsan.errors import ConfigError, DataError
+from kitsmsan.utils.io import atomic_write_json, atomic_write_text
+
+#: the paper's five networks in Table 1 order, with their display names (MSAN paper, §3.1)
+MODEL_NAMES = {
+    "unet3d": "3D U-Net",
+    "msan_v1": "MSAN-V1",
+    "msan_v1_ds": "MSAN-V1 with Deep Supervision",
+    "msan_v2": "MSAN-V2",
+    "msan_v2_ds": "MSAN-V2 with Deep Supervision",
+    "ensemble": "Ensembled Model",
+}
+
+#: MSAN paper, Table 1: Dice (%) on the authors' 10 KiTS19 test cases (180-189), after keeping the
+#: largest connected component. The paper reports no row for MSAN-V1 with deep supervision. (The
+#: abstract gives 94.83 for the ensemble's kidney Dice; Table 1 gives 94.38 — we quote the table.)
+PAPER_TABLE1 = {
+    "unet3d": {"kidney": 89.70, "tumor": 46.90, "averaged": 68.30},
+    "msan_v1": {"kidney": 92.47, "tumor": 56.00, "averaged": 74.23},
+    "msan_v1_ds": None,
+    "msan_v2": {"kidney": 93.85, "tumor": 58.22, "averaged": 76.03},
+    "msan_v2_ds": {"kidney": 93.01, "tumor": 61.41, "averaged": 77.21},
+    "ensemble": {"kidney": 94.38, "tumor": 64.89, "averaged": 79.63},
+}
+
+DATA_PURE = "pure phantoms"
+DATA_ANATOMY = "real-anatomy phantoms (label-conditioned on KiTS19 segmentations)"
+DATA_KITS = "KiTS19 imaging"
+
+#: how each preset gets its data. ``smoke``: phantoms of ``size`` px in-plane. With KiTS19 labels
+#: available, phantoms are drawn from the real segmentations of ``anatomy_train`` + the paper's
+#: test cases 180-189; otherwise ``pure_cases`` synthetic cases are split ``pure_train``/``pure_test``.
+REPRODUCE_DATA: dict[str, dict[str, Any]] = {
+    "smoke": dict(size=64, num_slices=24, seed=0, pure_cases=20, pure_train="0-13", pure_test="14-19",
+                  anatomy_train="0-13", anatomy_test="180-189"),
+    "paper": dict(train="0-179", test="180-189"),
+}
+
+
+def labels_root_from_env(labels: str | os.PathLike | None) -> Path | None:
+    """The KiTS19 segmentation folder: ``labels`` or ``$KITSMSAN_LABELS``; None when neither is set.
+
+    Raises:
+        DataError: a folder was named but does not exist.
+    """
+    value = labels if labels is not None else os.environ.get("KITSMSAN_LABELS") or None
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        raise DataError(f"{path}: KiTS19 labels folder not found (from --labels or KITSMSAN_LABELS)")
+    return path
+
+
+def _call_with_supported(fn, *args, **kwargs):
+    """Call ``fn`` with the keyword arguments its signature accepts."""
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(*args, **kwargs)
+
+
+def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
+              progress: bool = True, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Find or write the data of the run; returns ``{"kind", "root", "train", "test", "num_cases"}``.
+
+    Phantoms are written once; a ``data.json`` marker beside them records what was written so a
+    re-run reuses them.
+
+    Args:
+        spec: the data settings; default ``REPRODUCE_DATA[preset]``.
+    """
+    from kitsmsan.data.dataset import parse_case_range
+    from kitsmsan.data.kits19 import case_id, list_cases
+
+    spec = spec or REPRODUCE_DATA[preset]
+    if data is not None:
+        cases = list_cases(data)
+        kind = DATA_KITS if preset == "paper" else f"user data ({data})"
+        train, test = (spec.get("train", "0-179"), spec.get("test", "180-189"))
+        if preset == "smoke":
+            train, test = spec["anatomy_train"], spec["anatomy_test"]
+        return {"kind": kind, "root": Path(data), "train": train, "test": test, "num_cases": len(cases)}
+    if preset == "paper":
+        raise ConfigError("reproduce --preset paper needs --data KITS19_ROOT (the KiTS19 data folder)")
+
+    from kitsmsan.data import phantom
+
+    root = out / "data"
+    marker = out / "data.json"
+    if labels is not None:
+        wanted = parse_case_range(spec["anatomy_train"]) + parse_case_range(spec["anatomy_test"])
+        available = {int(p.name[5:]) for p in labels.glob("case_*") if (p / "segmentation.nii.gz").is_file()}
+        missing = [n for n in parse_case_range(spec["anatomy_test"]) if n not in available]
+        if missing:
+            raise DataError(f"{labels}: the paper's test cases need segmentations; missing "
+                            f"{', '.join(case_id(n) for n in missing[:5])}")
+        wanted = [n for n in wanted if n in available]
+        info = {"kind": DATA_ANATOMY, "labels": str(labels), "cases": wanted, "size": spec["size"],
+                "seed": spec["seed"], "train": spec["anatomy_train"], "test": spec["anatomy_test"]}
+    else:
+        info = {"kind": DATA_PURE, "cases": spec["pure_cases"], "size": spec["size"],
+                "num_slices": spec["num_slices"], "seed": spec["seed"], "train": spec["pure_train"],
+                "test": spec["pure_test"]}
+    done = json.loads(marker.read_text()) if marker.is_file() else None
+    if done != info:
+        if labels is not None:
+            _call_with_supported(phantom.write_label_conditioned_dataset, labels, root, size=spec["size"],
+                                 case_ids=info["cases"], seed=spec["seed"], progress=progress)
+        else:
+            _call_with_supported(phantom.write_phantom_dataset, root, spec["pure_cases"], spec["seed"],
+                                 size=spec["size"], num_slices=spec["num_slices"], progress=progress)
+        atomic_write_json(marker, info)
+    return {"kind": info["kind"], "root": root, "train": info["train"], "test": info["test"],
+            "num_cases": len(list_cases(root))}
+
+
+def _predict_all(variants, runs: Path, preds: Path, data_root: Path, test_ids: list[str], *,
+                 num_slices: int, device: str, progress: bool) -> None:
+    """Write each network's raw prediction and the vote of their post-processed predictions."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from kitsmsan.data.kits19 import load_case, load_label, save_prediction
+    from kitsmsan.ensemble import majority_vote
+    from kitsmsan.inference import predict_case
+    from kitsmsan.metrics import prediction_filename
+    from kitsmsan.postprocess import keep_largest_components
+    from kitsmsan.train.checkpoint import load_model
+
+    models = {}
+    for variant in variants:
+        folder = preds / variant
+        if all((folder / prediction_filename(c)).is_file() for c in test_ids):
+            continue
+        models[variant] = load_model(runs / variant, device=device, which="last")
+    bar = tqdm(test_ids, desc="predict", unit="case", disable=not progress)
+    for cid in bar:
+        case = load_case(data_root / cid, load_label=False)
+        maps = []
+        for variant in variants:
+            path = preds / variant / prediction_filename(cid)
+            if variant in models and not path.is_file():
+                pred = predict_case(models[variant], case.image, num_slices=num_slices, device=device)
+                save_prediction(pred, case, path)
+            else:
+                pred = load_label(path)[0]
+            maps.append(keep_largest_components(pred, num_components=1))
+        vote = keep_largest_components(majority_vote(maps), num_components=1)
+        save_prediction(vote.astype(np.uint8), case, preds / "ensemble" / prediction_filename(cid))
+    bar.close()
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def table1(per_model: dict[str, dict[str, float]], *, data_kind: str, iterations: dict[str, int],
+           preset: str) -> tuple[str, list[dict[str, Any]]]:
+    """The Table 1 analogue: our Dice (%) beside the paper's KiTS19 Dice (%).
+
+    Args:
+        per_model: ``{variant|"ensemble": {"kidney", "tumor", "averaged", "averaged_raw"}}`` in
+            fractions.
+        data_kind: what our numbers were computed on (:data:`DATA_PURE`, ...).
+        iterations: training iterations per variant. preset: the preset name.
+
+    Returns:
+        ``(markdown, rows)``; each row holds our and the paper's numbers in percent.
+    """
+    rows = []
+    for key, name in MODEL_NAMES.items():
+        if key not in per_model:
+            continue
+        ours = per_model[key]
+        paper = PAPER_TABLE1.get(key) or {}
+        rows.append({
+            "model": name, "key": key,
+            "ours_kidney": 100 * ours["kidney"], "ours_tumor": 100 * ours["tumor"],
+            "ours_averaged": 100 * ours["averaged"], "ours_averaged_no_postprocess": 100 * ours["averaged_raw"],
+            "paper_kits19_kidney": paper.get("kidney"), "paper_kits19_tumor": paper.get("tumor"),
+            "paper_kits19_averaged": paper.get("averaged"),
+        })
+    iters = sorted(set(iterations.values()))
+    iters_text = ", ".join(str(i) for i in iters)
+    kits = data_kind == DATA_KITS
+    ours_label = "Ours, KiTS19" if kits else f"Ours, {data_kind.split(' (')[0]} — not KiTS19"
+    lines = [
+        f"## Table 1 analogue — preset `{preset}`",
+        "",
+        f"Dice (%) on the test cases after keeping the largest connected component (k = 1). "
+        f"**Ours**: {data_kind}, {iters_text} training iterations per network. **Paper**: the "
+        f"authors' KiTS19 numbers (MSAN paper, Table 1; 400,000 iterations), copied for reference"
+        + ("." if kits else " — they are not comparable with phantom numbers."),
+        "",
+        f"| Model | {ours_label}: Kidney | Tumor | Averaged | Averaged, no post-proc. "
+        f"| Paper (KiTS19): Kidney | Tumor | Averaged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {_fmt(r['ours_kidney'])} | {_fmt(r['ours_tumor'])} | {_fmt(r['ours_averaged'])} "
+            f"| {_fmt(r['ours_averaged_no_postprocess'])} | {_fmt(r['paper_kits19_kidney'])} "
+            f"| {_fmt(r['paper_kits19_tumor'])} | {_fmt(r['paper_kits19_averaged'])} |")
+    return "\n".join(lines) + "\n", rows
+
+
+def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, data: str | os.PathLike | None = None,
+              labels: str | os.PathLike | None = None, variants: tuple[str, ...] | None = None,
+              overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
+              progress: bool = True) -> dict[str, Path]:
+    """Run the paper's pipeline end to end and write the Table 1 analogue.
+
+    Steps (MSAN paper, §2.1–§3.2): data (phantoms for ``smoke``: label-conditioned on the real KiTS19
+    segmentations when ``labels`` / ``$KITSMSAN_LABELS`` is available, else pure phantoms; KiTS19
+    imaging for ``paper``) → :func:`~kitsmsan.data.preprocess.prepare_cache` → train the five
+    networks → predict the test cases → keep the largest connected component (k = 1) → majority
+    vote → Dice → ``table1.{md,csv,json}``.
+
+    Args:
+        preset: ``"smoke"`` (CPU, minutes) or ``"paper"`` (GPU, the paper's recipe). Default ``"smoke"``.
+        out: output folder. Default ``"reproduce"``.
+        data: a KiTS19-layout data folder (required for ``paper``; for ``smoke`` it replaces the
+            phantoms). Default ``None``.
+        labels: KiTS19 segmentations folder for label-conditioned phantoms. Default ``None``
+            (then ``$KITSMSAN_LABELS``; if unset, pure phantoms).
+        variants: networks to train. Default: all five.
+        overrides: :class:`~kitsmsan.train.TrainConfig` overrides for every run (e.g.
+            ``{"num_iters": 20}``; ``train_cases``/``test_cases`` replace the data's split).
+            Default ``None``.
+        data_options: changes to :data:`REPRODUCE_DATA` ``[preset]`` (phantom ``size``,
+            ``pure_cases``, splits ...). Default ``None``.
+        progress: progress bars. Default ``True``.
+
+    Returns:
+        ``{"table_md", "table_csv", "table_json", "per_case"}`` paths.
+
+    Raises:
+        ConfigError: unknown preset/variant or bad overrides. DataError: missing data.
+        TrainingError: a run diverged (its last good checkpoint is kept; re-run to resume).
+    """
+    import pandas as pd
+
+    from kitsmsan.data.dataset import split_cases
+    from kitsmsan.data.kits19 import list_cases
+    from kitsmsan.data.preprocess import prepare_cache
+    from kitsmsan.metrics import evaluate_folder, summarize
+    from kitsmsan.train import TrainConfig
+    from kitsmsan.train.config import VARIANTS
+    from kitsmsan.train.loop import SUMMARY_FILE, run_state, train
+    from kitsmsan.train.loop import resume as resume_run
+    from kitsmsan.utils.provenance import environment
+
+    if preset not in REPRODUCE_DATA:
+        raise ConfigError(f"preset={preset!r}: choose 'smoke' or 'paper'")
+    variants = tuple(variants or VARIANTS)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"variants: unknown {bad[0]!r} (choose from {', '.join(VARIANTS)})")
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels_root = labels_root_from_env(labels) if data is None else None
+    unknown = sorted(set(data_options or {}) - set(REPRODUCE_DATA[preset]))
+    if unknown:
+        raise ConfigError(f"data_options: unknown key {unknown[0]!r} "
+                          f"(known: {', '.join(REPRODUCE_DATA[preset])})")
+    spec = {**REPRODUCE_DATA[preset], **(data_options or {})}
+    info = make_data(preset, out, labels=labels_root, data=Path(data) if data else None, progress=progress,
+                     spec=spec)
+    settings = dict(overrides or {})
+    info["train"] = str(settings.pop("train_cases", info["train"]))
+    info["test"] = str(settings.pop("test_cases", info["test"]))
+    data_root = Path(info["root"])
+    split = split_cases(list_cases(data_root), train=info["train"], test=info["test"])
+    if not split["train"] or not split["test"]:
+        raise DataError(f"{data_root}: need cases in train {info['train']!r} and test {info['test']!r}; "
+                        f"found {len(split['train'])} and {len(split['test'])}")
+    cache = out / "cache"
+    prepare_cache(data_root, cache, case_ids=split["train"] + split["test"], progress=progress)
+    t_data = time.perf_counter() - t_start
+
+    runs, preds = out / "runs", out / "predictions"
+    base = TrainConfig.from_preset(preset, data_root=str(data_root), cache_dir=str(cache),
+                                   train_cases=info["train"], test_cases=info["test"],
+                                   progress=progress, **settings)
+    iterations, train_seconds = {}, {}
+    for variant in variants:
+        config = base.replace(variant=variant, run_dir=str(runs / variant))
+        state = run_state(runs / variant)
+        if state == "partial":
+            resume_run(runs / variant, progress=progress)
+        elif state == "new":
+            train(config)
+        summary = json.loads((runs / variant / SUMMARY_FILE).read_text())
+        iterations[variant] = int(summary["iterations"])
+        train_seconds[variant] = float(summary["seconds"])
+
+    t_pred = time.perf_counter()
+    test_ids = split["test"]
+    device = "cuda" if base.device in ("auto", "cuda") and _cuda() else "cpu"
+    _predict_all(variants, runs, preds, data_root, test_ids, num_slices=base.num_slices, device=device,
+                 progress=progress)
+    t_pred = time.perf_counter() - t_pred
+
+    frames, per_model = [], {}
+    for key in (*variants, "ensemble"):
+        scored = {}
+        for k in (0, 1):
+            df = evaluate_folder(preds / key, data_root, case_ids=test_ids, postprocess=k)
+            df.insert(0, "model", key)
+            frames.append(df)
+            scored[k] = summarize(df).iloc[0]
+        per_model[key] = {"kidney": float(scored[1]["kidney"]), "tumor": float(scored[1]["tumor"]),
+                          "averaged": float(scored[1]["averaged"]),
+                          "averaged_raw": float(scored[0]["averaged"])}
+    per_case = pd.concat(frames, ignore_index=True)
+    markdown, rows = table1(per_model, data_kind=info["kind"], iterations=iterations, preset=preset)
+    env = environment(device)
+    wall = time.perf_counter() - t_start
+    provenance = {
+        "data_kind": info["kind"], "data_root": str(data_root), "labels": str(labels_root) if labels_root else None,
+        "train_cases": info["train"], "test_cases": info["test"], "num_train_cases": len(split["train"]),
+        "num_test_cases": len(test_ids), "preset": preset, "iterations": iterations,
+        "train_seconds": {k: round(v, 1) for k, v in train_seconds.items()},
+        "data_seconds": round(t_data, 1), "predict_seconds": round(t_pred, 1),
+        "wall_seconds": round(wall, 1), "hardware": env["device"], "commit": env["commit"],
+        "torch": env["torch"], "kitsmsan": env["kitsmsan"], "postprocess": "largest connected component, k=1",
+        "ensemble": "majority vote of the post-processed predictions (tie -> higher label), then k=1",
+        "checkpoint": "last (the test cases are never used to pick a checkpoint)",
+        "train_config": base.to_dict(),
+    }
+    markdown += "\n" + "\n".join(
+        f"- {k.replace('_', ' ')}: {v}" for k, v in provenance.items() if k != "train_config") + "\n"
+    paths = {"table_md": out / "table1.md", "table_csv": out / "table1.csv", "table_json": out / "table1.json",
+             "per_case": out / "per_case.csv"}
+    atomic_write_text(paths["table_md"], markdown)
+    atomic_write_text(paths["table_csv"], pd.DataFrame(rows).to_csv(index=False, float_format="%.2f"))
+    atomic_write_json(paths["table_json"], {"rows": rows, "provenance": provenance})
+    atomic_write_text(paths["per_case"], per_case.to_csv(index=False, float_format="%.6f"))
+    return paths
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
