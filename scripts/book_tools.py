@@ -20,6 +20,8 @@ output untouched and its partial copy in ``_build/failed/``; the command then ex
 * ``decisions_fragments.md``, ``reliability_fragments.md``: the fragments
   ``book/fragments/decisions-*.md`` / ``reliability-*.md`` concatenated in name order (MyST's
   include cannot glob; a fragment that lands later is picked up by the next build);
+* ``reliability_tally.md``: the tally of :data:`RELIABILITY_TALLY`, with the number of test cases
+  pytest collects for each row;
 * ``performance_tables.md``: every ``book/data/bench_*.json`` written by ``kitsmsan bench``, as
   tables; a GPU row that has not been measured says so;
 * ``real_anatomy_tables.md``: ``book/data/postprocess_ceiling.csv`` and
@@ -219,17 +221,21 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_csv(path: Path) -> list[dict]:
-    """Read a CSV into dicts, converting numeric-looking cells to float."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    """Read a CSV into dicts (numbers as float, ``True``/``False`` as bool) and its ``# `` comment lines."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    comments = [ln[1:].strip() for ln in lines if ln.startswith("#")]
+    rows = list(csv.DictReader(ln for ln in lines if ln.strip() and not ln.startswith("#")))
     for row in rows:
         for k, v in row.items():
+            if v in ("True", "False"):
+                row[k] = v == "True"
+                continue
             try:
                 row[k] = float(v)
             except (TypeError, ValueError):
                 pass
-    return rows
+    return rows, comments
 
 
 def render_fragments(kind: str) -> str:
@@ -309,41 +315,177 @@ def render_performance() -> str:
 
 
 def _numeric_summary(rows: list[dict]) -> list[dict]:
-    """Per numeric column: count, median, min, max (NaN cells are skipped)."""
+    """Per numeric column: cases, mean, median, min, max (NaN skipped); per yes/no column: how many yes."""
     summary = []
     for col in rows[0].keys():
+        flags = [r[col] for r in rows if isinstance(r.get(col), bool)]
+        if len(flags) == len(rows):
+            summary.append({"quantity": col, "cases": len(flags), "mean": f"{sum(flags)} yes"})
+            continue
         vals = [r[col] for r in rows if isinstance(r.get(col), float) and not math.isnan(r[col])]
-        if not vals or col.lower() in {"case", "case_id", "case_number"}:
+        if not vals:
             continue
         vals.sort()
         mid = len(vals) // 2
         median = vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
-        summary.append({"quantity": col, "cases": len(vals), "median": median, "min": vals[0], "max": vals[-1]})
+        summary.append({"quantity": col, "cases": len(vals), "mean": sum(vals) / len(vals),
+                        "median": median, "min": vals[0], "max": vals[-1]})
     return summary
 
 
+#: the lowest kidney Dice of the MSAN paper's Table 1 (3D U-Net), in percent
+PAPER_LOWEST_KIDNEY_DICE = 89.70
+
+
+def _ceiling_finding(rows: list[dict]) -> str:
+    """One admonition stating the k = 1 / k = 2 kidney ceilings computed from the rows (if present)."""
+    def mean(col):
+        vals = [r[col] for r in rows if isinstance(r.get(col), float) and not math.isnan(r[col])]
+        return 100 * sum(vals) / len(vals) if vals else None
+
+    k1, k2 = mean("kidney_dice_k1"), mean("kidney_dice_k2")
+    if k1 is None or k2 is None:
+        return ""
+    deleted = sum(1 for r in rows if r.get("kidney_deleted_k1") is True)
+    verdict = ("below" if k1 < PAPER_LOWEST_KIDNEY_DICE else "not below")
+    return (f":::{{important}}\nComputed from this file: keeping **one** component leaves even a perfect "
+            f"prediction a mean kidney Dice of **{k1:.2f}** over these {len(rows)} cases (a whole kidney is "
+            f"deleted in {deleted} of them); keeping **two** leaves {k2:.2f}. The k = 1 ceiling is {verdict} "
+            f"the lowest kidney Dice of the paper's Table 1 ({PAPER_LOWEST_KIDNEY_DICE:.2f}, 3D U-Net).\n:::\n")
+
+
 def render_real_anatomy() -> str:
-    """Render the post-processing ceiling and the KiTS19 label statistics CSVs."""
+    """Render the post-processing ceiling and the KiTS19 label statistics CSVs (summary + all rows)."""
     out = []
-    ceiling = DATA / "postprocess_ceiling.csv"
-    stats = DATA / "kits19_label_stats.csv"
-    for path, title in ((ceiling, "Post-processing ceiling"), (stats, "Label statistics of the KiTS19 training cases")):
+    tables = (("postprocess_ceiling.csv", "The post-processing ceiling, per case",
+               "kitsmsan stats --labels-only --ceiling --csv"),
+              ("kits19_label_stats.csv", "Label statistics of the KiTS19 training cases",
+               "kitsmsan stats --labels-only --csv"))
+    for name, title, command in tables:
+        path = DATA / name
         out.append(f"### {title}\n")
         if not path.is_file():
-            out.append(f":::{{note}}\n`book/data/{path.name}` has not been generated yet "
-                       f"(`kitsmsan stats` on the KiTS19 segmentations writes it).\n:::\n")
+            out.append(f":::{{note}}\n`book/data/{name}` has not been generated yet (`{command}` on the "
+                       f"KiTS19 segmentations writes it; see the end of this page).\n:::\n")
             continue
-        rows = _read_csv(path)
+        rows, comments = _read_csv(path)
         if not rows:
-            out.append(f"`book/data/{path.name}` is empty.\n")
+            out.append(f"`book/data/{name}` is empty.\n")
             continue
-        out.append(f"*Source: `book/data/{path.name}`, {len(rows)} rows.*\n")
-        if len(rows) <= 30:
-            out.append(markdown_table(rows))
-        else:
-            out.append("Summary over the cases:\n\n" + markdown_table(_numeric_summary(rows)))
-            out.append(f":::{{dropdown}} All {len(rows)} rows\n{markdown_table(rows)}:::\n")
+        source = "; ".join(comments) if comments else "no provenance line in the file"
+        out.append(f"*`book/data/{name}`, {len(rows)} cases. {_fmt(source)}.*\n")
+        if name == "postprocess_ceiling.csv":
+            out.append(_ceiling_finding(rows))
+        out.append("Over all cases:\n\n" + markdown_table(_numeric_summary(rows)))
+        out.append(f":::{{dropdown}} All {len(rows)} cases\n{markdown_table(rows)}:::\n")
     return "\n".join(out)
+
+
+#: The reliability tally (issue 7): (group, what goes wrong, tests that try it). Each test is a
+#: pytest node id; the book counts its collected cases (parametrisations) at build time and links it
+#: with the {test} role, which fails the build when the test does not exist.
+RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Bad input", "A damaged case folder: missing imaging, truncated or corrupt gzip, not a NIfTI, a 2-D or "
+     "4-D array, image/label shape mismatch, labels outside {0, 1, 2} or non-integer, NaN/inf voxels",
+     ("tests/test_kits19.py::test_bad_case_raises_named_error",)),
+    ("Bad input", "An empty or wrong data folder, a malformed or unknown case id",
+     ("tests/test_kits19.py::test_list_cases_empty_and_wrong_folder", "tests/test_kits19.py::test_unknown_case_folder",
+      "tests/test_kits19.py::test_case_number_malformed")),
+    ("Bad input", "A configuration with an unknown key, a wrong type, a negative or zero iteration count, "
+     "an unknown preset, bad JSON",
+     ("tests/test_train_config.py::test_bad_settings_raise_config_error_naming_key_and_value",
+      "tests/test_train_config.py::test_unknown_preset_and_bad_json")),
+    ("Bad input", "A model input of the wrong shape, dtype or type",
+     ("tests/test_models.py::test_rejected_shapes_raise_value_error_naming_the_shape",
+      "tests/test_models.py::test_rejects_integer_input_and_non_tensors")),
+    ("Bad input", "A checkpoint of another variant (architecture mismatch)",
+     ("tests/test_checkpoint.py::test_architecture_mismatch_names_both_variants",
+      "tests/test_train.py::test_resume_with_a_checkpoint_of_another_variant_is_refused")),
+    ("Bad input", "A corrupt checkpoint (truncated, garbage, empty) or a file that is no kitsmsan checkpoint",
+     ("tests/test_checkpoint.py::test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file",
+      "tests/test_checkpoint.py::test_not_a_kitsmsan_checkpoint")),
+    ("Bad input", "A prediction folder missing cases (evaluate, ensemble)",
+     ("tests/test_metrics.py::test_evaluate_folder_missing_is_named", "tests/test_metrics.py::test_evaluate_cli_missing_case",
+      "tests/test_ensemble.py::test_ensemble_cli_missing_inputs")),
+    ("Bad input", "A NaN loss during training: stop with a clear message, keep the last good checkpoint",
+     ("tests/test_train.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",)),
+    ("Bad input", "Disk full while preparing the cache, checkpointing or writing a case",
+     ("tests/test_preprocess.py::test_disk_full_while_preparing",
+      "tests/test_checkpoint.py::test_disk_full_while_checkpointing_keeps_the_previous_file",
+      "tests/test_kits19.py::test_disk_full_leaves_old_file")),
+    ("Bad input", "Bad arguments to the writers: nothing is written",
+     ("tests/test_kits19.py::test_save_case_rejects_bad_input_and_writes_nothing",
+      "tests/test_preprocess.py::test_prepare_bad_inputs_write_nothing")),
+    ("Crash", "kill -9 of training at random points, then resume: the final weights equal an uninterrupted run's",
+     ("tests/test_train.py::test_kill_9_at_random_points_then_resume_gives_identical_weights",
+      "tests/test_train.py::test_resume_equals_uninterrupted_run")),
+    ("Crash", "Killed during a checkpoint write: the last good checkpoint still loads",
+     ("tests/test_checkpoint.py::test_kill_during_checkpoint_write_leaves_the_last_good_one",)),
+    ("Crash", "Killed during prepare: re-running completes, the result equals a clean run",
+     ("tests/test_preprocess.py::test_killed_prepare_resumes_to_a_clean_result",
+      "tests/test_preprocess.py::test_interrupted_case_is_not_complete")),
+    ("Crash", "Killed (or Ctrl-C) during download: re-running completes, files equal a clean run's",
+     ("tests/test_download.py::test_kill_during_download_then_rerun_equals_clean",
+      "tests/test_download.py::test_ctrl_c_stops_cleanly_and_keeps_partials")),
+    ("Network", "Dropped connections, a server ignoring Range, 5xx then OK, persistent 5xx, 404, refused, endless drops",
+     ("tests/test_download.py::test_resume_after_dropped_connection",
+      "tests/test_download.py::test_server_ignoring_range_restarts_cleanly",
+      "tests/test_download.py::test_500_then_ok_is_retried_by_urllib3",
+      "tests/test_download.py::test_persistent_500_fails_naming_url_and_file",
+      "tests/test_download.py::test_missing_file_404", "tests/test_download.py::test_connection_refused",
+      "tests/test_download.py::test_endless_drops_give_up_and_keep_the_partial")),
+    ("Network", "A server sending garbage imaging or bad segmentations; a wrong hash",
+     ("tests/test_download.py::test_garbage_imaging_is_refused", "tests/test_download.py::test_bad_segmentation_is_refused",
+      "tests/test_download.py::test_manifest_hash_checked")),
+    ("Untrusted file", "A checkpoint carrying a malicious pickle: refused, runs nothing",
+     ("tests/test_checkpoint.py::test_malicious_pickle_is_refused_and_runs_nothing",
+      "tests/test_train.py::test_resume_refuses_a_malicious_checkpoint_and_runs_nothing")),
+    ("Untrusted file", "Paths from metadata or the command line that would write outside the output folder",
+     ("tests/test_paths.py::test_escapes_are_refused", "tests/test_paths.py::test_symlink_pointing_out_is_refused",
+      "tests/test_kits19.py::test_save_case_refuses_path_escape",
+      "tests/test_download.py::test_kits_json_with_hostile_case_id_is_refused",
+      "tests/test_download.py::test_manifest_path_traversal_refused",
+      "tests/test_download.py::test_case_folder_symlinked_outside_refused")),
+)
+
+
+def collect_counts(node_ids: list[str]) -> dict[str, int] | None:
+    """Number of test cases pytest collects for each node id (``None`` when collection fails)."""
+    import subprocess
+
+    files = sorted({n.split("::")[0] for n in node_ids if (ROOT / n.split("::")[0]).is_file()})
+    if not files:
+        return None
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    items = [ln.strip() for ln in proc.stdout.splitlines() if "::" in ln]
+    if not items:
+        print(f"  warning: pytest --collect-only found no tests ({proc.stderr.strip()[-300:]})", file=sys.stderr)
+        return None
+    return {n: sum(1 for it in items if it == n or it.startswith(n + "[")) for n in node_ids}
+
+
+def render_reliability_tally() -> str:
+    """The tally table: what goes wrong, how many cases are tried, which tests (checked links)."""
+    node_ids = [n for _, _, tests in RELIABILITY_TALLY for n in tests]
+    counts = collect_counts(node_ids)
+    rows, total = [], 0
+    for group, what, tests in RELIABILITY_TALLY:
+        if counts is None:
+            cases = "?"
+        else:
+            n = sum(counts[t] for t in tests)
+            total += n
+            cases = str(n) if all(counts[t] for t in tests) else f"{n} (a listed test was not collected)"
+        links = ", ".join(f"{{test}}`{t}`" for t in tests)
+        rows.append(f"| {group} | {what} | {cases} | {links} |")
+    head = ["| Kind | What goes wrong | Cases tried | Tests |", "|---|---|---:|---|"]
+    foot = (f"\n*{total} test cases in {len(node_ids)} tests, counted by `pytest --collect-only` when the "
+            f"book was built. Each bad-input test asserts the error type and that its message names the file "
+            f"or value; the crash, disk-full and writer tests also check that nothing was lost or left "
+            f"half-written.*\n" if counts else "\n*(test cases could not be counted: pytest "
+            "collection failed when the book was built)*\n")
+    return "\n".join(head + rows) + "\n" + foot
 
 
 #: pipeline order of the API reference; modules not listed here follow in alphabetical order
@@ -399,6 +541,7 @@ def render() -> int:
     snippets = {
         "decisions_fragments.md": render_fragments("decisions"),
         "reliability_fragments.md": render_fragments("reliability"),
+        "reliability_tally.md": render_reliability_tally(),
         "performance_tables.md": render_performance(),
         "real_anatomy_tables.md": render_real_anatomy(),
         "api_modules.md": render_api(),

@@ -10,12 +10,12 @@ late-arterial abdominal CT and are written in exactly the KiTS19 layout:
   upper slices; aorta and inferior vena cava with renal vessels; liver (patient's right), spleen
   (left); bowel loops filled with gas, fluid, both (air-fluid level) or faeces;
 * two kidneys (in some cases one) placed paravertebrally, bean-shaped with a medial hilum, tilted
-  like real kidneys, ~10-12 cm long, with an enhancing cortex, darker medullary pyramids and a renal
+  like real kidneys, ~10-13 cm long, with an enhancing cortex, darker medullary pyramids and a renal
   sinus of fat and urine, wrapped in perirenal fat;
 * 1-3 tumours per case, 5-60 mm in diameter, some exophytic (bulging out of the kidney contour),
   some with a necrotic core, with HU that overlap the kidney's so tumour is the harder class;
 * partial-volume blur and Gaussian noise; slice thickness drawn from the KiTS19 distribution and a
-  slice count that covers the kidneys plus margins.
+  slice count that covers the kidneys plus 20-80 mm margins.
 
 Geometry is in millimetres, so one seed gives the same anatomy at every in-plane size: ``size``
 only chooses the sampling of a field of view drawn for the case (pixel spacing ~0.78 mm at 512).
@@ -131,7 +131,7 @@ class KidneySpec:
     Attributes:
         side: ``"right"`` or ``"left"`` (the patient's side; right is at small column index).
         center_mm: ``(z, y, x)`` of the centre, mm (z from the top slice, y/x from the FOV centre).
-        semi_axes_mm: ``(long, width, depth)`` half-lengths, mm (length = 2 x long, ~10-12 cm).
+        semi_axes_mm: ``(long, width, depth)`` half-lengths, mm (length = 2 x long, 104-128 mm).
         axes: 3 x 3 rows = the unit vectors (in ``(z, y, x)``) of the long axis (towards the upper
             pole), the width axis (towards the hilum, medially) and the depth axis.
     """
@@ -366,7 +366,7 @@ def phantom_spec(
             of view is drawn per case (~400 mm, pixel spacing ~0.78 mm at 512) and kept, so smaller
             sizes see the same anatomy with larger pixels.
         num_slices: slice count override (default None: the count that covers the kidneys plus
-            15-50 mm margins at the drawn thickness). Without ``slice_thickness``, the thickness is
+            20-80 mm margins at the drawn thickness). Without ``slice_thickness``, the thickness is
             then set so those slices still cover the same z-extent.
         slice_thickness: mm (default None: drawn from :data:`SLICE_THICKNESS_CHOICES` with the
             KiTS19 frequencies). Given together with ``num_slices``, the volume is centred on the
@@ -396,14 +396,14 @@ def phantom_spec(
     spine_y = body_y + body_semi_y - 0.9 * fat_mm - float(rng.uniform(55, 70))
     vertebra_rx = float(rng.uniform(19, 24))
 
-    # kidneys: ~10-12 cm long, centres 55-75 mm from the midline, the right one lower
+    # kidneys: 104-128 mm long, centres 55-75 mm from the midline, the right one lower
     solitary = rng.random() < 0.12
     missing = str(rng.choice(("right", "left"))) if solitary else ""
     left_z = 0.0
     right_z = left_z + float(rng.uniform(5, 25))
     kidneys = []
     for side, z in (("right", right_z), ("left", left_z)):
-        semi = np.array([rng.uniform(48, 62), rng.uniform(27, 34), rng.uniform(20, 27)])
+        semi = np.array([rng.uniform(52, 64), rng.uniform(30, 37), rng.uniform(22, 29)])
         offset = float(rng.uniform(55, 75))
         y = spine_y + float(rng.uniform(0, 20))
         axes = _kidney_axes(side, rng.uniform(8, 20), rng.uniform(5, 20), rng.uniform(20, 40))
@@ -421,8 +421,8 @@ def phantom_spec(
     # z layout: kidneys plus margins; sampling
     tops = [k[1][0] - _half_extent(k[3], k[2])[0] for k in kidneys]
     bottoms = [k[1][0] + _half_extent(k[3], k[2])[0] for k in kidneys]
-    top = min(tops) - float(rng.uniform(15, 50))
-    bottom = max(bottoms) + float(rng.uniform(15, 50))
+    top = min(tops) - float(rng.uniform(20, 80))
+    bottom = max(bottoms) + float(rng.uniform(20, 80))
     drawn_thickness = float(rng.choice(SLICE_THICKNESS_CHOICES, p=SLICE_THICKNESS_WEIGHTS))
     fov = float(np.clip(2 * body_semi_x + rng.uniform(20, 70), 340, 470))
     extent = bottom - top
@@ -570,6 +570,9 @@ class _Grid:
 
 def _paint_background(tis: np.ndarray, z0: int, grid: _Grid, an: Anatomy, fine: _SmoothField) -> None:
     """Body, muscles, spine, ribs, vessels and organs of slices ``z0 : z0 + len(tis)`` (in place)."""
+    def put(tissue: str, where: np.ndarray) -> None:  # broadcasts a (1, Y, X) mask over the slab
+        np.copyto(tis, _T[tissue], where=where)
+
     nz = tis.shape[0]
     zz = grid.z[z0:z0 + nz][:, None, None]
     yy, xx = grid.y[None, :, None], grid.x[None, None, :]
@@ -578,12 +581,12 @@ def _paint_background(tis: np.ndarray, z0: int, grid: _Grid, an: Anatomy, fine: 
     ax, ay = an.body_semi_x * scale, an.body_semi_y * scale
     u2 = (xx - an.midline_x) ** 2
     v2 = (yy - an.body_y) ** 2
-    np.copyto(tis, _T["fat"], where=u2 / ax ** 2 + v2 / ay ** 2 <= 1)
+    put("fat", u2 / ax ** 2 + v2 / ay ** 2 <= 1)
     wall = u2 / (ax - an.fat_mm) ** 2 + v2 / (ay - 0.8 * an.fat_mm) ** 2
-    np.copyto(tis, _T["muscle"], where=wall <= 1)
+    put("muscle", wall <= 1)
     cax, cay = ax - an.fat_mm - an.muscle_mm, ay - 0.8 * an.fat_mm - an.muscle_mm
     cavity = u2 / cax ** 2 + v2 / cay ** 2 <= 1
-    np.copyto(tis, _T["fat"], where=cavity)
+    put("fat", cavity)
 
     # ribs: oblique stripes in the outer muscle wall of the upper slices, descending anteriorly
     from_back = np.abs(np.pi / 2 - np.arctan2(yy - an.body_y, np.abs(xx - an.midline_x)))
@@ -591,37 +594,37 @@ def _paint_background(tis: np.ndarray, z0: int, grid: _Grid, an: Anatomy, fine: 
     zr = zz + an.rib_phase_mm - an.rib_drop_mm * a
     rib = ((wall > 0.8) & (wall <= 0.93) & (a > 0.2) & (a < 0.85)
            & (np.mod(zr, an.rib_pitch_mm) < 8.0) & (zz - an.rib_drop_mm * a < an.rib_end_z))
-    np.copyto(tis, _T["bone"], where=rib)
+    put("bone", rib)
 
     sy, mx = an.spine_y, an.midline_x
     vx, vy = an.vertebra_semi
-    # back muscles, quadratus lumborum, psoas (psoas grows inferiorly)
-    np.copyto(tis, _T["muscle"], where=((xx - mx) / 48) ** 2 + ((yy - (sy + vy + 40)) / 30) ** 2 <= 1)
+    # back muscles, quadratus lumborum, psoas (psoas grows inferiorly); literals are mm, adult sizes
+    put("muscle", ((xx - mx) / 48) ** 2 + ((yy - (sy + vy + 40)) / 30) ** 2 <= 1)
     for s in (-1, 1):
-        np.copyto(tis, _T["muscle"], where=((xx - mx - s * 55) / 20) ** 2 + ((yy - sy - 28) / 12) ** 2 <= 1)
+        put("muscle", ((xx - mx - s * 55) / 20) ** 2 + ((yy - sy - 28) / 12) ** 2 <= 1)
         t = zz / max(grid.z[-1], 1.0)
         r = an.psoas_radius_mm[0] + (an.psoas_radius_mm[1] - an.psoas_radius_mm[0]) * t
-        np.copyto(tis, _T["muscle"], where=(xx - mx - s * (vx + 0.9 * r)) ** 2 + (yy - sy - 2) ** 2 <= r ** 2)
+        put("muscle", (xx - mx - s * (vx + 0.9 * r)) ** 2 + (yy - sy - 2) ** 2 <= r ** 2)
     # vertebra: body (cortex + cancellous, or a disc), canal, arch, spinous + transverse processes
     level = np.mod(zz - an.vertebra_phase_mm, an.vertebra_period_mm)   # (nz, 1, 1)
     is_disc = level < an.disc_mm
     vb = ((xx - mx) / vx) ** 2 + ((yy - sy) / vy) ** 2
-    np.copyto(tis, _T["bone"], where=(vb <= 1) & ~is_disc)
-    np.copyto(tis, _T["cancellous_bone"], where=(vb <= (1 - 2.5 / vy) ** 2) & ~is_disc)
-    np.copyto(tis, _T["disc"], where=(vb <= 1) & is_disc)
+    put("bone", (vb <= 1) & ~is_disc)
+    put("cancellous_bone", (vb <= (1 - 2.5 / vy) ** 2) & ~is_disc)
+    put("disc", (vb <= 1) & is_disc)
     cy = sy + vy + 9
     rc2 = (xx - mx) ** 2 + (yy - cy) ** 2
-    np.copyto(tis, _T["bone"], where=(rc2 >= 64) & (rc2 <= 15 ** 2) & (yy > cy - 3))
-    np.copyto(tis, _T["csf"], where=rc2 < 64)
-    np.copyto(tis, _T["bone"], where=(np.abs(xx - mx) < 4) & (yy > cy + 13) & (yy < cy + 42))
+    put("bone", (rc2 >= 64) & (rc2 <= 15 ** 2) & (yy > cy - 3))
+    put("csf", rc2 < 64)
+    put("bone", (np.abs(xx - mx) < 4) & (yy > cy + 13) & (yy < cy + 42))
     transverse = (level > 0.35 * an.vertebra_period_mm) & (level < 0.6 * an.vertebra_period_mm)
-    np.copyto(tis, _T["bone"], where=transverse & (np.abs(yy - sy - vy) < 4) & (np.abs(xx - mx) > vx - 2)
+    put("bone", transverse & (np.abs(yy - sy - vy) < 4) & (np.abs(xx - mx) > vx - 2)
         & (np.abs(xx - mx) < vx + 28))
     # aorta and IVC
     ya, xa, ra = an.aorta
-    np.copyto(tis, _T["artery"], where=(xx - xa) ** 2 + (yy - ya) ** 2 <= ra ** 2)
+    put("artery", (xx - xa) ** 2 + (yy - ya) ** 2 <= ra ** 2)
     yv, xv, ryv, rxv = an.ivc
-    np.copyto(tis, _T["vein"], where=((xx - xv) / rxv) ** 2 + ((yy - yv) / ryv) ** 2 <= 1)
+    put("vein", ((xx - xv) / rxv) ** 2 + ((yy - yv) / ryv) ** 2 <= 1)
 
     # organs and bowel, clipped to the abdominal cavity; bowel first so liver/spleen lie on top
     order = [o for o in an.organs if o.tissue == "bowel"] + [o for o in an.organs if o.tissue != "bowel"]
@@ -788,7 +791,8 @@ def _paint_kidneys_and_tumors(tis, label, kc: _Components, grid: _Grid, an: Anat
     return info
 
 
-def _lut(spec_hu: dict, tumors: list[dict], rng):
+def _lut(spec_hu: dict, tumors: list[dict]):
+    """Per-tissue-code mean HU and fine/slow texture amplitudes (tumour components included)."""
     mean = np.zeros(256, np.float32)
     fine = np.zeros(256, np.float32)
     slow = np.zeros(256, np.float32)
@@ -796,7 +800,8 @@ def _lut(spec_hu: dict, tumors: list[dict], rng):
         code = _T[name]
         mean[code], fine[code], slow[code] = spec_hu[name], a_fine, a_slow
     for t in tumors:
-        mean[t["code"]], fine[t["code"]], slow[t["code"]] = t["mean_hu"], t["texture_hu"], 0.6 * t["texture_hu"]
+        code = t["code"]
+        mean[code], fine[code], slow[code] = t["mean_hu"], t["texture_hu"], 0.6 * t["texture_hu"]
     return mean, fine, slow
 
 
@@ -815,7 +820,7 @@ def _render(spec: PhantomSpec, label: np.ndarray | None):
     kc = _Components(label > 0)
     _paint_renal_vessels(tis, kc, grid, spec.anatomy)
     tumors = _paint_kidneys_and_tumors(tis, label, kc, grid, spec.anatomy, _rng(spec.seed, 2), slow)
-    mean, amp_fine, amp_slow = _lut(spec.hu, tumors, None)
+    mean, amp_fine, amp_slow = _lut(spec.hu, tumors)
     image = np.empty(spec.shape, np.float32)
     for z0 in range(0, nz, slab):
         zs = slice(z0, min(nz, z0 + slab))
@@ -895,8 +900,8 @@ def make_phantom(
         seed: non-negative integer; same seed and arguments give identical arrays.
         size: in-plane rows = columns (default 512). Same anatomy at every size (see
             :func:`phantom_spec`).
-        num_slices: slice count override (default None: kidneys plus 15-50 mm margins at the drawn
-            slice thickness, e.g. ~60 slices at 3 mm).
+        num_slices: slice count override (default None: kidneys plus 20-80 mm margins at the drawn
+            slice thickness, e.g. ~70 slices at 3 mm).
         slice_thickness: mm (default None: drawn like KiTS19: 0.5/1/2.5/3/5 mm).
         pixel_spacing: in-plane mm (default None: the case's field of view / ``size``, ~0.78 mm at
             512).

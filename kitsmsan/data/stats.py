@@ -171,7 +171,8 @@ def _select(root, labels_only: bool, case_ids):
     missing = [c for c in ids if c not in available]
     if missing:
         what = "segmentation" if labels_only else "imaging"
-        raise DataError(f"{root}: no {what} for {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        more = " ..." if len(missing) > 5 else ""
+        raise DataError(f"{root}: no {what} for {', '.join(missing[:5])}{more}")
     return ids
 
 
