@@ -24,7 +24,7 @@ output untouched and its partial copy in ``_build/failed/``; the command then ex
   pytest collects for each row;
 * ``performance_tables.md``: every ``book/data/bench_*.json`` written by ``kitsmsan bench``, as
   tables; a GPU row that has not been measured says so;
-* ``real_anatomy_tables.md``: ``book/data/postprocess_ceiling.csv`` and
+* ``real_anatomy_ceiling.md``, ``real_anatomy_stats.md``: ``book/data/postprocess_ceiling.csv`` and
   ``book/data/kits19_label_stats.csv`` (written by ``kitsmsan stats`` on the real KiTS19
   segmentations), summarised as tables;
 * ``api_modules.md``: an ``automodule`` section for every module of the package (so a new module
@@ -162,7 +162,7 @@ def run_notebooks(only: list[str] | None = None, reuse: bool = False) -> int:
         if reuse and _up_to_date(entry):
             print(f"  = {entry['output']} (up to date)", flush=True)
             continue
-        tmp = out.with_name(f".{out.name}.running")
+        tmp = out.with_name(f".{out.stem}.running.ipynb")
         start = time.perf_counter()
         print(f"  > {entry['notebook']} -> {entry['output']} {json.dumps(entry['parameters'])}", flush=True)
         try:
@@ -238,10 +238,18 @@ def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
     return rows, comments
 
 
+#: order of the fragments by area (the pipeline's order); areas not listed follow alphabetically
+FRAGMENT_ORDER = ("data", "phantoms", "models", "training", "train", "pipeline", "download", "performance",
+                  "notebooks", "book")
+
+
 def render_fragments(kind: str) -> str:
-    """Concatenate ``book/fragments/<kind>-*.md`` in name order (a note when there is none)."""
+    """Concatenate ``book/fragments/<kind>-<area>.md`` in :data:`FRAGMENT_ORDER` (a note when there is none)."""
     parts = []
-    for path in sorted(FRAGMENTS.glob(f"{kind}-*.md")):
+    rank = {area: i for i, area in enumerate(FRAGMENT_ORDER)}
+    paths = sorted(FRAGMENTS.glob(f"{kind}-*.md"),
+                   key=lambda p: (rank.get(p.stem.split("-", 1)[1], len(rank)), p.name))
+    for path in paths:
         text = path.read_text(encoding="utf-8").strip()
         if text:
             parts.append(f"<!-- from book/fragments/{path.name} -->\n\n{text}\n")
@@ -354,30 +362,28 @@ def _ceiling_finding(rows: list[dict]) -> str:
             f"the lowest kidney Dice of the paper's Table 1 ({PAPER_LOWEST_KIDNEY_DICE:.2f}, 3D U-Net).\n:::\n")
 
 
-def render_real_anatomy() -> str:
-    """Render the post-processing ceiling and the KiTS19 label statistics CSVs (summary + all rows)."""
-    out = []
-    tables = (("postprocess_ceiling.csv", "The post-processing ceiling, per case",
-               "kitsmsan stats --labels-only --ceiling --csv"),
-              ("kits19_label_stats.csv", "Label statistics of the KiTS19 training cases",
-               "kitsmsan stats --labels-only --csv"))
-    for name, title, command in tables:
-        path = DATA / name
-        out.append(f"### {title}\n")
-        if not path.is_file():
-            out.append(f":::{{note}}\n`book/data/{name}` has not been generated yet (`{command}` on the "
-                       f"KiTS19 segmentations writes it; see the end of this page).\n:::\n")
-            continue
-        rows, comments = _read_csv(path)
-        if not rows:
-            out.append(f"`book/data/{name}` is empty.\n")
-            continue
-        source = "; ".join(comments) if comments else "no provenance line in the file"
-        out.append(f"*`book/data/{name}`, {len(rows)} cases. {_fmt(source)}.*\n")
-        if name == "postprocess_ceiling.csv":
-            out.append(_ceiling_finding(rows))
-        out.append("Over all cases:\n\n" + markdown_table(_numeric_summary(rows)))
-        out.append(f":::{{dropdown}} All {len(rows)} cases\n{markdown_table(rows)}:::\n")
+REAL_ANATOMY_TABLES = {
+    "ceiling": ("postprocess_ceiling.csv", "kitsmsan stats --labels-only --ceiling --csv"),
+    "stats": ("kits19_label_stats.csv", "kitsmsan stats --labels-only --csv"),
+}
+
+
+def render_real_anatomy(which: str) -> str:
+    """Render one CSV of :data:`REAL_ANATOMY_TABLES` (``ceiling`` or ``stats``): provenance, summary, all rows."""
+    name, command = REAL_ANATOMY_TABLES[which]
+    path = DATA / name
+    if not path.is_file():
+        return (f":::{{note}}\n`book/data/{name}` has not been generated yet (`{command}` on the KiTS19 "
+                f"segmentations writes it; see the end of this page).\n:::\n")
+    rows, comments = _read_csv(path)
+    if not rows:
+        return f"`book/data/{name}` is empty.\n"
+    source = "; ".join(comments) if comments else "no provenance line in the file"
+    out = [f"*Source: `book/data/{name}`, {len(rows)} cases. {_fmt(source)}.*\n"]
+    if which == "ceiling":
+        out.append(_ceiling_finding(rows))
+    out.append("Over all cases:\n\n" + markdown_table(_numeric_summary(rows)))
+    out.append(f":::{{dropdown}} All {len(rows)} cases\n{markdown_table(rows)}:::\n")
     return "\n".join(out)
 
 
@@ -543,7 +549,8 @@ def render() -> int:
         "reliability_fragments.md": render_fragments("reliability"),
         "reliability_tally.md": render_reliability_tally(),
         "performance_tables.md": render_performance(),
-        "real_anatomy_tables.md": render_real_anatomy(),
+        "real_anatomy_ceiling.md": render_real_anatomy("ceiling"),
+        "real_anatomy_stats.md": render_real_anatomy("stats"),
         "api_modules.md": render_api(),
         "cli_reference.md": render_cli(),
     }

@@ -398,7 +398,7 @@ demo_channels = 8          # width of the small networks run on real tensors bel
                   "up1", "att1", "dec1", "up0", "att0", "dec0", "head", "aux_head_u3", "aux_head_u2"]
         shapes = {}
         hooks = [getattr(big, name).register_forward_hook(
-                     lambda module, inputs, output, name=name: shapes.setdefault(name, tuple(output.shape)))
+                     lambda module, inputs, output, name=name: shapes.__setitem__(name, tuple(output.shape)))
                  for name in stages]
         big.train()
         outputs = big(torch.empty(1, 1, paper_depth, paper_size, paper_size, device="meta"))
@@ -529,6 +529,7 @@ demo_channels = 8          # width of the small networks run on real tensors bel
             fields[f"y{group}: {extent} x {extent} x {extent} voxels"] = grad.numpy()
         for hook in hooks:
             hook.remove()
+        print("receptive fields:", "; ".join(fields))
         fig = viz.plot_maps(fields, cmap="viridis", colorbar=False,
                             title="receptive field of one output voxel of each Res2Net group (central slice)")
         '''),

@@ -222,3 +222,21 @@ def test_downsample(tiny_cache):
     assert torch.equal(yh, y[:, 1::2, 1::2])
     with pytest.raises(ConfigError, match="downsample"):
         SliceWindowDataset(tiny_cache, [0], downsample=3)
+
+
+@pytest.mark.parametrize("label_dtype, torch_dtype", [("uint8", torch.uint8), ("int16", torch.int16)])
+def test_label_dtype_fast_path(tiny_cache, label_dtype, torch_dtype):
+    # the narrow label (issue #6 fast path) holds the same values as the default int64 one, in a
+    # writable copy that does not alias the read-only cache (and the crop/pad path still works)
+    wide = SliceWindowDataset(tiny_cache, [0, 1, 2], length=40, seed=5)
+    narrow = SliceWindowDataset(tiny_cache, [0, 1, 2], length=40, seed=5, label_dtype=label_dtype)
+    padded = SliceWindowDataset(tiny_cache, [1], length=5, seed=5, crop_size=24, label_dtype=label_dtype)
+    for i in range(40):
+        (x, y), (xn, yn) = wide[i], narrow[i]
+        assert yn.dtype == torch_dtype and torch.equal(yn.long(), y) and torch.equal(xn, x)
+    yn = narrow[0][1]
+    yn[0, 0, 0] = 2  # writable: a copy, not the memory map
+    assert padded[0][1].shape == (4, 24, 24) and padded[0][1].dtype == torch_dtype
+    assert int(padded[0][1][:, 0, :].max()) == 0  # padded rows are background
+    with pytest.raises(ConfigError, match="label_dtype"):
+        SliceWindowDataset(tiny_cache, [0], label_dtype="float32")

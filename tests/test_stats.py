@@ -85,7 +85,7 @@ def test_dataset_statistics_tiny_root(tiny_case_root):
 
 
 @pytest.mark.kits_labels
-@pytest.mark.parametrize("case", ["case_00015", "case_00160"])  # uint16 qform-only ; 512 x 796
+@pytest.mark.parametrize("case", ["case_00015", "case_00152"])  # uint16 qform-only ; 3 components
 def test_real_case_statistics_against_independent_computation(kits_labels_dir, case):
     path = kits_labels_dir / case
     img = nib.load(path / "segmentation.nii.gz")
@@ -185,3 +185,34 @@ def test_cli_stats(tiny_case_root, tmp_path, capsys):
                  "--cases-range", "0-1", "--no-progress"]) == 0
     assert "k=1" in capsys.readouterr().out
     assert main(["stats", "--data", str(tmp_path / "nothing"), "--no-progress"]) == 2
+
+
+BOOK_DATA = Path(__file__).resolve().parent.parent / "book" / "data"
+
+
+def test_committed_book_tables_are_attributed_and_complete():
+    """The derived KiTS19 tables shipped for the book: 190 cases, attribution line, sane values."""
+    for name, columns in (("kits19_label_stats.csv", stats.STAT_COLUMNS),
+                          ("postprocess_ceiling.csv", ("case_id", *stats.CEILING_COLUMNS))):
+        path = BOOK_DATA / name
+        head = path.read_text().splitlines()[:3]
+        assert any("CC BY-NC-SA 4.0" in line and line.startswith("#") for line in head)
+        table = stats.read_table(path)
+        assert list(table.columns) == list(columns) and len(table) == 190
+        assert table["case_id"].tolist() == [f"case_{n:05d}" for n in range(190)]
+    ceiling = stats.read_table(BOOK_DATA / "postprocess_ceiling.csv")
+    assert (ceiling["kidney_dice_k2"] >= ceiling["kidney_dice_k1"]).all()
+    assert ceiling["kidney_deleted_k1"].sum() > 150 and ceiling["kidney_deleted_k2"].sum() == 0
+
+
+@pytest.mark.kits_labels
+def test_committed_book_tables_match_recomputation(kits_labels_dir):
+    label_stats = stats.read_table(BOOK_DATA / "kits19_label_stats.csv").set_index("case_id")
+    ceiling = stats.read_table(BOOK_DATA / "postprocess_ceiling.csv").set_index("case_id")
+    for cid in ("case_00015", "case_00152"):
+        fresh = stats.case_statistics(kits_labels_dir / cid)
+        for key in ("slices", "kidney_ml", "tumor_ml", "kidney_components", "kidney_slice_fraction"):
+            assert label_stats.loc[cid, key] == pytest.approx(fresh[key], rel=1e-5)
+        row = stats.ceiling_table(kits_labels_dir, case_ids=[cid]).set_index("case_id").loc[cid]
+        for key in ("kidney_dice_k1", "tumor_dice_k1", "kidney_dice_k2"):
+            assert ceiling.loc[cid, key] == pytest.approx(row[key], rel=1e-5)

@@ -71,7 +71,7 @@ def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
     env = inliner.document.settings.env
     app = env.app
     match = _TEST_REF.match(text.strip())
-    label = text.strip().removeprefix("tests/")
+    label = text.strip().rsplit("::", 1)[-1]  # the test's name; the file is in the link and its title
     literal = nodes.literal(label, label)
     if match is None:
         msg = inliner.reporter.warning(
@@ -91,7 +91,7 @@ def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
     if not url:
         return [literal], []
     ref = nodes.reference(rawtext, "", refuri=f"{url}/blob/{branch}/{match['file']}",
-                          classes=["kitsmsan-test-ref"])
+                          reftitle=text.strip(), classes=["kitsmsan-test-ref"])
     ref += literal
     return [ref], []
 
