@@ -22,6 +22,7 @@ number of cases that entered each mean is reported beside it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -356,19 +357,21 @@ def write_results(
 
     Returns:
         ``{"per_case": path, "summary_csv": path, "summary_json": path, "summary_md": path}``.
+
+    Raises:
+        DataError: a file could not be written (disk full, no permission); the message names it
+            and the files written before it. Each file is replaced atomically, so none is ever
+            half-written; an output folder this call created is removed again if still empty.
     """
-    from kitsmsan.utils.io import atomic_write_json, atomic_write_text
+    from kitsmsan.utils.io import atomic_write_text
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "per_case": out_dir / "per_case.csv",
         "summary_csv": out_dir / "summary.csv",
         "summary_json": out_dir / "summary.json",
         "summary_md": out_dir / "summary.md",
     }
-    atomic_write_text(paths["per_case"], per_case.to_csv(index=False, float_format="%.6f"))
-    atomic_write_text(paths["summary_csv"], summary.to_csv(float_format="%.6f"))
 
     def clean(v):
         if isinstance(v, float) and math.isnan(v):
@@ -387,14 +390,35 @@ def write_results(
     missing = []
     if "status" in per_case.columns:
         missing = per_case.loc[per_case["status"] != "ok", "case_id"].drop_duplicates().tolist()
-    atomic_write_json(
-        paths["summary_json"],
-        {"summary": summary_rows, "missing_cases": missing, "provenance": dict(provenance or {})},
-    )
+    summary_json = {"summary": summary_rows, "missing_cases": missing,
+                    "provenance": dict(provenance or {})}
     md = table1_markdown(summary, title=f"## {title}")
     if missing:
         md += f"\nMissing predictions (excluded from the means): {', '.join(missing)}\n"
     if provenance:
         md += "\n" + "\n".join(f"- {k}: {v}" for k, v in provenance.items()) + "\n"
-    atomic_write_text(paths["summary_md"], md)
+    texts = {
+        "per_case": per_case.to_csv(index=False, float_format="%.6f"),
+        "summary_csv": summary.to_csv(float_format="%.6f"),
+        # the text atomic_write_json would write (kitsmsan.utils.io)
+        "summary_json": json.dumps(summary_json, indent=2, sort_keys=False, default=str) + "\n",
+        "summary_md": md,
+    }
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
+    written: list[str] = []
+    target = out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for key, text in texts.items():
+            target = paths[key]
+            atomic_write_text(target, text)
+            written.append(target.name)
+    except OSError as exc:
+        for folder in created:  # only empty folders go: rmdir refuses the others
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        done = f"; written before it: {', '.join(written)}" if written else "; nothing was written"
+        raise DataError(f"{target}: cannot write the results ({exc.strerror or exc}){done}") from exc
     return paths

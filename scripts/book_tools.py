@@ -2,7 +2,7 @@
 
 Two subcommands, both run from the repository root::
 
-    python scripts/book_tools.py run-notebooks [--only NAME ...] [--reuse]
+    python scripts/book_tools.py run-notebooks [--only NAME ...] [--reuse] [--params FILE]
     python scripts/book_tools.py render
 
 ``run-notebooks`` executes every entry of ``scripts/notebook_params.json`` (a JSON list, in run
@@ -46,6 +46,7 @@ import sys
 import time
 from pathlib import Path
 
+from kitsmsan.errors import ConfigError
 from kitsmsan.utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ FRAGMENTS = ROOT / "book" / "fragments"
 FAILED = ROOT / "_build" / "failed"
 
 
-class BookBuildError(Exception):
+class BookBuildError(ConfigError):
     """A problem with the inputs of the book build (message names the file and the problem)."""
 
 
@@ -136,7 +137,7 @@ def _up_to_date(entry: dict) -> bool:
     return meta == entry["parameters"]
 
 
-def run_notebooks(only: list[str] | None = None, reuse: bool = False) -> int:
+def run_notebooks(only: list[str] | None = None, reuse: bool = False, params: Path = PARAMS) -> int:
     """Execute the entries of ``scripts/notebook_params.json`` with papermill, in order.
 
     Args:
@@ -144,17 +145,21 @@ def run_notebooks(only: list[str] | None = None, reuse: bool = False) -> int:
             default ``None`` runs all.
         reuse: skip entries whose output is newer than the notebook and has the same parameters
             (a quick re-render during writing; default ``False``, everything re-runs).
+        params: the list of runs (default ``scripts/notebook_params.json``); another file builds
+            the same pages with other parameters (e.g. ``smoke: false`` and KiTS19 on a GPU).
 
     Returns:
         0 when every selected notebook ran, 1 when one failed (the rest still run).
     """
     import papermill
 
-    entries = load_entries()
+    entries = load_entries(params)
+    for stale in GENERATED.glob(".*.running.ipynb"):  # left by a run that was killed
+        stale.unlink()
     if only:
         entries = [e for e in entries if Path(e["output"]).stem in only or Path(e["notebook"]).stem in only]
         if not entries:
-            raise BookBuildError(f"--only {only}: matches no entry of {PARAMS.name}")
+            raise BookBuildError(f"--only {only}: matches no entry of {params}")
     GENERATED.mkdir(parents=True, exist_ok=True)
     failures = []
     for entry in entries:
@@ -568,11 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run-notebooks", help="execute scripts/notebook_params.json with papermill")
     run.add_argument("--only", nargs="+", help="output or notebook names to run (default: all)")
     run.add_argument("--reuse", action="store_true", help="skip outputs that are up to date")
+    run.add_argument("--params", type=Path, default=Path(os.environ.get("KITSMSAN_BOOK_PARAMS", PARAMS)),
+                     help="the JSON list of runs (default: $KITSMSAN_BOOK_PARAMS or scripts/notebook_params.json)")
     sub.add_parser("render", help="render fragments, benchmark JSON and statistics CSVs to Markdown")
     args = parser.parse_args(argv)
     try:
         if args.command == "run-notebooks":
-            return run_notebooks(args.only, args.reuse)
+            return run_notebooks(args.only, args.reuse, args.params)
         return render()
     except BookBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,7 +11,9 @@
 #    statistics CSVs, API and CLI reference)
 # 3. the widget JavaScript (npm, once) so widgets render offline
 # 4. jupyter-book build -W -n --keep-going . (warnings are errors; output in _build/html)
-# Prints the wall time of each step and the total. Target: <= 10 minutes on 2 CPU cores.
+# KITSMSAN_BOOK_PARAMS=other.json runs the notebooks with another list of runs (same outputs), e.g.
+# smoke=false on KiTS19 on a GPU. Prints the wall time of each step and the total.
+# Target: <= 10 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +23,7 @@ for arg in "$@"; do
   case "$arg" in
     --reuse) reuse=(--reuse) ;;
     --skip-notebooks) run_notebooks=0 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "build_book.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -767,14 +767,14 @@ num_worst = 2              # how many of the worst test cases to show
         from kitsmsan.inference import predict_case
         from kitsmsan.postprocess import keep_largest_components
 
-        test_cases = {cid: load_case(DATA / cid) for cid in split["test"]}
+        test_set = {cid: load_case(DATA / cid) for cid in split["test"]}
         raw = {v: {cid: predict_case(m, c.image, num_slices=runs[v]["config"]["num_slices"])
-                   for cid, c in test_cases.items()} for v, m in models.items()}
+                   for cid, c in test_set.items()} for v, m in models.items()}
         post = {v: {cid: keep_largest_components(p, num_components=1) for cid, p in preds.items()} for v, preds in raw.items()}
         # the paper's ensemble: vote of the post-processed networks, post-processed again (as kitsmsan reproduce)
-        post["ensemble"] = {cid: keep_largest_components(majority_vote([post[v][cid] for v in VARIANTS]), 1) for cid in test_cases}
-        raw["ensemble"] = {cid: majority_vote([raw[v][cid] for v in VARIANTS]) for cid in test_cases}
-        print(f"{len(VARIANTS)} networks x {len(test_cases)} test cases predicted")
+        post["ensemble"] = {cid: keep_largest_components(majority_vote([post[v][cid] for v in VARIANTS]), 1) for cid in test_set}
+        raw["ensemble"] = {cid: majority_vote([raw[v][cid] for v in VARIANTS]) for cid in test_set}
+        print(f"{len(VARIANTS)} networks x {len(test_set)} test cases predicted")
         '''),
         md('''
         The post-processing step, as the package implements it (k = 1 is the paper's choice; with two
@@ -792,7 +792,7 @@ num_worst = 2              # how many of the worst test cases to show
         from kitsmsan.utils.io import atomic_write_text
         from kitsmsan.utils.provenance import environment
 
-        rows = [{"model": key, "postprocess": k, "case_id": cid, **kits_dice(preds[cid], test_cases[cid].label)}
+        rows = [{"model": key, "postprocess": k, "case_id": cid, **kits_dice(preds[cid], test_set[cid].label)}
                 for k, table in ((0, raw), (1, post)) for key, preds in table.items() for cid in preds]
         per_case = dice_table(rows)
         summary = summarize(per_case[per_case["postprocess"] == 1], by="model")
@@ -805,7 +805,7 @@ num_worst = 2              # how many of the worst test cases to show
                                       preset="smoke" if smoke else "paper")
         env = environment(device if device != "auto" else None)
         provenance = {
-            "data": DATA_KIND, "data folder": os.path.relpath(DATA, ROOT), "test cases": ", ".join(test_cases),
+            "data": DATA_KIND, "data folder": os.path.relpath(DATA, ROOT), "test cases": ", ".join(test_set),
             "training iterations": ", ".join(f"{v} {n}" for v, n in iterations.items()),
             "trained on": "; ".join(sorted({r["env"].get("device", "?") for r in runs.values()})),
             "trained at commit": ", ".join(sorted({r["env"].get("commit", "?") for r in runs.values()})),
@@ -856,7 +856,7 @@ num_worst = 2              # how many of the worst test cases to show
         ens = per_case[(per_case["model"] == "ensemble") & (per_case["postprocess"] == 1)]
         worst = ens.sort_values("composite", na_position="last")["case_id"].tolist()[:num_worst]
         for cid in worst:
-            c = test_cases[cid]
+            c = test_set[cid]
             score = ens.set_index("case_id").loc[cid]
             fig = viz.show_slices(c.image, c.label, {key: post[key][cid] for key in [*VARIANTS, "ensemble"]},
                                   num_slices=4, size=1.8,
@@ -909,16 +909,16 @@ windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the pape
         from kitsmsan.metrics import dice_table, kits_dice, summarize
         from kitsmsan.postprocess import keep_largest_components
 
-        test_cases = {cid: load_case(DATA / cid) for cid in split["test"]}
+        test_set = {cid: load_case(DATA / cid) for cid in split["test"]}
         probs = {v: {cid: predict_case(m, c.image, num_slices=runs[v]["config"]["num_slices"], return_probs=True)
-                     for cid, c in test_cases.items()} for v, m in models.items()}
+                     for cid, c in test_set.items()} for v, m in models.items()}
         labels = {v: {cid: argmax_label(p) for cid, p in ps.items()} for v, ps in probs.items()}
         ABL = RUNS / "ablations"
         results = {}
 
         def mean_scores(preds):
             """Mean kidney/tumour Dice of {case_id: label map} over the test cases."""
-            s = summarize(dice_table([{"case_id": cid, **kits_dice(p, test_cases[cid].label)} for cid, p in preds.items()]))
+            s = summarize(dice_table([{"case_id": cid, **kits_dice(p, test_set[cid].label)} for cid, p in preds.items()]))
             return {"kidney": float(s["kidney"].iloc[0]), "tumor": float(s["tumor"].iloc[0])}
         '''),
         md('''
@@ -935,9 +935,9 @@ windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the pape
             return label if k is None else keep_largest_components(label, num_components=k)
         pp_results = {}
         for name, k in post_k.items():
-            per_net = [mean_scores({cid: pp(labels[v][cid], k) for cid in test_cases}) for v in VARIANTS]
-            vote = mean_scores({cid: pp(majority_vote([labels[v][cid] for v in VARIANTS]), k) for cid in test_cases})
-            ceiling = mean_scores({cid: pp(c.label, k) for cid, c in test_cases.items()})
+            per_net = [mean_scores({cid: pp(labels[v][cid], k) for cid in test_set}) for v in VARIANTS]
+            vote = mean_scores({cid: pp(majority_vote([labels[v][cid] for v in VARIANTS]), k) for cid in test_set})
+            ceiling = mean_scores({cid: pp(c.label, k) for cid, c in test_set.items()})
             pp_results[name] = {"networks, kidney": np.mean([s["kidney"] for s in per_net]),
                                 "networks, tumor": np.mean([s["tumor"] for s in per_net]),
                                 "ensemble, kidney": vote["kidney"], "ensemble, tumor": vote["tumor"],
@@ -961,9 +961,9 @@ windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the pape
         code('''
         ens_results = {}
         for name, k in (("no post-processing", None), ("k=1", 1)):
-            vote = mean_scores({cid: pp(majority_vote([pp(labels[v][cid], k) for v in VARIANTS]), k) for cid in test_cases})
+            vote = mean_scores({cid: pp(majority_vote([pp(labels[v][cid], k) for v in VARIANTS]), k) for cid in test_set})
             avg = mean_scores({cid: pp(argmax_label(average_probabilities([probs[v][cid] for v in VARIANTS])), k)
-                               for cid in test_cases})
+                               for cid in test_set})
             ens_results[f"vote, {name}"] = vote
             ens_results[f"average, {name}"] = avg
         results["ensemble"] = ens_results
@@ -1001,7 +1001,7 @@ windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the pape
 
         def run_scores(model, num_slices=4):
             return mean_scores({cid: predict_case(model, c.image, num_slices=num_slices, stride=min(2, num_slices))
-                                for cid, c in test_cases.items()})
+                                for cid, c in test_set.items()})
 
         alt = [float(w) for w in ds_weights_alt.split(",")]
         ds_results = {
@@ -1122,7 +1122,7 @@ windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the pape
             return {k: plain(v) for k, v in obj.items()} if isinstance(obj, dict) else float(obj)
 
         atomic_write_json(ABL / "results.json", {"data": DATA_KIND, "ablation_iters": ablation_iters,
-                                                 "test_cases": list(test_cases), "results": plain(results)})
+                                                 "test_cases": list(test_set), "results": plain(results)})
         print("written:", os.path.relpath(ABL / "results.json", ROOT))
         '''),
         md('''

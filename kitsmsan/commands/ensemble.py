@@ -39,15 +39,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import nibabel as nib
-    import numpy as np
-
     from kitsmsan.data.dataset import parse_case_range
-    from kitsmsan.data.kits19 import Case, case_id, load_label, save_prediction
-    from kitsmsan.ensemble import argmax_label, average_probabilities, majority_vote
+    from kitsmsan.data.kits19 import case_id
     from kitsmsan.errors import ConfigError, DataError
     from kitsmsan.metrics import list_predictions, prediction_filename
-    from kitsmsan.utils.io import atomic_write_json, safe_join
+    from kitsmsan.utils.io import atomic_write_json
 
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
@@ -74,9 +70,63 @@ def run(args: argparse.Namespace) -> int:
         hint = " (average needs 'kitsmsan predict --save-probs')" if args.method == "average" else ""
         raise DataError(f"{len(missing)} input files missing{hint}: {', '.join(missing)}")
 
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _combine(args, ids, dirs, out_dir, probs_name)
+    except BaseException:
+        for folder in created:  # a new output folder and nothing written: leave no trace
+            try:
+                folder.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+        raise
+    try:
+        atomic_write_json(out_dir / "ensemble.json", {
+            "inputs": [str(d) for d in dirs], "method": args.method, "tie_break": args.tie_break,
+            "cases": ids, "postprocess": args.postprocess,
+        })
+    except OSError as exc:
+        raise DataError(f"{out_dir / 'ensemble.json'}: cannot write ({exc.strerror or exc}); "
+                        "the combined predictions themselves are complete") from exc
+    return 0
+
+
+def _load_probs(path):
+    """Read a ``probs_XXXXX.npy`` as a read-only memory map; plain float arrays only.
+
+    Raises:
+        DataError: unreadable file, or one holding pickled Python objects (refused, never
+            unpickled: ``allow_pickle=False``), naming the file.
+    """
+    import numpy as np
+
+    from kitsmsan.errors import DataError
+
+    try:
+        probs = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable probability array (a .npy of floats written by "
+                        f"'kitsmsan predict --save-probs'; pickled objects are refused): {exc}") from None
+    if not isinstance(probs, np.ndarray) or probs.dtype.kind != "f" or probs.ndim != 4:
+        raise DataError(f"{path}: expected a float (3, Z, Y, X) array, got "
+                        f"{getattr(probs, 'dtype', type(probs).__name__)} {getattr(probs, 'shape', '')}")
+    return probs
+
+
+def _combine(args, ids, dirs, out_dir, probs_name) -> None:
+    """Vote (or average) each case of ``ids`` over ``dirs`` and write it to ``out_dir``."""
+    import nibabel as nib
+    import numpy as np
+
+    from kitsmsan.data.kits19 import Case, load_label, save_prediction
+    from kitsmsan.ensemble import argmax_label, average_probabilities, majority_vote
+    from kitsmsan.errors import DataError
+    from kitsmsan.metrics import prediction_filename
+    from kitsmsan.utils.io import safe_join
+
     if args.postprocess:
         from kitsmsan.postprocess import keep_largest_components
-    out_dir.mkdir(parents=True, exist_ok=True)
     for cid in ids:
         first = dirs[0] / prediction_filename(cid)
         labels, affines = [], []
@@ -90,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         if args.method == "vote":
             pred = majority_vote(labels, tie_break=args.tie_break)
         else:
-            probs = [np.load(d / probs_name(cid), mmap_mode="r") for d in dirs]
+            probs = [_load_probs(d / probs_name(cid)) for d in dirs]
             for d, pr in zip(dirs, probs):
                 if pr.shape[1:] != labels[0].shape:
                     raise DataError(f"{d / probs_name(cid)}: shape {pr.shape} does not match "
@@ -101,10 +151,10 @@ def run(args: argparse.Namespace) -> int:
         img = nib.load(str(first))
         reference = Case(cid, None, labels[0], tuple(float(s) for s in img.header.get_zooms()[:3]),
                          affines[0], first.parent, img.header)
-        save_prediction(pred, reference, safe_join(out_dir, prediction_filename(cid)))
+        target = safe_join(out_dir, prediction_filename(cid))
+        try:
+            save_prediction(pred, reference, target)
+        except OSError as exc:  # disk full, no permission: name the file, no traceback
+            raise DataError(f"{target}: cannot write ({exc.strerror or exc}); the files written "
+                            f"before it are complete, this one was not written") from exc
         print(f"{cid}: {args.method} of {len(dirs)} -> {prediction_filename(cid)}")
-    atomic_write_json(out_dir / "ensemble.json", {
-        "inputs": [str(d) for d in dirs], "method": args.method, "tie_break": args.tie_break,
-        "cases": ids, "postprocess": args.postprocess,
-    })
-    return 0

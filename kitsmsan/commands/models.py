@@ -51,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
     rows = model_report(args.variants, args.input_shape or PAPER_INPUT, **overrides)
     print(format_report(rows))
     if args.json:
-        atomic_write_json(args.json, rows)
+        try:
+            atomic_write_json(args.json, rows)
+        except OSError as exc:  # disk full, no permission: name the file, no traceback
+            from kitsmsan.errors import DataError
+
+            raise DataError(f"{args.json}: cannot write ({exc.strerror or exc}); "
+                            "the file was not written") from exc
         print(f"wrote {args.json}")
     return 0

@@ -39,7 +39,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the cases; print a one-line summary. Returns 0."""
+    """Write the cases; print a one-line summary. Returns 0.
+
+    A failed write (disk full, no permission) raises :class:`kitsmsan.errors.DataError` naming the
+    output folder; every file is written atomically, so the cases already written are complete and
+    a re-run rewrites the rest.
+    """
+    import os
+    from pathlib import Path
+
+    from kitsmsan.errors import DataError
+
+    out = Path(args.out)
+    new_folder = not out.exists()
+    try:
+        return _run(args)
+    except OSError as exc:
+        if new_folder and out.is_dir():  # drop the empty folders of a new output folder
+            for folder, _, _ in sorted(os.walk(out), key=lambda t: -len(t[0])):
+                try:
+                    os.rmdir(folder)  # only succeeds when empty
+                except OSError:
+                    pass
+        where = exc.filename or args.out
+        raise DataError(f"{where}: cannot write the phantoms ({exc.strerror or exc}); cases "
+                        "written before it are complete, run the command again when fixed") from exc
+
+
+def _run(args: argparse.Namespace) -> int:
     from kitsmsan.errors import ConfigError
 
     progress = not args.no_progress

@@ -43,17 +43,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
     from pathlib import Path
 
-    import numpy as np
-
     from kitsmsan.data.dataset import parse_case_range
-    from kitsmsan.data.kits19 import case_id, list_cases, load_case, save_prediction
+    from kitsmsan.data.kits19 import case_id, list_cases
     from kitsmsan.errors import ConfigError, DataError
-    from kitsmsan.inference import resolve_device, load_model, predict_case
-    from kitsmsan.metrics import prediction_filename
-    from kitsmsan.utils.io import atomic_write, atomic_write_json, safe_join
+    from kitsmsan.inference import load_model, resolve_device
+    from kitsmsan.utils.io import atomic_write_json
 
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
@@ -68,11 +64,48 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device([torch.nn.Identity()], args.device)
     models = [load_model(r, device, checkpoint=args.checkpoint) for r in args.run]
-    if args.postprocess:
-        from kitsmsan.postprocess import keep_largest_components
-
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
+    try:
+        _predict_cases(args, ids, models, device, data_root, out_dir, timings)
+    except BaseException:
+        for folder in created:  # a new output folder and no case written: leave no trace
+            try:
+                folder.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+        raise
+    try:
+        atomic_write_json(out_dir / "predict.json", {
+            "runs": [str(r) for r in args.run], "checkpoint": args.checkpoint, "data": str(data_root),
+            "cases": ids, "num_slices": args.num_slices, "stride": args.stride,
+            "batch_size": args.batch_size, "device": str(device), "amp": args.amp,
+            "postprocess": args.postprocess, "save_probs": args.save_probs, "seconds": timings,
+        })
+    except OSError as exc:
+        raise DataError(f"{out_dir / 'predict.json'}: cannot write ({exc.strerror or exc}); "
+                        "the predictions themselves are complete") from exc
+    return 0
+
+
+def _predict_cases(args, ids, models, device, data_root, out_dir, timings) -> None:
+    """Segment each case of ``ids`` and write its prediction (and probabilities) atomically.
+
+    A case that fails (bad imaging) raises; the cases written before it stay valid.
+    """
+    import time
+
+    import numpy as np
+
+    from kitsmsan.data.kits19 import load_case, save_prediction
+    from kitsmsan.errors import DataError
+    from kitsmsan.inference import predict_case
+    from kitsmsan.metrics import prediction_filename
+    from kitsmsan.utils.io import atomic_write, safe_join
+
+    if args.postprocess:
+        from kitsmsan.postprocess import keep_largest_components
     for cid in ids:
         t0 = time.perf_counter()
         case = load_case(data_root / cid, load_label=False)
@@ -82,16 +115,15 @@ def run(args: argparse.Namespace) -> int:
         pred = np.argmax(probs, axis=0).astype(np.uint8)
         if args.postprocess:
             pred = keep_largest_components(pred, args.postprocess)
-        save_prediction(pred, case, safe_join(out_dir, prediction_filename(cid)))
-        if args.save_probs:
-            with atomic_write(safe_join(out_dir, f"probs_{cid.split('_')[1]}.npy")) as fh:
-                np.save(fh, probs.astype(np.float16))
+        target = safe_join(out_dir, prediction_filename(cid))
+        try:
+            save_prediction(pred, case, target)
+            if args.save_probs:
+                target = safe_join(out_dir, f"probs_{cid.split('_')[1]}.npy")
+                with atomic_write(target) as fh:
+                    np.save(fh, probs.astype(np.float16))
+        except OSError as exc:  # disk full, no permission: name the file, no traceback
+            raise DataError(f"{target}: cannot write ({exc.strerror or exc}); the files written "
+                            f"before it are complete, this one was not written") from exc
         timings[cid] = round(time.perf_counter() - t0, 3)
         print(f"{cid}: {case.image.shape} -> {prediction_filename(cid)} ({timings[cid]:.1f} s)")
-    atomic_write_json(out_dir / "predict.json", {
-        "runs": [str(r) for r in args.run], "checkpoint": args.checkpoint, "data": str(data_root),
-        "cases": ids, "num_slices": args.num_slices, "stride": args.stride,
-        "batch_size": args.batch_size, "device": str(device), "amp": args.amp,
-        "postprocess": args.postprocess, "save_probs": args.save_probs, "seconds": timings,
-    })
-    return 0

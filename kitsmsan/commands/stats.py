@@ -77,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key}: {value:.4g}")
         what = "per-case label statistics (volumes in ml, 26-connected components)"
     if args.csv:
-        stats.write_table(table, args.csv,
-                          comment=[f"kitsmsan stats: {what}", _source_comment(args.data)])
+        try:
+            stats.write_table(table, args.csv,
+                              comment=[f"kitsmsan stats: {what}", _source_comment(args.data)])
+        except OSError as exc:  # disk full, no permission: name the file, no traceback
+            from kitsmsan.errors import DataError
+
+            raise DataError(f"{args.csv}: cannot write ({exc.strerror or exc}); "
+                            "the file was not written") from exc
         print(f"wrote {args.csv}")
     return 0

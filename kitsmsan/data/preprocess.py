@@ -237,6 +237,24 @@ def prepare_case(case_dir: Path, cache_dir: Path, window: tuple[float, float] = 
     return meta
 
 
+def _missing_ancestors(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty; never touches a non-empty one."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _index_entry(meta: dict) -> dict:
     keys = ("shape", "spacing", "kidney_slices", "tumor_slices", "source")
     return {k: meta[k] for k in keys}
@@ -282,7 +300,8 @@ def prepare_cache(
 
     Raises:
         DataError: empty/wrong data folder, an unknown case id, a bad or unlabelled case, or a
-            write error (disk full). Cases finished before the error stay valid and are indexed.
+            write error (disk full). Cases finished before the error stay valid and are indexed;
+            a cache folder this call created is removed again when no case was finished.
     """
     data_root, cache_dir = Path(data_root), Path(cache_dir)
     available = kits19.list_cases(data_root)
@@ -302,6 +321,7 @@ def prepare_cache(
     window = (float(window[0]), float(window[1]))
     if cache_dir.exists() and not cache_dir.is_dir():
         raise DataError(f"{cache_dir}: cache path exists and is not a folder")
+    created = _missing_ancestors(cache_dir)  # folders this call creates: removed again if it fails
     cache_dir.mkdir(parents=True, exist_ok=True)
     for stale in cache_dir.glob(f"{_TMP_PREFIX}*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
@@ -317,8 +337,11 @@ def prepare_cache(
             prepare_case(data_root / cid, cache_dir, window)
             bar.update(1)
     except BaseException:
-        with contextlib.suppress(DataError):  # index the cases done so far, if the disk allows
-            _write_index(cache_dir, window)
+        if created and not any(cache_dir.iterdir()):
+            _remove_empty(created)  # a new cache folder and no case done: leave no trace
+        else:
+            with contextlib.suppress(DataError):  # index the cases done so far, if the disk allows
+                _write_index(cache_dir, window)
         raise
     finally:
         bar.close()

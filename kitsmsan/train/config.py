@@ -49,6 +49,9 @@ class TrainConfig:
         tumor_fraction: share of windows centred on tumour slices. Default 0.25.
         batch_size: windows per step and per process. Default 2 (§3.1).
         loss: ``"dice"`` (the paper's loss, §3.1). Default ``"dice"``.
+        dice_include_background: count the background class in the Dice mean. Default ``True``
+            (without it, a batch that holds no tumour gives no gradient against tumour false
+            positives; see ``book/fragments/decisions-training.md``).
         lr: initial Adam learning rate. Default 1e-3 (§3.1).
         lr_step: iterations between learning-rate decays. Default 100,000 (§3.1).
         lr_gamma: the decay factor. Default 0.1 ("decrease ... by 10", §3.1).
@@ -91,6 +94,7 @@ class TrainConfig:
     tumor_fraction: float = 0.25
     batch_size: int = 2
     loss: str = "dice"
+    dice_include_background: bool = True
     lr: float = 1e-3
     lr_step: int = 100_000
     lr_gamma: float = 0.1

@@ -97,7 +97,7 @@ def build_loss(config: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
     """Dice loss (§3.1), wrapped for deep supervision when the model has auxiliary heads."""
     from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
 
-    base = DiceLoss()
+    base = DiceLoss(include_background=config.dice_include_background)
     if getattr(model.config, "deep_supervision", False):
         return DeepSupervisionLoss(base, weights=config.ds_weights)
     return base
