@@ -509,6 +509,61 @@ def _time_step(variant: str, mode: str, dev, *, batch_size: int, num_slices: int
             "channels_last": channels_last, "compile": compiled, "params": params, "loss_finite": finite}
 
 
+def _child_main() -> None:
+    """Entry point of an isolated step measurement: JSON arguments on stdin, JSON result on the
+    last line of stdout (see :func:`_time_step_isolated`)."""
+    import json
+
+    import torch
+
+    kw = json.loads(sys.stdin.read())
+    torch.set_num_threads(kw.pop("threads"))
+    dev = resolve_device(kw.pop("device"))
+    res = _time_step(kw.pop("variant"), kw.pop("mode"), dev, **kw)
+    print("\n" + json.dumps(res), flush=True)
+
+
+def _run_child(payload: dict, code: str, timeout_s: float) -> dict:
+    """Run ``python -c code`` with ``payload`` as JSON on stdin; its last stdout line is JSON.
+
+    Raises:
+        RuntimeError: the child crashed (a signal: e.g. a segfault inside a native kernel), failed,
+            timed out or printed no result, with the reason.
+    """
+    import json
+    import signal
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"measurement stopped after {timeout_s:g} s") from None
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise RuntimeError(f"the process crashed ({name}) inside a native kernel")
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError(err[-1] if err else f"exit status {proc.returncode}, no result")
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        raise RuntimeError(f"unreadable result {lines[-1][:100]!r}") from None
+
+
+def _time_step_isolated(variant: str, mode: str, dev, *, timeout_s: float = 1800.0, **kwargs) -> dict[str, Any]:
+    """:func:`_time_step` in a fresh Python process, so that a crash in a native kernel becomes an
+    error row instead of ending the benchmark (torch 2.13 CPU: the oneDNN bf16 Conv3d backward
+    corrupts the heap from 96 x 96 planes up), and each measurement starts from a clean heap."""
+    import torch
+
+    payload = {"variant": variant, "mode": mode, "device": str(dev), "threads": torch.get_num_threads(), **kwargs}
+    return _run_child(payload, "from kitsmsan.bench import _child_main; _child_main()", timeout_s)
+
+
 def bench_step(
     *,
     variants: Sequence[str] | str | None = None,
@@ -524,6 +579,7 @@ def bench_step(
     num_iters: int = PAPER_ITERS,
     device: str | None = None,
     threads: int | None = None,
+    isolate: bool | None = None,
     seed: int = 0,
     verbose: bool = True,
     on_row: Callable[[dict], None] | None = None,
@@ -559,6 +615,9 @@ def bench_step(
         num_iters: iterations of one training run for the projection, default 400,000 (§3.1).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; default CUDA if available.
         threads: torch CPU threads during the benchmark; default None (leave as is).
+        isolate: measure each (network, mode) in a fresh Python process; default None = on CPU
+            (torch 2.13's oneDNN bf16 Conv3d backward crashes the process on this CPU from 96 × 96
+            planes up: isolated, that becomes an ``error`` row), off on CUDA.
         seed: seed of the weights and the random batch, default 0.
         verbose: print each row as it is measured, default True.
         on_row: called with each row as soon as it is measured.
@@ -592,6 +651,7 @@ def bench_step(
     num_iters = _check_int("num_iters", num_iters, 1)
     names = _variants(variants)
     mode_list = _step_modes(modes, dev.type, compile)
+    isolate = dev.type == "cpu" if isolate is None else bool(isolate)
     compile_names = names if compile_variants is None else _variants(compile_variants)
     overrides = {} if base_channels is None else {"base_channels": base_channels}
     prov = provenance(str(dev))
@@ -614,10 +674,12 @@ def bench_step(
             row: dict[str, Any] = {
                 "benchmark": "step", "variant": variant, "mode": mode, "input": input_str,
                 "base_channels": base_channels or build_model_default_base(variant),
-                "deep_supervision": variant.endswith("_ds"), "warmup": warmup, "iters": iters}
+                "deep_supervision": variant.endswith("_ds"), "warmup": warmup, "iters": iters,
+                "isolated": isolate}
             try:
-                res = _time_step(variant, mode, dev, batch_size=batch_size, num_slices=num_slices,
-                                 size=size, overrides=overrides, iters=iters, warmup=warmup, seed=seed)
+                timer = _time_step_isolated if isolate else _time_step
+                res = timer(variant, mode, dev, batch_size=batch_size, num_slices=num_slices,
+                            size=size, overrides=overrides, iters=iters, warmup=warmup, seed=seed)
             except Exception as exc:  # noqa: BLE001 - OOM, compiler failure: record it, run the rest
                 msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 row.update(error=f"{type(exc).__name__}: {msg}", **prov)

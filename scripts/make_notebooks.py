@@ -239,11 +239,6 @@ label_stats_csv = "book/data/kits19_label_stats.csv"   # statistics of the real 
         ours[["case_id", "slices", "slice_thickness_mm", "pixel_spacing_mm", "kidney_ml", "tumor_ml",
               "kidney_components", "tumor_components", "kidney_slice_fraction"]].round(2)
         '''),
-        code('''
-        fig = viz.plot_distributions({DATA_KIND: ours}, ["slices", "slice_thickness_mm", "kidney_ml", "tumor_ml",
-                                                         "kidney_components", "kidney_slice_fraction"],
-                                     title=f"per-case statistics: {DATA_KIND}")
-        '''),
         md('''
         ## Hounsfield units per label, and the window [-200, 500]
 
@@ -596,9 +591,9 @@ def nb03():
         params(DATA_PARAMS + '''
 variant = "msan_v1"        # unet3d, msan_v1, msan_v1_ds, msan_v2 or msan_v2_ds
 runs_dir = "runs/notebooks"  # the run folder is <runs_dir>/<variant> (the book: runs/book)
-num_iters = 40             # 0 = the preset's (smoke 300, paper 400,000); the default here is a quick look
-eval_every = 0             # validation Dice every N iterations (0 = the preset's: only at the end)
-device = ""                # empty: the preset's (smoke: cpu, paper: auto); or cpu, cuda, auto
+num_iters = 40             # 0: as the preset (smoke 300, paper 400,000); the default here is a quick look
+eval_every = 0             # validation Dice every N iterations (0: as the preset, only at the end)
+device = ""                # empty: as the preset (smoke cpu, paper auto); or cpu, cuda, auto
 bench_glob = "book/data/bench_*.json"   # benchmark results (kitsmsan bench) quoted for the expected speed
 '''),
         code(SETUP),

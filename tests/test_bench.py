@@ -13,6 +13,7 @@ import pytest
 
 from kitsmsan.bench import (
     BENCHMARKS,
+    _run_child,
     PROVENANCE_KEYS,
     bench_data,
     bench_inference,
@@ -70,12 +71,11 @@ def test_bench_data_without_nifti_and_bad_args(tmp_path):
 
 def test_bench_step_small():
     seen = []
-    rows = bench_step(variants="unet3d,msan_v1_ds", size=32, base_channels=4, iters=1, warmup=0,
-                      device="cpu", threads=1, verbose=False, on_row=seen.append)
+    rows = bench_step(variants="msan_v1_ds", size=32, base_channels=4, iters=1, warmup=0,
+                      device="cpu", threads=1, isolate=False, verbose=False, on_row=seen.append)
     assert seen == rows  # every row was handed out as soon as it was measured
     steps, sched = rows[:-1], rows[-1]
-    assert [(r["variant"], r["mode"]) for r in steps] == [
-        (v, m) for v in ("unet3d", "msan_v1_ds") for m in ("fp32", "amp", "amp+cl")]
+    assert [(r["variant"], r["mode"]) for r in steps] == [("msan_v1_ds", m) for m in ("fp32", "amp", "amp+cl")]
     fp32 = {r["variant"]: r["it_per_s"] for r in steps if r["mode"] == "fp32"}
     for r in steps:
         assert "error" not in r and r["loss_finite"] and _has_provenance(r)
@@ -87,8 +87,22 @@ def test_bench_step_small():
         assert _close(r["speedup_vs_fp32"], r["it_per_s"] / fp32[r["variant"]], 5e-3)
         assert _close(r["hours_per_run"], 400_000 / r["it_per_s"] / 3600, 5e-3)
         assert r["peak_mem_mb"] is None or r["mem_measure"] == "peak RSS - RSS before"
-    assert sched["benchmark"] == "schedule" and sched["networks"] == 2 and sched["at_paper_size"] is False
-    assert sched["five_model_hours_best"] is None  # three of the five networks unmeasured: no schedule
+    assert sched["benchmark"] == "schedule" and sched["networks"] == 1 and sched["at_paper_size"] is False
+    assert sched["five_model_hours_best"] is None  # four of the five networks unmeasured: no schedule
+
+
+def test_bench_step_isolated_and_crash_rows():
+    # the default on CPU: each measurement in its own process (seconds: one fp32 row)
+    row = bench_step(variants="unet3d", modes="fp32", size=16, base_channels=2, iters=1, warmup=0,
+                     device="cpu", threads=1, verbose=False)[0]
+    assert row["isolated"] is True and row["it_per_s"] > 0 and "error" not in row and row["loss_finite"]
+    # a native crash in the child becomes an exception naming the signal, not the end of the run
+    with pytest.raises(RuntimeError, match="crashed \\(SIGABRT\\)"):
+        _run_child({}, "import os; os.abort()", 60)
+    with pytest.raises(RuntimeError, match="no valid"):
+        _run_child({}, "import sys; sys.exit('no valid input')", 60)
+    assert _run_child({"a": 2}, "import json, sys; print(json.dumps({'b': json.load(sys.stdin)['a'] * 3}))",
+                      60) == {"b": 6}
 
 
 def test_bench_step_rejects_bad_arguments():

@@ -171,6 +171,14 @@ def test_defines_finds_functions_and_methods(names, found):
     assert ext._defines(SOURCE, names) is found
 
 
+@pytest.mark.parametrize("names, line", [
+    (["test_alpha"], 2), (["TestGroup"], 5), (["TestGroup", "test_beta"], 6), (["helper"], 9),
+    (["TestGroup", "helper"], None),
+])
+def test_definition_line_for_the_github_anchor(names, line):
+    assert ext._definition_line(SOURCE, names) == line
+
+
 @pytest.mark.parametrize("first_line, protected", [
     ("tuple[int, int]: the window", False),
     ("int | None: the width", False),

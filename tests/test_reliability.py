@@ -93,11 +93,19 @@ def predict_argv(w: Path, out: str = "out", *extra) -> list:
     return ["predict", "--run", w / "run", "--data", w / "data", "--out", w / out, "--device", "cpu", *extra]
 
 
-def make_predictions(w: Path, capsys, *names: str) -> None:
-    """``kitsmsan predict --save-probs`` into each of ``names`` (fixed weights: identical folders)."""
+def make_predictions(w: Path, *names: str) -> None:
+    """Write, into each folder of ``names``, what ``kitsmsan predict --save-probs`` writes (without
+    running a network): ``prediction_XXXXX.nii.gz`` = the ground truth, ``probs_XXXXX.npy`` = its
+    one-hot float16 ``(3, Z, Y, X)``."""
+    from kitsmsan.data.kits19 import load_case, save_prediction
+
     for name in names:
-        rc, err = run_cli(capsys, predict_argv(w, name, "--save-probs"))
-        assert rc == 0, err
+        (w / name).mkdir()
+        for cid in CASES:
+            case = load_case(w / "data" / cid)
+            save_prediction(case.label, case, w / name)
+            probs = np.eye(3, dtype=np.float16)[case.label].transpose(3, 0, 1, 2)
+            np.save(w / name / f"probs_{cid[-5:]}.npy", probs)
 
 
 # -- disk full through the CLI ----------------------------------------------------------------------
@@ -139,7 +147,7 @@ DISK_FULL = {
 def test_disk_full_gives_one_line_error_and_changes_nothing(world, capsys, monkeypatch, command):
     argv, named = DISK_FULL[command]
     if command in ("evaluate", "ensemble"):
-        make_predictions(world, capsys, "p1", "p2")
+        make_predictions(world, "p1", "p2")
     before = tree(world)
     disk_full(monkeypatch)
     rc, err = run_cli(capsys, argv(world))
@@ -150,9 +158,11 @@ def test_disk_full_gives_one_line_error_and_changes_nothing(world, capsys, monke
     assert tree(world) == before  # no file, no temporary, no empty folder left behind
 
 
+@pytest.mark.slow
 def test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_completes(world, capsys,
                                                                                      monkeypatch):
-    make_predictions(world, capsys, "clean")
+    rc, err = run_cli(capsys, predict_argv(world, "clean"))
+    assert rc == 0, err
     disk_full(monkeypatch, after=1)  # the first prediction is written, the second is not
     rc, err = run_cli(capsys, predict_argv(world))
     monkeypatch.undo()
@@ -176,7 +186,8 @@ def test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_com
 def test_kill_9_during_predict_then_rerun_equals_a_clean_run(world, capsys):
     """``os._exit`` (as abrupt as SIGKILL: no cleanup, no ``finally``) in the middle of writing the
     second prediction; the re-run completes and every file equals a clean run's."""
-    make_predictions(world, capsys, "clean")
+    rc, err = run_cli(capsys, predict_argv(world, "clean"))
+    assert rc == 0, err
     out = world / "out"
     script = textwrap.dedent(f"""
         import os, sys
@@ -261,7 +272,7 @@ def test_malicious_checkpoint_through_load_model_is_refused(tmp_path):
 
 
 def test_malicious_probability_file_in_ensemble_is_refused(world, capsys):
-    make_predictions(world, capsys, "p1", "p2")
+    make_predictions(world, "p1", "p2")
     pwned, control = world / "pwned.txt", world / "control.txt"
     bad = world / "p2" / "probs_00000.npy"
     np.save(bad, np.array([Evil(pwned)], dtype=object), allow_pickle=True)
@@ -278,7 +289,7 @@ def test_malicious_probability_file_in_ensemble_is_refused(world, capsys):
 
 
 def test_probability_file_of_the_wrong_kind_in_ensemble(world, capsys):
-    make_predictions(world, capsys, "p1", "p2")
+    make_predictions(world, "p1", "p2")
     bad = world / "p2" / "probs_00001.npy"
     np.save(bad, np.zeros((3, 16, 20), np.int64))  # 3-D integers, not (3, Z, Y, X) floats
     rc, err = run_cli(capsys, ["ensemble", "--pred", world / "p1", world / "p2", "--out", world / "ens",
@@ -305,7 +316,7 @@ def test_output_file_symlinked_outside_is_refused_by_predict(world, capsys):
 def test_output_file_symlinked_outside_is_replaced_not_followed_by_evaluate(world, capsys):
     """``evaluate`` writes its tables with ``atomic_write``: the rename replaces the link itself, so
     the file it pointed to is untouched and the result lands inside ``--out``."""
-    make_predictions(world, capsys, "p1")
+    make_predictions(world, "p1")
     victim = world / "victim.json"
     victim.write_text("precious")
     out = world / "eval"
@@ -352,3 +363,53 @@ def test_phantoms_out_writes_only_inside_it(tmp_path, capsys):
     assert new and all(p == "ph" or p.startswith("ph/") for p in new), new
     assert {k: v for k, v in after.items() if k in before} == before
     assert {"case_00000", "case_00001", "phantoms.json"} <= {p.name for p in (tmp_path / "ph").iterdir()}
+
+
+# -- outputs pointed at real data: refused, nothing replaced ---------------------------------------
+
+def _digests(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("cache", ["data", "other"])
+def test_prepare_refuses_a_cache_that_is_a_data_folder(world, capsys, cache):
+    """``prepare --cache`` pointed at the data folder (or at another KiTS19 copy) used to replace
+    every case folder with its cache entry: the source NIfTI files were deleted."""
+    if cache == "other":
+        from kitsmsan.data.kits19 import save_case
+
+        image, label, spacing = make_tiny_case("case_00000")
+        save_case(world / "other", "case_00000", image, label, spacing)
+    before, contents = tree(world), _digests(world)
+    rc, err = run_cli(capsys, ["prepare", "--data", world / "data", "--cache", world / cache, "--no-progress"])
+    assert rc == 2
+    assert_one_line_error(err, "prepare", str(world / cache), "differ from the data folder"
+                          if cache == "data" else "not a kitsmsan cache")
+    assert tree(world) == before and _digests(world) == contents
+
+
+@pytest.mark.parametrize("kind", ["pure", "from labels"])
+def test_phantoms_refuse_to_overwrite_real_cases(world, capsys, kind):
+    """``phantoms --out`` pointed at a real data folder used to overwrite its cases."""
+    from kitsmsan.data.kits19 import save_case
+
+    image, label, spacing = make_tiny_case("case_00000")
+    save_case(world / "labels", "case_00000", image, label, spacing)  # a source for --from-labels
+    before, contents = tree(world), _digests(world)
+    argv = ["phantoms", "--out", world / "data", "--no-progress", "--cases", "1"]
+    argv += ["--size", "32", "--slices", "6"] if kind == "pure" else ["--from-labels", world / "labels"]
+    rc, err = run_cli(capsys, argv)
+    assert rc == 2
+    assert_one_line_error(err, "phantoms", str(world / "data"), "case_00000", "refusing to overwrite")
+    assert tree(world) == before and _digests(world) == contents
+
+
+def test_phantoms_rerun_into_its_own_folder_is_allowed(tmp_path, capsys):
+    argv = ["phantoms", "--out", tmp_path / "ph", "--cases", "1", "--size", "32", "--slices", "6",
+            "--no-progress"]
+    assert run_cli(capsys, argv)[0] == 0
+    first = _digests(tmp_path / "ph")
+    assert run_cli(capsys, argv)[0] == 0  # listed in phantoms.json: rewritten, same bytes
+    second = _digests(tmp_path / "ph")
+    assert second.keys() == first.keys()
+    assert all(second[k] == first[k] for k in first if k.endswith(".nii.gz"))

@@ -50,7 +50,7 @@ def test_json_round_trip(tmp_path):
     ({"lr_gamma": 1.5}, "lr_gamma=1.5"),
     ({"device": "tpu"}, "device='tpu'"),
     ({"loss": "ce"}, "loss='ce'"),
-    ({"fg_fraction": 0.8, "tumor_fraction": 0.5}, "fg_fraction + tumor_fraction"),
+    ({"fg_fraction": 1.5}, "fg_fraction=1.5"),
 ])
 def test_bad_settings_raise_config_error_naming_key_and_value(overrides, names):
     with pytest.raises(ConfigError, match=None) as err:

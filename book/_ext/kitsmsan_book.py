@@ -59,11 +59,22 @@ def substitute_repo(app: Sphinx, docname: str, source: list[str]) -> None:
 
 def _defines(text: str, names: list[str]) -> bool:
     """Whether ``text`` (a Python file) defines ``names`` (``[func]`` or ``[Class, method]``)."""
+    return _definition_line(text, names) is not None
+
+
+def _definition_line(text: str, names: list[str]) -> int | None:
+    """1-based line of the definition of ``names`` in ``text``, or ``None`` when it is not defined."""
     if len(names) == 1:
-        return re.search(rf"^(async\s+)?(def|class)\s+{names[0]}\b", text, re.M) is not None
+        match = re.search(rf"^(async\s+)?(def|class)\s+{names[0]}\b", text, re.M)
+        return None if match is None else text.count("\n", 0, match.start()) + 1
     cls, method = names
-    match = re.search(rf"^class\s+{cls}\b.*?(?=^\S|\Z)", text, re.M | re.S)
-    return match is not None and re.search(rf"^\s+def\s+{method}\b", match.group(0), re.M) is not None
+    block = re.search(rf"^class\s+{cls}\b.*?(?=^\S|\Z)", text, re.M | re.S)
+    if block is None:
+        return None
+    match = re.search(rf"^[ \t]+(async\s+)?def\s+{method}\b", block.group(0), re.M)
+    if match is None:
+        return None
+    return text.count("\n", 0, block.start() + match.start()) + 1
 
 
 def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
@@ -82,7 +93,8 @@ def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
     if not path.is_file():
         LOGGER.warning("{test} role: test file %s does not exist (referenced as %r)", match["file"],
                        text, location=(env.docname, lineno), type="kitsmsan", subtype="test")
-    elif not _defines(path.read_text(encoding="utf-8"), names):
+    line = _definition_line(path.read_text(encoding="utf-8"), names) if path.is_file() else None
+    if path.is_file() and line is None:
         LOGGER.warning("{test} role: %s defines no test %s (referenced as %r)", match["file"],
                        "::".join(names), text, location=(env.docname, lineno), type="kitsmsan",
                        subtype="test")
@@ -90,7 +102,8 @@ def test_role(name, rawtext, text, lineno, inliner, options=None, content=None):
     url, branch = _repo(app)
     if not url:
         return [literal], []
-    ref = nodes.reference(rawtext, "", refuri=f"{url}/blob/{branch}/{match['file']}",
+    anchor = f"#L{line}" if line else ""
+    ref = nodes.reference(rawtext, "", refuri=f"{url}/blob/{branch}/{match['file']}{anchor}",
                           reftitle=text.strip(), classes=["kitsmsan-test-ref"])
     ref += literal
     return [ref], []

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--modes", default=None, help="comma-separated of fp32,amp,amp+cl,amp+cl+compile")
     s.add_argument("--compile", action="store_true", help="on CPU, add the torch.compile mode")
     s.add_argument("--compile-variants", default=None, help="networks that get the compile mode (default: all)")
+    s.add_argument("--isolate", default=None, action=argparse.BooleanOptionalAction,
+                   help="measure each network/mode in a fresh process (default: on for CPU, off for CUDA)")
     d = p.add_argument_group("data")
     d.add_argument("--windows", type=int, default=2000, help="cache windows timed (default 2000)")
     d.add_argument("--nifti-windows", type=int, default=5, help=".nii.gz windows timed (default 5)")
@@ -84,7 +86,7 @@ def _kwargs(name: str, args: argparse.Namespace) -> dict:
         return dict(variants=args.variants, modes=args.modes, compile=args.compile,
                     compile_variants=args.compile_variants, size=args.size, batch_size=args.batch_size,
                     base_channels=args.base_channels, iters=args.iters, warmup=args.warmup,
-                    device=args.device, threads=args.threads)
+                    device=args.device, threads=args.threads, isolate=args.isolate)
     if name == "inference":
         return dict(size=args.size, num_slices=args.slices, base_channels=args.base_channels,
                     device=args.device, threads=args.threads)
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: columns the terminal table leaves out unless ``--wide`` (they stay in the JSON)
-NARROW_SKIP = ("params", "run_iters", "mem_measure", "threads", "loss_finite", "warmup", "iters",
+NARROW_SKIP = ("params", "isolated", "run_iters", "mem_measure", "threads", "loss_finite", "warmup", "iters",
                "deep_supervision", "precision", "channels_last", "compile", "tflop_per_s", "load_avg",
                "write_nifti_s", "label_dtype", "pin_memory", "batches", "cudnn_benchmark", "tf32_conv",
                "tf32_matmul", "command", "cpu_cores", "torch_threads")

@@ -947,6 +947,31 @@ def _check_case_ids(case_ids, num_cases: int) -> list[str]:
     return ids
 
 
+def _refuse_foreign_cases(root: Path, ids: Sequence[str]) -> None:
+    """Refuse to write phantoms over case folders that ``kitsmsan phantoms`` did not write.
+
+    A case folder of ``ids`` that already holds files and is not listed in ``root/phantoms.json``
+    is real (or foreign) data: writing a phantom there would replace it.
+
+    Raises:
+        DataError: naming ``root`` and the case folders; nothing is written.
+    """
+    listed: set[str] = set()
+    meta_path = root / "phantoms.json"
+    if meta_path.is_file():
+        try:
+            cases = json.loads(meta_path.read_text()).get("cases", {})
+            listed = set(cases) if isinstance(cases, dict) else set()
+        except (OSError, ValueError, AttributeError):
+            listed = set()
+    foreign = [cid for cid in ids
+               if cid not in listed and (root / cid).is_dir() and any((root / cid).iterdir())]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise DataError(f"{root}: holds case folders not written by kitsmsan phantoms ({shown}; not "
+                        "listed in phantoms.json); refusing to overwrite them (choose a new folder)")
+
+
 def _write_metadata(root: Path, kind: str, seed: int, entries: dict, extra: dict) -> None:
     meta_path = root / "phantoms.json"
     meta = {"generator": "kitsmsan.data.phantom", "kind": kind, "version": GENERATOR_VERSION,
@@ -995,12 +1020,15 @@ def write_phantom_dataset(
 
     Raises:
         ConfigError: bad arguments (nothing written).
+        DataError: ``root`` holds case folders of ``case_ids`` that are not listed in its
+            ``phantoms.json`` (real data would be overwritten; nothing written).
     """
     num_cases = _check_positive(num_cases, "num_cases", integer=True)
     seed = _check_seed(seed)
     ids = _check_case_ids(case_ids, num_cases)
     phantom_spec(0, size=size, num_slices=num_slices)  # validates size/num_slices before writing
     root = Path(root)
+    _refuse_foreign_cases(root, ids)
     entries = {}
     for k, cid in _progress(enumerate(ids), len(ids), "phantoms", progress):
         case_seed = _case_seed(seed, k)
@@ -1172,7 +1200,8 @@ def write_label_conditioned_dataset(
         The case ids written.
 
     Raises:
-        DataError: missing/corrupt label files (named), ``out_root`` equal to ``labels_root``.
+        DataError: missing/corrupt label files (named), ``out_root`` equal to ``labels_root``, or
+            ``out_root`` holding case folders not listed in its ``phantoms.json`` (nothing written).
         ConfigError: bad ``seed`` or ``size``.
     """
     from kitsmsan.data.kits19 import case_number, normalize_case_id
@@ -1188,6 +1217,7 @@ def write_label_conditioned_dataset(
     if missing:
         raise DataError(f"{labels_root}: no segmentation for {', '.join(missing[:5])}"
                         + (" ..." if len(missing) > 5 else ""))
+    _refuse_foreign_cases(out_root, ids)
     written = []
     for cid in _progress(ids, len(ids), "label-conditioned phantoms", progress):
         case = load_case(labels_root / cid, load_image=False)

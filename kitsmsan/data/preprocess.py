@@ -237,6 +237,28 @@ def prepare_case(case_dir: Path, cache_dir: Path, window: tuple[float, float] = 
     return meta
 
 
+def _refuse_data_folder_as_cache(cache_dir: Path, data_root: Path) -> None:
+    """Refuse a cache folder that is (or holds) a KiTS19 data folder.
+
+    Preparing replaces ``cache_dir/case_XXXXX`` as a whole, so a cache pointed at the data folder
+    itself (or at another copy of KiTS19) would delete the source imaging and segmentations.
+
+    Raises:
+        DataError: ``cache_dir`` is ``data_root`` or has a case folder holding ``imaging.nii.gz``
+            or ``segmentation.nii.gz``; the message names the folder. Nothing is written.
+    """
+    if not cache_dir.is_dir():
+        return
+    if cache_dir.resolve() == data_root.resolve():
+        raise DataError(f"{cache_dir}: the cache folder must differ from the data folder "
+                        "(preparing replaces each case folder of the cache)")
+    for sub in cache_dir.iterdir():
+        if kits19._CASE_RE.match(sub.name) and any(
+                (sub / name).exists() for name in (kits19.IMAGING_FILE, kits19.SEGMENTATION_FILE)):
+            raise DataError(f"{cache_dir}: holds KiTS19 case folders ({sub.name} has NIfTI files), "
+                            "not a kitsmsan cache; refusing to replace them (choose a new folder)")
+
+
 def _missing_ancestors(path: Path) -> list[Path]:
     """``path`` and those of its parents that do not exist yet, deepest first."""
     missing = []
@@ -321,6 +343,7 @@ def prepare_cache(
     window = (float(window[0]), float(window[1]))
     if cache_dir.exists() and not cache_dir.is_dir():
         raise DataError(f"{cache_dir}: cache path exists and is not a folder")
+    _refuse_data_folder_as_cache(cache_dir, data_root)
     created = _missing_ancestors(cache_dir)  # folders this call creates: removed again if it fails
     cache_dir.mkdir(parents=True, exist_ok=True)
     for stale in cache_dir.glob(f"{_TMP_PREFIX}*"):  # left by a killed run

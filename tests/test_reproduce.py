@@ -1,0 +1,71 @@
+"""``kitsmsan reproduce`` end to end on a few tiny phantoms (issue #4, "the main job")."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from kitsmsan.errors import ConfigError
+from kitsmsan.reproduce import DATA_KITS, DATA_PURE, PAPER_TABLE1, reproduce, table1
+
+TINY = dict(num_iters=3, model={"base_channels": 4}, eval_cases=0, threads=1, ckpt_every=3, log_every=3)
+
+
+@pytest.mark.slow
+def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
+    monkeypatch.delenv("KITSMSAN_LABELS", raising=False)
+    out = tmp_path / "repro"
+    paths = reproduce("smoke", out, overrides=TINY, progress=False,
+                      data_options=dict(size=32, num_slices=8, pure_cases=3, pure_train="0-1", pure_test="2"))
+    for p in paths.values():
+        assert p.is_file(), p
+    doc = json.loads(paths["table_json"].read_text())
+    prov = doc["provenance"]
+    assert prov["data_kind"] == DATA_PURE
+    assert prov["iterations"] == {v: 3 for v in ("unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds")}
+    for key in ("hardware", "commit", "wall_seconds", "train_seconds", "test_cases", "torch"):
+        assert key in prov
+    rows = {r["key"]: r for r in doc["rows"]}
+    assert list(rows) == ["unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds", "ensemble"]
+    assert rows["ensemble"]["paper_kits19_averaged"] == 79.63 and rows["msan_v1_ds"]["paper_kits19_kidney"] is None
+    assert all(0 <= r["ours_kidney"] <= 100 for r in rows.values())
+    md = paths["table_md"].read_text()
+    assert "not KiTS19" in md and "Paper (KiTS19)" in md
+    table = pd.read_csv(paths["table_csv"])
+    assert len(table) == 6
+    per_case = pd.read_csv(paths["per_case"])
+    assert set(per_case["postprocess"]) == {0, 1} and set(per_case["case_id"]) == {"case_00002"}
+    assert (out / "predictions" / "ensemble" / "prediction_00002.nii.gz").is_file()
+    # a re-run skips finished runs (nothing retrained: checkpoints untouched)
+    last = out / "runs" / "msan_v1" / "checkpoints" / "last.pt"
+    stamp = last.stat().st_mtime_ns
+    reproduce("smoke", out, overrides=TINY, progress=False,
+              data_options=dict(size=32, num_slices=8, pure_cases=3, pure_train="0-1", pure_test="2"))
+    assert last.stat().st_mtime_ns == stamp
+
+
+def test_table_never_labels_phantom_numbers_as_kits19():
+    scores = {"msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_raw": 0.6}}
+    md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke")
+    assert "Ours, pure phantoms — not KiTS19" in md
+    assert rows[0]["ours_averaged"] == pytest.approx(70.0) and rows[0]["paper_kits19_averaged"] == 74.23
+    md, _ = table1(scores, data_kind=DATA_KITS, iterations={"msan_v1": 10}, preset="paper")
+    assert "Ours, KiTS19" in md and "not KiTS19" not in md
+
+
+def test_paper_table_is_self_consistent():
+    # Table 1's "Averaged" is the mean of kidney and tumour (to rounding)
+    for row in PAPER_TABLE1.values():
+        if row:
+            assert abs((row["kidney"] + row["tumor"]) / 2 - row["averaged"]) < 0.006
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ConfigError, match="'fast'"):
+        reproduce("fast", tmp_path)
+    with pytest.raises(ConfigError, match="--data"):
+        reproduce("paper", tmp_path)
+    with pytest.raises(ConfigError, match="'msan_v9'"):
+        reproduce("smoke", tmp_path, variants=("msan_v9",))
