@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except KitsmsanError as exc:
         print(f"kitsmsan {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # safety net: disk full, permission denied... one line, no traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"kitsmsan {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"kitsmsan {args.command}: interrupted", file=sys.stderr)
         return 130

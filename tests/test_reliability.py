@@ -18,7 +18,9 @@ Here:
   file never created — with a control showing the same file *does* create it under a plain
   unpickle; likewise a malicious ``probs_XXXXX.npy`` fed to ``ensemble --method average``;
 * **paths** — an output file that is a symlink pointing outside, hostile folder names in the data
-  folder, and ``phantoms --out``: nothing is written outside the chosen output folder.
+  folder, and ``phantoms --out``: nothing is written outside the chosen output folder;
+* **outputs pointed at real data** — ``prepare --cache`` on a data folder and ``phantoms --out`` on
+  real cases are refused (both used to replace the source cases).
 """
 
 from __future__ import annotations
