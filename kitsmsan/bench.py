@@ -53,9 +53,10 @@ PAPER_ITERS = 400_000
 PAPER_CASE_SLICES = 300
 
 #: the step benchmark's modes, each adding one optimisation to the previous
-STEP_MODES = ("fp32", "amp", "amp+cl", "amp+cl+compile")
+STEP_MODES = ("fp32", "cl", "amp", "amp+cl", "amp+cl+compile")
 MODE_LABELS = {
     "fp32": "fp32 eager",
+    "cl": "fp32 + channels_last_3d",
     "amp": "autocast",
     "amp+cl": "autocast + channels_last_3d",
     "amp+cl+compile": "autocast + channels_last_3d + torch.compile",
@@ -408,8 +409,10 @@ def _reset_peak_rss() -> bool:
 
 
 def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool) -> list[str]:
-    if modes is None:
-        modes = list(STEP_MODES) if (dev_type == "cuda" or compile) else list(STEP_MODES[:3])
+    if modes is None:  # CUDA: the issue's ladder; CPU: also fp32 + channels-last, no compile
+        modes = ["fp32", "amp", "amp+cl", "amp+cl+compile"] if dev_type == "cuda" else ["fp32", "cl", "amp", "amp+cl"]
+        if dev_type == "cpu" and compile:
+            modes.append("amp+cl+compile")
     elif isinstance(modes, str):
         modes = [m.strip() for m in modes.split(",") if m.strip()]
     modes = list(modes)
@@ -440,7 +443,7 @@ def _time_step(variant: str, mode: str, dev, *, batch_size: int, num_slices: int
     from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
     from kitsmsan.models import build_model
 
-    amp = mode != "fp32"
+    amp = mode.startswith("amp")
     channels_last = "cl" in mode.split("+")
     compiled = mode.endswith("compile")
     amp_dtype = _amp_dtype(dev) if amp else None
@@ -523,8 +526,10 @@ def _child_main() -> None:
     print("\n" + json.dumps(res), flush=True)
 
 
-def _run_child(payload: dict, code: str, timeout_s: float) -> dict:
+def _run_child(payload: dict, code: str, timeout_s: float, env: dict[str, str] | None = None) -> dict:
     """Run ``python -c code`` with ``payload`` as JSON on stdin; its last stdout line is JSON.
+
+    ``env`` adds environment variables for the child (default None: inherit unchanged).
 
     Raises:
         RuntimeError: the child crashed (a signal: e.g. a segfault inside a native kernel), failed,
@@ -535,7 +540,7 @@ def _run_child(payload: dict, code: str, timeout_s: float) -> dict:
 
     try:
         proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True,
-                              text=True, timeout=timeout_s)
+                              text=True, timeout=timeout_s, env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"measurement stopped after {timeout_s:g} s") from None
     if proc.returncode < 0:
@@ -554,14 +559,34 @@ def _run_child(payload: dict, code: str, timeout_s: float) -> dict:
         raise RuntimeError(f"unreadable result {lines[-1][:100]!r}") from None
 
 
+#: oneDNN's instruction-set cap used when its default (AMX) bf16 kernels crash the process
+ONEDNN_FALLBACK_ISA = "AVX512_CORE_BF16"
+
+
 def _time_step_isolated(variant: str, mode: str, dev, *, timeout_s: float = 1800.0, **kwargs) -> dict[str, Any]:
     """:func:`_time_step` in a fresh Python process, so that a crash in a native kernel becomes an
-    error row instead of ending the benchmark (torch 2.13 CPU: the oneDNN bf16 Conv3d backward
-    corrupts the heap from 96 x 96 planes up), and each measurement starts from a clean heap."""
+    error row instead of ending the benchmark, and each measurement starts from a clean heap.
+
+    Seen here (torch 2.13.0+cpu, a Xeon with AMX): the oneDNN AMX kernel of the bf16 ``Conv3d``
+    backward segfaults from 96 × 96 planes up. A crashed CPU measurement is therefore retried once
+    with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` (no AMX); the result then says so in ``onednn_isa``.
+    """
     import torch
 
     payload = {"variant": variant, "mode": mode, "device": str(dev), "threads": torch.get_num_threads(), **kwargs}
-    return _run_child(payload, "from kitsmsan.bench import _child_main; _child_main()", timeout_s)
+    code = "from kitsmsan.bench import _child_main; _child_main()"
+    try:
+        return _run_child(payload, code, timeout_s)
+    except RuntimeError as exc:
+        if dev.type != "cpu" or "crashed" not in str(exc) or os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            raise
+        first = str(exc)
+    try:
+        res = _run_child(payload, code, timeout_s, env={"ONEDNN_MAX_CPU_ISA": ONEDNN_FALLBACK_ISA})
+    except RuntimeError as exc:
+        raise RuntimeError(f"{first}; again with ONEDNN_MAX_CPU_ISA={ONEDNN_FALLBACK_ISA}: {exc}") from None
+    res["onednn_isa"] = f"{ONEDNN_FALLBACK_ISA} (default ISA: {first})"
+    return res
 
 
 def bench_step(
@@ -593,17 +618,19 @@ def bench_step(
     images and labels (the content does not change the cost). On CUDA ``cudnn.benchmark`` is on, as
     in training, and TF32 follows PyTorch's defaults (reported in the row).
 
-    Modes (:data:`STEP_MODES`), each adding one thing: ``fp32`` (eager, float32), ``amp``
-    (autocast: bf16 where supported, else fp16 with a grad scaler), ``amp+cl``
+    Modes (:data:`STEP_MODES`): ``fp32`` (eager, float32), ``cl`` (fp32 + ``channels_last_3d``),
+    ``amp`` (autocast: bf16 where supported, else fp16 with a grad scaler), ``amp+cl``
     (+ ``channels_last_3d``), ``amp+cl+compile`` (+ :func:`torch.compile`, whose compilation falls
     in the warm-up and is reported as ``warmup_s``). A mode that fails (out of memory, a compiler
-    error) gives a row with ``error`` instead of timings; the others still run.
+    error, a crash of the isolated process) gives a row with ``error`` instead of timings; the others
+    still run.
 
     Args:
         variants: networks to run, default all five (:func:`kitsmsan.models.list_models`); a list or
             a comma-separated string.
-        modes: modes to run; default all four on CUDA, the first three on CPU (``compile`` adds the
-            fourth). ``fp32`` is always added: it is the baseline of ``speedup_vs_fp32``.
+        modes: modes to run; default ``fp32, amp, amp+cl, amp+cl+compile`` on CUDA (issue #6) and
+            ``fp32, cl, amp, amp+cl`` on CPU (``compile`` adds the compile mode). ``fp32`` is always
+            added: it is the baseline of ``speedup_vs_fp32``.
         compile: on CPU, include the compile mode by default, default False.
         compile_variants: restrict the compile mode to these networks (default None: all of them).
         size: in-plane size H = W; default 512 on CUDA (the paper's), 128 on CPU.
@@ -701,6 +728,8 @@ def bench_step(
                 tflop_per_s=_sig(3 * fwd_flops * rate / 1e12), loss_finite=res["loss_finite"],
                 threads=torch.get_num_threads(),
             )
+            if res.get("onednn_isa"):
+                row["onednn_isa"] = res["onednn_isa"]
             if dev.type == "cuda":
                 row.update(cudnn_benchmark=True, tf32_conv=torch.backends.cudnn.allow_tf32,
                            tf32_matmul=torch.backends.cuda.matmul.allow_tf32)

@@ -683,7 +683,7 @@ bench_glob = "book/data/bench_*.json"   # benchmark results (kitsmsan bench) quo
         pd.Series({"iterations": summary["iterations"], "wall time (s)": summary["seconds"],
                    "iterations / s (median)": round(rate, 2), "device": env.get("device"),
                    "torch": env.get("torch"), "commit": env.get("commit"),
-                   "final validation": summary.get("final_val"),
+                   "final validation Dice": ", ".join(f"{k} {v:.3f}" for k, v in (summary.get("final_val") or {}).items()),
                    "400,000 iterations at this speed and size (h)": round(paper_hours, 1)}, name=variant).to_frame()
         '''),
         md('''

@@ -75,14 +75,14 @@ def test_bench_step_small():
                       device="cpu", threads=1, isolate=False, verbose=False, on_row=seen.append)
     assert seen == rows  # every row was handed out as soon as it was measured
     steps, sched = rows[:-1], rows[-1]
-    assert [(r["variant"], r["mode"]) for r in steps] == [("msan_v1_ds", m) for m in ("fp32", "amp", "amp+cl")]
+    assert [(r["variant"], r["mode"]) for r in steps] == [("msan_v1_ds", m) for m in ("fp32", "cl", "amp", "amp+cl")]
     fp32 = {r["variant"]: r["it_per_s"] for r in steps if r["mode"] == "fp32"}
     for r in steps:
         assert "error" not in r and r["loss_finite"] and _has_provenance(r)
         assert r["input"] == "2x1x4x32x32" and r["base_channels"] == 4
         assert r["deep_supervision"] == r["variant"].endswith("_ds")
-        assert r["precision"] == ("fp32" if r["mode"] == "fp32" else "bfloat16")
-        assert r["channels_last"] == (r["mode"] == "amp+cl") and r["compile"] is False
+        assert r["precision"] == ("bfloat16" if r["mode"].startswith("amp") else "fp32")
+        assert r["channels_last"] == r["mode"].endswith("cl") and r["compile"] is False
         assert _close(r["s_per_it"], 1 / r["it_per_s"])
         assert _close(r["speedup_vs_fp32"], r["it_per_s"] / fp32[r["variant"]], 5e-3)
         assert _close(r["hours_per_run"], 400_000 / r["it_per_s"] / 3600, 5e-3)
@@ -103,6 +103,26 @@ def test_bench_step_isolated_and_crash_rows():
         _run_child({}, "import sys; sys.exit('no valid input')", 60)
     assert _run_child({"a": 2}, "import json, sys; print(json.dumps({'b': json.load(sys.stdin)['a'] * 3}))",
                       60) == {"b": 6}
+
+
+def test_crashed_cpu_measurement_is_retried_without_amx(monkeypatch):
+    import torch
+
+    import kitsmsan.bench as bench
+
+    calls = []
+
+    def fake_child(payload, code, timeout_s, env=None):
+        calls.append(env)
+        if env is None:
+            raise RuntimeError("the process crashed (SIGSEGV) inside a native kernel")
+        return {"s_per_it": 0.5}
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(bench, "_run_child", fake_child)
+    res = bench._time_step_isolated("unet3d", "amp", torch.device("cpu"), size=16)
+    assert calls == [None, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}]
+    assert res["s_per_it"] == 0.5 and res["onednn_isa"].startswith("AVX512_CORE_BF16 (default ISA: the process")
 
 
 def test_bench_step_rejects_bad_arguments():

@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads for step / inference")
     s = p.add_argument_group("step")
     s.add_argument("--variants", default=None, help="comma-separated networks (default: all five)")
-    s.add_argument("--modes", default=None, help="comma-separated of fp32,amp,amp+cl,amp+cl+compile")
+    s.add_argument("--modes", default=None, help="comma-separated of fp32,cl,amp,amp+cl,amp+cl+compile (default: cuda "
+                   "fp32,amp,amp+cl,amp+cl+compile; cpu fp32,cl,amp,amp+cl)")
     s.add_argument("--compile", action="store_true", help="on CPU, add the torch.compile mode")
     s.add_argument("--compile-variants", default=None, help="networks that get the compile mode (default: all)")
     s.add_argument("--isolate", default=None, action=argparse.BooleanOptionalAction,

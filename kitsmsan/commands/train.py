@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{run_dir}: already finished (summary.json); nothing to do")
             return 0
         out = resume(run_dir, **overrides)
-        print(f"run folder: {out}")
+        _report(out)
         return 0
     if not args.data and not args.cache:
         raise ConfigError("train: give --data ROOT (and optionally --cache DIR), or --resume RUN_DIR")
@@ -72,8 +72,16 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         prepare_for(config)
     out = train(config)
-    print(f"run folder: {out}")
+    _report(out)
     return 0
+
+
+def _report(run_dir) -> None:
+    """Print the run folder (once, on rank 0 under torchrun)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {run_dir}")
 
 
 def prepare_for(config) -> None:
