@@ -507,7 +507,8 @@ def _time_step(variant: str, mode: str, dev, *, batch_size: int, num_slices: int
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    return {"s_per_it": elapsed / iters, "cpu_s_per_it": cpu / iters, "warmup_s": warm_s, "peak_mem_mb": peak_mb, "mem_measure": how,
+    return {"s_per_it": elapsed / iters, "cpu_s_per_it": cpu / iters, "warmup_s": warm_s,
+            "peak_mem_mb": peak_mb, "mem_measure": how,
             "precision": str(amp_dtype).replace("torch.", "") if amp else "fp32",
             "channels_last": channels_last, "compile": compiled, "params": params, "loss_finite": finite}
 
@@ -585,7 +586,8 @@ def _time_step_isolated(variant: str, mode: str, dev, *, timeout_s: float = 1800
         res = _run_child(payload, code, timeout_s, env={"ONEDNN_MAX_CPU_ISA": ONEDNN_FALLBACK_ISA})
     except RuntimeError as exc:
         raise RuntimeError(f"{first}; again with ONEDNN_MAX_CPU_ISA={ONEDNN_FALLBACK_ISA}: {exc}") from None
-    res["onednn_isa"] = f"{ONEDNN_FALLBACK_ISA} (default ISA: {first})"
+    crash = first.split("(", 1)[1].split(")", 1)[0] if "(" in first else "crash"
+    res["onednn_isa"] = f"{ONEDNN_FALLBACK_ISA} (default: {crash})"
     return res
 
 
@@ -632,7 +634,8 @@ def bench_step(
             ``fp32, cl, amp, amp+cl`` on CPU (``compile`` adds the compile mode). ``fp32`` is always
             added: it is the baseline of ``speedup_vs_fp32``.
         compile: on CPU, include the compile mode by default, default False.
-        compile_variants: restrict the compile mode to these networks (default None: all of them).
+        compile_variants: restrict the compile mode to these networks, measured in this order after
+            every eager row (default None: all of them, in ``variants`` order).
         size: in-plane size H = W; default 512 on CUDA (the paper's), 128 on CPU.
         num_slices: slices per window, default 4 (the paper's).
         batch_size: windows per step, default 2 (the paper's).
@@ -653,7 +656,8 @@ def bench_step(
         One ``"step"`` row per (variant, mode): ``it_per_s``, ``s_per_it``, ``cpu_s_per_it`` (CPU time
         of this process per iteration, all threads; on a shared machine it shows how much of the wall
         time was this benchmark's), ``speedup_vs_fp32`` (this
-        mode's it/s over the same variant's fp32 it/s, both measured here), ``peak_mem_mb`` (CUDA:
+        mode's it/s over the same variant's fp32 it/s, both measured here; on CPU also
+        ``cpu_time_speedup_vs_fp32``, the same ratio in CPU seconds), ``peak_mem_mb`` (CUDA:
         ``max_memory_allocated`` above what was allocated before; CPU: peak RSS minus RSS before),
         ``hours_per_run`` (``num_iters`` at this speed), ``tflop_per_s`` (≈ 3 × forward FLOPs per
         second, an estimate); then one ``"schedule"`` row (:func:`schedule_row`).
@@ -670,7 +674,10 @@ def bench_step(
     size = _check_int("size", defaults["size"] if size is None else size, 16)
     if size % 16:
         raise ConfigError(f"size={size}: must be a multiple of 16 (four 2x poolings)")
-    base_channels = defaults["base_channels"] if base_channels is None else _check_int("base_channels", base_channels, 1)
+    if base_channels is None:
+        base_channels = defaults["base_channels"]
+    else:
+        base_channels = _check_int("base_channels", base_channels, 1)
     iters = _check_int("iters", defaults["iters"] if iters is None else iters, 1)
     warmup = _check_int("warmup", defaults["warmup"] if warmup is None else warmup, 0)
     num_slices = _check_int("num_slices", num_slices, 1)
@@ -693,8 +700,9 @@ def bench_step(
     # eager modes for every network first, compile modes last: a time limit that stops the run
     # during compilation still leaves every eager row
     plan = [(v, m) for v in names for m in mode_list if not m.endswith("compile")]
-    plan += [(v, m) for v in names for m in mode_list if m.endswith("compile") and v in compile_names]
+    plan += [(v, m) for v in compile_names if v in names for m in mode_list if m.endswith("compile")]
     fp32_rate: dict[str, float] = {}
+    fp32_cpu: dict[str, float] = {}
     try:
         for variant, mode in plan:
             fwd_flops = count_flops(build_model(variant, **overrides), (batch_size, 1, num_slices, size, size))
@@ -718,6 +726,7 @@ def bench_step(
             rate = 1.0 / res["s_per_it"]
             if mode == "fp32":
                 fp32_rate[variant] = rate
+                fp32_cpu[variant] = res["cpu_s_per_it"]
             row.update(
                 precision=res["precision"], channels_last=res["channels_last"], compile=res["compile"],
                 params=res["params"], warmup_s=_sig(res["warmup_s"]), it_per_s=_sig(rate),
@@ -728,6 +737,9 @@ def bench_step(
                 tflop_per_s=_sig(3 * fwd_flops * rate / 1e12), loss_finite=res["loss_finite"],
                 threads=torch.get_num_threads(),
             )
+            if dev.type == "cpu" and variant in fp32_cpu and res["cpu_s_per_it"] > 0:
+                # CPU seconds, not wall: on a shared machine the ratio that other load distorts least
+                row["cpu_time_speedup_vs_fp32"] = _sig(fp32_cpu[variant] / res["cpu_s_per_it"])
             if res.get("onednn_isa"):
                 row["onednn_isa"] = res["onednn_isa"]
             if dev.type == "cuda":
@@ -855,7 +867,10 @@ def bench_inference(
     defaults = INFERENCE_DEFAULTS[dev.type]
     size = _check_int("size", defaults["size"] if size is None else size, 16)
     num_slices = _check_int("num_slices", defaults["num_slices"] if num_slices is None else num_slices, 1)
-    base_channels = defaults["base_channels"] if base_channels is None else _check_int("base_channels", base_channels, 1)
+    if base_channels is None:
+        base_channels = defaults["base_channels"]
+    else:
+        base_channels = _check_int("base_channels", base_channels, 1)
     stride = _check_int("stride", stride, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     (single,) = _variants([single])
@@ -1046,16 +1061,18 @@ def target_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def make_report(rows: Sequence[dict], device: str | None = None) -> dict[str, Any]:
+def make_report(rows: Sequence[dict], device: str | None = None, note: str | None = None) -> dict[str, Any]:
     """The JSON document ``kitsmsan bench --json`` writes (read by the book's Performance page).
 
     Args:
         rows: benchmark rows (``"targets"`` rows are recomputed, old ones dropped).
         device: the device measured on (for the header); default CUDA if available.
+        note: a sentence on the conditions of the run (machine load, threads), shown above the
+            tables; default None (no note).
 
     Returns:
-        ``{"device", "torch", "cuda", "commit", "python", "date", "host_cpus", "threads", "results":
-        [rows..., targets...]}``.
+        ``{"device", "torch", "cuda", "commit", "python", "date", "host_cpus", "threads", ["note",]
+        "results": [rows..., targets...]}``.
     """
     import torch
 
@@ -1067,15 +1084,18 @@ def make_report(rows: Sequence[dict], device: str | None = None) -> dict[str, An
         "device": env["device"], "torch": env["torch"], "cuda": env["cuda"], "commit": commit(),
         "python": env["python"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+        **({"note": note} if note else {}),
         "results": rows + target_rows(rows),
     }
 
 
-def merge_reports(paths: Sequence[str | Path], device: str | None = None) -> dict[str, Any]:
+def merge_reports(paths: Sequence[str | Path], device: str | None = None, note: str | None = None) -> dict[str, Any]:
     """One report from several (e.g. the stages of ``scripts/gpu_bench.sh``).
 
-    Results are concatenated in order; ``"schedule"`` rows are kept as measured; targets are
-    recomputed over the merged rows. The header is taken from the first report.
+    Results are concatenated in order; ``"schedule"`` rows are kept as measured; a ``skipped``
+    smoke row is dropped when a measured one is present (so a smoke run can be merged into a report
+    made without it); targets are recomputed over the merged rows. The header is taken from the
+    first report; ``note`` (default None) replaces its note.
 
     Raises:
         ConfigError: a file that is missing or not a report, naming it.
@@ -1100,8 +1120,14 @@ def merge_reports(paths: Sequence[str | Path], device: str | None = None) -> dic
         rows += [r for r in data["results"] if isinstance(r, dict) and r.get("benchmark") != "targets"]
     if not paths:
         raise ConfigError("merge: no reports given")
-    report = make_report(rows, device)
-    report.update({k: v for k, v in (header or {}).items() if k in report and k != "date"})
+    if any(r.get("benchmark") == "smoke" and not r.get("skipped") for r in rows):
+        rows = [r for r in rows if not (r.get("benchmark") == "smoke" and r.get("skipped"))]
+    report = make_report(rows, device, note)
+    report.update({k: v for k, v in (header or {}).items() if k != "date" and (k in report or k == "note")})
+    if note:
+        report["note"] = note
+    results = report.pop("results")
+    report["results"] = results  # keep the results last, after the header
     return report
 
 

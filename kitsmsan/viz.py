@@ -171,7 +171,8 @@ def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = N
         depth: number of slices when ``label`` is None.
 
     Returns:
-        Sorted, distinct slice indices (fewer than ``num`` when the extent is shorter).
+        Sorted, distinct slice indices (fewer than ``num`` when the extent is shorter); for
+        ``num == 1`` the middle slice of the extent.
     """
     if num < 1:
         raise DataError(f"num={num!r}: must be >= 1")
@@ -183,6 +184,8 @@ def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = N
         lo, hi = 0, int(depth) - 1
     else:
         raise DataError("pick_slices: give a label volume or a positive depth")
+    if num == 1:
+        return [(lo + hi) // 2]                                           # the middle of the extent
     return sorted({int(round(v)) for v in np.linspace(lo, hi, num)})
 
 
@@ -833,12 +836,14 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], *,
             if np.isfinite(y):
                 ax.annotate(f"{y:.2f}", (rect.get_x() + rect.get_width() / 2, y), ha="center",
                             va="bottom", fontsize=7)
+    import textwrap
+
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_xticklabels([textwrap.fill(str(g), 18) for g in groups], fontsize=8)
     ax.set_ylabel(ylabel)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if title:
         ax.set_title(title, fontsize=10)
     return fig

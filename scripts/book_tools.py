@@ -268,6 +268,24 @@ BENCH_META = ("device", "torch", "torch_version", "cuda", "commit", "python", "d
               "threads", "num_threads", "note")
 
 
+def split_constant_columns(rows: list[dict]) -> tuple[list[dict], dict]:
+    """Move the columns that have one value in every row out of the table.
+
+    Returns:
+        ``(rows without those columns, {column: its value})``; a table of one row is left whole.
+    """
+    if len(rows) < 2:
+        return rows, {}
+    columns = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    constant = {c: rows[0].get(c) for c in columns
+                if all(c in r for r in rows) and all(_fmt(r[c]) == _fmt(rows[0][c]) for r in rows)}
+    if len(constant) == len(columns):  # nothing would be left: keep the table as it is
+        return rows, {}
+    return [{k: v for k, v in r.items() if k not in constant} for r in rows], constant
+
+
 def _bench_sections(data) -> tuple[dict, dict[str, list[dict]]]:
     """Split a benchmark JSON into (metadata, {benchmark name: rows}).
 
@@ -312,10 +330,13 @@ def render_performance() -> str:
             out.append(f"`{path.name}` holds no results.\n")
         for name, rows in sections.items():
             if len(rows) == 1:  # one result: a two-column key / value table reads better
-                table = markdown_table([{"quantity": k, "value": v} for k, v in rows[0].items()])
-            else:
-                table = markdown_table(rows)
-            out.append(f"**{name}**\n\n{table}")
+                out.append(f"**{name}**\n\n" + markdown_table([{"quantity": k, "value": v}
+                                                               for k, v in rows[0].items()]))
+                continue
+            rows, constant = split_constant_columns(rows)
+            same = ("*In every row: " + "; ".join(f"{k} = {_fmt(v)}" for k, v in constant.items()) + ".*\n\n"
+                    if constant else "")
+            out.append(f"**{name}**\n\n{same}{markdown_table(rows)}")
     gpu_measured = any("gpu" in p.name or "cuda" in p.name for p in files)
     if not files:
         out.append(":::{note}\nNo benchmark has been recorded yet. `kitsmsan bench all --json "

@@ -5,7 +5,7 @@
 # (about 8 minutes in all on one H100):
 #   1. step       the five networks at batch 2 x 1 x 4 x 512 x 512 (MSAN paper, §3.1):
 #                 fp32 eager, bf16 autocast, + channels_last_3d, and + torch.compile for
-#                 $COMPILE_VARIANTS (compilation is slow; default unet3d,msan_v2_ds)     <= 270 s
+#                 $COMPILE_VARIANTS (compilation is slow; default msan_v2_ds,unet3d)     <= 270 s
 #   2. inference  one 300 x 512 x 512 case, one network and the five-network vote        <=  90 s
 #   3. data       cache vs .nii.gz windows, DataLoader with 0/1/2/4/8 workers           <= 110 s
 # and merges them into $OUT/bench_gpu.json (copy it to book/data/bench_gpu.json: the book's
@@ -38,7 +38,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-COMPILE_VARIANTS=${COMPILE_VARIANTS:-unet3d,msan_v2_ds}
+COMPILE_VARIANTS=${COMPILE_VARIANTS:-msan_v2_ds,unet3d}
 STEP_LIMIT=${STEP_LIMIT:-270}
 INFER_LIMIT=${INFER_LIMIT:-90}
 DATA_LIMIT=${DATA_LIMIT:-110}

@@ -85,6 +85,8 @@ def test_bench_step_small():
         assert r["channels_last"] == r["mode"].endswith("cl") and r["compile"] is False
         assert _close(r["s_per_it"], 1 / r["it_per_s"])
         assert _close(r["speedup_vs_fp32"], r["it_per_s"] / fp32[r["variant"]], 5e-3)
+        fp32_cpu = next(x["cpu_s_per_it"] for x in steps if x["mode"] == "fp32")
+        assert _close(r["cpu_time_speedup_vs_fp32"], fp32_cpu / r["cpu_s_per_it"], 5e-3)
         assert _close(r["hours_per_run"], 400_000 / r["it_per_s"] / 3600, 5e-3)
         assert r["peak_mem_mb"] is None or r["mem_measure"] == "peak RSS - RSS before"
     assert sched["benchmark"] == "schedule" and sched["networks"] == 1 and sched["at_paper_size"] is False
@@ -122,7 +124,7 @@ def test_crashed_cpu_measurement_is_retried_without_amx(monkeypatch):
     monkeypatch.setattr(bench, "_run_child", fake_child)
     res = bench._time_step_isolated("unet3d", "amp", torch.device("cpu"), size=16)
     assert calls == [None, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}]
-    assert res["s_per_it"] == 0.5 and res["onednn_isa"].startswith("AVX512_CORE_BF16 (default ISA: the process")
+    assert res["s_per_it"] == 0.5 and res["onednn_isa"] == "AVX512_CORE_BF16 (default: SIGSEGV)"
 
 
 def test_bench_step_rejects_bad_arguments():
@@ -235,6 +237,12 @@ def test_make_report_and_merge(tmp_path):
     b.write_text(json.dumps([{"benchmark": "smoke", "ok": True, "wall_s": 700.0, **H100}]))
     merged = merge_reports([a, b], "cpu")
     assert [r["benchmark"] for r in merged["results"]] == ["data", "smoke", "targets", "targets"]
+    assert "note" not in merged and merge_reports([a], "cpu", note="load 7")["note"] == "load 7"
+    skipped = tmp_path / "skipped.json"
+    skipped.write_text(json.dumps([{"benchmark": "smoke", "skipped": True, "wall_s": None, **H100}]))
+    assert [r.get("skipped") for r in merge_reports([skipped, b], "cpu")["results"] if r["benchmark"] == "smoke"] \
+        == [None]  # the measured smoke row replaces the skipped one
+    assert make_report(rows, "cpu", note="1 thread")["note"] == "1 thread"
     assert merged["results"][-1]["met"] is False  # 700 s > 600 s
     (tmp_path / "c.json").write_text('{"no": "results"}')
     with pytest.raises(ConfigError, match="c.json"):

@@ -51,6 +51,16 @@ def test_bench_sections_list_and_dict_forms():
     assert meta == {"device": "cpu", "commit": "abc"} and sections == {"smoke": [{"seconds": 5}]}
 
 
+def test_split_constant_columns():
+    rows = [{"variant": "unet3d", "device": "cpu", "it_s": 1.0}, {"variant": "msan_v1", "device": "cpu", "it_s": 2.0}]
+    kept, constant = bt.split_constant_columns(rows)
+    assert constant == {"device": "cpu"}
+    assert kept == [{"variant": "unet3d", "it_s": 1.0}, {"variant": "msan_v1", "it_s": 2.0}]
+    assert bt.split_constant_columns(rows[:1]) == (rows[:1], {})
+    same = [{"a": 1}, {"a": 1}]
+    assert bt.split_constant_columns(same) == (same, {})
+
+
 def test_numeric_summary_by_hand():
     rows = [{"case_id": "case_00000", "dice": 0.5, "deleted": True},
             {"case_id": "case_00001", "dice": 1.0, "deleted": False},
@@ -209,3 +219,10 @@ def test_test_reference_pattern():
     assert ext._TEST_REF.match("tests/test_x.py::TestA::test_b")
     assert not ext._TEST_REF.match("test_losses.py::test_dice")
     assert not ext._TEST_REF.match("tests/test_losses.py")
+
+
+def test_cdn_font_awesome_links_are_stripped_and_nothing_else():
+    html = ('<link rel="stylesheet"\n href="https://maxcdn.bootstrapcdn.com/font-awesome/4.4.0/css/font-awesome.min.css">\n'
+            '<link rel="stylesheet" href="../_static/local.css"><i class="fa fa-play"></i>')
+    assert ext.strip_cdn_font_awesome(html) == '<link rel="stylesheet" href="../_static/local.css"><i class="fa fa-play"></i>'
+    assert ext.strip_cdn_font_awesome("<p>no links</p>") == "<p>no links</p>"

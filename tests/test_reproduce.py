@@ -36,7 +36,7 @@ def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
     table = pd.read_csv(paths["table_csv"])
     assert len(table) == 6
     per_case = pd.read_csv(paths["per_case"])
-    assert set(per_case["postprocess"]) == {0, 1} and set(per_case["case_id"]) == {"case_00002"}
+    assert set(per_case["postprocess"]) == {0, 1, 2} and set(per_case["case_id"]) == {"case_00002"}
     assert (out / "predictions" / "ensemble" / "prediction_00002.nii.gz").is_file()
     # a re-run skips finished runs (nothing retrained: checkpoints untouched)
     last = out / "runs" / "msan_v1" / "checkpoints" / "last.pt"
@@ -47,10 +47,12 @@ def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
 
 
 def test_table_never_labels_phantom_numbers_as_kits19():
-    scores = {"msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_raw": 0.6}}
+    scores = {"msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_k2": 0.75, "averaged_raw": 0.6}}
     md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke")
     assert "Ours, pure phantoms — not KiTS19" in md
     assert rows[0]["ours_averaged"] == pytest.approx(70.0) and rows[0]["paper_kits19_averaged"] == 74.23
+    assert rows[0]["ours_averaged_k2"] == pytest.approx(75.0)
+    assert "| MSAN-V1 | 90.00 | 50.00 | 70.00 | 75.00 | 60.00 | 92.47 | 56.00 | 74.23 |" in md
     md, _ = table1(scores, data_kind=DATA_KITS, iterations={"msan_v1": 10}, preset="paper")
     assert "Ours, KiTS19" in md and "not KiTS19" not in md
 

@@ -84,6 +84,7 @@ def test_pick_slices_spans_the_labelled_extent(volume):
     _, label = volume
     assert viz.pick_slices(label, 4) == [1, 2, 3, 4]
     assert viz.pick_slices(label, 2) == [1, 4]
+    assert viz.pick_slices(label, 1) == [2]                     # middle of 1..4
     assert viz.pick_slices(None, 3, depth=11) == [0, 5, 10]
     with pytest.raises(DataError):
         viz.pick_slices(None, 3)

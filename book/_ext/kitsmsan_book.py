@@ -7,15 +7,18 @@ Small things that keep the book honest and the repository URL in one place:
   so changing the URL there changes it everywhere.
 * The ``{test}`` role, ``{test}`tests/test_losses.py::test_dice_hand_computed```, checks at build
   time that the test file exists and defines that test (a function ``def name`` or a class
-  ``class Name``; ``Class::method`` is accepted) and renders a link to the file in the repository.
-  A missing test is a build warning, which ``-W`` turns into an error: the paper-to-code map cannot
-  silently point at a test that was renamed or deleted.
+  ``class Name``; ``Class::method`` is accepted) and renders the test's name as a link to its line
+  in the repository (the full node id is the link's title). A missing test is a build warning,
+  which ``-W`` turns into an error: the paper-to-code map cannot silently point at a test that was
+  renamed or deleted.
 * Launch buttons (Colab, Binder) of the executed notebook pages in ``book/generated/`` would point at
   files that are not in git; they are rewritten to the source notebook in ``notebooks/``, using the
   ``output -> notebook`` pairs of ``scripts/notebook_params.json``.
 * Short or re-exported names in docstrings (``ModelConfig``, ``kitsmsan.models.build_model``) are
   resolved to the one documented object they name, so ``-n`` only reports real dangling references.
 * Prose docstrings of constants are not split by napoleon into a bogus ``type: description``.
+* Notebook HTML outputs that fetch Font Awesome from a CDN (matplotlib's animation player) have
+  that ``<link>`` removed: the theme ships Font Awesome, and the book must work offline.
 * Repeated ``<script>`` tags (a Sphinx 7.4 + Jupyter Book 1 glitch that raises a JavaScript error
   on every page) are removed.
 """
@@ -241,6 +244,28 @@ def protect_attribute_prose(app: Sphinx, what: str, name: str, obj, options, lin
         lines[:0] = ["..", ""]
 
 
+#: ``<link>`` tags in notebook HTML outputs that load Font Awesome from a CDN (matplotlib's
+#: ``to_jshtml`` player adds one for its buttons); the theme already ships Font Awesome
+_CDN_FONT_AWESOME = re.compile(r"<link\b[^>]*\bhref=[\"']https?://[^\"']*font-?awesome[^\"']*[\"'][^>]*>\s*", re.I)
+
+
+def strip_cdn_font_awesome(html: str) -> str:
+    """Remove ``<link>`` tags that fetch Font Awesome from a CDN from an HTML fragment."""
+    return _CDN_FONT_AWESOME.sub("", html)
+
+
+def offline_outputs(app: Sphinx, doctree, docname: str) -> None:
+    """``doctree-resolved`` handler: drop CDN Font Awesome links from notebook HTML outputs.
+
+    The book is read offline; the theme's own Font Awesome draws the same ``fa fa-*`` icons (the
+    animation player's buttons), so the CDN stylesheet is only a failed request and a console error.
+    """
+    for node in doctree.findall(nodes.raw):
+        if "html" in node.get("format", "") and "awesome" in node.astext().lower():
+            text = strip_cdn_font_awesome(node.astext())
+            node.children = [nodes.Text(text)]
+
+
 def setup(app: Sphinx) -> dict:
     """Register the handlers and the ``{test}`` role."""
     app.connect("source-read", substitute_repo)
@@ -248,5 +273,6 @@ def setup(app: Sphinx) -> dict:
     app.connect("html-page-context", dedupe_scripts, priority=900)
     app.connect("missing-reference", resolve_reexports)
     app.connect("autodoc-process-docstring", protect_attribute_prose, priority=400)
+    app.connect("doctree-resolved", offline_outputs)
     app.add_role("test", test_role)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--smoke-out", default=None, help="keep the reproduction in this new folder")
     m.add_argument("--smoke-timeout", type=float, default=3600.0, help="seconds (default 3600)")
     m.add_argument("--inputs", nargs="+", default=[], metavar="JSON", help="reports to merge")
+    p.add_argument("--note", default=None, help="a sentence on the run's conditions, kept in the JSON header")
     p.add_argument("--wide", action="store_true", help="print every column (the JSON always has them)")
     p.set_defaults(func=run)
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.which == "merge":
         if not args.inputs or not args.json:
             raise ConfigError("bench merge: give --inputs A.json B.json ... and --json OUT")
-        report = merge_reports(args.inputs, args.device)
+        report = merge_reports(args.inputs, args.device, args.note)
         atomic_write_json(args.json, report)
         print(format_table(report["results"], skip=PROVENANCE_KEYS + (() if args.wide else NARROW_SKIP)))
         return 0
@@ -114,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
 
     def save(_row: dict | None = None) -> None:
         if args.json:
-            atomic_write_json(args.json, make_report(rows, args.device))
+            atomic_write_json(args.json, make_report(rows, args.device, args.note))
 
     for name in names:
         before = len(rows)
         new = BENCHMARKS[name](verbose=False, on_row=lambda r: (rows.append(r), save()), **_kwargs(name, args))
         # functions emit through on_row; rows they return without emitting are added here
         rows += [r for r in new if not any(r is x for x in rows[before:])]
-    report = make_report(rows, args.device)
+    report = make_report(rows, args.device, args.note)
     if args.json:
         atomic_write_json(args.json, report)
     head = {k: report[k] for k in PROVENANCE_KEYS}
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: columns the terminal table leaves out unless ``--wide`` (they stay in the JSON)
-NARROW_SKIP = ("params", "isolated", "run_iters", "mem_measure", "threads", "loss_finite", "warmup", "iters",
-               "deep_supervision", "precision", "channels_last", "compile", "tflop_per_s", "load_avg",
-               "write_nifti_s", "label_dtype", "pin_memory", "batches", "cudnn_benchmark", "tf32_conv",
-               "tf32_matmul", "command", "cpu_cores", "torch_threads")
+NARROW_SKIP = ("params", "isolated", "s_per_it", "warmup_s", "run_iters", "mem_measure", "threads",
+               "loss_finite", "warmup", "iters", "deep_supervision", "precision", "channels_last", "compile",
+               "tflop_per_s", "load_avg", "write_nifti_s", "label_dtype", "pin_memory", "batches",
+               "cudnn_benchmark", "tf32_conv", "tf32_matmul", "command", "cpu_cores", "torch_threads")
