@@ -49,8 +49,8 @@ class DiceLoss(nn.Module):
         Returns a scalar in ``[0, 1]``.
 
     Raises:
-        ConfigError: for bad constructor arguments. DataError: for mismatched shapes or labels
-        outside ``[0, C)`` (checked on every call).
+        ConfigError: for bad constructor arguments.
+        DataError: for mismatched shapes or labels outside ``[0, C)`` (checked on every call).
     """
 
     def __init__(

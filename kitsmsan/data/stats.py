@@ -350,7 +350,7 @@ def ceiling_summary(table) -> dict:
 
 
 def write_table(table, path: str | os.PathLike, *, comment: str | Iterable[str] = ()) -> Path:
-    """Write a DataFrame as CSV, atomically, after ``# ``-prefixed comment lines.
+    """Write a DataFrame as CSV, atomically, after comment lines prefixed with ``#``.
 
     Read it back with :func:`read_table` (``pandas.read_csv(path, comment="#")``).
     """
