@@ -88,7 +88,11 @@ class DiceLoss(nn.Module):
         elif target.shape == logits.shape[:1] + logits.shape[2:]:
             if target.is_floating_point():
                 raise DataError(f"DiceLoss: target of dtype {target.dtype}: expected integer labels")
-            if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+            # The range check reads two values back to the host: done on CPU tensors only, so a
+            # CUDA training step has no host synchronisation here (one_hot still fails loudly).
+            if target.device.type == "cpu" and target.numel() and (
+                int(target.min()) < 0 or int(target.max()) >= num_classes
+            ):
                 raise DataError(
                     f"DiceLoss: target labels span [{int(target.min())}, {int(target.max())}], "
                     f"outside [0, {num_classes - 1}] for {num_classes} classes"

@@ -206,8 +206,8 @@ def test_04_evaluation_writes_table1(tiny_book):
     import pandas as pd
 
     per_case = pd.read_csv(results / "per_case.csv")
-    assert set(per_case["model"]) == {*VARIANTS, "ensemble"} and set(per_case["postprocess"]) == {0, 1}
-    assert len(per_case) == 6 * 2 * 2                                # models x cases x post-processing
+    assert set(per_case["model"]) == {*VARIANTS, "ensemble"} and set(per_case["postprocess"]) == {0, 1, 2}
+    assert len(per_case) == 6 * 2 * 3                                # models x cases x post-processing
     assert len(_outputs(nb, "image/png")) >= 2                       # per-case Dice, worst case
 
 
