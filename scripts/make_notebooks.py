@@ -106,7 +106,7 @@ RUN_PARAMS = '''
 runs_dir = "runs/notebooks"  # the run folders <runs_dir>/<variant> (the book: runs/book)
 variants = "unet3d,msan_v1,msan_v1_ds,msan_v2,msan_v2_ds"
 train_missing = True       # train a short run for a missing variant (the book sets False: it never retrains)
-missing_iters = 40         # iterations of such a run
+missing_iters = 20         # iterations of such a run
 device = "cpu"             # cpu, cuda or auto
 '''
 
@@ -754,8 +754,8 @@ num_worst = 2              # how many of the worst test cases to show
         ## Predictions on the test split
 
         `predict_case` slides 4-slice windows along z (stride 2) and averages the softmax of overlapping
-        windows; then each network's prediction is post-processed and the five are combined by a per-voxel
-        majority vote (ties go to the higher label, tumour > kidney > background).
+        windows; the five predictions are combined by a per-voxel majority vote (ties go to the higher
+        label, tumour > kidney > background), and every prediction, the vote included, is post-processed.
         '''),
         code('''
         from kitsmsan.ensemble import majority_vote
@@ -765,12 +765,11 @@ num_worst = 2              # how many of the worst test cases to show
         test_set = {cid: load_case(DATA / cid) for cid in split["test"]}
         raw = {v: {cid: predict_case(m, c.image, num_slices=runs[v]["config"]["num_slices"])
                    for cid, c in test_set.items()} for v, m in models.items()}
-        post = {v: {cid: keep_largest_components(p, num_components=1) for cid, p in preds.items()} for v, preds in raw.items()}
-        post2 = {v: {cid: keep_largest_components(p, num_components=2) for cid, p in preds.items()} for v, preds in raw.items()}
-        # the paper's ensemble: vote of the post-processed networks, post-processed again (as kitsmsan reproduce)
-        post["ensemble"] = {cid: keep_largest_components(majority_vote([post[v][cid] for v in VARIANTS]), 1) for cid in test_set}
-        post2["ensemble"] = {cid: keep_largest_components(majority_vote([post2[v][cid] for v in VARIANTS]), 2) for cid in test_set}
+        # the ensemble: majority vote of the five raw predictions, then post-processed like every network
+        # (the same order as kitsmsan reproduce)
         raw["ensemble"] = {cid: majority_vote([raw[v][cid] for v in VARIANTS]) for cid in test_set}
+        post = {key: {cid: keep_largest_components(p, num_components=1) for cid, p in preds.items()} for key, preds in raw.items()}
+        post2 = {key: {cid: keep_largest_components(p, num_components=2) for cid, p in preds.items()} for key, preds in raw.items()}
         print(f"{len(VARIANTS)} networks x {len(test_set)} test cases predicted")
         '''),
         md('''
@@ -810,7 +809,7 @@ num_worst = 2              # how many of the worst test cases to show
             "trained at commit": ", ".join(sorted({r["env"].get("commit", "?") for r in runs.values()})),
             "evaluated on": env["device"], "evaluated at commit": env["commit"], "torch": env["torch"],
             "post-processing": "largest connected component of the kidney region (k = 1)",
-            "ensemble": "majority vote of the post-processed networks (ties to the higher label), then k = 1",
+            "ensemble": "majority vote of the five raw predictions (ties to the higher label), then k = 1",
             "checkpoint": "last",
         }
         RESULTS = ROOT / results_dir if results_dir else RUNS / "evaluation"
@@ -895,7 +894,7 @@ def nb05():
         `<runs_dir>/ablations/`, each once (re-rendering the page reuses them).
         '''),
         params(DATA_PARAMS + RUN_PARAMS + '''
-ablation_iters = 20        # iterations of every extra training run (the book: more)
+ablation_iters = 10        # iterations of every extra training run (the book: 120)
 depths = "1,4,8"           # input depths (slices per window) to compare; empty skips the ablation
 ds_weights_alt = "0.3333,0.3333,0.3334"   # the alternative deep-supervision weights (full, aux 1/4, aux 1/8)
 windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the paper's first)
@@ -960,7 +959,7 @@ windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the pape
         code('''
         ens_results = {}
         for name, k in (("no post-processing", None), ("k=1", 1)):
-            vote = mean_scores({cid: pp(majority_vote([pp(labels[v][cid], k) for v in VARIANTS]), k) for cid in test_set})
+            vote = mean_scores({cid: pp(majority_vote([labels[v][cid] for v in VARIANTS]), k) for cid in test_set})
             avg = mean_scores({cid: pp(argmax_label(average_probabilities([probs[v][cid] for v in VARIANTS])), k)
                                for cid in test_set})
             ens_results[f"vote, {name}"] = vote
@@ -1181,9 +1180,9 @@ max_slices = 24            # at most this many slices per case in the pre-render
         viewer_cases = {}
         for cid in split["test"][:num_cases_shown]:
             c = load_case(DATA / cid)
-            preds = {v: keep_largest_components(predict_case(m, c.image, num_slices=runs[v]["config"]["num_slices"]), 1)
-                     for v, m in models.items()}
-            preds["ensemble"] = keep_largest_components(majority_vote(list(preds.values())), 1)
+            raw = {v: predict_case(m, c.image, num_slices=runs[v]["config"]["num_slices"]) for v, m in models.items()}
+            raw["ensemble"] = majority_vote(list(raw.values()))
+            preds = {key: keep_largest_components(p, num_components=1) for key, p in raw.items()}
             attention = attention_volume(models[attention_variant], c.image) if attention_variant in models else None
             viewer_cases[cid] = ViewerCase(c.image, c.label, preds, attention)
         print(f"{len(viewer_cases)} cases, layers: {', '.join(next(iter(viewer_cases.values())).layers())}")
@@ -1224,11 +1223,12 @@ max_slices = 24            # at most this many slices per case in the pre-render
         code('''
         dis = viz.disagreement_map(first.model_preds)
         zs = viz.pick_slices(first.label, 4)
-        panels = {f"disagreement, z={z}": dis[z] for z in zs}
+        n = len(first.model_preds)
+        fig = viz.plot_maps({f"z={z}": dis[z] for z in zs}, cmap="inferno", vmin=0, vmax=n - -(-n // 3),
+                            title=f"{first_id}: how many of the {n} networks disagree with the majority ({DATA_KIND})")
         if first.attention is not None:
-            panels.update({f"attention, z={z}": first.attention[z] for z in zs})
-        fig = viz.plot_maps(panels, cmap="inferno", vmin=0, ncols=4,
-                            title=f"{first_id}: voxels where the {len(first.model_preds)} networks disagree ({DATA_KIND})")
+            fig = viz.plot_maps({f"z={z}": first.attention[z] for z in zs}, cmap="magma", vmin=0, vmax=1,
+                                title=f"{first_id}: level-0 attention weights of {attention_variant}")
         print(f"{100 * np.mean(dis > 0):.2f}% of the voxels of {first_id} see at least one dissenting network; "
               f"{100 * np.mean(dis >= 2):.2f}% a 3-2 split or closer")
         '''),
