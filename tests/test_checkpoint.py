@@ -94,6 +94,48 @@ def test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file(tmp_path, da
         ckpt.load_checkpoint(path)
 
 
+@pytest.mark.parametrize("payload", ["random", "text", "zeros"])
+def test_garbage_bytes_say_corrupt_not_refused(tmp_path, payload):
+    """Random bytes are a damaged file, not an attack: the message must not cry "code"."""
+    path = tmp_path / "junk.pt"
+    path.write_bytes({"random": np.random.default_rng(0).bytes(4096), "text": b"hello world\n" * 50,
+                      "zeros": bytes(1000)}[payload])
+    with pytest.raises(CheckpointError, match="junk.pt: corrupt") as exc:
+        ckpt.load_checkpoint(path)
+    assert "refused" not in str(exc.value) and "code" not in str(exc.value)
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
+def test_real_pickle_payload_says_refused_not_corrupt(tmp_path, how):
+    target, path = tmp_path / "pwned.txt", tmp_path / "evil.pt"
+    if how == "torch.save":
+        torch.save({"format": ckpt.FORMAT, "x": _Evil(str(target))}, path)
+    else:
+        with open(path, "wb") as fh:
+            pickle.dump({"x": _Evil(str(target))}, fh)
+    with pytest.raises(CheckpointError, match="evil.pt: refused.*pickled objects") as exc:
+        ckpt.load_checkpoint(path)
+    assert "corrupt" not in str(exc.value) and not target.exists()
+
+
+def test_weights_that_disagree_with_their_own_config_name_the_mismatch(tmp_path):
+    state = ckpt.make_checkpoint(tiny("msan_v2"), iteration=1)
+    state["model_config"] = tiny("unet3d").config.to_dict()  # claims unet3d, holds msan_v2 weights
+    path = ckpt.save_checkpoint(state, tmp_path / "liar.pt")
+    with pytest.raises(CheckpointError,
+                       match=r"liar.pt: architecture mismatch.*'unet3d'.*unexpected key.*res2net") as exc:
+        ckpt.load_model(path)
+    assert "do not fit the model ('unet3d')" not in str(exc.value)  # the old, useless wording
+    # one tensor of the right name but another shape: named with both shapes
+    state = ckpt.make_checkpoint(tiny("msan_v1"), iteration=1)
+    name = next(k for k, v in state["model"].items() if v.ndim == 5)
+    wrong = state["model"][name][:1].clone()
+    state["model"][name] = wrong
+    path = ckpt.save_checkpoint(state, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=rf"1 shape mismatch.*{name} \({wrong.shape[0]}, "):
+        ckpt.load_model(path)
+
+
 def test_not_a_kitsmsan_checkpoint(tmp_path):
     torch.save({"state_dict": tiny().state_dict()}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a kitsmsan checkpoint"):

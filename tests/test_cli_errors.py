@@ -228,9 +228,9 @@ ROWS: list[tuple[str, Callable, Callable, tuple[str, ...]]] = [
                                              str(w / "models.json")], ("base_channels", "0")),
     # checkpoints for `predict --run`
     ("predict/checkpoint of another variant", damage_checkpoint("other variant"), predict,
-     ("{path}", "architecture mismatch", "msan_v1")),
+     ("{path}", "architecture mismatch", "msan_v1", "8 missing key(s): att3.project.weight")),
     ("predict/truncated checkpoint", damage_checkpoint("truncated"), predict, ("{path}", "corrupt or truncated")),
-    ("predict/garbage checkpoint", damage_checkpoint("garbage"), predict, ("{path}",)),
+    ("predict/garbage checkpoint", damage_checkpoint("garbage"), predict, ("{path}", "corrupt")),
     ("predict/empty checkpoint", damage_checkpoint("empty"), predict, ("{path}",)),
     ("predict/no run folder", nothing, lambda w: ["predict", "--run", str(w / "norun"), "--data",
                                                   str(w / "data"), "--out", str(w / "out")],
@@ -250,10 +250,7 @@ ROWS: list[tuple[str, Callable, Callable, tuple[str, ...]]] = [
 
 #: rows that fail the contract today, with the reason (strict: they must start failing the xfail
 #: once fixed, so the marker is removed then)
-KNOWN_BUGS = {
-    "train/unknown model key": "kitsmsan train validates model.* overrides only when it builds the "
-    "model, after prepare_for() has written the cache (kitsmsan/commands/train.py, train/config.py)",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params(rows):

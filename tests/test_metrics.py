@@ -209,7 +209,7 @@ def test_evaluate_cli_missing_case(tiny_eval, capsys):
     assert "prediction_00182.nii.gz" in err and "missing" in err
     assert not out.exists()  # nothing written on error
 
-    assert main(args + ["--cases", "180-182", "--allow-missing"]) == 1
+    assert main(args + ["--cases", "180-182", "--allow-missing", "--postprocess", "1"]) == 1
     assert "case_00182" in capsys.readouterr().err
     js = json.loads((out / "summary.json").read_text())
     assert js["missing_cases"] == ["case_00182"]
@@ -223,6 +223,17 @@ def test_evaluate_cli_missing_case(tiny_eval, capsys):
     # k=1 also deletes kidney B of case 180 (the two-kidney problem): 2*8/(8+12) = 0.8
     assert pp["kidney"] == pytest.approx((0.8 + 0.8) / 2) and pp["tumor"] == pytest.approx(1.0)
     assert pp["averaged"] == pytest.approx((0.8 + 1.0) / 2)
+
+
+def test_evaluate_cli_default_postprocess_is_two_components():
+    """The pipeline's default keeps one component per kidney (k = 2; decisions-pipeline.md)."""
+    import argparse
+
+    from kitsmsan.commands import evaluate
+
+    parser = argparse.ArgumentParser()
+    evaluate.register(parser.add_subparsers())
+    assert parser.parse_args(["evaluate", "--pred", "p", "--data", "d", "--out", "o"]).postprocess == 2
 
 
 def test_evaluate_cli_all_present(tiny_eval, capsys):

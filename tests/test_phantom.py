@@ -261,6 +261,42 @@ def test_label_conditioned_resampling_is_nearest_neighbour():
     assert small.shape == (2, 3, 5) and sp2 == pytest.approx((1.0, 10 / 3, 4.0))
 
 
+def test_z_resampling_is_nearest_neighbour_and_keeps_the_extent():
+    label = np.repeat((np.arange(10) % 3).astype(np.uint8), 4).reshape(10, 2, 2)  # slice k holds k % 3
+    out, sp = ph.resample_label_z(label, (1.0, 0.8, 0.8), 2.5)
+    # 10 -> round(10 / 2.5) = 4 slices; output k takes source floor((k + 0.5) * 10 / 4) = 1, 3, 6, 8
+    assert out[:, 0, 0].tolist() == [1, 0, 0, 2] and out.dtype == np.uint8
+    assert sp == pytest.approx((2.5, 0.8, 0.8))
+    out, sp = ph.resample_label_z(label, (1.0, 0.8, 0.8), 3.0)  # 3 slices: sources 1, 5, 8
+    assert out[:, 0, 0].tolist() == [1, 2, 2] and sp[0] == pytest.approx(10 / 3)
+    with pytest.raises(ConfigError, match="slice_thickness"):
+        ph.resample_label_z(label, (1, 1, 1), 0)
+
+
+def test_z_crop_to_the_kidneys_with_a_margin():
+    label = np.zeros((20, 2, 2), np.uint8)
+    label[8:12, 0, 0] = KIDNEY
+    assert ph.crop_label_z(label, (2.0, 1, 1), 3.0)[1] == (6, 14)  # 3 mm = 1.5 slices -> 2
+    assert ph.crop_label_z(label, (2.0, 1, 1), 0)[1] == (8, 12)
+    assert ph.crop_label_z(label, (2.0, 1, 1), 100)[1] == (0, 20)
+    cropped, _ = ph.crop_label_z(label, (2.0, 1, 1), 2.0)
+    assert np.array_equal(cropped, label[7:13])
+    assert ph.crop_label_z(np.zeros((5, 2, 2), np.uint8), (1, 1, 1), 1)[1] == (0, 5)  # no kidney
+    with pytest.raises(ConfigError, match="z_margin_mm"):
+        ph.crop_label_z(label, (2.0, 1, 1), -1)
+
+
+def test_label_conditioned_with_z_crop_and_thick_slices():
+    label, spacing = _hand_label()
+    image, out, sp = ph.phantom_from_label(label, spacing, 0, z_margin_mm=3.0, slice_thickness=6.0)
+    cropped, _ = ph.crop_label_z(label, spacing, 3.0)
+    expect, expect_sp = ph.resample_label_z(cropped, spacing, 6.0)
+    assert np.array_equal(out, expect) and sp == pytest.approx(expect_sp) and image.shape == out.shape
+    assert out.shape[0] < label.shape[0] and sp[0] == pytest.approx(6.0, rel=0.2)
+    with pytest.raises(ConfigError, match="slice_thickness"):
+        ph.phantom_from_label(label, spacing, 0, slice_thickness=-5)
+
+
 @pytest.mark.parametrize("bad, match", [
     (np.zeros((4, 4), np.uint8), "3-D"),
     (np.full((2, 4, 4), 3, np.uint8), "outside"),
@@ -311,3 +347,21 @@ def test_write_label_conditioned_dataset(kits_labels_dir, tmp_path):
     with pytest.raises(DataError, match="no segmentation"):
         ph.write_label_conditioned_dataset(kits_labels_dir, tmp_path / "x", case_ids=[999], progress=False)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.kits_labels
+def test_write_label_conditioned_dataset_with_z_crop_and_thick_slices(kits_labels_dir, tmp_path):
+    """A thin-slice real case becomes a short CPU-sized volume: crop to the kidneys, then ~5 mm."""
+    out = tmp_path / "rl"
+    ph.write_label_conditioned_dataset(kits_labels_dir, out, case_ids=[15], size=32, seed=1, progress=False,
+                                       slice_thickness=5.0, z_margin_mm=10.0)
+    case = load_case(out / "case_00015")
+    src, src_sp, _ = load_label(kits_labels_dir / "case_00015" / "segmentation.nii.gz")
+    cropped, (z0, z1) = ph.crop_label_z(src, src_sp, 10.0)
+    expect, expect_sp = ph.resample_label_z(cropped, src_sp, 5.0)
+    expect, expect_sp = ph.resample_label_inplane(expect, expect_sp, 32)
+    assert np.array_equal(case.label, expect) and case.spacing == pytest.approx(expect_sp, rel=1e-5)
+    assert case.label.shape[0] < src.shape[0] and case.label.any()
+    meta = json.loads((out / "phantoms.json").read_text())
+    assert meta["cases"]["case_00015"]["z_range"] == [z0, z1]
+    assert meta["slice_thickness"] == 5.0 and meta["z_margin_mm"] == 10.0

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from kitsmsan.errors import ConfigError
-from kitsmsan.reproduce import DATA_KITS, DATA_PURE, PAPER_TABLE1, reproduce, table1
+from kitsmsan.reproduce import DATA_ANATOMY, DATA_KITS, DATA_PURE, PAPER_TABLE1, reproduce, table1
 
 TINY = dict(num_iters=3, model={"base_channels": 4}, eval_cases=0, threads=1, ckpt_every=3, log_every=3)
 
@@ -31,6 +31,7 @@ def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
     assert list(rows) == ["unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds", "ensemble"]
     assert rows["ensemble"]["paper_kits19_averaged"] == 79.63 and rows["msan_v1_ds"]["paper_kits19_kidney"] is None
     assert all(0 <= r["ours_kidney"] <= 100 for r in rows.values())
+    assert all(r["postprocess_k"] == 2 for r in rows.values()) and "k=2" in prov["postprocess"]
     md = paths["table_md"].read_text()
     assert "not KiTS19" in md and "Paper (KiTS19)" in md
     table = pd.read_csv(paths["table_csv"])
@@ -46,6 +47,25 @@ def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
     assert last.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+@pytest.mark.kits_labels
+def test_tiny_reproduce_on_label_conditioned_phantoms(tmp_path, kits_labels_dir):
+    """--labels: real segmentations (2 train + 1 test case), cropped along z and resampled to ~5 mm."""
+    out = tmp_path / "repro"
+    options = dict(size=32, anatomy_train="0-1", anatomy_test="180")
+    paths = reproduce("smoke", out, labels=kits_labels_dir, variants=("msan_v1",), overrides=TINY,
+                      data_options=options, progress=False)
+    prov = json.loads(paths["table_json"].read_text())["provenance"]
+    assert prov["data_kind"] == DATA_ANATOMY and prov["num_train_cases"] == 2 and prov["num_test_cases"] == 1
+    meta = json.loads((out / "data" / "phantoms.json").read_text())
+    assert meta["slice_thickness"] == 5.0 and meta["z_margin_mm"] == 20.0
+    for cid, entry in meta["cases"].items():
+        assert entry["spacing"][0] == pytest.approx(5.0, rel=0.2), cid
+        assert entry["shape"][0] < entry["source_shape"][0] and max(entry["shape"][1:]) == 32, cid
+    per_case = pd.read_csv(paths["per_case"])
+    assert set(per_case["case_id"]) == {"case_00180"} and set(per_case["model"]) == {"msan_v1", "ensemble"}
+
+
 def test_table_never_labels_phantom_numbers_as_kits19():
     scores = {"msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_k2": 0.75, "averaged_raw": 0.6}}
     md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke")
@@ -55,6 +75,27 @@ def test_table_never_labels_phantom_numbers_as_kits19():
     assert "| MSAN-V1 | 90.00 | 50.00 | 70.00 | 75.00 | 60.00 | 92.47 | 56.00 | 74.23 |" in md
     md, _ = table1(scores, data_kind=DATA_KITS, iterations={"msan_v1": 10}, preset="paper")
     assert "Ours, KiTS19" in md and "not KiTS19" not in md
+
+
+def test_table_headline_k2_puts_the_literal_k1_beside_it():
+    scores = {"msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "kidney_k1": 0.6,
+                          "averaged_k1": 0.55, "averaged_k2": 0.7, "averaged_raw": 0.65}}
+    md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke", headline_k=2)
+    assert "k = 2" in md and "Kidney, k = 1 (paper, literal)" in md
+    assert "| MSAN-V1 | 90.00 | 50.00 | 70.00 | 60.00 | 55.00 | 65.00 | 92.47 | 56.00 | 74.23 |" in md
+    assert rows[0]["postprocess_k"] == 2 and rows[0]["ours_averaged_k1"] == pytest.approx(55.0)
+    with pytest.raises(ConfigError, match="headline_k"):
+        table1(scores, data_kind=DATA_PURE, iterations={}, preset="smoke", headline_k=3)
+
+
+def test_pipeline_postprocess_is_two_but_the_function_default_stays_literal():
+    import inspect
+
+    from kitsmsan.postprocess import keep_largest_components
+    from kitsmsan.reproduce import POSTPROCESS_K
+
+    assert POSTPROCESS_K == 2
+    assert inspect.signature(keep_largest_components).parameters["num_components"].default == 1
 
 
 def test_paper_table_is_self_consistent():
@@ -71,3 +112,6 @@ def test_bad_arguments(tmp_path):
         reproduce("paper", tmp_path)
     with pytest.raises(ConfigError, match="'msan_v9'"):
         reproduce("smoke", tmp_path, variants=("msan_v9",))
+    with pytest.raises(ConfigError, match="widht"):  # fails before any data is written
+        reproduce("smoke", tmp_path / "typo", overrides={"model": {"widht": 8}})
+    assert not (tmp_path / "typo").exists()

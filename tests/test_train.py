@@ -105,6 +105,55 @@ def test_resume_equals_uninterrupted_run(data, tmp_path):
     assert [r["iteration"] for r in read_metrics(resumed) if "loss" in r] == [4, 5, 8]  # 4 = end of the first half
 
 
+def test_uint8_labels_train_bit_identical_to_int64(data, tmp_path, monkeypatch):
+    """The uint8 fast path (labels widened on the device) changes nothing in the weights (issue #6)."""
+    import kitsmsan.data.dataset as dataset_module
+
+    fast = train(tiny_config(data, tmp_path / "uint8", num_iters=4, eval_cases=0))
+    original = dataset_module.SliceWindowDataset
+    seen = []
+
+    def int64_dataset(*args, **kwargs):
+        seen.append(kwargs.get("label_dtype"))
+        kwargs["label_dtype"] = "int64"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "SliceWindowDataset", int64_dataset)
+    slow = train(tiny_config(data, tmp_path / "int64", num_iters=4, eval_cases=0))
+    assert seen == ["uint8"]  # the loop asks for the narrow labels
+    assert_same_weights(weights(fast), weights(slow))
+
+
+@pytest.mark.parametrize("name", ["config.json", "env.json", "metrics.jsonl"])
+def test_full_disk_while_writing_run_files_names_the_file(data, tmp_path, monkeypatch, capsys, name):
+    """ENOSPC on config.json / env.json / metrics.jsonl: one line naming the file, no traceback."""
+    import errno
+
+    import kitsmsan.train.loop as loop
+
+    real = {"atomic_write_text": loop.atomic_write_text, "atomic_write_json": loop.atomic_write_json,
+            "open": open}
+
+    def full(fn_name, path, *args, **kwargs):
+        if Path(path).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real[fn_name](path, *args, **kwargs)
+
+    for fn_name in real:  # `open` is looked up in the module's globals before the builtins
+        monkeypatch.setattr(loop, fn_name, lambda p, *a, _n=fn_name, **k: full(_n, p, *a, **k), raising=False)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingError, match=rf"{name}: cannot write \(No space left on device\)"):
+        train(tiny_config(data, run_dir, num_iters=2, log_every=1, eval_cases=0))
+    if name == "config.json":  # nothing written yet: the new run folder is removed again
+        assert not run_dir.exists()
+    assert _cli("train", "--preset", "smoke", "--variant", "msan_v1", "--data", data / "data", "--cache",
+                data / "cache", "--out", tmp_path / "cli", "--no-progress", "--set", "num_iters=2",
+                "--set", "log_every=1", "--set", "model.base_channels=4", "--set", "train_cases=0-2",
+                "--set", "test_cases=3", "--set", "eval_cases=0", "--set", "threads=1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0] and "No space left on device" in err[0]
+
+
 def test_sample_index_scheme():
     # index = (iteration * world_size + rank) * batch_size + j  (CONTRIBUTING.md)
     assert sample_indices(0, 0, 1, 2) == [0, 1]

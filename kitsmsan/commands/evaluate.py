@@ -1,9 +1,10 @@
 """``kitsmsan evaluate``: KiTS19 Dice per case and the paper's Table 1 summary (MSAN paper, Table 1).
 
 Scores a folder of ``prediction_XXXXX.nii.gz`` against the ground truth twice — as predicted and after
-keeping the K largest kidney-region components (default K = 1, the paper's step; ``--postprocess 0``
-skips the second pass) — and writes ``per_case.csv``, ``summary.csv``, ``summary.json`` and
-``summary.md`` to ``--out``.
+keeping the K largest kidney-region components (default K = 2, one component per kidney, the
+pipeline's choice — the paper's literal K = 1 deletes a whole kidney in 187 of 190 real KiTS19 cases;
+``--postprocess 1`` gives the literal reading, ``--postprocess 0`` skips the second pass) — and
+writes ``per_case.csv``, ``summary.csv``, ``summary.json`` and ``summary.md`` to ``--out``.
 
 Missing predictions: when ``--cases`` lists a case that has no prediction file the command stops with
 an error naming every missing file and writes nothing (exit code 2), because a mean over fewer cases
@@ -30,9 +31,10 @@ def register(subparsers) -> None:
                    help="KiTS19 data folder with case_XXXXX/segmentation.nii.gz")
     p.add_argument("--cases", default=None,
                    help="case numbers, e.g. '180-189' (default: every prediction file in --pred)")
-    p.add_argument("--postprocess", type=int, default=1, metavar="K",
+    p.add_argument("--postprocess", type=int, default=2, metavar="K",
                    help="also score after keeping the K largest kidney-region components "
-                   "(default 1, the paper's; 2 keeps both kidneys; 0 = raw predictions only)")
+                   "(default 2, one per kidney; 1 = the paper's literal step, which deletes the smaller "
+                   "kidney; 0 = raw predictions only)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the tables")
     p.add_argument("--allow-missing", action="store_true",
                    help="write the tables even if predictions are missing (they are listed; exit 1)")

@@ -34,8 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", default="auto", help="auto (default: on for CUDA), on, off, bf16, fp16")
     p.add_argument("--postprocess", type=int, default=0, metavar="K",
-                   help="keep the K largest kidney-region components (default 0 = off; the paper "
-                   "uses 1; 'kitsmsan evaluate' can also apply it)")
+                   help="keep the K largest kidney-region components (default 0 = off: raw "
+                   "predictions, post-processed at evaluation time; 2 = one per kidney, the "
+                   "pipeline's choice; 1 = the paper's literal step)")
     p.add_argument("--save-probs", action="store_true",
                    help="also write probs_XXXXX.npy (float16, 3 x Z x Y x X; ~470 MB for 512x512x300)")
     p.add_argument("--progress", action="store_true", help="show a progress bar per case")

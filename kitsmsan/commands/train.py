@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig.from_preset(
         args.preset, variant=args.variant, data_root=str(args.data) if args.data else None,
         cache_dir=str(cache), run_dir=str(run_dir), **overrides)
+    config.check_model()  # a misspelt model.<key> fails here, before the cache is written
     if args.data:
         prepare_for(config)
     out = train(config)

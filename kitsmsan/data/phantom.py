@@ -74,6 +74,8 @@ __all__ = [
     "make_phantom",
     "render_phantom",
     "write_phantom_dataset",
+    "resample_label_z",
+    "crop_label_z",
     "phantom_from_label",
     "write_label_conditioned_dataset",
     "resample_label_inplane",
@@ -1065,6 +1067,69 @@ def resample_label_inplane(label: np.ndarray, spacing, size: int):
     return out, (float(spacing[0]), spacing[1] * ny / new[0], spacing[2] * nx / new[1])
 
 
+def resample_label_z(label: np.ndarray, spacing, slice_thickness: float):
+    """Nearest-neighbour resampling along z to about ``slice_thickness`` mm per slice.
+
+    The number of slices becomes ``max(1, round(Z * z_spacing / slice_thickness))``; output slice
+    ``k`` takes source slice ``floor((k + 0.5) * Z / Z')`` (the source slice under its centre). The
+    z extent is kept exactly, so the new z spacing is ``Z * z_spacing / Z'`` — ``slice_thickness``
+    up to rounding. In-plane pixels are untouched. Thin structures (a tumour smaller than the new
+    slice thickness) can disappear, as in a real thick-slice scan.
+
+    Args:
+        label: ``(Z, Y, X)`` labels.
+        spacing: ``(z, y, x)`` mm.
+        slice_thickness: target z spacing in mm (> 0).
+
+    Returns:
+        ``(label, spacing)``: uint8 ``(Z', Y, X)`` and the updated ``(z, y, x)`` mm.
+
+    Raises:
+        ConfigError: ``slice_thickness`` is not a positive number.
+    """
+    thickness = _check_positive(slice_thickness, "slice_thickness")
+    nz = label.shape[0]
+    new = max(1, int(math.floor(nz * float(spacing[0]) / thickness + 0.5)))
+    iz = np.minimum((np.arange(new) + 0.5) * nz / new, nz - 1).astype(np.intp)
+    out = np.ascontiguousarray(label[iz], dtype=np.uint8)
+    return out, (float(spacing[0]) * nz / new, float(spacing[1]), float(spacing[2]))
+
+
+def _check_margin(value) -> float:
+    """``z_margin_mm`` must be a finite number >= 0 (ConfigError otherwise)."""
+    bad = isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+    if bad or not math.isfinite(float(value)) or value < 0:
+        raise ConfigError(f"z_margin_mm={value!r}: expected a number >= 0 (mm)")
+    return float(value)
+
+
+def crop_label_z(label: np.ndarray, spacing, z_margin_mm: float):
+    """Crop the slices to the kidney region's z extent (``label > 0``) plus ``z_margin_mm`` each side.
+
+    The margin is rounded up to whole slices and clipped to the volume; a label without kidney is
+    returned whole. The slices kept are unchanged (no resampling).
+
+    Args:
+        label: ``(Z, Y, X)`` labels.
+        spacing: ``(z, y, x)`` mm.
+        z_margin_mm: margin above and below the kidneys, in mm (>= 0).
+
+    Returns:
+        ``(label, (z0, z1))``: the cropped ``(z1 - z0, Y, X)`` label and the source slice range.
+
+    Raises:
+        ConfigError: ``z_margin_mm`` is negative or not a number.
+    """
+    margin = _check_margin(z_margin_mm)
+    nz = label.shape[0]
+    rows = np.flatnonzero((label > 0).any(axis=(1, 2)))
+    if not len(rows):
+        return label, (0, nz)
+    pad = int(math.ceil(margin / float(spacing[0]) - 1e-9))
+    z0, z1 = max(0, int(rows[0]) - pad), min(nz, int(rows[-1]) + 1 + pad)
+    return np.ascontiguousarray(label[z0:z1]), (z0, z1)
+
+
 def _spec_from_label(label: np.ndarray, spacing, seed: int) -> PhantomSpec:
     """Body, spine and organs placed around the kidneys of a real label."""
     rng = _rng(seed, 4)
@@ -1131,6 +1196,7 @@ def _check_spacing(spacing, name="spacing") -> tuple[float, float, float]:
 
 
 def phantom_from_label(label: np.ndarray, spacing, seed: int, *, size: int | None = None,
+                       slice_thickness: float | None = None, z_margin_mm: float | None = None,
                        return_tissues: bool = False):
     """Synthesise CT intensities around a real segmentation (issue #8, "label-conditioned").
 
@@ -1147,6 +1213,13 @@ def phantom_from_label(label: np.ndarray, spacing, seed: int, *, size: int | Non
         size: if given, resample in-plane first (nearest neighbour, the longer side becomes
             ``size``; see :func:`resample_label_inplane`) and update the spacing (default None:
             keep the label's grid).
+        slice_thickness: if given, resample along z by nearest neighbour to about this many mm per
+            slice (:func:`resample_label_z`) and update the spacing (default None: keep the slices —
+            the label stays exact, as issue #8 asks). For fast CPU runs: a 611-slice 0.5 mm case
+            becomes ~60 slices at 5 mm.
+        z_margin_mm: if given, first crop the slices to the kidneys' z extent plus this margin in
+            mm (:func:`crop_label_z`; default None: keep every slice). Applied before
+            ``slice_thickness``.
         return_tissues: also return the tissue map (default False).
 
     Returns:
@@ -1155,14 +1228,22 @@ def phantom_from_label(label: np.ndarray, spacing, seed: int, *, size: int | Non
 
     Raises:
         DataError: if ``label`` is not 3-D or holds values outside {0, 1, 2}, or ``spacing`` is bad.
-        ConfigError: bad ``seed`` or ``size``.
+        ConfigError: bad ``seed``, ``size``, ``slice_thickness`` or ``z_margin_mm``.
     """
     seed = _check_seed(seed)
+    if slice_thickness is not None:
+        _check_positive(slice_thickness, "slice_thickness")
+    if z_margin_mm is not None:
+        _check_margin(z_margin_mm)
     label = np.asarray(label)
     if label.ndim != 3 or min(label.shape) < 1:
         raise DataError(f"label: expected a non-empty 3-D (Z, Y, X) array, got shape {label.shape}")
     label = check_label_values(label, "label")
     spacing = _check_spacing(spacing)
+    if z_margin_mm is not None:
+        label, _ = crop_label_z(label, spacing, z_margin_mm)
+    if slice_thickness is not None:
+        label, spacing = resample_label_z(label, spacing, slice_thickness)
     if size is not None:
         label, spacing = resample_label_inplane(label, spacing, size)
     spec = _spec_from_label(label, spacing, seed)
@@ -1179,6 +1260,8 @@ def write_label_conditioned_dataset(
     size: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    slice_thickness: float | None = None,
+    z_margin_mm: float | None = None,
 ) -> list[str]:
     """Write label-conditioned phantoms of real KiTS19 segmentations in the KiTS19 layout.
 
@@ -1195,6 +1278,10 @@ def write_label_conditioned_dataset(
         size: in-plane resampling (default None: keep the real grid).
         seed: dataset seed (default 0).
         progress: tqdm bar (default True).
+        slice_thickness: z resampling to about this many mm per slice, nearest neighbour (default
+            None: keep the real slices). See :func:`phantom_from_label`.
+        z_margin_mm: crop the slices to the kidneys' z extent plus this margin in mm (default None:
+            no crop); ``phantoms.json`` records the source slice range per case (``z_range``).
 
     Returns:
         The case ids written.
@@ -1202,12 +1289,16 @@ def write_label_conditioned_dataset(
     Raises:
         DataError: missing/corrupt label files (named), ``out_root`` equal to ``labels_root``, or
             ``out_root`` holding case folders not listed in its ``phantoms.json`` (nothing written).
-        ConfigError: bad ``seed`` or ``size``.
+        ConfigError: bad ``seed``, ``size``, ``slice_thickness`` or ``z_margin_mm``.
     """
     from kitsmsan.data.kits19 import case_number, normalize_case_id
 
     seed = _check_seed(seed)
     _check_positive(size, "size", integer=True, minimum=1)
+    if slice_thickness is not None:
+        _check_positive(slice_thickness, "slice_thickness")
+    if z_margin_mm is not None:
+        _check_margin(z_margin_mm)
     labels_root, out_root = Path(labels_root), Path(out_root)
     if out_root.resolve() == labels_root.resolve():
         raise DataError(f"{out_root}: the output folder must differ from the labels folder")
@@ -1222,15 +1313,22 @@ def write_label_conditioned_dataset(
     for cid in _progress(ids, len(ids), "label-conditioned phantoms", progress):
         case = load_case(labels_root / cid, load_image=False)
         case_seed = _case_seed(seed, case_number(cid))
-        image, label, spacing = phantom_from_label(case.label, case.spacing, case_seed, size=size)
+        source = case.label
+        z_range = (0, source.shape[0])
+        if z_margin_mm is not None:
+            source, z_range = crop_label_z(source, case.spacing, z_margin_mm)
+        image, label, spacing = phantom_from_label(source, case.spacing, case_seed, size=size,
+                                                   slice_thickness=slice_thickness)
         save_case(out_root, cid, image, label, spacing)
         entry = {"seed": case_seed, "shape": list(label.shape),
                  "spacing": [round(float(s), 6) for s in spacing],
                  "source_shape": list(case.label.shape),
                  "source_spacing": [round(float(s), 6) for s in case.spacing],
+                 "z_range": [int(z_range[0]), int(z_range[1])],
                  "kidney_voxels": int((label > 0).sum()), "tumor_voxels": int((label == TUMOR).sum())}
         _write_metadata(out_root, "label-conditioned", seed, {cid: entry},
-                        {"size": size, "labels_root": str(labels_root),
+                        {"size": size, "slice_thickness": slice_thickness, "z_margin_mm": z_margin_mm,
+                         "labels_root": str(labels_root),
                          "attribution": "Segmentations: KiTS19 challenge (Heller et al. 2019), "
                                         "CC BY-NC-SA 4.0"})
         written.append(cid)

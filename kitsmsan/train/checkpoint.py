@@ -175,6 +175,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _holds_pickled_objects(path):  # random bytes, a truncated or foreign file
+            raise CheckpointError(f"{path}: corrupt or not a checkpoint (neither a torch archive nor a "
+                                  f"well-formed pickle)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: refused — the file holds pickled objects that are not plain weights (possibly "
@@ -196,12 +199,69 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return checkpoint
 
 
+def _holds_pickled_objects(path: Path) -> bool:
+    """Whether a file that ``weights_only`` refused really is a pickle naming objects (possibly code).
+
+    Tells the two reasons :class:`pickle.UnpicklingError` has apart without unpickling anything: a
+    torch zip archive (its ``data.pkl`` failed the allow-list), or a well-formed pickle stream
+    (parsed with :func:`pickletools.genops`, which only reads opcodes) that uses an object-building
+    opcode (``GLOBAL``, ``STACK_GLOBAL``, ``REDUCE``, ...). Random bytes, text and truncated files are
+    neither.
+
+    Returns:
+        True for a pickled-objects payload, False for garbage.
+    """
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return True
+    objects = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+    found = False
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(0)
+            while fh.tell() < size:  # legacy torch files hold several pickles in a row
+                uses_objects = False
+                for op, _arg, _pos in pickletools.genops(fh):  # stops after STOP; raises on garbage
+                    uses_objects = uses_objects or op.name in objects
+                found = found or uses_objects
+    except Exception:  # noqa: BLE001 - any parse failure means "not (or no longer) a pickle"
+        return found
+    return found
+
+
+def _state_mismatch(net: torch.nn.Module, weights: Any) -> str:
+    """Describe how ``weights`` (a state dict) and ``net``'s parameters differ: keys and shapes."""
+    if not isinstance(weights, dict):
+        return f"the 'model' entry is a {type(weights).__name__}, not a state dict"
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(expected[k].shape)]
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {few(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es), checkpoint vs model: {few(shapes)}")
+    return "; ".join(parts)
+
+
 def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> None:
     """Load the checkpoint's weights into ``model``, refusing another architecture.
 
     Raises:
-        CheckpointError: the checkpoint's model config differs from ``model.config`` or its tensors
-            do not fit; the message names both variants and the file.
+        CheckpointError: the checkpoint's model config differs from ``model.config`` (the message
+            names both variants and the differing settings), or its tensors do not fit the model
+            (the message names the missing/unexpected keys and the mismatched shapes). Always
+            names the file.
     """
     net = unwrap_model(model)
     saved = checkpoint.get("model_config") or {}
@@ -214,10 +274,11 @@ def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any], path: s
             f"{current_name!r} (differing settings: {', '.join(diff)})")
     try:
         net.load_state_dict(checkpoint["model"], strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        detail = _state_mismatch(net, checkpoint["model"]) or str(exc).strip().splitlines()[0][:300]
         raise CheckpointError(
-            f"{path}: architecture mismatch — the checkpoint's weights ({saved_name!r}) do not fit the "
-            f"model ({current_name!r}): {str(exc).splitlines()[0][:300]}") from None
+            f"{path}: architecture mismatch — the checkpoint's weights do not fit its own model config "
+            f"{saved_name!r} (damaged or edited checkpoint?): {detail}") from None
 
 
 def _variant_name(model_config: dict) -> str:

@@ -244,6 +244,27 @@ class TrainConfig:
             raise bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+    def check_model(self) -> None:
+        """Check ``model`` overrides against the variant's :class:`~kitsmsan.models.ModelConfig`.
+
+        Resolves the network's config (no weights are allocated) so a misspelt ``model.<key>`` or a
+        bad value fails before anything is written (cache, run folder). Kept apart from
+        :meth:`validate` because it imports torch (through :mod:`kitsmsan.models`).
+
+        Raises:
+            ConfigError: naming the unknown or bad ``model.<key>``.
+        """
+        from kitsmsan.models.registry import model_config
+
+        overrides = dict(self.model)
+        if self.deep_supervision is not None:
+            overrides["deep_supervision"] = self.deep_supervision
+        try:
+            model_config(self.variant, **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"config: model: {exc}") from None
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Parse ``--set key=value`` strings into a dict of overrides.
 

@@ -50,6 +50,22 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
+@contextlib.contextmanager
+def _writing(path: Path):
+    """Turn an ``OSError`` (disk full, no permission, read-only) while writing ``path`` into a one-line
+    :class:`~kitsmsan.errors.TrainingError` that names the file.
+
+    Raises:
+        TrainingError: naming ``path`` and the system's reason (e.g. "No space left on device").
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise TrainingError(f"{path}: cannot write ({exc.strerror or exc}); training stopped, the last "
+                            "checkpoint (if any) is kept — free space, then run again (--resume RUN_DIR "
+                            "once the run has a checkpoint)") from exc
+
+
 # ---------------------------------------------------------------------------- helpers
 def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
     """``"auto"`` → CUDA if available (GPU ``LOCAL_RANK`` under torchrun), else CPU.
@@ -189,7 +205,8 @@ class Trainer:
         self.dataset = SliceWindowDataset(
             config.cache_dir, self.train_cases, num_slices=config.num_slices, crop_size=config.crop_size,
             fg_fraction=config.fg_fraction, tumor_fraction=config.tumor_fraction,
-            length=config.num_iters * world * bs, seed=config.seed)
+            length=config.num_iters * world * bs, seed=config.seed,
+            label_dtype="uint8")  # 8x fewer bytes to the device; widened there (issue #6)
 
         seed_everything(config.seed)
         net = build_model_for(config)
@@ -235,7 +252,8 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed_s") or 0.0)
         if self.dist.is_main:  # drop log rows written after this checkpoint by the killed process
             rows = [r for r in _read_metrics(self.run_dir) if r.get("iteration", 0) <= self.iteration]
-            atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+            with _writing(self.run_dir / METRICS_FILE):
+                atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.perf_counter() - self._t0)
@@ -252,7 +270,8 @@ class Trainer:
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.dist.is_main:
-            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+            with _writing(self.run_dir / METRICS_FILE), \
+                    open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
 
     # -------------------------------------------------------------- validation
@@ -312,14 +331,24 @@ class Trainer:
         """Train to ``num_iters`` and return the run folder. Safe to call on a resumed run."""
         cfg = self.config
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG_FILE, cfg.to_json())
+            created = [p for p in (self.ckpt_dir, self.run_dir) if not p.exists()]  # deepest first
+            try:
+                with _writing(self.ckpt_dir):
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                with _writing(self.run_dir / CONFIG_FILE):
+                    atomic_write_text(self.run_dir / CONFIG_FILE, cfg.to_json())
+            except TrainingError:  # a new run folder with nothing in it: leave no trace
+                for folder in created:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                raise
             from kitsmsan.utils.provenance import environment
 
             env = environment(str(self.device))
             env.update(world_size=self.dist.world_size, amp=str(self.amp_dtype), threads=torch.get_num_threads())
-            atomic_write_json(self.run_dir / ENV_FILE, env)
+            with _writing(self.run_dir / ENV_FILE):
+                atomic_write_json(self.run_dir / ENV_FILE, env)
         from tqdm.auto import tqdm
 
         self._t0 = time.perf_counter()
@@ -335,7 +364,7 @@ class Trainer:
         try:
             for image, label in self._loader():
                 image = image.to(self.device, non_blocking=True, memory_format=self.memory_format)
-                label = label.to(self.device, non_blocking=True)
+                label = label.to(self.device, non_blocking=True).long()
                 with autocast:
                     outputs = self.model(image)
                 if isinstance(outputs, (list, tuple)):
@@ -395,11 +424,13 @@ class Trainer:
                 self._maybe_best(scores)
             self.save(self.last_path)
             if self.dist.is_main:
-                atomic_write_json(self.run_dir / SUMMARY_FILE, {
-                    "variant": cfg.variant, "iterations": self.iteration, "seconds": round(self._elapsed(), 3),
-                    "best_val_composite": self.best_score, "final_val": scores,
-                    "train_cases": len(self.train_cases), "world_size": self.dist.world_size,
-                    "device": str(self.device)})
+                with _writing(self.run_dir / SUMMARY_FILE):
+                    atomic_write_json(self.run_dir / SUMMARY_FILE, {
+                        "variant": cfg.variant, "iterations": self.iteration,
+                        "seconds": round(self._elapsed(), 3),
+                        "best_val_composite": self.best_score, "final_val": scores,
+                        "train_cases": len(self.train_cases), "world_size": self.dist.world_size,
+                        "device": str(self.device)})
             barrier(self.dist)
         finally:
             bar.close()
