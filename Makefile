@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kitsmsan-installed
 
-.PHONY: venv book test test-fast reproduce bench clean
+.PHONY: venv book test test-fast nbval reproduce bench clean
 
 venv: $(STAMP)
 
@@ -21,10 +21,15 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 book: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/build_book.sh
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=PASSIVE bash scripts/build_book.sh
 
+# the unit/CLI/notebook/browser tests, then nbval over the notebooks (each cell must run)
 test: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider
+	$(MAKE) --no-print-directory nbval
+
+nbval: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider --nbval-lax notebooks/
 
 test-fast: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow and not browser"
@@ -36,4 +41,4 @@ bench: $(STAMP)
 	$(VENV)/bin/kitsmsan bench all
 
 clean:
-	rm -rf _build runs/book book/generated
+	rm -rf _build runs/book runs/notebooks data/book book/generated
