@@ -68,3 +68,21 @@ def test_root_that_is_a_symlink_works(tmp_path):
     real.mkdir()
     (tmp_path / "root").symlink_to(real, target_is_directory=True)
     assert safe_join(tmp_path / "root", "case_00000") == real.resolve() / "case_00000"
+
+
+def test_new_output_dir_removes_only_what_it_created_and_only_when_empty(tmp_path):
+    from kitsmsan.utils.io import new_output_dir
+
+    target = tmp_path / "a" / "b"
+    with pytest.raises(RuntimeError):
+        with new_output_dir(target) as out:
+            assert out.is_dir()
+            raise RuntimeError("boom")
+    assert not (tmp_path / "a").exists()  # both new folders went, tmp_path stayed
+    assert tmp_path.is_dir()
+
+    with pytest.raises(RuntimeError):
+        with new_output_dir(target) as out:
+            (out / "done.txt").write_text("kept")
+            raise RuntimeError("boom")
+    assert (target / "done.txt").read_text() == "kept"  # finished work is never deleted

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.data.kits19 import case_id
     from kitsmsan.errors import ConfigError, DataError
     from kitsmsan.metrics import list_predictions, prediction_filename
-    from kitsmsan.utils.io import atomic_write_json
+    from kitsmsan.utils.io import atomic_write_json, new_output_dir
 
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
@@ -70,17 +70,8 @@ def run(args: argparse.Namespace) -> int:
         hint = " (average needs 'kitsmsan predict --save-probs')" if args.method == "average" else ""
         raise DataError(f"{len(missing)} input files missing{hint}: {', '.join(missing)}")
 
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with new_output_dir(out_dir):  # a failure before any file is written leaves no folder
         _combine(args, ids, dirs, out_dir, probs_name)
-    except BaseException:
-        for folder in created:  # a new output folder and nothing written: leave no trace
-            try:
-                folder.rmdir()  # only succeeds when empty
-            except OSError:
-                break
-        raise
     try:
         atomic_write_json(out_dir / "ensemble.json", {
             "inputs": [str(d) for d in dirs], "method": args.method, "tie_break": args.tie_break,

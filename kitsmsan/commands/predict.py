@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.data.kits19 import case_id, list_cases
     from kitsmsan.errors import ConfigError, DataError
     from kitsmsan.inference import load_model, resolve_device
-    from kitsmsan.utils.io import atomic_write_json
+    from kitsmsan.utils.io import atomic_write_json, new_output_dir
 
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
@@ -65,18 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device([torch.nn.Identity()], args.device)
     models = [load_model(r, device, checkpoint=args.checkpoint) for r in args.run]
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
-    out_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
-    try:
+    with new_output_dir(out_dir):  # a failure before any file is written leaves no folder
         _predict_cases(args, ids, models, device, data_root, out_dir, timings)
-    except BaseException:
-        for folder in created:  # a new output folder and no case written: leave no trace
-            try:
-                folder.rmdir()  # only succeeds when empty
-            except OSError:
-                break
-        raise
     try:
         atomic_write_json(out_dir / "predict.json", {
             "runs": [str(r) for r in args.run], "checkpoint": args.checkpoint, "data": str(data_root),

@@ -76,3 +76,27 @@ def safe_join(root: str | os.PathLike, *parts: str) -> Path:
     if candidate != root_resolved and root_resolved not in candidate.parents:
         raise DataError(f"{'/'.join(parts)!r}: path escapes the output folder {str(root_resolved)!r}")
     return candidate
+
+
+@contextlib.contextmanager
+def new_output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Create the output folder ``path`` (with parents); if the body fails, leave no trace.
+
+    The folders this call created are removed again when the ``with`` body raises — but only while
+    they are empty (``rmdir`` refuses the others), so files finished before the failure are kept.
+
+    Yields:
+        ``Path(path)``, created.
+    """
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+        raise
