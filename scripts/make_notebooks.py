@@ -179,7 +179,7 @@ def nb01():
 case_index = 0             # which case of the training split is shown in detail
 label_stats_csv = "book/data/kits19_label_stats.csv"   # statistics of the real KiTS19 labels (kitsmsan stats)
 '''),
-        code(SETUP),
+        code(SETUP, "hide-input"),
         md('''
         ## One case on disk
 
@@ -356,7 +356,7 @@ paper_depth = 4            # the paper's window: 4 slices ...
 paper_size = 512           # ... of 512 x 512 (shapes and FLOPs are computed on the meta device: free)
 demo_channels = 8          # width of the small networks run on real tensors below
 '''),
-        code(SETUP),
+        code(SETUP, "hide-input"),
         md('''
         ## Five variants, one class
 
@@ -596,7 +596,7 @@ eval_every = 0             # validation Dice every N iterations (0: as the prese
 device = ""                # empty: as the preset (smoke cpu, paper auto); or cpu, cuda, auto
 bench_glob = "book/data/bench_*.json"   # benchmark results (kitsmsan bench) quoted for the expected speed
 '''),
-        code(SETUP),
+        code(SETUP, "hide-input"),
         md('''
         ## The configuration
 
@@ -742,14 +742,14 @@ def nb04():
 results_dir = ""           # empty: <runs_dir>/evaluation
 num_worst = 2              # how many of the worst test cases to show
 '''),
-        code(SETUP),
+        code(SETUP, "hide-input"),
         md('''
         ## The trained networks
 
         This page reads the run folders; it never retrains them (the book sets `train_missing=False`, so a
         missing run is an error that says how to make it).
         '''),
-        code(RUNS_CELL),
+        code(RUNS_CELL, "hide-input"),
         md('''
         ## Predictions on the test split
 
@@ -902,8 +902,8 @@ depths = "1,4,8"           # input depths (slices per window) to compare; empty 
 ds_weights_alt = "0.3333,0.3333,0.3334"   # the alternative deep-supervision weights (full, aux 1/4, aux 1/8)
 windows = "-200:500,-1000:1000,-100:300,0:250"   # HU windows compared (the paper's first)
 '''),
-        code(SETUP),
-        code(RUNS_CELL),
+        code(SETUP, "hide-input"),
+        code(RUNS_CELL, "hide-input"),
         code('''
         from kitsmsan.ensemble import argmax_label, average_probabilities, majority_vote
         from kitsmsan.inference import predict_case
@@ -1172,8 +1172,8 @@ num_cases_shown = 2        # test cases in the viewer
 attention_variant = "msan_v1"   # whose attention weights are shown
 max_slices = 24            # at most this many slices per case in the pre-rendered viewer
 '''),
-        code(SETUP),
-        code(RUNS_CELL),
+        code(SETUP, "hide-input"),
+        code(RUNS_CELL, "hide-input"),
         code('''
         from kitsmsan.ensemble import majority_vote
         from kitsmsan.inference import predict_case
