@@ -73,9 +73,13 @@ DATA_KITS = "KiTS19 imaging"
 #: test cases 180-189, each cropped along z to its kidneys plus ``z_margin_mm`` and resampled to
 #: ``slice_thickness`` mm (nearest neighbour) so a CPU run stays within minutes (a 611-slice 0.5 mm
 #: case becomes ~40 slices); otherwise ``pure_cases`` synthetic cases of ``num_slices`` slices are
-#: split ``pure_train``/``pure_test``.
+#: split ``pure_train``/``pure_test``. Their ``pixel_spacing`` of 3.2 mm gives a 205 mm field of view
+#: centred on the abdomen (both kidneys inside) instead of the whole 340 mm body at 5.3 mm: a 15 mm
+#: tumour then spans ~5 pixels instead of ~3. Measured on 6 test phantoms, MSAN-V2, 400 iterations:
+#: tumour Dice 0.25 vs 0.09 and kidney 0.87 vs 0.82 (k = 2).
 REPRODUCE_DATA: dict[str, dict[str, Any]] = {
-    "smoke": dict(size=64, num_slices=24, seed=0, pure_cases=20, pure_train="0-13", pure_test="14-19",
+    "smoke": dict(size=64, num_slices=24, pixel_spacing=3.2, seed=0, pure_cases=20, pure_train="0-13",
+                  pure_test="14-19",
                   anatomy_train="0-13", anatomy_test="180-189", slice_thickness=5.0, z_margin_mm=20.0),
     "paper": dict(train="0-179", test="180-189"),
 }
@@ -145,8 +149,8 @@ def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
                 "slice_thickness": spec.get("slice_thickness"), "z_margin_mm": spec.get("z_margin_mm")}
     else:
         info = {"kind": DATA_PURE, "cases": spec["pure_cases"], "size": spec["size"],
-                "num_slices": spec["num_slices"], "seed": spec["seed"], "train": spec["pure_train"],
-                "test": spec["pure_test"]}
+                "num_slices": spec["num_slices"], "pixel_spacing": spec.get("pixel_spacing"),
+                "seed": spec["seed"], "train": spec["pure_train"], "test": spec["pure_test"]}
     done = json.loads(marker.read_text()) if marker.is_file() else None
     if done != info:
         if labels is not None:
@@ -155,7 +159,8 @@ def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
                                  slice_thickness=info["slice_thickness"], z_margin_mm=info["z_margin_mm"])
         else:
             _call_with_supported(phantom.write_phantom_dataset, root, spec["pure_cases"], spec["seed"],
-                                 size=spec["size"], num_slices=spec["num_slices"], progress=progress)
+                                 size=spec["size"], num_slices=spec["num_slices"],
+                                 pixel_spacing=info["pixel_spacing"], progress=progress)
         atomic_write_json(marker, info)
     return {"kind": info["kind"], "root": root, "train": info["train"], "test": info["test"],
             "num_cases": len(list_cases(root))}

@@ -365,3 +365,16 @@ def test_write_label_conditioned_dataset_with_z_crop_and_thick_slices(kits_label
     meta = json.loads((out / "phantoms.json").read_text())
     assert meta["cases"]["case_00015"]["z_range"] == [z0, z1]
     assert meta["slice_thickness"] == 5.0 and meta["z_margin_mm"] == 10.0
+
+
+def test_write_phantom_dataset_pixel_spacing_sets_the_field_of_view(tmp_path):
+    # the CPU smoke data: a finer in-plane spacing at a small size = a smaller field of view, same anatomy
+    wide = ph.write_phantom_dataset(tmp_path / "wide", 1, seed=3, size=64, num_slices=12, progress=False)
+    zoom = ph.write_phantom_dataset(tmp_path / "zoom", 1, seed=3, size=64, num_slices=12, pixel_spacing=3.2,
+                                 progress=False)
+    a, b = load_case(tmp_path / "wide" / wide[0]), load_case(tmp_path / "zoom" / zoom[0])
+    assert b.spacing[1:] == pytest.approx((3.2, 3.2))
+    assert a.spacing[1] > 3.2
+    # the same kidneys, seen with (a.spacing / 3.2)^2 times as many pixels (within 15 %)
+    ratio = (b.label > 0).sum() / (a.label > 0).sum()
+    assert ratio == pytest.approx((a.spacing[1] / 3.2) ** 2, rel=0.15)

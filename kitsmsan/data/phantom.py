@@ -998,6 +998,7 @@ def write_phantom_dataset(
     size: int = 512,
     case_ids: Sequence[str | int] | None = None,
     num_slices: int | None = None,
+    pixel_spacing: float | None = None,
     progress: bool = True,
 ) -> list[str]:
     """Write pure phantoms in the KiTS19 layout, plus ``phantoms.json``.
@@ -1015,6 +1016,9 @@ def write_phantom_dataset(
         size: in-plane size (default 512).
         case_ids: ids to write (default ``case_00000`` ... in order); ``len == num_cases``.
         num_slices: slice count override for every case (default None: per case).
+        pixel_spacing: in-plane spacing in mm for every case (default None: the whole abdomen's
+            field of view at any ``size``, as :func:`make_phantom`). A finer spacing at a small
+            ``size`` gives a smaller field of view centred on the abdomen (the CPU smoke data).
         progress: show a tqdm bar (default True).
 
     Returns:
@@ -1028,13 +1032,13 @@ def write_phantom_dataset(
     num_cases = _check_positive(num_cases, "num_cases", integer=True)
     seed = _check_seed(seed)
     ids = _check_case_ids(case_ids, num_cases)
-    phantom_spec(0, size=size, num_slices=num_slices)  # validates size/num_slices before writing
+    phantom_spec(0, size=size, num_slices=num_slices, pixel_spacing=pixel_spacing)  # validates before writing
     root = Path(root)
     _refuse_foreign_cases(root, ids)
     entries = {}
     for k, cid in _progress(enumerate(ids), len(ids), "phantoms", progress):
         case_seed = _case_seed(seed, k)
-        spec = phantom_spec(case_seed, size=size, num_slices=num_slices)
+        spec = phantom_spec(case_seed, size=size, num_slices=num_slices, pixel_spacing=pixel_spacing)
         image, label, _, tumors = _render(spec, None)
         save_case(root, cid, image, label, spec.spacing)
         entries[cid] = {**spec.to_dict(), "index": k, "tumor_components": tumors,
