@@ -208,6 +208,40 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
+def table1_scores(per_case, *, headline_k: int = POSTPROCESS_K) -> dict[str, dict[str, float]]:
+    """The ``per_model`` input of :func:`table1` from a per-case Dice table.
+
+    Args:
+        per_case: a DataFrame with one row per (model, post-processing, case): columns ``model``,
+            ``postprocess`` (0 = none, 1, 2 components kept), ``kidney``, ``tumor`` (as written by
+            :func:`kitsmsan.metrics.evaluate_folder` / :func:`kitsmsan.metrics.dice_table`).
+        headline_k: the post-processing of the headline columns (default :data:`POSTPROCESS_K`).
+
+    Returns:
+        ``{model: {"kidney", "tumor", "averaged" (headline k), "kidney_k1", "averaged_k1",
+        "averaged_k2", "averaged_raw"}}`` in fractions, models in their order of appearance.
+
+    Raises:
+        DataError: a model lacks the rows of one of the post-processing levels 0, 1, 2.
+    """
+    from kitsmsan.metrics import summarize
+
+    scores = {}
+    for key in dict.fromkeys(per_case["model"]):
+        scored = {}
+        for k in (0, 1, 2):
+            rows = per_case[(per_case["model"] == key) & (per_case["postprocess"] == k)]
+            if rows.empty:
+                raise DataError(f"table1_scores: no per-case rows for model {key!r} with postprocess={k}")
+            scored[k] = summarize(rows).iloc[0]
+        head = scored[headline_k]
+        scores[key] = {"kidney": float(head["kidney"]), "tumor": float(head["tumor"]),
+                       "averaged": float(head["averaged"]),
+                       "kidney_k1": float(scored[1]["kidney"]), "averaged_k1": float(scored[1]["averaged"]),
+                       "averaged_k2": float(scored[2]["averaged"]), "averaged_raw": float(scored[0]["averaged"])}
+    return scores
+
+
 def table1(per_model: dict[str, dict[str, float]], *, data_kind: str, iterations: dict[str, int],
            preset: str, headline_k: int = 1) -> tuple[str, list[dict[str, Any]]]:
     """The Table 1 analogue: our Dice (%) beside the paper's KiTS19 Dice (%).
@@ -341,7 +375,7 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
     from kitsmsan.data.dataset import split_cases
     from kitsmsan.data.kits19 import list_cases
     from kitsmsan.data.preprocess import prepare_cache
-    from kitsmsan.metrics import evaluate_folder, summarize
+    from kitsmsan.metrics import evaluate_folder
     from kitsmsan.train import TrainConfig
     from kitsmsan.train.config import VARIANTS
     from kitsmsan.train.loop import SUMMARY_FILE, run_state, train
@@ -404,22 +438,14 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
                  progress=progress)
     t_pred = time.perf_counter() - t_pred
 
-    frames, per_model = [], {}
+    frames = []
     for key in (*variants, "ensemble"):
-        scored = {}
         for k in (0, 1, 2):
             df = evaluate_folder(preds / key, data_root, case_ids=test_ids, postprocess=k)
             df.insert(0, "model", key)
             frames.append(df)
-            scored[k] = summarize(df).iloc[0]
-        head = scored[POSTPROCESS_K]
-        per_model[key] = {"kidney": float(head["kidney"]), "tumor": float(head["tumor"]),
-                          "averaged": float(head["averaged"]),
-                          "kidney_k1": float(scored[1]["kidney"]),
-                          "averaged_k1": float(scored[1]["averaged"]),
-                          "averaged_k2": float(scored[2]["averaged"]),
-                          "averaged_raw": float(scored[0]["averaged"])}
     per_case = pd.concat(frames, ignore_index=True)
+    per_model = table1_scores(per_case, headline_k=POSTPROCESS_K)
     markdown, rows = table1(per_model, data_kind=info["kind"], iterations=iterations, preset=preset,
                             headline_k=POSTPROCESS_K)
     env = environment(device)

@@ -788,19 +788,15 @@ num_worst = 2              # how many of the worst test cases to show
         '''),
         code('''
         from kitsmsan.metrics import dice_table, kits_dice, summarize, write_results
-        from kitsmsan.reproduce import POSTPROCESS_K, table1
+        from kitsmsan.reproduce import POSTPROCESS_K, table1, table1_scores
         from kitsmsan.utils.io import atomic_write_text
         from kitsmsan.utils.provenance import environment
 
         rows = [{"model": key, "postprocess": k, "case_id": cid, **kits_dice(preds[cid], test_set[cid].label)}
                 for k, table in ((0, raw), (1, post), (2, post2)) for key, preds in table.items() for cid in preds]
         per_case = dice_table(rows)
-        summary, summary_k1, summary_raw = (summarize(per_case[per_case["postprocess"] == k], by="model") for k in (2, 1, 0))
-        per_model = {key: {"kidney": summary.loc[key, "kidney"], "tumor": summary.loc[key, "tumor"],
-                           "averaged": summary.loc[key, "averaged"], "kidney_k1": summary_k1.loc[key, "kidney"],
-                           "averaged_k1": summary_k1.loc[key, "averaged"],
-                           "averaged_raw": summary_raw.loc[key, "averaged"]}
-                     for key in summary.index}
+        summary = summarize(per_case[per_case["postprocess"] == POSTPROCESS_K], by="model")
+        per_model = table1_scores(per_case, headline_k=POSTPROCESS_K)  # the same step as kitsmsan reproduce
         iterations = {v: r["summary"]["iterations"] for v, r in runs.items()}
         table_md, table_rows = table1(per_model, data_kind=DATA_KIND, iterations=iterations,
                                       preset="smoke" if smoke else "paper", headline_k=POSTPROCESS_K)

@@ -115,3 +115,27 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="widht"):  # fails before any data is written
         reproduce("smoke", tmp_path / "typo", overrides={"model": {"widht": 8}})
     assert not (tmp_path / "typo").exists()
+
+
+def test_table1_scores_by_hand():
+    import pandas as pd
+
+    from kitsmsan.errors import DataError
+    from kitsmsan.reproduce import table1_scores
+
+    rows = []
+    # one model, two cases; (kidney, tumor) per post-processing level
+    values = {0: [(0.8, 0.2), (0.6, 0.4)], 1: [(0.5, 0.2), (0.3, 0.4)], 2: [(0.9, 0.3), (0.7, 0.5)]}
+    for k, cases in values.items():
+        for i, (kid, tum) in enumerate(cases):
+            rows.append({"model": "msan_v1", "postprocess": k, "case_id": f"case_{i:05d}", "kidney": kid,
+                         "tumor": tum, "composite": (kid + tum) / 2})
+    scores = table1_scores(pd.DataFrame(rows), headline_k=2)["msan_v1"]
+    assert scores["kidney"] == pytest.approx(0.8) and scores["tumor"] == pytest.approx(0.4)
+    assert scores["averaged"] == pytest.approx(0.6)         # mean(0.8, 0.4), the paper's "averaged"
+    assert scores["kidney_k1"] == pytest.approx(0.4)
+    assert scores["averaged_k1"] == pytest.approx(0.35)     # mean(0.4, 0.3)
+    assert scores["averaged_k2"] == pytest.approx(0.6)
+    assert scores["averaged_raw"] == pytest.approx(0.5)     # mean(0.7, 0.3)
+    with pytest.raises(DataError, match="postprocess=1"):
+        table1_scores(pd.DataFrame([r for r in rows if r["postprocess"] != 1]))
