@@ -313,38 +313,122 @@ def _bench_sections(data) -> tuple[dict, dict[str, list[dict]]]:
     return meta, {k: v for k, v in sections.items() if v}
 
 
-def render_performance() -> str:
-    """Render every ``book/data/bench_*.json`` as tables, one per benchmark, with its provenance."""
-    files = sorted(DATA.glob("bench_*.json"))
+#: columns of the benchmark rows that the book's tables leave out (they stay in the JSON files)
+PERF_HIDDEN = ("params", "isolated", "s_per_it", "run_iters", "mem_measure", "loss_finite", "warmup", "iters",
+               "precision", "channels_last", "compile", "write_nifti_s", "batches", "cudnn_benchmark",
+               "tf32_conv", "tf32_matmul", "command", "onednn_isa", "id")
+#: a datasheet figure, quoted for scale only (NVIDIA H100 SXM5, dense bf16 tensor-core peak)
+H100_BF16_PEAK_TFLOPS = 989.4
+
+
+def _bench_files() -> list[tuple[Path, dict, dict[str, list[dict]]]]:
+    """``(path, metadata, sections)`` of every ``book/data/bench_*.json`` (names the file if unreadable)."""
     out = []
-    for path in files:
+    for path in sorted(DATA.glob("bench_*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise BookBuildError(f"{path}: not valid JSON ({exc})") from None
         meta, sections = _bench_sections(data)
-        out.append(f"### `{path.name}`\n")
+        out.append((path, meta, sections))
+    return out
+
+
+def _is_gpu(meta: dict, path: Path) -> bool:
+    device = str(meta.get("device", ""))
+    return bool(meta.get("cuda")) and not device.startswith("CPU") or "gpu" in path.name or "cuda" in path.name
+
+
+def _targets_table(files) -> str:
+    """Every target of :data:`kitsmsan.bench.TARGETS`: measured where a file has it, else *pending*."""
+    from kitsmsan.bench import TARGETS
+
+    rows = []
+    for spec in TARGETS:
+        found = [(path, r) for path, _meta, sections in files for r in sections.get("targets", [])
+                 if r.get("id") == spec["id"] or (not r.get("id") and r.get("target") == spec["target"])]
+        sign = "≥" if spec["higher"] else "≤"
+        base = {"target": spec["target"], "issue": f"#{spec['issue']}", "required": f"{sign} {_fmt(spec['required'])}"}
+        if not found:
+            rows.append({**base, "measured": "*pending*", "met": "—",
+                         "measured on": f"not yet: needs {spec['needs']}"})
+        for path, r in found:
+            extra = f" ({r['network']})" if r.get("network") else ""
+            rows.append({**base, "measured": f"{_fmt(r.get('measured'))}{extra}", "met": _fmt(r.get("met")),
+                         "measured on": f"{_fmt(r.get('device'))}, commit {_fmt(r.get('commit'))} (`{path.name}`)"})
+    return markdown_table(rows)
+
+
+def _budget_text(files) -> str:
+    """What the 12-hour target asks of a GPU, counted at build time (no measurement involved)."""
+    from kitsmsan.bench import SCHEDULE_TARGET_H, schedule_budget
+
+    b = schedule_budget()
+    per = [dict(network=name, **{"TFLOP per iteration": float(v)})
+           for name, v in (item.split(": ") for item in b["train_tflop_per_iter"].split(", "))]
+    need = b["required_tflop_per_s"]
+    text = [
+        f"One training iteration at the paper's batch ({b['input'].replace('x', ' × ')}) costs, counted "
+        "convolution by convolution on PyTorch's `meta` device (forward and backward; "
+        "`kitsmsan.bench.schedule_budget`):\n\n",
+        markdown_table(per),
+        f"\nFive networks × {b['iters_per_network']:,} iterations is **{_fmt(b['schedule_eflop'])} EFLOP**. To fit "
+        f"in {SCHEDULE_TARGET_H:g} hours a GPU must therefore *sustain* **{_fmt(need)} TFLOP/s** of convolution "
+        "arithmetic for the whole schedule, before any element-wise work (normalisation, activations, the "
+        f"optimiser) is counted. For scale only: NVIDIA's datasheet peak for an H100 SXM in dense bf16 is "
+        f"{H100_BF16_PEAK_TFLOPS:g} TFLOP/s, so the target asks for {need / H100_BF16_PEAK_TFLOPS:.0%} of peak "
+        "throughput, sustained. This is arithmetic, not a measurement; the step rows' `tflop_per_s` column "
+        "(the same count times the measured iterations per second) says what a device actually achieves.\n",
+    ]
+    gpu = [r for path, meta, sections in files if _is_gpu(meta, path) for r in sections.get("step", [])
+           if r.get("tflop_per_s") and r.get("input") == b["input"]]
+    if gpu:
+        best = max(gpu, key=lambda r: r["tflop_per_s"])
+        text.append(f"\nThe best measured GPU step reached {_fmt(best['tflop_per_s'])} TFLOP/s "
+                    f"({best['variant']}, {best['mode']}, {_fmt(best.get('device'))}).\n")
+    return "".join(text)
+
+
+def _bench_section_md(name: str, rows: list[dict]) -> str:
+    """One benchmark's rows as a table; the oneDNN ISA fallback becomes a † footnote, not a column."""
+    isa = sorted({str(r["onednn_isa"]) for r in rows if r.get("onednn_isa")})
+    rows = [{k: v for k, v in r.items() if k not in PERF_HIDDEN} | (
+        {"mode": f"{r['mode']} †"} if r.get("onednn_isa") and "mode" in r else {}) for r in rows]
+    if len(rows) == 1:  # one result: a two-column key / value table reads better
+        return f"**{name}**\n\n" + markdown_table([{"quantity": k, "value": v} for k, v in rows[0].items()])
+    rows, constant = split_constant_columns(rows)
+    same = ("*In every row: " + "; ".join(f"{k} = {_fmt(v)}" for k, v in constant.items()) + ".*\n\n"
+            if constant else "")
+    notes = "".join(f"\n† run with `ONEDNN_MAX_CPU_ISA` = {text}\n" for text in isa)
+    return f"**{name}**\n\n{same}{markdown_table(rows)}{notes}"
+
+
+def render_performance() -> str:
+    """The Performance page's generated part: the targets (measured or pending), what the schedule
+    target asks of a GPU, then every ``book/data/bench_*.json`` as tables with its provenance."""
+    files = _bench_files()
+    out = ["### Targets\n", "Each target of issue #6 (two come from issue #2), with the measurement that speaks to "
+           "it. *Pending* means no file below has that measurement yet; nothing is filled in by hand.\n",
+           _targets_table(files), "### What the 12-hour schedule asks of a GPU\n", _budget_text(files)]
+    if not any(_is_gpu(meta, path) for path, meta, _ in files):
+        out.append(":::{important}\n**GPU: pending.** No GPU measurement has been recorded yet, so this page "
+                   "shows none — in particular no measured time for the paper's schedule on a GPU. "
+                   "`scripts/gpu_bench.sh` on a GPU machine writes `book/data/bench_gpu.json`, which fills it in.\n:::\n")
+    if not files:
+        out.append(":::{note}\nNo benchmark has been recorded yet. `kitsmsan bench all --json "
+                   "book/data/bench_cpu.json` writes the file this page shows.\n:::\n")
+    for path, meta, sections in files:
+        out.append(f"### Measurements: `{path.name}`\n")
         if meta:
             out.append("\n".join(f"- **{k}**: {_fmt(v)}" for k, v in meta.items()) + "\n")
         if not sections:
             out.append(f"`{path.name}` holds no results.\n")
         for name, rows in sections.items():
-            if len(rows) == 1:  # one result: a two-column key / value table reads better
-                out.append(f"**{name}**\n\n" + markdown_table([{"quantity": k, "value": v}
-                                                               for k, v in rows[0].items()]))
+            if name in ("targets", "budget"):  # shown above
                 continue
-            rows, constant = split_constant_columns(rows)
-            same = ("*In every row: " + "; ".join(f"{k} = {_fmt(v)}" for k, v in constant.items()) + ".*\n\n"
-                    if constant else "")
-            out.append(f"**{name}**\n\n{same}{markdown_table(rows)}")
-    gpu_measured = any("gpu" in p.name or "cuda" in p.name for p in files)
-    if not files:
-        out.append(":::{note}\nNo benchmark has been recorded yet. `kitsmsan bench all --json "
-                   "book/data/bench_cpu.json` writes the file this page shows.\n:::\n")
-    if not gpu_measured:
-        out.append(":::{important}\n**GPU: pending.** No GPU measurement has been recorded yet, so this page "
-                   "shows none — in particular no projected time for the paper's schedule on a GPU. Running "
-                   "`kitsmsan bench all --json book/data/bench_gpu.json` on a GPU fills it in.\n:::\n")
+            out.append(_bench_section_md(name, rows))
+        out.append(f"*Columns left out here ({', '.join(c for c in PERF_HIDDEN if c != 'id')}) are in "
+                   f"`book/data/{path.name}`.*\n")
     return "\n".join(out)
 
 

@@ -624,7 +624,9 @@ bench_glob = "book/data/bench_*.json"   # benchmark results (kitsmsan bench) quo
         ## What speed to expect
 
         `kitsmsan bench` measures training steps per second per variant on the device it runs on and writes
-        JSON under `book/data/`; rows found there for this variant are quoted here. Each row names its device.
+        JSON under `book/data/`; the step rows found there for this variant are quoted here, each with its
+        device and input size (a CPU row is measured at a reduced size, so its hours are not the paper's).
+        The Performance chapter has every column, and the arithmetic the paper's schedule asks of a GPU.
         '''),
         code('''
         import glob
@@ -635,10 +637,13 @@ bench_glob = "book/data/bench_*.json"   # benchmark results (kitsmsan bench) quo
             sections = result.get("results", result) if isinstance(result, dict) else {"rows": result}
             for rows in (sections.values() if isinstance(sections, dict) else [sections]):
                 for row in rows if isinstance(rows, list) else []:
-                    if isinstance(row, dict) and row.get("variant") == variant:
+                    if isinstance(row, dict) and row.get("variant") == variant and row.get("benchmark", "step") == "step":
                         bench_rows.append({"file": Path(path).name, **row})
         if bench_rows:
-            display(pd.DataFrame(bench_rows))
+            shown = ["file", "device", "input", "base_channels", "mode", "it_per_s", "speedup_vs_fp32",
+                     "peak_mem_mb", "hours_per_run", "error"]
+            table = pd.DataFrame(bench_rows)
+            display(table[[c for c in shown if c in table.columns]])
         else:
             display(Markdown(f"*No benchmark row for `{variant}` yet — pending: `kitsmsan bench step` measures it on "
                              "the device it runs on and writes the JSON this cell reads. The speed of this very run is "

@@ -22,11 +22,14 @@ from kitsmsan.bench import (
     format_table,
     make_report,
     merge_reports,
+    TARGETS,
+    schedule_budget,
     schedule_row,
     target_rows,
 )
 from kitsmsan.cli import main as cli_main
 from kitsmsan.errors import ConfigError
+from kitsmsan.models import build_model, count_flops, count_train_flops
 
 H100 = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "commit": "abc1234"}
 PAPER_INPUT = "2x1x4x512x512"
@@ -72,9 +75,10 @@ def test_bench_data_without_nifti_and_bad_args(tmp_path):
 def test_bench_step_small():
     seen = []
     rows = bench_step(variants="msan_v1_ds", size=32, base_channels=4, iters=1, warmup=0,
-                      device="cpu", threads=1, isolate=False, verbose=False, on_row=seen.append)
+                      device="cpu", threads=1, isolate=False, budget=False, verbose=False, on_row=seen.append)
     assert seen == rows  # every row was handed out as soon as it was measured
     steps, sched = rows[:-1], rows[-1]
+    train_flops = count_train_flops(build_model("msan_v1_ds", base_channels=4), (2, 1, 4, 32, 32))
     assert [(r["variant"], r["mode"]) for r in steps] == [("msan_v1_ds", m) for m in ("fp32", "cl", "amp", "amp+cl")]
     fp32 = {r["variant"]: r["it_per_s"] for r in steps if r["mode"] == "fp32"}
     for r in steps:
@@ -88,6 +92,7 @@ def test_bench_step_small():
         fp32_cpu = next(x["cpu_s_per_it"] for x in steps if x["mode"] == "fp32")
         assert _close(r["cpu_time_speedup_vs_fp32"], fp32_cpu / r["cpu_s_per_it"], 5e-3)
         assert _close(r["hours_per_run"], 400_000 / r["it_per_s"] / 3600, 5e-3)
+        assert _close(r["tflop_per_s"], train_flops * r["it_per_s"] / 1e12, 5e-3)  # counted, not 3 x forward
         assert r["peak_mem_mb"] is None or r["mem_measure"] == "peak RSS - RSS before"
     assert sched["benchmark"] == "schedule" and sched["networks"] == 1 and sched["at_paper_size"] is False
     assert sched["five_model_hours_best"] is None  # four of the five networks unmeasured: no schedule
@@ -96,7 +101,7 @@ def test_bench_step_small():
 def test_bench_step_isolated_and_crash_rows():
     # the default on CPU: each measurement in its own process (seconds: one fp32 row)
     row = bench_step(variants="unet3d", modes="fp32", size=16, base_channels=2, iters=1, warmup=0,
-                     device="cpu", threads=1, verbose=False)[0]
+                     device="cpu", threads=1, budget=False, verbose=False)[0]
     assert row["isolated"] is True and row["it_per_s"] > 0 and "error" not in row and row["loss_finite"]
     # a native crash in the child becomes an exception naming the signal, not the end of the run
     with pytest.raises(RuntimeError, match="crashed \\(SIGABRT\\)"):
@@ -172,17 +177,35 @@ def test_target_rows_hand_computed():
         {"benchmark": "data_loader", "batch": PAPER_INPUT, "windows_per_s": 240.0, **H100},
     ]
     got = {r["target"]: r for r in target_rows(rows)}
-    assert len(got) == 7
+    assert len(got) == 7 and {r["id"] for r in got.values()} == {t["id"] for t in TARGETS}
     assert got["cache windows / .nii.gz windows (x)"]["met"] is True
     assert got["cache windows per CPU-second (one core)"]["met"] is False
     assert got["cache windows per CPU-second, uint8 label"]["met"] is True
     assert got["reproduce --preset smoke (s)"]["met"] is True
-    fast = got["fast path / fp32 eager, slowest-gaining network (msan_v2) (x)"]
-    assert fast["measured"] == 2.0 and fast["met"] is False
+    fast = got["fast path / fp32 eager, slowest-gaining network (x)"]
+    assert fast["measured"] == 2.0 and fast["met"] is False and fast["network"] == "msan_v2"
     assert got["five networks x 400,000 iterations (h)"]["met"] is False
     # best loader 240 windows/s over the fastest step's 12 it/s x batch 2 = 24 windows/s -> 10x
     loader = got["DataLoader windows / windows the fastest step consumes (x)"]
     assert loader["measured"] == 10.0 and loader["met"] is True and loader["device"] == H100["device"]
+
+
+def test_schedule_budget_is_the_counted_arithmetic():
+    one = schedule_budget(variants="unet3d", num_iters=1000, hours=2)
+    per_iter = count_train_flops(build_model("unet3d", base_channels=8), (2, 1, 4, 64, 64))
+    # counted at the paper's size: convolution FLOPs scale with the voxels (64 x more) and, but for
+    # the first layer, with width squared (16 x more): between 16 x 64 / 2 and 16 x 64 of the small count
+    tflop = float(one["train_tflop_per_iter"].split(": ")[1])
+    assert 512 * per_iter < tflop * 1e12 < 1024 * per_iter
+    assert one["input"] == "2x1x4x512x512" and one["device"].startswith("none: counted")
+    assert _close(one["schedule_eflop"], tflop * 1e12 * 1000 / 1e18, 1e-3)
+    assert _close(one["required_tflop_per_s"], tflop * 1000 / (2 * 3600), 1e-3)
+    # backward is counted, not assumed: between 2 x and 3 x the forward count (the first layer needs no
+    # input gradient)
+    fwd = count_flops(build_model("unet3d"), (2, 1, 4, 512, 512))
+    assert 2 * fwd < tflop * 1e12 <= 3 * fwd
+    with pytest.raises(ConfigError, match="hours"):
+        schedule_budget(variants="unet3d", hours=0)
 
 
 def test_bench_inference_small():
@@ -263,7 +286,8 @@ def test_cli_bench_json(tmp_path, monkeypatch, capsys):
     assert cli_main(["bench", "data", "--size", "64", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["results"][0]["size_seen"] == 64 and report["results"][0]["cache_vs_nifti"] == 2.0
-    assert report["results"][1] == {"benchmark": "targets", "target": "cache windows / .nii.gz windows (x)",
+    assert report["results"][1] == {"benchmark": "targets", "id": "cache_vs_nifti",
+                                    "target": "cache windows / .nii.gz windows (x)",
                                     "measured": 2.0, "required": 100, "met": False, **H100}
     assert "cache_vs_nifti" in capsys.readouterr().out
     merged = tmp_path / "m.json"

@@ -51,6 +51,40 @@ def test_bench_sections_list_and_dict_forms():
     assert meta == {"device": "cpu", "commit": "abc"} and sections == {"smoke": [{"seconds": 5}]}
 
 
+def test_performance_page_lists_every_target_pending_until_measured(tmp_path, monkeypatch):
+    from kitsmsan.bench import TARGETS, make_report
+
+    cpu = {"device": "CPU x86_64 (2 cores, 2 threads)", "torch": "2.13.0", "commit": "abc1234"}
+    rows = [{"benchmark": "smoke", "ok": True, "wall_s": 480.0, **cpu},
+            {"benchmark": "step", "variant": "unet3d", "mode": "amp", "input": "2x1x4x128x128", "it_per_s": 2.0,
+             "onednn_isa": "AVX512_CORE_BF16 (default: SIGSEGV)", **cpu},
+            {"benchmark": "step", "variant": "unet3d", "mode": "fp32", "input": "2x1x4x128x128", "it_per_s": 1.0,
+             **cpu}]
+    (tmp_path / "bench_cpu.json").write_text(json.dumps(make_report(rows, "cpu")))
+    monkeypatch.setattr(bt, "DATA", tmp_path)
+    page = bt.render_performance()
+    table = page.split("### What the 12-hour")[0]
+    # one line per target: the smoke one measured (480 s, met), every other one pending
+    assert table.count("*pending*") == len(TARGETS) - 1
+    assert "| reproduce --preset smoke (s) | #6 | ≤ 600 | 480 | yes |" in table
+    assert "GPU: pending" in page and "313.8 TFLOP/s" in page  # the counted budget, 13.56 EFLOP / 12 h
+    assert "| amp † |" in page and "† run with `ONEDNN_MAX_CPU_ISA` = AVX512_CORE_BF16 (default: SIGSEGV)" in page
+    # a GPU file with the GPU targets met: no more pending GPU rows, no "GPU: pending" box
+    h100 = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "commit": "abc1234"}
+    paper = "2x1x4x512x512"
+    gpu = [{"benchmark": "step", "variant": "unet3d", "mode": m, "input": paper, "it_per_s": r,
+            "speedup_vs_fp32": r / 4.0, "tflop_per_s": r * 6.721, **h100} for m, r in (("fp32", 4.0), ("amp+cl", 12.0))]
+    gpu += [{"benchmark": "schedule", "at_paper_size": True, "five_model_hours_best": 11.0, **h100},
+            {"benchmark": "data_loader", "batch": paper, "windows_per_s": 240.0, **h100}]
+    report = make_report(gpu, "cpu")
+    report.update(device=h100["device"], cuda="12.8")
+    (tmp_path / "bench_gpu.json").write_text(json.dumps(report))
+    page = bt.render_performance()
+    assert page.split("### What the 12-hour")[0].count("*pending*") == 3  # the three data targets (no data row)
+    assert "GPU: pending" not in page and "80.65 TFLOP/s (unet3d, amp+cl" in page
+    assert "| fast path / fp32 eager, slowest-gaining network (x) | #6 | ≥ 2.5 | 3 (unet3d) | yes |" in page
+
+
 def test_split_constant_columns():
     rows = [{"variant": "unet3d", "device": "cpu", "it_s": 1.0}, {"variant": "msan_v1", "device": "cpu", "it_s": 2.0}]
     kept, constant = bt.split_constant_columns(rows)

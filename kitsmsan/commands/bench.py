@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--no-nifti", action="store_true", help="skip the .nii.gz path")
     d.add_argument("--workers", type=_int_list, default=[0, 1, 2], help="DataLoader workers (default 0,1,2)")
     d.add_argument("--loader-batches", type=int, default=50, help="batches timed per worker count (default 50)")
-    d.add_argument("--label-dtype", default="int64", choices=("int64", "int16", "uint8"),
-                   help="label dtype of the loader rows (default int64)")
+    d.add_argument("--label-dtype", default="uint8", choices=("int64", "int16", "uint8"),
+                   help="label dtype of the loader rows (default uint8, what training uses)")
     d.add_argument("--source", default="phantom", choices=("phantom", "synthetic"),
                    help="content of the test case (default phantom)")
     m = p.add_argument_group("smoke / merge")

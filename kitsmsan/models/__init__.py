@@ -21,7 +21,7 @@ from kitsmsan.models.registry import (
     list_models,
     model_config,
 )
-from kitsmsan.models.report import PAPER_INPUT, count_flops, count_parameters, model_report
+from kitsmsan.models.report import PAPER_INPUT, count_flops, count_parameters, count_train_flops, model_report
 
 __all__ = [
     "MSAN",
@@ -36,6 +36,7 @@ __all__ = [
     "build_model",
     "build_model_from_config",
     "count_flops",
+    "count_train_flops",
     "count_parameters",
     "describe",
     "list_models",

@@ -336,7 +336,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         num_slices=4, crop_size=None, batch_size=2, loss="dice", lr=3e-3, lr_step=300,
         lr_gamma=0.3, num_iters=400, train_cases="0-13", test_cases="14-19", amp="off",
-        channels_last=False, compile=False, ckpt_every=100, eval_every=0, eval_cases=2,
+        channels_last=True, compile=False, ckpt_every=100, eval_every=0, eval_cases=2,
         log_every=20, projection_after=50, workers=0, device="cpu", fg_fraction=0.8,
         tumor_fraction=0.5, threads=1, model={"base_channels": 8},
     ),
