@@ -448,12 +448,10 @@ def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool)
 
 
 def _amp_dtype(dev):
-    """bf16 where the device supports it (every CPU, Ampere+ GPUs), else fp16."""
-    import torch
+    """bf16 where the device computes in it natively (every CPU, Ampere+ GPUs), else fp16."""
+    from kitsmsan.utils.amp import mixed_precision_dtype
 
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
+    return mixed_precision_dtype(dev)
 
 
 def _time_step(variant: str, mode: str, dev, *, batch_size: int, num_slices: int, size: int,

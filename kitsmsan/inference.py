@@ -85,14 +85,16 @@ def resolve_amp(amp, device):
 
     Args:
         amp: None/``"auto"`` (on for CUDA only), True/``"on"``, False/``"off"``, ``"bf16"``,
-            ``"fp16"`` or a ``torch.dtype``. "On" means bfloat16 where the GPU supports it, else
-            float16; bfloat16 on CPU.
+            ``"fp16"`` or a ``torch.dtype``. "On" means bfloat16 where the GPU computes in it
+            natively, else float16; bfloat16 on CPU (:func:`kitsmsan.utils.amp.mixed_precision_dtype`).
         device: the ``torch.device`` of the run.
 
     Raises:
         ConfigError: an unknown ``amp`` string.
     """
     import torch
+
+    from kitsmsan.utils.amp import mixed_precision_dtype
 
     if isinstance(amp, str):
         table = {"auto": None, "on": True, "true": True, "off": False, "false": False,
@@ -106,9 +108,7 @@ def resolve_amp(amp, device):
         amp = device.type == "cuda"
     if not amp:
         return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
+    return mixed_precision_dtype(device)
 
 
 def predict_case(

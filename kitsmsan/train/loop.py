@@ -42,6 +42,7 @@ from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingErr
 from kitsmsan.train import checkpoint as ckpt
 from kitsmsan.train.config import TrainConfig
 from kitsmsan.train.distributed import DistInfo, WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
+from kitsmsan.utils.amp import mixed_precision_dtype
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text
 
 CONFIG_FILE = "config.json"
@@ -84,12 +85,15 @@ def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``"auto"`` = bf16 on GPUs that support it, else fp16; None on CPU/off."""
+    """The autocast dtype: ``"auto"`` = bf16 on GPUs that compute in it natively (compute capability
+    8.0+), else fp16 (:func:`kitsmsan.utils.amp.mixed_precision_dtype`); None on CPU or ``"off"``."""
     if amp == "off" or device.type != "cuda":
         return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+    if amp == "bf16":
         return torch.bfloat16
-    return torch.float16
+    if amp == "fp16":
+        return torch.float16
+    return mixed_precision_dtype(device)
 
 
 def seed_everything(seed: int) -> None:
