@@ -1,5 +1,6 @@
-"""kitsmsan.utils.amp: the mixed-precision dtype per device, one rule for training, inference and
-the benchmark. The GPUs are faked (this suite runs on CPUs): only the compute capability is read."""
+"""The GPU fast path, checked on a CPU: kitsmsan.utils.amp's mixed-precision dtype per device (one rule
+for training, inference and the benchmark; the GPUs are faked, only the compute capability is read),
+and the parameter/gradient layout that fused Adam needs under channels_last_3d (issue #6)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,29 @@ def test_cpu():
     assert mixed_precision_dtype("cpu") is torch.bfloat16
     assert train_amp("auto", torch.device("cpu")) is None  # training never autocasts on CPU
     assert inference_amp(None, torch.device("cpu")) is None and inference_amp("on", torch.device("cpu")) is torch.bfloat16
+
+
+@pytest.mark.parametrize("variant", ["unet3d", "msan_v2_ds"])
+def test_channels_last_grads_fit_fused_adam(variant):
+    """The GPU preset combines channels_last_3d with fused Adam. Fused Adam's CUDA kernel needs every
+    parameter and its gradient laid out alike, ignoring size-1 dimensions (PyTorch >= 2.5, pytorch#134546;
+    hence the package's torch floor). The 1x1x1 convolutions (attention, Res2Net, heads) get gradients
+    whose strides differ from their weights', but only in size-1 dimensions: check that this stays so."""
+    from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
+    from kitsmsan.models import build_model
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernels that give the 1x1x1 weights' gradients other size-1 strides
+    try:
+        net = build_model(variant, base_channels=4).to(memory_format=torch.channels_last_3d)
+        x = torch.rand(2, 1, 4, 32, 32).to(memory_format=torch.channels_last_3d)
+        y = torch.randint(0, 3, (2, 4, 32, 32))
+        loss = (DeepSupervisionLoss(DiceLoss()) if net.config.deep_supervision else DiceLoss())(net(x), y)
+        loss.backward()
+    finally:
+        torch.set_num_threads(threads)
+    for name, p in net.named_parameters():
+        # whether a size-1 stride differs depends on the CPU kernel chosen (it does on one thread)
+        strides = [dim for dim, (a, b) in enumerate(zip(p.stride(), p.grad.stride())) if a != b]
+        assert all(p.shape[dim] == 1 for dim in strides), f"{name}: {tuple(p.shape)} {p.stride()} vs {p.grad.stride()}"
