@@ -612,6 +612,8 @@ def test_kill_during_download_then_rerun_equals_clean(tmp_path, server, source):
             if any(s > 4096 for s in sizes.values()):
                 break
             time.sleep(0.01)
+        server.slow = 0.3  # see test_ctrl_c_stops_cleanly_and_keeps_partials
+        assert proc.poll() is None, "the download ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -650,6 +652,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_partials(tmp_path, server, source):
             if root.exists() and any(p.stat().st_size > 4096 for p in root.rglob("*.part")):
                 break
             time.sleep(0.01)
+        server.slow = 0.3  # from here on a trickle: a busy machine cannot finish the download before the signal
+        assert proc.poll() is None, "the download ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
     finally:
