@@ -161,19 +161,18 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
+def _pick(what: str, value: Sequence[str] | str, known: Sequence[str]) -> list[str]:
+    """``value`` (a list or a comma-separated string) as a non-empty list of names from ``known``."""
+    names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    if not names or any(n not in known for n in names):
+        raise ConfigError(f"{what}={names!r}: expected names from {', '.join(known)}")
+    return names
+
+
 def _variants(variants: Sequence[str] | str | None) -> list[str]:
     from kitsmsan.models import list_models
 
-    known = list_models()
-    if variants is None:
-        return known
-    if isinstance(variants, str):
-        variants = [v.strip() for v in variants.split(",") if v.strip()]
-    variants = list(variants)
-    bad = [v for v in variants if v not in known]
-    if bad or not variants:
-        raise ConfigError(f"variants={variants!r}: expected names from {', '.join(known)}")
-    return variants
+    return list_models() if variants is None else _pick("variants", variants, list_models())
 
 
 def _synthetic_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -436,22 +435,11 @@ def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool)
         modes = ["fp32", "amp", "amp+cl", "amp+cl+compile"] if dev_type == "cuda" else ["fp32", "cl", "amp", "amp+cl"]
         if dev_type == "cpu" and compile:
             modes.append("amp+cl+compile")
-    elif isinstance(modes, str):
-        modes = [m.strip() for m in modes.split(",") if m.strip()]
-    modes = list(modes)
-    bad = [m for m in modes if m not in STEP_MODES]
-    if bad or not modes:
-        raise ConfigError(f"modes={modes!r}: expected some of {', '.join(STEP_MODES)}")
+    else:
+        modes = _pick("modes", modes, STEP_MODES)
     if "fp32" not in modes:
         modes.insert(0, "fp32")  # every ratio needs its baseline, measured in the same call
     return sorted(dict.fromkeys(modes), key=STEP_MODES.index)
-
-
-def _amp_dtype(dev):
-    """bf16 where the device computes in it natively (every CPU, Ampere+ GPUs), else fp16."""
-    from kitsmsan.utils.amp import mixed_precision_dtype
-
-    return mixed_precision_dtype(dev)
 
 
 def _time_step(variant: str, mode: str, dev, *, batch_size: int, num_slices: int, size: int,
@@ -463,11 +451,12 @@ def _time_step(variant: str, mode: str, dev, *, batch_size: int, num_slices: int
 
     from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
     from kitsmsan.models import build_model
+    from kitsmsan.utils.amp import mixed_precision_dtype
 
     amp = mode.startswith("amp")
     channels_last = "cl" in mode.split("+")
     compiled = mode.endswith("compile")
-    amp_dtype = _amp_dtype(dev) if amp else None
+    amp_dtype = mixed_precision_dtype(dev) if amp else None
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     cuda = dev.type == "cuda"
 
@@ -855,10 +844,12 @@ def schedule_budget(*, num_iters: int = PAPER_ITERS, hours: float = SCHEDULE_TAR
         variants: networks, default all five.
 
     Returns:
-        A ``"budget"`` row: ``input``, ``train_tflop_per_iter`` (``"name: TFLOP, ..."``),
+        A ``"budget"`` row: ``input``, ``tflop_per_iter_<network>`` (one key per network),
         ``schedule_eflop``, ``hours``, ``required_tflop_per_s``; its ``device`` says it was counted,
         not measured (the count is the same on every machine).
     """
+    import torch
+
     from kitsmsan.models import build_model, count_train_flops
 
     num_iters = _check_int("num_iters", num_iters, 1)
@@ -867,13 +858,11 @@ def schedule_budget(*, num_iters: int = PAPER_ITERS, hours: float = SCHEDULE_TAR
     shape = (PAPER_BATCH, 1, PAPER_SLICES, PAPER_SIZE, PAPER_SIZE)
     per_iter = {}
     for name in _variants(variants):
-        import torch
-
         with torch.device("meta"):
             per_iter[name] = count_train_flops(build_model(name), shape)
     total = sum(per_iter.values()) * num_iters
     return {"benchmark": "budget", "input": "x".join(map(str, shape)), "iters_per_network": num_iters,
-            "train_tflop_per_iter": ", ".join(f"{k}: {v / 1e12:.3f}" for k, v in per_iter.items()),
+            **{f"tflop_per_iter_{k}": round(v / 1e12, 3) for k, v in per_iter.items()},
             "schedule_eflop": _sig(total / 1e18), "hours": hours,
             "required_tflop_per_s": _sig(total / (hours * 3600) / 1e12),
             **provenance("cpu"), "device": "none: counted on the meta device, not measured"}

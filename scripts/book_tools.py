@@ -335,8 +335,8 @@ def _bench_files() -> list[tuple[Path, dict, dict[str, list[dict]]]]:
 
 
 def _is_gpu(meta: dict, path: Path) -> bool:
-    device = str(meta.get("device", ""))
-    return bool(meta.get("cuda")) and not device.startswith("CPU") or "gpu" in path.name or "cuda" in path.name
+    named_gpu = "gpu" in path.name or "cuda" in path.name
+    return named_gpu or (bool(meta.get("cuda")) and not str(meta.get("device", "")).startswith("CPU"))
 
 
 def _targets_table(files) -> str:
@@ -364,8 +364,8 @@ def _budget_text(files) -> str:
     from kitsmsan.bench import SCHEDULE_TARGET_H, schedule_budget
 
     b = schedule_budget()
-    per = [dict(network=name, **{"TFLOP per iteration": float(v)})
-           for name, v in (item.split(": ") for item in b["train_tflop_per_iter"].split(", "))]
+    per = [{"network": k.removeprefix("tflop_per_iter_"), "TFLOP per iteration": v}
+           for k, v in b.items() if k.startswith("tflop_per_iter_")]
     need = b["required_tflop_per_s"]
     text = [
         f"One training iteration at the paper's batch ({b['input'].replace('x', ' × ')}) costs, counted "

@@ -195,7 +195,8 @@ def test_schedule_budget_is_the_counted_arithmetic():
     per_iter = count_train_flops(build_model("unet3d", base_channels=8), (2, 1, 4, 64, 64))
     # counted at the paper's size: convolution FLOPs scale with the voxels (64 x more) and, but for
     # the first layer, with width squared (16 x more): between 16 x 64 / 2 and 16 x 64 of the small count
-    tflop = float(one["train_tflop_per_iter"].split(": ")[1])
+    tflop = one["tflop_per_iter_unet3d"]
+    assert not any(k.startswith("tflop_per_iter_") and k != "tflop_per_iter_unet3d" for k in one)
     assert 512 * per_iter < tflop * 1e12 < 1024 * per_iter
     assert one["input"] == "2x1x4x512x512" and one["device"].startswith("none: counted")
     assert _close(one["schedule_eflop"], tflop * 1e12 * 1000 / 1e18, 1e-3)

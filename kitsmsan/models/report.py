@@ -32,14 +32,19 @@ def _shapes(out: torch.Tensor | Sequence[torch.Tensor]) -> list[list[int]]:
     return [list(t.shape) for t in outs]
 
 
-def count_flops(model: nn.Module, input_shape: Sequence[int] = PAPER_INPUT) -> int:
-    """Forward FLOPs of ``model`` for one input of ``input_shape``, counted on the ``meta`` device.
+def count_flops(model: nn.Module, input_shape: Sequence[int] = PAPER_INPUT, *, backward: bool = False) -> int:
+    """FLOPs of ``model`` for one input of ``input_shape``, counted on the ``meta`` device.
 
-    The model is copied to ``meta`` (weights are not needed to count) and run once in eval mode.
+    The model is copied to ``meta`` (weights are not needed to count). By default it runs one
+    eval-mode forward. With ``backward`` it runs in training mode (the deep-supervision heads too)
+    and back-propagates a scalar built from every output, so the convolution gradients
+    (``aten.convolution_backward``: input and weight) are counted exactly, not estimated as
+    "3 × forward"; the loss and the optimiser are element-wise and not counted.
 
     Args:
-        model: any module taking one tensor.
+        model: any module taking one tensor and returning a tensor or a list of tensors.
         input_shape: e.g. ``(1, 1, 4, 512, 512)`` (default, the paper's window).
+        backward: count a training step's forward and backward, default False (forward only).
 
     Returns:
         FLOPs (``2 ×`` multiply–accumulates of convolutions and matrix products).
@@ -48,47 +53,24 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = PAPER_INPUT) -> i
 
     meta_model = model if _is_meta(model) else _to_meta(model)
     was_training = meta_model.training
-    meta_model.eval()
+    meta_model.train(backward)
     counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), counter:
-            meta_model(torch.empty(tuple(input_shape), device="meta"))
+        with counter, torch.set_grad_enabled(backward):
+            out = meta_model(torch.empty(tuple(input_shape), device="meta"))
+            if backward:
+                outs = [out] if isinstance(out, torch.Tensor) else list(out)
+                sum(o.float().sum() for o in outs).backward()
     finally:
         meta_model.train(was_training)
+        if backward:
+            meta_model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
 
 def count_train_flops(model: nn.Module, input_shape: Sequence[int] = PAPER_INPUT) -> int:
-    """FLOPs of one training step's forward *and* backward for one input of ``input_shape``.
-
-    Counted like :func:`count_flops`, on the ``meta`` device, but in training mode (the deep-supervision
-    heads run) and through the backward pass of a scalar built from every output, so the gradients
-    of all convolutions (``aten.convolution_backward``: input and weight gradients) are counted
-    exactly rather than estimated as "3 × forward". The optimiser and the loss are not counted
-    (element-wise, negligible beside the convolutions).
-
-    Args:
-        model: any module taking one tensor and returning a tensor or a list of tensors.
-        input_shape: e.g. ``(2, 1, 4, 512, 512)`` (the paper's batch).
-
-    Returns:
-        FLOPs (``2 ×`` multiply–accumulates) of forward + backward.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    meta_model = model if _is_meta(model) else _to_meta(model)
-    was_training = meta_model.training
-    meta_model.train()
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            out = meta_model(torch.empty(tuple(input_shape), device="meta"))
-            outs = [out] if isinstance(out, torch.Tensor) else list(out)
-            sum(o.float().sum() for o in outs).backward()
-    finally:
-        meta_model.train(was_training)
-        meta_model.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
+    """FLOPs of one training step, forward and backward: ``count_flops(..., backward=True)``."""
+    return count_flops(model, input_shape, backward=True)
 
 
 def _is_meta(model: nn.Module) -> bool:
