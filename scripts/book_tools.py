@@ -606,11 +606,14 @@ def render_reliability_tally() -> str:
 
 #: pipeline order of the API reference; modules not listed here follow in alphabetical order
 API_ORDER = (
-    "kitsmsan.data.kits19", "kitsmsan.data.phantom", "kitsmsan.data.preprocess", "kitsmsan.data.dataset",
-    "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry", "kitsmsan.models.msan",
+    "kitsmsan.data.kits19", "kitsmsan.data.phantom.anatomy", "kitsmsan.data.phantom.render",
+    "kitsmsan.data.phantom.writer", "kitsmsan.data.phantom.label_conditioned", "kitsmsan.data.preprocess",
+    "kitsmsan.data.dataset", "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry", "kitsmsan.models.msan",
     "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses", "kitsmsan.train.config",
     "kitsmsan.train.loop", "kitsmsan.train.checkpoint", "kitsmsan.train.distributed", "kitsmsan.inference",
-    "kitsmsan.postprocess", "kitsmsan.ensemble", "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench",
+    "kitsmsan.postprocess", "kitsmsan.ensemble", "kitsmsan.metrics", "kitsmsan.reproduce",
+    "kitsmsan.bench.common", "kitsmsan.bench.data", "kitsmsan.bench.step", "kitsmsan.bench.budget",
+    "kitsmsan.bench.inference", "kitsmsan.bench.smoke", "kitsmsan.bench.report",
     "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io", "kitsmsan.utils.provenance",
     "kitsmsan.cli",
 )
