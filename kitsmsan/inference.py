@@ -278,10 +278,7 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, device="cpu", *, checkpoint: 
     Raises:
         CheckpointError: missing, corrupt or untrusted checkpoint (raised by the training module).
     """
-    try:
-        from kitsmsan.train import load_model as train_load_model
-    except ImportError:  # the package may not re-export it yet
-        from kitsmsan.train.checkpoint import load_model as train_load_model
+    from kitsmsan.checkpoint import load_model as train_load_model
     model = train_load_model(run_dir_or_ckpt, device, which=checkpoint)
     model.eval()
     return model

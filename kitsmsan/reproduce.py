@@ -180,7 +180,7 @@ def _predict_all(variants, runs: Path, preds: Path, data_root: Path, test_ids: l
     from kitsmsan.ensemble import majority_vote
     from kitsmsan.inference import predict_case
     from kitsmsan.metrics import prediction_filename
-    from kitsmsan.train.checkpoint import load_model
+    from kitsmsan.checkpoint import load_model
 
     models = {}
     for variant in variants:

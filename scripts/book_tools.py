@@ -610,7 +610,7 @@ API_ORDER = (
     "kitsmsan.data.phantom.writer", "kitsmsan.data.phantom.label_conditioned", "kitsmsan.data.preprocess",
     "kitsmsan.data.dataset", "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry", "kitsmsan.models.msan",
     "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses", "kitsmsan.train.config",
-    "kitsmsan.train.loop", "kitsmsan.train.checkpoint", "kitsmsan.train.distributed", "kitsmsan.inference",
+    "kitsmsan.train.loop", "kitsmsan.checkpoint", "kitsmsan.train.distributed", "kitsmsan.inference",
     "kitsmsan.postprocess", "kitsmsan.ensemble", "kitsmsan.metrics", "kitsmsan.reproduce",
     "kitsmsan.bench.common", "kitsmsan.bench.data", "kitsmsan.bench.step", "kitsmsan.bench.budget",
     "kitsmsan.bench.inference", "kitsmsan.bench.smoke", "kitsmsan.bench.report",

@@ -18,7 +18,7 @@ import torch
 
 from kitsmsan.errors import CheckpointError, TrainingError
 from kitsmsan.models import build_model
-from kitsmsan.train import checkpoint as ckpt
+from kitsmsan import checkpoint as ckpt
 
 
 def tiny(variant="msan_v1"):
@@ -177,7 +177,7 @@ def test_kill_during_checkpoint_write_leaves_the_last_good_one(tmp_path):
     script = textwrap.dedent(f"""
         import time, torch
         from kitsmsan.models import build_model
-        from kitsmsan.train import checkpoint as ckpt
+        from kitsmsan import checkpoint as ckpt
         model = build_model("msan_v1", base_channels=4)
         ckpt.save_checkpoint(ckpt.make_checkpoint(model, iteration=1), {str(path)!r})
         real_save = torch.save

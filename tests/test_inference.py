@@ -192,7 +192,7 @@ def test_prediction_has_source_affine(tmp_path):
 
 def _tiny_run(tmp_path):
     from kitsmsan.models import build_model
-    from kitsmsan.train.checkpoint import make_checkpoint, save_checkpoint
+    from kitsmsan.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("unet3d", base_channels=4)

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from kitsmsan.errors import CheckpointError, ConfigError, TrainingError
-from kitsmsan.train import TrainConfig, load_model, read_metrics, resume, train
-from kitsmsan.train import checkpoint as ckpt
+from kitsmsan.checkpoint import load_model
+from kitsmsan.train import TrainConfig, read_metrics, resume, train
+from kitsmsan import checkpoint as ckpt
 from kitsmsan.train.distributed import sample_indices
 from kitsmsan.train.loop import Trainer
 

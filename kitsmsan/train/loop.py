@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingError
-from kitsmsan.train import checkpoint as ckpt
+from kitsmsan import checkpoint as ckpt
 from kitsmsan.train.config import TrainConfig
 from kitsmsan.train.distributed import DistInfo, WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
 from kitsmsan.utils.amp import mixed_precision_dtype
