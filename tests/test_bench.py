@@ -15,6 +15,7 @@ import kitsmsan.bench.data
 from kitsmsan.bench import (
     BENCHMARKS,
     PROVENANCE_KEYS,
+    TARGETS,
     bench_data,
     bench_inference,
     bench_smoke,
@@ -22,7 +23,6 @@ from kitsmsan.bench import (
     format_table,
     make_report,
     merge_reports,
-    TARGETS,
     schedule_budget,
     schedule_row,
     target_rows,

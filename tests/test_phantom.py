@@ -10,8 +10,8 @@ import pytest
 from scipy import ndimage
 
 from kitsmsan.data import phantom as ph
-from kitsmsan.data.phantom.writer import _case_seed
 from kitsmsan.data.kits19 import KIDNEY, TUMOR, kits_affine, list_cases, load_case, load_label
+from kitsmsan.data.phantom.writer import _case_seed
 from kitsmsan.errors import ConfigError, DataError
 
 T = ph.TISSUES
@@ -176,7 +176,7 @@ def test_write_phantom_dataset_layout_headers_metadata(tmp_path):
     assert ids == ["case_00000", "case_00001"] == list_cases(root)
     meta = json.loads((root / "phantoms.json").read_text())
     assert meta["version"] == ph.GENERATOR_VERSION and meta["kind"] == "pure" and meta["seed"] == 5
-    for k, cid in enumerate(ids):
+    for cid in ids:
         entry = meta["cases"][cid]
         case = load_case(root / cid)
         image, label = ph.make_phantom(entry["seed"], size=32, num_slices=12)

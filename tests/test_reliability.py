@@ -41,7 +41,6 @@ import torch
 from conftest import REPO, make_tiny_case
 from test_cli_errors import CASES, tiny_checkpoint, tree
 
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
@@ -226,8 +225,8 @@ def test_kill_9_during_predict_then_rerun_equals_a_clean_run(world, capsys):
 
 def evil_checkpoint(path: Path, target: Path) -> Path:
     """A real kitsmsan checkpoint with one extra entry whose unpickling creates ``target``."""
-    from kitsmsan.models import build_model
     from kitsmsan import checkpoint as ckpt
+    from kitsmsan.models import build_model
 
     state = ckpt.make_checkpoint(build_model("msan_v1", base_channels=4), iteration=1)
     state["notes"] = Evil(target)

@@ -34,7 +34,8 @@ where nibabel (needed by the data and inference benchmarks only) is missing. A b
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: the benchmarks, in the order ``kitsmsan bench all`` runs them: ``kitsmsan.bench.<name>.bench_<name>``
 BENCHMARKS = ("data", "step", "inference", "smoke")

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from kitsmsan.errors import ConfigError
 from kitsmsan.models import list_models
+from kitsmsan.utils.device import resolve_device
 from kitsmsan.utils.provenance import device_name, git_commit
 
-#: the paper's training configuration (MSAN paper, §3.1)
 #: the paper's training configuration (MSAN paper, §3.1)
 PAPER_BATCH = 2
 PAPER_SLICES = 4
@@ -41,29 +42,6 @@ def provenance(device: str | None = None) -> dict[str, str]:
         device: the torch device measured on (default None: CUDA if available, else the CPU).
     """
     return {"device": device_name(device), "torch": torch.__version__, "commit": commit()}
-
-
-def resolve_device(device: str | None = None):
-    """The ``torch.device`` to benchmark on.
-
-    Args:
-        device: None or ``"auto"`` (default: CUDA if available, else CPU), ``"cpu"``, ``"cuda"``,
-            ``"cuda:N"``.
-
-    Raises:
-        ConfigError: not a device, or CUDA asked for but not available.
-    """
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {device!r}: not a torch device ({exc})") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device!r}: only cpu and cuda are benchmarked")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r}: CUDA is not available on this machine")
-    return dev
 
 
 def _sig(x: float | None, digits: int = 4) -> float | None:
@@ -131,3 +109,7 @@ def format_table(results: Sequence[dict[str, Any]], *, skip: Sequence[str] = ())
 
 def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+__all__ = ["PAPER_BATCH", "PAPER_SLICES", "PAPER_SIZE", "PAPER_ITERS", "PAPER_CASE_SLICES", "PROVENANCE_KEYS",
+           "commit", "provenance", "resolve_device", "format_table"]

@@ -6,8 +6,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -29,6 +30,7 @@ from kitsmsan.data.kits19 import IMAGING_FILE, save_case
 from kitsmsan.data.phantom import make_phantom
 from kitsmsan.data.preprocess import normalize, prepare_cache
 from kitsmsan.errors import ConfigError
+from kitsmsan.utils.torch_state import torch_settings
 
 
 def _synthetic_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,77 +149,84 @@ def bench_data(
     dev = resolve_device(device)
     prov = provenance(str(dev))
     rows: list[dict] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="kitsmsan-bench-")) if work_dir is None else Path(work_dir)
     try:
-        shape = (num_slices, size, size)
-        image, label, src = _make_case(shape, seed, source)
-        t0 = time.perf_counter()
-        save_case(tmp / "data", "case_00000", image, label, (2.5, 0.78, 0.78))
-        write_s = time.perf_counter() - t0
-        del image, label
-        t0 = time.perf_counter()
-        prepare_cache(tmp / "data", tmp / "cache", progress=False)
-        prepare_s = time.perf_counter() - t0
-
-        def cache_rate(label_dtype_: str) -> tuple[float, float]:
-            ds = SliceWindowDataset(tmp / "cache", [0], num_slices=PAPER_SLICES, seed=seed, length=10**9,
-                                    label_dtype=label_dtype_)
-            for i in range(200):  # warm: open the memmap and fault in pages
-                ds[i]
-            for s in range(0, num_slices, PAPER_SLICES):  # read the whole case once: warm page cache
-                np.asarray(ds._open("case_00000")[0][s])
-            t0, c0 = time.perf_counter(), time.process_time()
-            for i in range(num_windows):
-                ds[i]
-            return time.perf_counter() - t0, time.process_time() - c0
-
-        cache_s, cache_cpu = cache_rate("int64")
-        cache8_s, cache8_cpu = cache_rate("uint8")
-
-        row = {"benchmark": "data", "case": f"{src} {num_slices}x{size}x{size}",
-               "window": f"{PAPER_SLICES}x{size}x{size}", "threads": 1,
-               "write_nifti_s": _sig(write_s), "prepare_s": _sig(prepare_s),
-               "cache_windows_per_s": _sig(num_windows / cache_s)}
-        if nifti:
-            nii = tmp / "data" / "case_00000" / IMAGING_FILE
-            rng = np.random.default_rng(seed)
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(num_nifti_windows):
-                start = int(rng.integers(num_slices - PAPER_SLICES + 1))
-                img = nib.load(str(nii))
-                window = normalize(np.asarray(img.dataobj[start: start + PAPER_SLICES], dtype=np.float32))
-                torch.from_numpy(window)
-            nifti_s, nifti_cpu = time.perf_counter() - t0, time.process_time() - c0
-            row.update(nifti_windows_per_s=_sig(num_nifti_windows / nifti_s),
-                       cache_vs_nifti=_sig((num_windows / cache_s) / (num_nifti_windows / nifti_s)))
-        else:
-            nifti_cpu = None
-        # per CPU-second of this process: what one dedicated core does on a shared machine
-        row["cache_windows_per_cpu_s"] = _sig(num_windows / max(cache_cpu, 1e-9))
-        if nifti_cpu is not None:
-            row["nifti_windows_per_cpu_s"] = _sig(num_nifti_windows / max(nifti_cpu, 1e-9))
-        row.update(cache_windows_per_s_uint8=_sig(num_windows / cache8_s),
-                   cache_windows_per_cpu_s_uint8=_sig(num_windows / max(cache8_cpu, 1e-9)),
-                   load_avg=round(os.getloadavg()[0], 2), **prov)
-        _emit(rows, row, on_row, verbose)
-
-        for w in workers:
-            res = _loader_rate(tmp / "cache", w, batch_size, loader_batches, dev.type == "cuda",
-                               label_dtype, seed)
-            _emit(rows, {
-                "benchmark": "data_loader", "workers": w,
-                "batch": f"{batch_size}x1x{PAPER_SLICES}x{size}x{size}", "label_dtype": label_dtype,
-                "pin_memory": dev.type == "cuda", "batches": loader_batches,
-                "windows_per_s": _sig(loader_batches * batch_size / res),
-                "batches_per_s": _sig(loader_batches / res), "load_avg": round(os.getloadavg()[0], 2),
-                **prov}, on_row, verbose)
+        with torch_settings(threads=1):
+            row = _data_row(tmp, (num_slices, size, size), seed, source, num_windows,
+                            num_nifti_windows if nifti else None)
+            _emit(rows, {**row, "load_avg": round(os.getloadavg()[0], 2), **prov}, on_row, verbose)
+            for w in workers:
+                res = _loader_rate(tmp / "cache", w, batch_size, loader_batches, dev.type == "cuda",
+                                   label_dtype, seed)
+                _emit(rows, {
+                    "benchmark": "data_loader", "workers": w,
+                    "batch": f"{batch_size}x1x{PAPER_SLICES}x{size}x{size}", "label_dtype": label_dtype,
+                    "pin_memory": dev.type == "cuda", "batches": loader_batches,
+                    "windows_per_s": _sig(loader_batches * batch_size / res),
+                    "batches_per_s": _sig(loader_batches / res), "load_avg": round(os.getloadavg()[0], 2),
+                    **prov}, on_row, verbose)
     finally:
-        torch.set_num_threads(threads)
         if work_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
     return rows
+
+
+def _cache_rate(cache: Path, num_slices: int, num_windows: int, seed: int, label_dtype: str) -> tuple[float, float]:
+    """(wall, CPU) seconds for ``num_windows`` random windows from the cache, after 200 warm-up windows
+    and one read of the whole case (a warm page cache)."""
+    ds = SliceWindowDataset(cache, [0], num_slices=PAPER_SLICES, seed=seed, length=10**9, label_dtype=label_dtype)
+    for i in range(200):  # warm: open the memmap and fault in pages
+        ds[i]
+    for s in range(0, num_slices, PAPER_SLICES):  # read the whole case once: warm page cache
+        np.asarray(ds._open("case_00000")[0][s])
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(num_windows):
+        ds[i]
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _nifti_rate(nii: Path, num_slices: int, num_windows: int, seed: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for ``num_windows`` random windows read straight from a ``.nii.gz``."""
+    rng = np.random.default_rng(seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(num_windows):
+        start = int(rng.integers(num_slices - PAPER_SLICES + 1))
+        img = nib.load(str(nii))
+        window = normalize(np.asarray(img.dataobj[start: start + PAPER_SLICES], dtype=np.float32))
+        torch.from_numpy(window)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _data_row(tmp: Path, shape: tuple[int, int, int], seed: int, source: str, num_windows: int,
+              num_nifti_windows: int | None) -> dict[str, Any]:
+    """Write one case, prepare its cache and time windows from both; the ``"data"`` row (no provenance)."""
+    num_slices, size = shape[0], shape[1]
+    image, label, src = _make_case(shape, seed, source)
+    t0 = time.perf_counter()
+    save_case(tmp / "data", "case_00000", image, label, (2.5, 0.78, 0.78))
+    write_s = time.perf_counter() - t0
+    del image, label
+    t0 = time.perf_counter()
+    prepare_cache(tmp / "data", tmp / "cache", progress=False)
+    prepare_s = time.perf_counter() - t0
+    cache_s, cache_cpu = _cache_rate(tmp / "cache", num_slices, num_windows, seed, "int64")
+    cache8_s, cache8_cpu = _cache_rate(tmp / "cache", num_slices, num_windows, seed, "uint8")
+    row = {"benchmark": "data", "case": f"{src} {num_slices}x{size}x{size}",
+           "window": f"{PAPER_SLICES}x{size}x{size}", "threads": 1,
+           "write_nifti_s": _sig(write_s), "prepare_s": _sig(prepare_s),
+           "cache_windows_per_s": _sig(num_windows / cache_s)}
+    if num_nifti_windows:
+        nifti_s, nifti_cpu = _nifti_rate(tmp / "data" / "case_00000" / IMAGING_FILE, num_slices,
+                                         num_nifti_windows, seed)
+        row.update(nifti_windows_per_s=_sig(num_nifti_windows / nifti_s),
+                   cache_vs_nifti=_sig((num_windows / cache_s) / (num_nifti_windows / nifti_s)))
+    # per CPU-second of this process: what one dedicated core does on a shared machine
+    row["cache_windows_per_cpu_s"] = _sig(num_windows / max(cache_cpu, 1e-9))
+    if num_nifti_windows:
+        row["nifti_windows_per_cpu_s"] = _sig(num_nifti_windows / max(nifti_cpu, 1e-9))
+    row.update(cache_windows_per_s_uint8=_sig(num_windows / cache8_s),
+               cache_windows_per_cpu_s_uint8=_sig(num_windows / max(cache8_cpu, 1e-9)))
+    return row
 
 
 def _loader_rate(cache: Path, workers: int, batch_size: int, batches: int, pin: bool,

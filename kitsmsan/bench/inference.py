@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -20,9 +21,11 @@ from kitsmsan.bench.common import (
     resolve_device,
 )
 from kitsmsan.bench.data import _make_case
-from kitsmsan.inference import predict_case, predict_ensemble_vote, resolve_amp, window_starts
+from kitsmsan.inference import predict_case, predict_ensemble_vote, window_starts
 from kitsmsan.models import build_model
 from kitsmsan.postprocess import keep_largest_components
+from kitsmsan.utils.amp import resolve_amp
+from kitsmsan.utils.torch_state import torch_settings
 
 #: per-device defaults of :func:`bench_inference`
 INFERENCE_DEFAULTS = {
@@ -95,28 +98,21 @@ def bench_inference(
     names = _variants(ensemble)
     overrides = {} if base_channels is None else {"base_channels": base_channels}
     prov = provenance(str(dev))
-    amp_dtype = resolve_amp(amp, dev)
-    old_threads = torch.get_num_threads()
-    old_bench = torch.backends.cudnn.benchmark
-    if threads:
-        torch.set_num_threads(_check_int("threads", threads, 1))
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     rows: list[dict] = []
-    try:
+    with torch_settings(threads=threads and _check_int("threads", threads, 1),
+                        cudnn_benchmark=True if dev.type == "cuda" else None):
         image, _, _ = _make_case((num_slices, size, size), seed, "synthetic")
-        warm = image[: min(num_slices, PAPER_SLICES + stride)]
         torch.manual_seed(seed)
         models = {v: build_model(v, **overrides).to(dev).eval() for v in dict.fromkeys([single, *names])}
         kwargs = dict(stride=stride, batch_size=batch_size, device=dev, amp=amp)
-        for m in models.values():
-            warm_pred = predict_case(m, warm, **kwargs)
+        for m in models.values():  # warm-up: cuDNN autotuning, the allocator
+            warm_pred = predict_case(m, image[: min(num_slices, PAPER_SLICES + stride)], **kwargs)
         keep_largest_components(warm_pred)  # first call imports scipy.ndimage
         windows = len(window_starts(max(num_slices, PAPER_SLICES), PAPER_SLICES, stride))
+        amp_dtype = resolve_amp(amp, dev)
         common = {"case": f"{num_slices}x{size}x{size}", "base_channels": base_channels or
                   build_model_default_base(single), "stride": stride, "batch_size": batch_size,
                   "windows": windows, "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off"}
-
         t0 = time.perf_counter()
         pred = predict_case(models[single], image, **kwargs)
         one_s = time.perf_counter() - t0
@@ -134,8 +130,4 @@ def bench_inference(
                      "seconds_per_case": _sig(vote_s), "windows_per_s": _sig(windows * len(names) / vote_s),
                      "vs_single": _sig(vote_s / one_s), "threads": torch.get_num_threads(), **prov},
               on_row, verbose)
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.backends.cudnn.benchmark = old_bench
     return rows
-

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -25,9 +25,11 @@ from kitsmsan.bench.common import (
     resolve_device,
 )
 from kitsmsan.errors import ConfigError
-from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
 from kitsmsan.models import build_model, count_train_flops, model_config
+from kitsmsan.train.config import TrainConfig
+from kitsmsan.train.step import build_loss, build_optimizer, train_step
 from kitsmsan.utils.amp import mixed_precision_dtype
+from kitsmsan.utils.torch_state import torch_settings
 
 #: the step benchmark's modes, each adding one optimisation to the previous
 STEP_MODES = ("fp32", "cl", "amp", "amp+cl", "amp+cl+compile")
@@ -81,77 +83,67 @@ def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool)
 
 
 
-def time_step(variant: str, mode: str, dev, *, batch_size: int, num_slices: int, size: int,
-               overrides: dict, iters: int, warmup: int, seed: int) -> dict[str, Any]:
-    """Measure one (variant, mode): seconds per iteration, warm-up seconds, peak memory."""
-    amp = mode.startswith("amp")
+def _timed(step: Callable[[], torch.Tensor], n: int, dev: torch.device) -> tuple[float, float, torch.Tensor | None]:
+    """Run ``step`` ``n`` times: (wall seconds, CPU seconds of this process, the last loss). On CUDA the
+    clock is read after ``torch.cuda.synchronize``."""
+    loss = None
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        loss = step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t0, time.process_time() - c0, loss
+
+
+def time_step(variant: str, mode: str, dev: torch.device, *, batch_size: int, num_slices: int, size: int,
+              overrides: dict, iters: int, warmup: int, seed: int) -> dict[str, Any]:
+    """Measure one (network, mode): seconds per iteration, warm-up seconds, peak memory.
+
+    Each iteration is :func:`kitsmsan.train.step.train_step` with the loss and the optimizer that
+    :class:`kitsmsan.train.Trainer` builds for the paper preset (:func:`~kitsmsan.train.step.build_loss`,
+    :func:`~kitsmsan.train.step.build_optimizer`), on random ``(batch_size, 1, num_slices, size, size)``
+    images and labels already on the device (the content does not change the cost).
+    """
+    amp_dtype = mixed_precision_dtype(dev) if mode.startswith("amp") else None
     channels_last = "cl" in mode.split("+")
-    compiled = mode.endswith("compile")
-    amp_dtype = mixed_precision_dtype(dev) if amp else None
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     cuda = dev.type == "cuda"
-
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         mem0 = torch.cuda.memory_allocated(dev)
     else:
-        rss_reset = _reset_peak_rss()
-        rss0 = _proc_status_kb("VmRSS")
+        rss_reset, rss0 = _reset_peak_rss(), _proc_status_kb("VmRSS")
     torch.manual_seed(seed)
-    net = build_model(variant, **overrides).to(dev, memory_format=fmt)
-    net.train()
-    loss_fn = DeepSupervisionLoss(DiceLoss()) if net.config.deep_supervision else DiceLoss()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True if cuda else None)
+    config = TrainConfig.from_preset("paper", variant=variant)
+    net = build_model(variant, **overrides).to(dev, memory_format=fmt).train()
+    loss_fn, opt = build_loss(config, net), build_optimizer(config, net, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    model = torch.compile(net) if compiled else net
+    model = torch.compile(net) if mode.endswith("compile") else net
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((batch_size, 1, num_slices, size, size), generator=gen).to(dev, memory_format=fmt)
     y = torch.randint(0, 3, (batch_size, num_slices, size, size), generator=gen).to(dev)
-    autocast = (torch.autocast(dev.type, dtype=amp_dtype) if amp else contextlib.nullcontext())
 
-    def step() -> torch.Tensor:
-        with autocast:
-            out = model(x)
-        out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-        loss = loss_fn(out, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return loss.detach()
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
-
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync()
-    warm_s = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(iters):
-        loss = step()
-    sync()
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    finite = bool(torch.isfinite(loss).item())
+    step = functools.partial(train_step, model, loss_fn, opt, scaler, x, y, amp_dtype=amp_dtype)
+    warm_s, _, _ = _timed(step, warmup, dev)
+    elapsed, cpu, loss = _timed(step, iters, dev)
     if cuda:
         peak_mb, how = (torch.cuda.max_memory_allocated(dev) - mem0) / 2**20, "cuda max_memory_allocated"
     else:
         hwm = _proc_status_kb("VmHWM")
         peak_mb = (hwm - rss0) / 1024 if (rss_reset and hwm is not None and rss0 is not None) else None
         how = "peak RSS - RSS before" if peak_mb is not None else "unavailable"
-    params = sum(p.numel() for p in net.parameters())
-    del model, net, opt, x, y
+    result = {"s_per_it": elapsed / iters, "cpu_s_per_it": cpu / iters, "warmup_s": warm_s,
+              "peak_mem_mb": peak_mb, "mem_measure": how,
+              "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+              "channels_last": channels_last, "compile": mode.endswith("compile"),
+              "params": sum(p.numel() for p in net.parameters()), "loss_finite": bool(torch.isfinite(loss).item())}
+    del step, model, net, opt, x, y
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    return {"s_per_it": elapsed / iters, "cpu_s_per_it": cpu / iters, "warmup_s": warm_s,
-            "peak_mem_mb": peak_mb, "mem_measure": how,
-            "precision": str(amp_dtype).replace("torch.", "") if amp else "fp32",
-            "channels_last": channels_last, "compile": compiled, "params": params, "loss_finite": finite}
+    return result
 
 
 def bench_step(
@@ -247,22 +239,14 @@ def bench_step(
     names = _variants(variants)
     plan = _step_plan(names, _step_modes(modes, dev.type, compile),
                       names if compile_variants is None else _variants(compile_variants))
-    old_threads = torch.get_num_threads()
-    old_bench = torch.backends.cudnn.benchmark
-    if threads:
-        torch.set_num_threads(_check_int("threads", threads, 1))
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     rows: list[dict] = []
     fp32: dict[str, dict] = {}
-    try:
+    with torch_settings(threads=threads and _check_int("threads", threads, 1),
+                        cudnn_benchmark=True if dev.type == "cuda" else None):
         for variant, mode in plan:
             row = _step_row(variant, mode, dev, shape, measure or time_step, fp32, num_iters,
                             isolated=measure is not None, base_channels=base_channels)
             _emit(rows, row, on_row, verbose)
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.backends.cudnn.benchmark = old_bench
     sched = schedule_row(rows, num_iters=num_iters)
     if sched is not None:
         _emit(rows, sched, on_row, verbose)
@@ -278,7 +262,7 @@ def _step_plan(names: list[str], modes: list[str], compile_names: list[str]) -> 
     return plan + [(v, m) for v in compile_names if v in names for m in modes if m.endswith("compile")]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _train_flops(variant: str, overrides: tuple, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one training step (forward + backward), counted on the ``meta`` device."""
     with torch.device("meta"):

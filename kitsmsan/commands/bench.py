@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         before = len(rows)
         new = benchmark(name)(verbose=False, on_row=lambda r: (rows.append(r), save()), **_kwargs(name, args))
         # functions emit through on_row; rows they return without emitting are added here
-        rows += [r for r in new if not any(r is x for x in rows[before:])]
+        rows.extend([r for r in new if not any(r is x for x in rows[before:])])
     report = make_report(rows, args.device, args.note)
     if args.json:
         atomic_write_json(args.json, report)

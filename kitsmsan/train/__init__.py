@@ -1,6 +1,6 @@
 """Training (MSAN paper, §3.1): config and presets, the loop, DDP (checkpoints: :mod:`kitsmsan.checkpoint`).
 
-``TrainConfig``/``PRESETS`` import without torch; the rest is loaded on first use so that
+``TrainConfig``/``PRESETS`` load at once; the loop and DDP are loaded on first use so that
 ``kitsmsan --help`` stays fast.
 
 Public API::
@@ -14,7 +14,8 @@ Public API::
 
 from __future__ import annotations
 
-from kitsmsan.train.config import AMP_MODES, PRESETS, VARIANTS, TrainConfig
+from kitsmsan.train.config import PRESETS, VARIANTS, TrainConfig
+from kitsmsan.utils.amp import AMP_MODES
 
 _LAZY = {
     "train": "loop", "resume": "loop", "Trainer": "loop", "read_metrics": "loop", "run_state": "loop",

@@ -279,6 +279,63 @@ def _draw_anatomy(rng, *, midline_x, body_y, body_semi_x, body_semi_y, fat_mm, m
     )
 
 
+def _draw_kidneys(rng: np.random.Generator, midline_x: float, spine_y: float) -> tuple[list, float, float]:
+    """Kidneys 104-128 mm long, centres 55-75 mm from the midline, the right one lower; sometimes one.
+
+    Returns:
+        ``(kidneys, left_z, right_z)``: ``[side, centre (z, y, x) mm, semi-axes mm, axes]`` per kidney
+        (z from the left kidney's centre) and the two kidneys' z.
+    """
+    solitary = rng.random() < 0.12
+    missing = str(rng.choice(("right", "left"))) if solitary else ""
+    left_z = 0.0
+    right_z = left_z + float(rng.uniform(5, 25))
+    kidneys = []
+    for side, z in (("right", right_z), ("left", left_z)):
+        semi = np.array([rng.uniform(52, 64), rng.uniform(30, 37), rng.uniform(22, 29)])
+        offset = float(rng.uniform(55, 75))
+        y = spine_y + float(rng.uniform(0, 20))
+        axes = _kidney_axes(side, rng.uniform(8, 20), rng.uniform(5, 20), rng.uniform(20, 40))
+        if side == missing:
+            continue
+        if solitary:
+            semi = semi * 1.1  # compensatory hypertrophy of a solitary kidney
+        x = midline_x + (-offset if side == "right" else offset)
+        kidneys.append([side, np.array([z, y, x]), semi, axes])
+    return kidneys, left_z, right_z
+
+
+def _draw_tumors(rng: np.random.Generator, kidney_specs: tuple[KidneySpec, ...]) -> list[TumorSpec]:
+    """1-3 tumours: the first 15-60 mm, further ones 5-40 mm (log-uniform), half of them exophytic."""
+    n_tumors = int(rng.choice((1, 2, 3), p=(0.7, 0.2, 0.1)))
+    primary = int(rng.integers(len(kidney_specs)))
+    tumors = []
+    for i in range(n_tumors):
+        host = primary if (i == 0 or rng.random() < 0.7) else int(rng.integers(len(kidney_specs)))
+        k = kidney_specs[host]
+        lo, hi = (15.0, 60.0) if i == 0 else (5.0, 40.0)
+        diameter = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        radius = diameter / 2
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        if direction[1] > 0.6:  # not straight into the hilum
+            direction[1] = -direction[1]
+        axes = np.asarray(k.axes)
+        semi = np.asarray(k.semi_axes_mm)
+        surface = float(1.0 / np.sqrt(((direction / semi) ** 2).sum()))  # centre->surface, mm
+        exophytic = bool(rng.random() < 0.5)
+        dist = surface + rng.uniform(0.0, 0.5) * radius if exophytic \
+            else max(0.0, surface - rng.uniform(0.5, 0.9) * radius)
+        center = np.asarray(k.center_mm) + axes.T @ (direction * dist)
+        lumps = tuple((tuple(float(v) for v in d / np.linalg.norm(d)), float(rng.uniform(1.5, 3.0)),
+                       float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.03, 0.08)))
+                      for d in rng.normal(size=(3, 3)))
+        stretch = tuple(float(v) for v in rng.uniform(0.9, 1.1, size=3))
+        tumors.append(TumorSpec(k.side, tuple(float(v) for v in center), diameter, exophytic,
+                                lumps, stretch))
+    return tumors
+
+
 def phantom_spec(
     seed: int,
     *,
@@ -328,23 +385,7 @@ def phantom_spec(
     spine_y = body_y + body_semi_y - 0.9 * fat_mm - float(rng.uniform(55, 70))
     vertebra_rx = float(rng.uniform(19, 24))
 
-    # kidneys: 104-128 mm long, centres 55-75 mm from the midline, the right one lower
-    solitary = rng.random() < 0.12
-    missing = str(rng.choice(("right", "left"))) if solitary else ""
-    left_z = 0.0
-    right_z = left_z + float(rng.uniform(5, 25))
-    kidneys = []
-    for side, z in (("right", right_z), ("left", left_z)):
-        semi = np.array([rng.uniform(52, 64), rng.uniform(30, 37), rng.uniform(22, 29)])
-        offset = float(rng.uniform(55, 75))
-        y = spine_y + float(rng.uniform(0, 20))
-        axes = _kidney_axes(side, rng.uniform(8, 20), rng.uniform(5, 20), rng.uniform(20, 40))
-        if side == missing:
-            continue
-        if solitary:
-            semi = semi * 1.1  # compensatory hypertrophy of a solitary kidney
-        x = midline_x + (-offset if side == "right" else offset)
-        kidneys.append([side, np.array([z, y, x]), semi, axes])
+    kidneys, left_z, right_z = _draw_kidneys(rng, midline_x, spine_y)
     # the body must hold the kidneys inside its muscle wall
     reach = max(abs(k[1][2] - midline_x) + _half_extent(k[3], k[2])[2] for k in kidneys)
     body_semi_x = max(body_semi_x, reach + fat_mm + muscle_mm + 10)
@@ -380,33 +421,7 @@ def phantom_spec(
         fat_mm=fat_mm, muscle_mm=muscle_mm, spine_y=spine_y, vertebra_rx=vertebra_rx,
         z_extent=z_extent, right_kidney_z=right_z, left_kidney_z=left_z)
 
-    # tumours: 1-3; the first 15-60 mm, further ones 5-40 mm, log-uniform
-    n_tumors = int(rng.choice((1, 2, 3), p=(0.7, 0.2, 0.1)))
-    primary = int(rng.integers(len(kidney_specs)))
-    tumors = []
-    for i in range(n_tumors):
-        host = primary if (i == 0 or rng.random() < 0.7) else int(rng.integers(len(kidney_specs)))
-        k = kidney_specs[host]
-        lo, hi = (15.0, 60.0) if i == 0 else (5.0, 40.0)
-        diameter = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-        radius = diameter / 2
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        if direction[1] > 0.6:  # not straight into the hilum
-            direction[1] = -direction[1]
-        axes = np.asarray(k.axes)
-        semi = np.asarray(k.semi_axes_mm)
-        surface = float(1.0 / np.sqrt(((direction / semi) ** 2).sum()))  # centre->surface, mm
-        exophytic = bool(rng.random() < 0.5)
-        dist = surface + rng.uniform(0.0, 0.5) * radius if exophytic \
-            else max(0.0, surface - rng.uniform(0.5, 0.9) * radius)
-        center = np.asarray(k.center_mm) + axes.T @ (direction * dist)
-        lumps = tuple((tuple(float(v) for v in d / np.linalg.norm(d)), float(rng.uniform(1.5, 3.0)),
-                       float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.03, 0.08)))
-                      for d in rng.normal(size=(3, 3)))
-        stretch = tuple(float(v) for v in rng.uniform(0.9, 1.1, size=3))
-        tumors.append(TumorSpec(k.side, tuple(float(v) for v in center), diameter, exophytic,
-                                lumps, stretch))
+    tumors = _draw_tumors(rng, kidney_specs)
     hu = _draw_hu(rng)
     noise_sigma = float(rng.uniform(10, 20))
     return PhantomSpec(seed, (int(num_slices), size, size), spacing, anatomy, kidney_specs,
