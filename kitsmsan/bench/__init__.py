@@ -37,6 +37,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from kitsmsan.utils.device import resolve_device
+
 #: the benchmarks, in the order ``kitsmsan bench all`` runs them: ``kitsmsan.bench.<name>.bench_<name>``
 BENCHMARKS = ("data", "step", "inference", "smoke")
 
@@ -44,7 +46,7 @@ BENCHMARKS = ("data", "step", "inference", "smoke")
 _EXPORTS = {
     "PAPER_BATCH": "common", "PAPER_SLICES": "common", "PAPER_SIZE": "common", "PAPER_ITERS": "common",
     "PAPER_CASE_SLICES": "common", "PROVENANCE_KEYS": "common", "commit": "common", "provenance": "common",
-    "resolve_device": "common", "format_table": "common",
+    "format_table": "common",
     "bench_data": "data",
     "STEP_MODES": "step", "MODE_LABELS": "step", "STEP_DEFAULTS": "step", "bench_step": "step",
     "time_step": "step",
@@ -78,4 +80,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["BENCHMARKS", "benchmark", *_EXPORTS]
+__all__ = ["BENCHMARKS", "benchmark", "resolve_device", *_EXPORTS]

@@ -13,7 +13,6 @@ import torch
 
 from kitsmsan.errors import ConfigError
 from kitsmsan.models import list_models
-from kitsmsan.utils.device import resolve_device
 from kitsmsan.utils.provenance import device_name, git_commit
 
 #: the paper's training configuration (MSAN paper, §3.1)
@@ -112,4 +111,4 @@ def _cell(value: Any) -> str:
 
 
 __all__ = ["PAPER_BATCH", "PAPER_SLICES", "PAPER_SIZE", "PAPER_ITERS", "PAPER_CASE_SLICES", "PROVENANCE_KEYS",
-           "commit", "provenance", "resolve_device", "format_table"]
+           "commit", "provenance", "format_table"]

@@ -23,13 +23,13 @@ from kitsmsan.bench.common import (
     _emit,
     _sig,
     provenance,
-    resolve_device,
 )
 from kitsmsan.data.dataset import SliceWindowDataset
 from kitsmsan.data.kits19 import IMAGING_FILE, save_case
 from kitsmsan.data.phantom import make_phantom
 from kitsmsan.data.preprocess import normalize, prepare_cache
 from kitsmsan.errors import ConfigError
+from kitsmsan.utils.device import resolve_device
 from kitsmsan.utils.torch_state import torch_settings
 
 
@@ -121,7 +121,7 @@ def bench_data(
         loader_batches: batches timed per worker count, default 50.
         batch_size: windows per batch, default 2 (the paper's).
         label_dtype: label dtype of the loader's dataset, default ``"uint8"``, what
-            :class:`kitsmsan.train.Trainer` uses (the label is widened on the device); ``"int64"`` is
+            :class:`~kitsmsan.train.loop.Trainer` uses (the label is widened on the device); ``"int64"`` is
             the dataset's own default.
         source: ``"phantom"`` (default, realistic compression) or ``"synthetic"`` (faster to make).
         nifti: time the ``.nii.gz`` path, default True.

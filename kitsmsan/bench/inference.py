@@ -18,13 +18,13 @@ from kitsmsan.bench.common import (
     _sig,
     _variants,
     provenance,
-    resolve_device,
 )
 from kitsmsan.bench.data import _make_case
 from kitsmsan.inference import predict_case, predict_ensemble_vote, window_starts
 from kitsmsan.models import build_model
 from kitsmsan.postprocess import keep_largest_components
 from kitsmsan.utils.amp import resolve_amp
+from kitsmsan.utils.device import resolve_device
 from kitsmsan.utils.torch_state import torch_settings
 
 #: per-device defaults of :func:`bench_inference`

@@ -22,13 +22,13 @@ from kitsmsan.bench.common import (
     _sig,
     _variants,
     provenance,
-    resolve_device,
 )
 from kitsmsan.errors import ConfigError
 from kitsmsan.models import build_model, count_train_flops, model_config
 from kitsmsan.train.config import TrainConfig
 from kitsmsan.train.step import build_loss, build_optimizer, train_step
 from kitsmsan.utils.amp import mixed_precision_dtype
+from kitsmsan.utils.device import resolve_device
 from kitsmsan.utils.torch_state import torch_settings
 
 #: the step benchmark's modes, each adding one optimisation to the previous
@@ -100,7 +100,7 @@ def time_step(variant: str, mode: str, dev: torch.device, *, batch_size: int, nu
     """Measure one (network, mode): seconds per iteration, warm-up seconds, peak memory.
 
     Each iteration is :func:`kitsmsan.train.step.train_step` with the loss and the optimizer that
-    :class:`kitsmsan.train.Trainer` builds for the paper preset (:func:`~kitsmsan.train.step.build_loss`,
+    :class:`~kitsmsan.train.loop.Trainer` builds for the paper preset (:func:`~kitsmsan.train.step.build_loss`,
     :func:`~kitsmsan.train.step.build_optimizer`), on random ``(batch_size, 1, num_slices, size, size)``
     images and labels already on the device (the content does not change the cost).
     """

@@ -278,7 +278,7 @@ class Trainer:
     def fit(self) -> Path:
         """Train to ``num_iters`` and return the run folder. Safe to call on a resumed run.
 
-        The run's process-wide torch settings (:attr:`torch_settings`: threads, cuDNN autotuning,
+        The run's process-wide torch settings (``self.torch_settings``: threads, cuDNN autotuning,
         TF32, deterministic algorithms) hold during the call and are restored afterwards.
         """
         with torch_settings(**self.torch_settings):

@@ -1,4 +1,4 @@
-"""One training iteration (MSAN paper, §3.1), the single definition used by :class:`kitsmsan.train.Trainer`
+"""One training iteration (MSAN paper, §3.1), the single definition used by :class:`~kitsmsan.train.loop.Trainer`
 and by the step benchmark (:mod:`kitsmsan.bench.step`), so that the benchmark times exactly what
 training does.
 """
@@ -18,7 +18,7 @@ def build_loss(config: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
 
     Args:
         config: supplies ``dice_include_background`` and ``ds_weights``.
-        model: the network; its :class:`~kitsmsan.models.ModelConfig` alone says whether it has
+        model: the network; its :class:`~kitsmsan.models.msan.ModelConfig` alone says whether it has
             auxiliary heads.
     """
     base = DiceLoss(include_background=config.dice_include_background)
