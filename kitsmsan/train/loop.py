@@ -142,7 +142,7 @@ class Trainer:
         self.amp_dtype = resolve_amp(config.amp, self.device)
         #: process-wide torch settings of the run, in force during :meth:`fit` only (restored after)
         cuda = self.device.type == "cuda"
-        self.torch_settings = dict(
+        self.process_settings = dict(
             threads=config.threads or None,
             cudnn_benchmark=(config.cudnn_benchmark and not config.deterministic) if cuda else None,
             tf32=True if cuda else None, deterministic=True if config.deterministic else None)
@@ -278,10 +278,10 @@ class Trainer:
     def fit(self) -> Path:
         """Train to ``num_iters`` and return the run folder. Safe to call on a resumed run.
 
-        The run's process-wide torch settings (``self.torch_settings``: threads, cuDNN autotuning,
+        The run's process-wide torch settings (``self.process_settings``: threads, cuDNN autotuning,
         TF32, deterministic algorithms) hold during the call and are restored afterwards.
         """
-        with torch_settings(**self.torch_settings):
+        with torch_settings(**self.process_settings):
             return self._fit()
 
     def _fit(self) -> Path:
