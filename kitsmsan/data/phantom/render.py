@@ -161,9 +161,15 @@ def _paint_background(tis: np.ndarray, z0: int, grid: _Grid, an: Anatomy, fine: 
     yv, xv, ryv, rxv = an.ivc
     put("vein", ((xx - xv) / rxv) ** 2 + ((yy - yv) / ryv) ** 2 <= 1)
 
-    # organs and bowel, clipped to the abdominal cavity; bowel first so liver/spleen lie on top
+    _paint_organs(tis, z0, grid, an, fine, cavity)
+
+
+def _paint_organs(tis: np.ndarray, z0: int, grid: _Grid, an: Anatomy, fine: _SmoothField,
+                  cavity: np.ndarray) -> None:
+    """Organs and bowel of slices ``z0 : z0 + len(tis)``, clipped to the abdominal ``cavity`` (in place);
+    bowel first so that liver and spleen lie on top."""
     order = [o for o in an.organs if o.tissue == "bowel"] + [o for o in an.organs if o.tissue != "bowel"]
-    zslice = slice(z0, z0 + nz)
+    zslice = slice(z0, z0 + tis.shape[0])
     for org in order:
         box = _box(org.center_mm, org.semi_axes_mm, grid.z[zslice], grid.y, grid.x)
         if _empty(box):
