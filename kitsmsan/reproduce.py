@@ -176,11 +176,11 @@ def _predict_all(variants, runs: Path, preds: Path, data_root: Path, test_ids: l
     import numpy as np
     from tqdm.auto import tqdm
 
+    from kitsmsan.checkpoint import load_model
     from kitsmsan.data.kits19 import load_case, load_label, save_prediction
     from kitsmsan.ensemble import majority_vote
     from kitsmsan.inference import predict_case
     from kitsmsan.metrics import prediction_filename
-    from kitsmsan.train.checkpoint import load_model
 
     models = {}
     for variant in variants:

@@ -606,13 +606,17 @@ def render_reliability_tally() -> str:
 
 #: pipeline order of the API reference; modules not listed here follow in alphabetical order
 API_ORDER = (
-    "kitsmsan.data.kits19", "kitsmsan.data.phantom", "kitsmsan.data.preprocess", "kitsmsan.data.dataset",
-    "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry", "kitsmsan.models.msan",
-    "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses", "kitsmsan.train.config",
-    "kitsmsan.train.loop", "kitsmsan.train.checkpoint", "kitsmsan.train.distributed", "kitsmsan.inference",
-    "kitsmsan.postprocess", "kitsmsan.ensemble", "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench",
-    "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io", "kitsmsan.utils.provenance",
-    "kitsmsan.cli",
+    "kitsmsan.data.kits19", "kitsmsan.data.phantom.anatomy", "kitsmsan.data.phantom.render",
+    "kitsmsan.data.phantom.writer", "kitsmsan.data.phantom.label_conditioned", "kitsmsan.data.preprocess",
+    "kitsmsan.data.dataset", "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry",
+    "kitsmsan.models.msan", "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses",
+    "kitsmsan.train.config", "kitsmsan.train.step", "kitsmsan.train.loop", "kitsmsan.checkpoint",
+    "kitsmsan.train.distributed", "kitsmsan.inference", "kitsmsan.postprocess", "kitsmsan.ensemble",
+    "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench.common", "kitsmsan.bench.data",
+    "kitsmsan.bench.step", "kitsmsan.bench.budget", "kitsmsan.bench.inference", "kitsmsan.bench.smoke",
+    "kitsmsan.bench.report", "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io",
+    "kitsmsan.utils.provenance", "kitsmsan.utils.amp", "kitsmsan.utils.device",
+    "kitsmsan.utils.torch_state", "kitsmsan.utils.metrics_log", "kitsmsan.cli",
 )
 #: not in the API reference: per-command argument parsing (shown as the CLI reference instead)
 API_SKIP = ("kitsmsan.commands", "kitsmsan.__main__")

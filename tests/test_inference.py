@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from kitsmsan.data.kits19 import Case, load_case, load_label, save_case, save_prediction
+from kitsmsan.data.kits19 import load_case, load_label, save_case, save_prediction
 from kitsmsan.data.preprocess import normalize
 from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.inference import predict_case, predict_ensemble_vote, window_starts
@@ -191,8 +189,8 @@ def test_prediction_has_source_affine(tmp_path):
 
 
 def _tiny_run(tmp_path):
+    from kitsmsan.checkpoint import make_checkpoint, save_checkpoint
     from kitsmsan.models import build_model
-    from kitsmsan.train.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("unet3d", base_channels=4)

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.data.dataset import parse_case_range
     from kitsmsan.data.kits19 import case_id, list_cases
     from kitsmsan.errors import ConfigError, DataError
-    from kitsmsan.inference import load_model, resolve_device
+    from kitsmsan.inference import load_model
+    from kitsmsan.utils.device import resolve_device
     from kitsmsan.utils.io import atomic_write_json, new_output_dir
 
     if args.postprocess < 0:
@@ -61,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise DataError(f"{data_root}: no imaging for {', '.join(missing)}")
 
-    import torch
-
-    device = resolve_device([torch.nn.Identity()], args.device)
+    device = resolve_device(args.device)
     models = [load_model(r, device, checkpoint=args.checkpoint) for r in args.run]
     timings = {}
     with new_output_dir(out_dir):  # a failure before any file is written leaves no folder

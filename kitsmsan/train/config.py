@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from kitsmsan.errors import ConfigError
+from kitsmsan.utils.amp import check_amp
 
 #: the five networks of the paper's ensemble (MSAN paper, §3.1); kept here so a config can be
 #: validated without importing torch. Checked against :func:`kitsmsan.models.list_models` too.
 VARIANTS = ("unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds")
-
-#: accepted values of :attr:`TrainConfig.amp`
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass
@@ -63,8 +61,9 @@ class TrainConfig:
         model: extra keyword arguments for :func:`kitsmsan.models.build_model` (e.g. widths).
             Default ``{}`` (the package's paper-scale model).
         seed: seeds the model initialisation and the window sampler. Default 0.
-        amp: mixed precision, ``"auto"`` (bf16 on GPUs that support it, else fp16; off on CPU),
-            ``"bf16"``, ``"fp16"`` or ``"off"``. Default ``"auto"``.
+        amp: mixed precision, one of :data:`kitsmsan.utils.amp.AMP_MODES`: ``"auto"`` (bf16 on GPUs
+            that support it, else fp16; off on CPU), ``"on"`` (the same, bf16 on CPU too), ``"bf16"``,
+            ``"fp16"`` or ``"off"``. Default ``"auto"``.
         channels_last: use the ``channels_last_3d`` memory format. Default ``True``.
         compile: wrap the model in :func:`torch.compile`. Default ``False``.
         cudnn_benchmark: let cuDNN pick the fastest kernels (GPU only). Default ``True``.
@@ -217,8 +216,10 @@ class TrainConfig:
 
         if self.variant not in VARIANTS:
             raise bad("variant", f"is not a known variant ({', '.join(VARIANTS)})")
-        if self.amp not in AMP_MODES:
-            raise bad("amp", f"must be one of {', '.join(AMP_MODES)}")
+        try:
+            check_amp(self.amp)
+        except ConfigError as exc:
+            raise ConfigError(f"config: {exc}") from None
         if self.loss != "dice":
             raise bad("loss", "is not supported (only 'dice', the paper's loss)")
         for key in ("num_iters", "batch_size", "num_slices", "lr_step", "ckpt_every", "log_every",
