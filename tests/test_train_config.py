@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kitsmsan.errors import ConfigError
-from kitsmsan.train.config import PRESETS, TrainConfig, parse_overrides
+from kitsmsan.train.config import PRESETS, TrainConfig, parse_overrides, validation_cases
 
 
 def test_paper_preset_is_the_papers_recipe():
@@ -104,3 +104,40 @@ def test_variants_match_the_model_registry():
     from kitsmsan.train.config import VARIANTS
 
     assert list(VARIANTS) == list_models()
+
+
+# ----------------------------------------------------------------------- the test cases choose nothing
+
+
+def _split(train: str, test: str) -> dict[str, list[str]]:
+    from kitsmsan.data.dataset import split_cases
+
+    return split_cases(range(300), train=train, test=test)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_validation_and_test_cases_are_disjoint_for_every_preset(name):
+    cfg = TrainConfig.from_preset(name)
+    split = _split(cfg.train_cases, cfg.test_cases)
+    val = validation_cases(split["train"], cfg.eval_cases)
+    assert len(val) == min(cfg.eval_cases, len(split["train"])) > 0
+    assert set(val) <= set(split["train"]) and not set(val) & set(split["test"])
+
+
+@pytest.mark.parametrize("preset", ["smoke", "paper"])
+def test_reproduce_splits_keep_validation_off_the_test_cases(preset):
+    from kitsmsan.reproduce import REPRODUCE_DATA
+
+    spec, cfg = REPRODUCE_DATA[preset], TrainConfig.from_preset(preset)
+    pairs = [(spec["train"], spec["test"])] if preset == "paper" else [
+        (spec["pure_train"], spec["pure_test"]), (spec["anatomy_train"], spec["anatomy_test"])]
+    for train, test in pairs:
+        split = _split(train, test)
+        val = validation_cases(split["train"], cfg.eval_cases)
+        assert val and not set(val) & set(split["test"]), (train, test)
+
+
+def test_validation_cases_are_the_last_training_cases():
+    ids = [f"case_{i:05d}" for i in range(180)]
+    assert validation_cases(ids, 3) == ["case_00177", "case_00178", "case_00179"]  # the paper preset
+    assert validation_cases(ids[:2], 3) == ids[:2] and validation_cases(ids, 0) == []

@@ -42,7 +42,8 @@ class TrainConfig:
             Default ``None`` (then ``<data_root>/.kitsmsan-cache`` is not assumed: it must be set).
         run_dir: the run folder this run writes (config, metrics, checkpoints). Default ``None``.
         train_cases: case numbers to train on, as a range string. Default ``"0-179"`` (§2.1).
-        test_cases: held-out case numbers (validation Dice, Table 1). Default ``"180-189"`` (§2.1).
+        test_cases: held-out case numbers, scored once after training (Table 1) and never used to
+            choose a checkpoint, threshold or setting. Default ``"180-189"`` (§2.1).
         num_slices: axial slices per window. Default 4 (§3.1: "every 4 images").
         crop_size: in-plane crop (square) or ``None`` for the full slice. Default ``None``.
         fg_fraction: probability that a window contains kidney (foreground oversampling; the
@@ -72,7 +73,10 @@ class TrainConfig:
         ckpt_every: iterations between ``last.pt`` checkpoints. Default 1000.
         eval_every: iterations between validation Dice runs (0 = only at the end, if
             ``eval_cases`` > 0). Default 10,000.
-        eval_cases: number of test cases scored during training (0 = no validation). Default 3.
+        eval_cases: number of validation cases scored during training (0 = no validation): the
+            last ``eval_cases`` cases of the training range (:func:`validation_cases`; 177–179 for
+            the ``paper`` preset), still trained on — the score is a fit monitor and the choice of
+            ``best.pt``, never a test-set number. Default 3.
         eval_stride: slice stride of the sliding window during validation. Default 2.
         log_every: iterations between ``metrics.jsonl`` rows (the only host syncs). Default 100.
         projection_after: iteration after which the projected time to finish is printed.
@@ -263,6 +267,26 @@ class TrainConfig:
             model_config(self.variant, **overrides)
         except ConfigError as exc:
             raise ConfigError(f"config: model: {exc}") from None
+
+
+def validation_cases(train_cases: list[str], eval_cases: int) -> list[str]:
+    """The validation cases of a run: the last ``eval_cases`` of its (sorted) training cases.
+
+    They come from the training range, never from the test range, so neither the validation curve
+    nor the choice of ``best.pt`` ever sees a test case (the paper's 180–189 stay untouched until
+    the final evaluation). They stay in the training set: the paper trains on all of 0–179 (§2.1)
+    and states no validation split, so validation here monitors the fit and holds nothing out.
+
+    Args:
+        train_cases: the run's training case ids, sorted (``"case_XXXXX"``).
+        eval_cases: how many to validate on (``TrainConfig.eval_cases``); 0 = none.
+
+    Returns:
+        ``train_cases[-eval_cases:]`` (all of them when there are fewer), or ``[]`` for 0.
+    """
+    if eval_cases <= 0:
+        return []
+    return list(train_cases)[-eval_cases:]
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

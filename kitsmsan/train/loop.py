@@ -40,7 +40,7 @@ import torch
 
 from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingError
 from kitsmsan.train import checkpoint as ckpt
-from kitsmsan.train.config import TrainConfig
+from kitsmsan.train.config import TrainConfig, validation_cases
 from kitsmsan.train.distributed import DistInfo, WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
 from kitsmsan.utils.amp import mixed_precision_dtype
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text
@@ -280,12 +280,13 @@ class Trainer:
 
     # -------------------------------------------------------------- validation
     def validate(self) -> dict[str, float] | None:
-        """Composite Dice on the first ``eval_cases`` test cases (rank 0; None when off).
+        """Composite Dice on the validation cases (rank 0; None when off): the last ``eval_cases``
+        training cases (:func:`kitsmsan.train.config.validation_cases`), never a test case.
 
         Uses :func:`kitsmsan.inference.predict_case` on the cached (clipped HU) volumes and
         :func:`kitsmsan.metrics.kits_dice`; no post-processing.
         """
-        cases = self.test_cases[: self.config.eval_cases]
+        cases = validation_cases(self.train_cases, self.config.eval_cases)
         if not cases or not self.dist.is_main:
             return None
         from kitsmsan.data.preprocess import IMAGE_FILE, LABEL_FILE
