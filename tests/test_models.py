@@ -505,3 +505,14 @@ def test_res2net_first_split_passes_through_unchanged():
 def test_ds_placement_is_validated():
     with pytest.raises(ConfigError, match="ds_placement"):
         ModelConfig(ds_placement="encoder")
+
+
+def test_attention_with_zero_gating_is_silu():
+    """g = 0 and a zero projection bias: x * sigmoid(x + 0) = SiLU(x), as the layer's docstring says."""
+    torch.manual_seed(0)
+    layer = MultiScaleAttention(4, 8)
+    torch.nn.init.zeros_(layer.project.bias)
+    x = torch.randn(1, 4, 2, 4, 4)
+    with torch.no_grad():
+        out = layer(x, torch.zeros(1, 8, 2, 2, 2))
+    torch.testing.assert_close(out, torch.nn.functional.silu(x))

@@ -141,3 +141,16 @@ def test_validation_cases_are_the_last_training_cases():
     ids = [f"case_{i:05d}" for i in range(180)]
     assert validation_cases(ids, 3) == ["case_00177", "case_00178", "case_00179"]  # the paper preset
     assert validation_cases(ids[:2], 3) == ids[:2] and validation_cases(ids, 0) == []
+
+
+def test_every_paper_setting_is_either_stated_by_the_paper_or_listed_as_ours():
+    """No setting of the paper preset passes silently as the paper's."""
+    from kitsmsan.train.config import PAPER_STATED, PAPER_UNSTATED
+
+    bookkeeping = {"variant", "data_root", "cache_dir", "run_dir", "progress"}
+    fields = set(TrainConfig().to_dict()) - bookkeeping
+    assert not set(PAPER_STATED) & set(PAPER_UNSTATED)
+    assert set(PAPER_STATED) | set(PAPER_UNSTATED) == fields
+    cfg = TrainConfig.from_preset("paper")
+    assert (cfg.fg_fraction, cfg.tumor_fraction) == (0.5, 0.25) and "0.5" in PAPER_UNSTATED["fg_fraction"]
+    assert "0.25" in PAPER_UNSTATED["tumor_fraction"] and "s = 4" in PAPER_UNSTATED["model"]

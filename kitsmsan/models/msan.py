@@ -77,7 +77,7 @@ class ModelConfig:
         attention: multi-scale attention on every skip connection (MSAN, §2.2, Fig. 1). Default False.
         res2net: a 3D Res2Net block parallel to the bottleneck (MSAN-V2, §2.2, Fig. 2–3). Default False.
         res2net_scale: number of groups ``s`` of the Res2Net block (≥ 2, must divide the bottleneck
-            width). Default 4.
+            width). Default 4 (Gao et al.'s usual setting; the MSAN paper states none).
         deep_supervision: two auxiliary heads (§2.2, §3.1); in training mode the forward returns
             ``[logits, aux_1, aux_2]``, finest first. Default False.
         ds_placement: where those heads read (:data:`DS_PLACEMENTS`): ``"pooling"`` (default, the
