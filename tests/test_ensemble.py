@@ -115,12 +115,13 @@ def test_first_tie_break_follows_model_order():
     assert majority_vote(maps, rule="plurality", tie_break="first")[0] == 0
 
 
-def test_highest_is_order_invariant():
+@pytest.mark.parametrize("rule", ["nested", "plurality"])
+def test_vote_is_order_invariant(rule):
     rng = np.random.default_rng(1)
     maps = [rng.integers(0, 3, (3, 4, 5)).astype(np.uint8) for _ in range(5)]
-    base = majority_vote(maps)
+    base = majority_vote(maps, rule=rule)
     for perm in [(4, 3, 2, 1, 0), (2, 0, 4, 1, 3)]:
-        np.testing.assert_array_equal(majority_vote([maps[i] for i in perm]), base)
+        np.testing.assert_array_equal(majority_vote([maps[i] for i in perm], rule=rule), base)
 
 
 def test_vote_validation():

@@ -95,7 +95,7 @@ def test_batch_size_does_not_change_result():
 
 
 def test_padding_and_cropping_on_a_252_row_case():
-    # case_00160 is 252 x 512 in-plane: 252 is not a multiple of 16 and must be padded, then cropped
+    # case_00160 is 252 slices of 512 x 796 (796 is not a multiple of 16); 252 rows test the same padding
     rng = np.random.default_rng(1)
     image = rng.uniform(-400, 700, (6, 252, 512)).astype(np.float32)
     model = ThresholdModel()
