@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 
 import numpy as np
@@ -205,6 +206,13 @@ def test_ensemble_cli_vote_and_average(three_folders):
     vote, _, affine = load_label(tmp / "vote" / "prediction_00180.nii.gz")
     np.testing.assert_array_equal(vote, majority_vote(labels))
     np.testing.assert_allclose(affine, case.affine)
+    assert json.loads((tmp / "vote" / "ensemble.json").read_text())["rule"] == "nested"
+    assert main(["ensemble", *pred_args, "--out", str(tmp / "plural"), "--rule", "plurality",
+                 "--tie-break", "lowest"]) == 0
+    plural, _, _ = load_label(tmp / "plural" / "prediction_00180.nii.gz")
+    np.testing.assert_array_equal(plural, majority_vote(labels, rule="plurality", tie_break="lowest"))
+    assert main(["ensemble", *pred_args, "--out", str(tmp / "bad"), "--tie-break", "lowest"]) == 2  # nested: no ties
+    assert not (tmp / "bad").exists()
     assert main(["ensemble", *pred_args, "--out", str(tmp / "avg"), "--method", "average"]) == 0
     avg, _, _ = load_label(tmp / "avg" / "prediction_00180.nii.gz")
     probs = [np.load(d / "probs_00180.npy").astype(np.float32) for d in dirs]
