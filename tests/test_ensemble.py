@@ -67,6 +67,9 @@ def test_nested_and_plurality_differ_on_60_of_243():
     combos, maps = all_patterns(5)
     nested, plurality = majority_vote(maps, rule="nested"), majority_vote(maps, rule="plurality")
     assert int((nested != plurality).sum()) == 60
+    # for five models the kidney region agrees; every difference is plurality-tumour vs region-kidney
+    np.testing.assert_array_equal(nested > 0, plurality > 0)
+    assert ((nested != plurality) == ((plurality == 2) & (nested == 1))).all()
 
 
 @pytest.mark.parametrize(
