@@ -154,3 +154,9 @@ def test_every_paper_setting_is_either_stated_by_the_paper_or_listed_as_ours():
     cfg = TrainConfig.from_preset("paper")
     assert (cfg.fg_fraction, cfg.tumor_fraction) == (0.5, 0.25) and "0.5" in PAPER_UNSTATED["fg_fraction"]
     assert "0.25" in PAPER_UNSTATED["tumor_fraction"] and "s = 4" in PAPER_UNSTATED["model"]
+
+
+def test_a_model_override_is_merged_into_the_presets_model():
+    cfg = TrainConfig.from_preset("smoke", **parse_overrides(["model.ds_placement=decoder"]))
+    assert cfg.model == {"base_channels": 8, "ds_placement": "decoder"}
+    assert TrainConfig.from_preset("smoke", model={"base_channels": 4}).model == {"base_channels": 4}

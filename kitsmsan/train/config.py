@@ -161,12 +161,18 @@ class TrainConfig:
     def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
         """The named preset (``"paper"`` or ``"smoke"``) with ``overrides`` applied.
 
+        A ``model`` override is merged into the preset's ``model`` dict, so ``--set
+        model.ds_placement=decoder`` changes that key and keeps the preset's ``base_channels``.
+
         Raises:
             ConfigError: unknown preset, or a bad override (named).
         """
         if name not in PRESETS:
             raise ConfigError(f"preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})")
         data = dict(PRESETS[name])
+        overrides = dict(overrides)
+        if isinstance(overrides.get("model"), dict) and isinstance(data.get("model"), dict):
+            overrides["model"] = {**data["model"], **overrides["model"]}
         data.update(overrides)
         return cls.from_dict(data, source=f"preset {name!r}")
 
