@@ -160,3 +160,14 @@ def test_a_model_override_is_merged_into_the_presets_model():
     cfg = TrainConfig.from_preset("smoke", **parse_overrides(["model.ds_placement=decoder"]))
     assert cfg.model == {"base_channels": 8, "ds_placement": "decoder"}
     assert TrainConfig.from_preset("smoke", model={"base_channels": 4}).model == {"base_channels": 4}
+
+
+def test_the_decisions_page_names_what_the_paper_preset_adds():
+    from pathlib import Path
+
+    from kitsmsan.train.config import PAPER_UNSTATED
+
+    text = (Path(__file__).parents[1] / "book" / "fragments" / "decisions-training.md").read_text(encoding="utf-8")
+    for key in ("fg_fraction", "tumor_fraction", "dice_include_background", "eval_cases", "ds_weights", "model"):
+        assert key in PAPER_UNSTATED and f"`{key}`" in text, key
+    assert "0.5" in text and "0.25" in text and "s = 4" in text
