@@ -7,7 +7,7 @@ size 512×512"). To label a whole CT volume :func:`predict_case`
    uses, so the two cannot disagree; paper §2.1 window [-200, 500] HU → [0, 1]);
 2. pads in-plane (bottom/right) to a multiple of ``divisor`` = 16, the factor by which the U-Net's four
    poolings shrink H and W, with 0 (= -200 HU or lower, i.e. the air around the body), and crops the
-   output back — so any in-plane size works (case_00160 is 252 × 512);
+   output back — so any in-plane size works (case_00160 is 252 slices of 512 × 796);
 3. cuts windows of ``num_slices`` slices starting every ``stride`` slices, the last window aligned to the
    end of the volume; a volume with fewer than ``num_slices`` slices is padded in z by repeating its
    last slice;
@@ -202,14 +202,14 @@ def predict_case(
 
 
 def predict_ensemble_vote(
-    models: Sequence, image_hu: np.ndarray, *, tie_break: str = "highest", **kwargs
+    models: Sequence, image_hu: np.ndarray, *, rule: str = "nested", tie_break: str | None = None, **kwargs
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The paper's ensemble: each model labels the volume, then a per-voxel vote (§2.2, §3.1).
 
     Args:
         models: sequence of N >= 1 models (the paper uses five variants).
         image_hu: ``(Z, Y, X)`` CT in HU.
-        tie_break: see :func:`kitsmsan.ensemble.majority_vote` (default ``"highest"``).
+        rule, tie_break: see :func:`kitsmsan.ensemble.majority_vote` (default ``"nested"``, None).
         **kwargs: passed to :func:`predict_case` (``stride``, ``device``, ...; not ``return_probs``).
 
     Returns:
@@ -221,7 +221,7 @@ def predict_ensemble_vote(
     if not models:
         raise ConfigError("models: empty; need at least one model")
     per_model = [predict_case(m, image_hu, **kwargs) for m in models]
-    return majority_vote(per_model, tie_break=tie_break), per_model
+    return majority_vote(per_model, rule=rule, tie_break=tie_break), per_model
 
 
 def load_model(run_dir_or_ckpt: str | os.PathLike, device="cpu", *, checkpoint: str = "best"):

@@ -93,7 +93,7 @@ def test_batch_size_does_not_change_result():
 
 
 def test_padding_and_cropping_on_a_252_row_case():
-    # case_00160 is 252 x 512 in-plane: 252 is not a multiple of 16 and must be padded, then cropped
+    # case_00160 is 252 slices of 512 x 796 (796 is not a multiple of 16); 252 rows test the same padding
     rng = np.random.default_rng(1)
     image = rng.uniform(-400, 700, (6, 252, 512)).astype(np.float32)
     model = ThresholdModel()
@@ -122,13 +122,14 @@ def test_list_of_models_averages_probabilities():
 
 
 def test_ensemble_vote_and_mode_restored():
-    models = [ConstantModel(c) for c in (2, 0, 1, 1, 2)]  # kidney 2, tumour 2, bg 1 -> tumour
+    models = [ConstantModel(c) for c in (2, 0, 1, 1, 2)]  # 4 of 5 say kidney region, 2 tumour -> kidney
     models[0].train()
     models[1].eval()
     image = np.zeros((4, 16, 16), np.float32)
     vote, per_model = predict_ensemble_vote(models, image)
     assert [int(p[0, 0, 0]) for p in per_model] == [2, 0, 1, 1, 2]
-    assert (vote == 2).all()
+    assert (vote == 1).all()
+    assert (predict_ensemble_vote(models, image, rule="plurality")[0] == 2).all()  # tie -> higher label
     assert models[0].training and not models[1].training  # modes restored as they were
 
 

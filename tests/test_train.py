@@ -333,3 +333,16 @@ def test_ddp_two_gloo_processes_shard_samples_and_agree_on_weights(data, tmp_pat
     assert_same_weights(w0, w1)
     assert_same_weights(w0, weights(tmp_path / "ddp"))  # rank 0 wrote the run folder
     assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
+
+
+def test_validation_never_reads_a_test_case(data, tmp_path):
+    """Validation scores the last training cases; with the test case's cache gone it still runs."""
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(data / "cache", copy)
+    trainer = Trainer(tiny_config(data, tmp_path / "run", cache_dir=str(copy), eval_cases=2))
+    assert trainer.test_cases == ["case_00003"]
+    shutil.rmtree(copy / "case_00003")  # a validation that touched the test case would fail now
+    scores = trainer.validate()
+    assert scores is not None and 0 <= scores["composite"] <= 1

@@ -46,7 +46,7 @@ from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingErr
 from kitsmsan.inference import predict_case
 from kitsmsan.metrics import kits_dice
 from kitsmsan.models import build_model
-from kitsmsan.train.config import TrainConfig
+from kitsmsan.train.config import TrainConfig, validation_cases
 from kitsmsan.train.distributed import WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
 from kitsmsan.train.step import build_loss, build_optimizer, train_step
 from kitsmsan.utils.amp import resolve_amp
@@ -228,12 +228,13 @@ class Trainer:
 
     # -------------------------------------------------------------- validation
     def validate(self) -> dict[str, float] | None:
-        """Composite Dice on the first ``eval_cases`` test cases (rank 0; None when off).
+        """Composite Dice on the validation cases (rank 0; None when off): the last ``eval_cases``
+        training cases (:func:`kitsmsan.train.config.validation_cases`), never a test case.
 
         Uses :func:`kitsmsan.inference.predict_case` on the cached (clipped HU) volumes and
         :func:`kitsmsan.metrics.kits_dice`; no post-processing.
         """
-        cases = self.test_cases[: self.config.eval_cases]
+        cases = validation_cases(self.train_cases, self.config.eval_cases)
         if not cases or not self.dist.is_main:
             return None
         scores = []
