@@ -18,7 +18,8 @@ the writer, decide the sentence:
   :func:`kitsmsan.metrics.evaluate_folder` / :func:`kitsmsan.metrics.dice_table`;
 * :func:`min_detectable_difference`, :func:`ci_half_width`, :func:`cases_needed`,
   :func:`simulate_power`, :func:`resolvable_table`, :func:`plot_resolvable` — a *simulation* of what
-  a paired comparison on ``n`` cases can resolve, given assumed per-case spreads.
+  a paired comparison on ``n`` cases can resolve, given assumed per-case spreads
+  (:func:`measured_spread` measures them from a run, to set beside the assumptions).
 
 Conventions:
 
@@ -556,6 +557,58 @@ def seed_table(summaries, *, by: str = "model", seed_column: str = "seed", regio
 # --------------------------------------------------------------------------------------------
 # how small a difference n cases resolve (a simulation under stated assumptions)
 # --------------------------------------------------------------------------------------------
+
+
+def measured_spread(per_case, *, by: str = "model", regions: Sequence[str] = REGIONS):
+    """Per-case Dice spread and between-model correlation measured from a per-case table — the two
+    inputs of :func:`difference_sd`, for setting an assumption beside a run.
+
+    Args:
+        per_case: per-case table with ``case_id``, ``by`` and the region columns, **one** row per
+            (model, case) (filter one post-processing setting first); rows whose ``status`` is not
+            ``"ok"`` are left out.
+        by: model column, default ``"model"``.
+        regions: default ``("kidney", "tumor")``.
+
+    Returns:
+        ``pandas.DataFrame`` indexed by region with ``n_models``, ``n_cases`` (cases defined for
+        every model), ``mean`` (over models and cases), ``sd`` (per-case SD, ``ddof=1``, averaged
+        over models), ``sd_min``, ``sd_max``, ``rho`` (mean Pearson correlation of per-case Dice over
+        all model pairs; NaN where a model is constant, e.g. tumour 0 everywhere) and ``sd_diff``
+        (mean per-case SD of the pairwise differences).
+
+    Raises:
+        DataError: a missing column, or a case twice for one model.
+    """
+    df = _ok_rows(per_case)
+    for col in ("case_id", by, *regions):
+        if col not in df.columns:
+            raise DataError(f"measured_spread: per-case table has no column {col!r}")
+    if df.duplicated(["case_id", by]).any():
+        raise DataError(f"measured_spread: a case appears twice for one {by}; filter the table (e.g. one "
+                        "post-processing setting) first")
+    out, index = [], []
+    for region in regions:
+        wide = df.pivot(index="case_id", columns=by, values=region).apply(pd.to_numeric, errors="coerce")
+        wide = wide.dropna(axis=0, how="any")
+        models = list(wide.columns)
+        sds = [float(wide[m].std(ddof=1)) for m in models] if len(wide) > 1 else []
+        rhos, dsds = [], []
+        for i, ma in enumerate(models):
+            for mb in models[i + 1:]:
+                if len(wide) > 1:
+                    dsds.append(float((wide[ma] - wide[mb]).std(ddof=1)))
+                if len(wide) > 2 and wide[ma].std() > 0 and wide[mb].std() > 0:
+                    rhos.append(float(np.corrcoef(wide[ma], wide[mb])[0, 1]))
+        out.append({"n_models": len(models), "n_cases": len(wide),
+                    "mean": float(np.nanmean(wide.to_numpy())) if wide.size else math.nan,
+                    "sd": float(np.mean(sds)) if sds else math.nan,
+                    "sd_min": float(np.min(sds)) if sds else math.nan,
+                    "sd_max": float(np.max(sds)) if sds else math.nan,
+                    "rho": float(np.mean(rhos)) if rhos else math.nan,
+                    "sd_diff": float(np.mean(dsds)) if dsds else math.nan})
+        index.append(region)
+    return pd.DataFrame(out, index=pd.Index(index, name="region"))
 
 
 def difference_sd(sd_a: float, sd_b: float | None = None, rho: float = 0.7) -> float:

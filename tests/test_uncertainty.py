@@ -24,7 +24,6 @@ from kitsmsan.errors import DataError
 from kitsmsan.metrics import dice_table, summarize
 from kitsmsan.reproduce import PAPER_TABLE1
 
-
 # ---------------------------------------------------------------- defaults
 
 
@@ -330,3 +329,19 @@ def test_resolvable_table_and_plot():
     pts = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
     assert sorted(np.round(pts[:, 1], 2)) == sorted(np.round(d[d["region"] == "tumor"]["difference"].abs(), 2))
     assert set(pts[:, 0]) == {10}
+
+
+def test_measured_spread_by_hand():
+    # two models on 3 cases: kidney a = [0.8, 0.9, 1.0], b = a - 0.1 -> SD 0.1 each, rho 1, SD of diff 0
+    df = pd.DataFrame({"case_id": ["c1", "c2", "c3"] * 2, "model": ["a"] * 3 + ["b"] * 3,
+                       "kidney": [0.8, 0.9, 1.0, 0.7, 0.8, 0.9], "tumor": [0.0] * 6})
+    m = u.measured_spread(df)
+    assert m.loc["kidney", "sd"] == pytest.approx(0.1) and m.loc["kidney", "rho"] == pytest.approx(1.0)
+    assert m.loc["kidney", "sd_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert m.loc["kidney", "mean"] == pytest.approx(0.85) and m.loc["kidney", "n_cases"] == 3
+    assert m.loc["tumor", "sd"] == 0.0 and math.isnan(m.loc["tumor", "rho"])   # constant: no correlation
+    # anti-correlated third case
+    df.loc[5, "kidney"] = 0.5
+    assert u.measured_spread(df).loc["kidney", "rho"] < 0.5
+    with pytest.raises(DataError, match="twice"):
+        u.measured_spread(pd.concat([df, df]))
