@@ -805,7 +805,8 @@ def resolvable_table(differences, sd_per_case: Mapping[str, float], *, rho: floa
 
 def plot_resolvable(differences, sd_range: Mapping[str, Sequence[float]], *, rho_range: Sequence[float] = (0.5, 0.9),
                     n_max: int = 60, n_paper: int = 10, power: float = POWER, alpha: float = ALPHA,
-                    scale: float = 100.0, labels: Mapping[str, str] | None = None, title: str | None = None):
+                    scale: float = 100.0, labels: Mapping[str, str] | None = None,
+                    region_names: Mapping[str, str] | None = None, title: str | None = None):
     """The smallest resolvable difference against the number of test cases, one panel per region,
     with observed differences marked at ``n_paper`` cases (a simulation under assumed spreads).
 
@@ -820,6 +821,7 @@ def plot_resolvable(differences, sd_range: Mapping[str, Sequence[float]], *, rho
         power, alpha: of the minimum detectable difference (0.80, 0.05).
         scale: Dice → plot unit (default 100: points).
         labels: display names of the model keys (default: the keys).
+        region_names: display names of the regions (default ``{"tumor": "tumour"}``).
         title: figure title.
 
     Returns:
@@ -827,6 +829,7 @@ def plot_resolvable(differences, sd_range: Mapping[str, Sequence[float]], *, rho
         difference (line and band), the observed ``|difference|`` as labelled points at ``n_paper``.
     """
     labels = dict(labels or {})
+    region_names = {"tumor": "tumour", **dict(region_names or {})}
     regions = list(sd_range)
     ns = np.arange(3, int(n_max) + 1)
     fig, axes = plt.subplots(1, len(regions), figsize=(5.2 * len(regions), 4.0), squeeze=False,
@@ -845,16 +848,23 @@ def plot_resolvable(differences, sd_range: Mapping[str, Sequence[float]], *, rho
                         label=f"SD {sd_lo:g}–{sd_hi:g}, ρ {rho_lo:g}–{rho_hi:g}")
         ax.plot(ns, mid, color=color, lw=2, label=f"SD {sd_mid:g}, ρ {(rho_lo + rho_hi) / 2:g}")
         ax.axvline(n_paper, color="0.4", ls="--", lw=1)
-        sub = differences[differences["region"] == region]
-        for i, (_, row) in enumerate(sub.iterrows()):
-            y = abs(float(row["difference"]))
-            ax.scatter([n_paper], [y], color="k", zorder=3, s=18)
+        sub = differences[differences["region"] == region].copy()
+        sub["y"] = sub["difference"].abs().clip(lower=1e-3)
+        sub = sub.sort_values("y")
+        # label heights spread in log space so that close differences do not overprint
+        text_y, gap = [], 0.09
+        for y in np.log10(sub["y"].to_numpy()):
+            text_y.append(max(y, text_y[-1] + gap) if text_y else y)
+        for (_, row), ty in zip(sub.iterrows(), text_y):
+            ax.scatter([n_paper], [row["y"]], color="k", zorder=3, s=18)
             name = f"{labels.get(row['a'], row['a'])} − {labels.get(row['b'], row['b'])}: {row['difference']:+.2f}"
-            ax.annotate(name, (n_paper, y), xytext=(8, 4 - 9 * (i % 2)), textcoords="offset points", fontsize=7)
+            ax.annotate(name, (n_paper, row["y"]), xytext=(n_paper + 0.12 * (n_max - n_paper), 10 ** ty),
+                        textcoords="data", fontsize=7, va="center",
+                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
         ax.set_yscale("log")
         ax.set_xlabel("test cases in a paired comparison")
         ax.set_ylabel(f"difference resolved with {100 * power:g} % power (Dice points)")
-        ax.set_title(f"{region} (simulation; paper's |differences| at n = {n_paper})", fontsize=9)
+        ax.set_title(f"{region_names.get(region, region)} (dots: |differences| at n = {n_paper})", fontsize=9)
         ax.legend(fontsize=7, loc="upper right")
     if title:
         fig.suptitle(title)

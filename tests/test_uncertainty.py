@@ -8,6 +8,7 @@ import inspect
 import itertools
 import math
 from collections import Counter
+from pathlib import Path
 
 import matplotlib
 
@@ -345,3 +346,28 @@ def test_measured_spread_by_hand():
     assert u.measured_spread(df).loc["kidney", "rho"] < 0.5
     with pytest.raises(DataError, match="twice"):
         u.measured_spread(pd.concat([df, df]))
+
+
+@pytest.mark.slow
+def test_how_sure_notebook_runs_and_measures_a_run(tmp_path):
+    """notebooks/07_how_sure.ipynb executes with papermill (seconds) and reads a per-case table."""
+    pm = pytest.importorskip("papermill")
+    nbformat = pytest.importorskip("nbformat")
+    root = Path(__file__).resolve().parent.parent
+    rng = np.random.default_rng(0)
+    k = rng.uniform(0.8, 0.95, 6)
+    rows = [{"case_id": f"case_{i:05d}", "model": m, "postprocess": 2, "status": "ok",
+             "kidney": k[i] + rng.normal(0, 0.01), "tumor": 0.0, "composite": 0.0}
+            for m in ("unet3d", "msan_v1", "ensemble") for i in range(6)]
+    (tmp_path / "evaluation").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "evaluation" / "per_case.csv", index=False)
+    out = tmp_path / "07.ipynb"
+    pm.execute_notebook(str(root / "notebooks" / "07_how_sure.ipynb"), str(out), cwd=str(root),
+                        parameters={"smoke": True, "runs_dir": str(tmp_path)}, progress_bar=False,
+                        kernel_name="python3")
+    nb = nbformat.read(out, as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("data", {}).get("text/plain", ""))
+                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Measured from" in text and "of its 8" in text
+    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 1
