@@ -14,7 +14,8 @@ the writer, decide the sentence:
 * :func:`verdict` / :func:`compare_sentence` — "better", "worse", "not distinguishable", or no
   verdict at all when the runs are degenerate (every case of both models below
   :data:`DEGENERATE_FLOOR`: the run is too short to compare);
-* :func:`ci_table` / :func:`paired_table` — the above over a per-case table of
+* :func:`ci_table` / :func:`paired_table` (and :func:`ci_markdown`, :func:`summarize_verdicts`) — the
+  above over a per-case table of
   :func:`kitsmsan.metrics.evaluate_folder` / :func:`kitsmsan.metrics.dice_table`;
 * :func:`min_detectable_difference`, :func:`ci_half_width`, :func:`cases_needed`,
   :func:`simulate_power`, :func:`resolvable_table`, :func:`plot_resolvable` — a *simulation* of what
@@ -479,6 +480,61 @@ def paired_table(per_case, pairs: Sequence[tuple[str, str]], *, by: str = "model
                                                       region_names.get(region, region))})
     return pd.DataFrame(rows, columns=["a", "b", "region", "difference", "low", "high", "n", "verdict",
                                        "sentence"])
+
+
+def ci_markdown(ci, *, names: Mapping[str, str] | None = None, regions: Sequence[str] = REGIONS,
+                digits: int = 1, scale: float = 100.0) -> str:
+    """Render a :func:`ci_table` as Markdown: ``mean [low, high]`` per region, in percent.
+
+    Args:
+        ci: from :func:`ci_table`.
+        names: display names of the index keys (default: the keys).
+        regions: default ``("kidney", "tumor")``.
+        digits: decimals (default 1); scale: 100 (default) for percent.
+
+    Returns:
+        Markdown text ending with a newline; a cell reads ``n/a`` where there is no interval.
+    """
+    names = dict(names or {})
+
+    def pct(v: float) -> str:
+        return "n/a" if not math.isfinite(float(v)) else f"{scale * float(v):.{digits}f}"
+
+    label = {"tumor": "Tumour"}
+    head = " | ".join(f"{label.get(r, r.capitalize())} (95 % CI)" for r in regions)
+    lines = [f"| {ci.index.name or 'group'} | {head} | cases |",
+             "|---|" + "---:|" * len(regions) + "---:|"]
+    for key, row in ci.iterrows():
+        cells = [f"{pct(row[r])} [{pct(row[f'{r}_low'])}, {pct(row[f'{r}_high'])}]" for r in regions]
+        n = max(int(row[f"{r}_n"]) for r in regions)
+        lines.append(f"| {names.get(key, key)} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def summarize_verdicts(comparisons, *, region_names: Mapping[str, str] | None = None) -> str:
+    """One sentence counting the verdicts of a :func:`paired_table` per region.
+
+    Example: "kidney: 1 of 4 comparisons better, 3 not distinguishable; tumour: no verdict in 4 of 4
+    (the run is too short to compare)."
+
+    Args:
+        comparisons: from :func:`paired_table` (``region`` and ``verdict`` columns).
+        region_names: display names (default ``{"tumor": "tumour"}``).
+    """
+    region_names = {"tumor": "tumour", **dict(region_names or {})}
+    order = (BETTER, WORSE, UNRESOLVED, IDENTICAL, NO_VERDICT)
+    parts = []
+    for region, sub in comparisons.groupby("region", sort=False):
+        counts = sub["verdict"].value_counts()
+        total = len(sub)
+        if counts.get(NO_VERDICT, 0) == total:
+            parts.append(f"{region_names.get(region, region)}: no verdict in {total} of {total} "
+                         "(the runs are degenerate or too short to compare)")
+            continue
+        words = [f"{int(counts[v])} {v}" for v in order if counts.get(v, 0)]
+        words[0] = words[0].replace(" ", f" of {total} comparisons ", 1)
+        parts.append(f"{region_names.get(region, region)}: {', '.join(words)}")
+    return "; ".join(parts) + "."
 
 
 # --------------------------------------------------------------------------------------------

@@ -371,3 +371,18 @@ def test_how_sure_notebook_runs_and_measures_a_run(tmp_path):
                       for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Measured from" in text and "of its 8" in text
     assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 1
+
+
+def test_ci_markdown_and_verdict_summary():
+    df = _per_case()
+    md = u.ci_markdown(u.ci_table(df), names={"unet3d": "3D U-Net"})
+    lines = md.splitlines()
+    assert lines[0] == "| model | Kidney (95 % CI) | Tumour (95 % CI) | cases |"
+    row = u.ci_table(df).loc["unet3d"]
+    assert lines[2] == (f"| 3D U-Net | {100 * row['kidney']:.1f} [{100 * row['kidney_low']:.1f}, "
+                        f"{100 * row['kidney_high']:.1f}] | 0.0 [0.0, 0.0] | 10 |")
+    comps = u.paired_table(df, [("msan_v1", "unet3d")])
+    assert u.summarize_verdicts(comps) == ("kidney: 1 of 1 comparisons better; tumour: no verdict in 1 of 1 "
+                                          "(the runs are degenerate or too short to compare).")
+    mixed = pd.DataFrame({"region": ["kidney"] * 3, "verdict": [u.UNRESOLVED, u.BETTER, u.UNRESOLVED]})
+    assert u.summarize_verdicts(mixed) == "kidney: 1 of 3 comparisons better, 2 not distinguishable."
