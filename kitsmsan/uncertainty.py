@@ -13,7 +13,8 @@ the writer, decide the sentence:
 * :func:`across_seeds` — mean ± standard deviation of a number over training seeds;
 * :func:`verdict` / :func:`compare_sentence` — "better", "worse", "not distinguishable", or no
   verdict at all when the runs are degenerate (every case of both models below
-  :data:`DEGENERATE_FLOOR`: the run is too short to compare);
+  :data:`DEGENERATE_FLOOR`: the run is too short to compare) or the cases too few
+  (fewer than :data:`MIN_CASES`);
 * :func:`ci_table` / :func:`paired_table` (and :func:`ci_markdown`, :func:`summarize_verdicts`) — the
   above over a per-case table of
   :func:`kitsmsan.metrics.evaluate_folder` / :func:`kitsmsan.metrics.dice_table`;
@@ -64,6 +65,10 @@ SEED = 0
 #: a comparison where every case of both models scores below this Dice is no comparison
 #: (e.g. tumour Dice 0 everywhere after a few hundred CPU iterations): the run is too short
 DEGENERATE_FLOOR = 0.01
+#: fewest cases on which a difference gets a verdict: below 5 a percentile bootstrap has at most 35
+#: distinct resample means and declares a winner between two equal models in about 16 % or more
+#: of comparisons at a nominal 5 % (simulated on the "How sure" page)
+MIN_CASES = 5
 #: significance level and power of the minimum detectable difference
 ALPHA = 0.05
 POWER = 0.80
@@ -226,7 +231,7 @@ def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _degenerate_pair(x: np.ndarray, y: np.ndarray, floor: float) -> str | None:
+def _degenerate_pair(x: np.ndarray, y: np.ndarray, floor: float, min_cases: int) -> str | None:
     """Why a comparison of two score vectors (NaN-free, same cases) cannot be read, or None."""
     n = x.size
     if n == 0:
@@ -236,11 +241,14 @@ def _degenerate_pair(x: np.ndarray, y: np.ndarray, floor: float) -> str | None:
     if np.all(x < floor) and np.all(y < floor):
         return (f"both score below {100 * floor:g} % Dice on every one of the {n} cases, "
                 "so the run is too short to compare")
+    if n < min_cases:
+        return f"{n} cases are too few for a bootstrap verdict (it needs at least {min_cases})"
     return None
 
 
 def paired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                        seed: int | None = SEED, floor: float = DEGENERATE_FLOOR) -> Interval:
+                        seed: int | None = SEED, floor: float = DEGENERATE_FLOOR,
+                        min_cases: int = MIN_CASES) -> Interval:
     """Paired case-level bootstrap interval of ``mean(a - b)``: two models scored on the same cases.
 
     The cases are resampled together (one index draws case ``i`` of both models), which is
@@ -254,6 +262,8 @@ def paired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_res
         seed: default 0.
         floor: when every case of both models scores below it (default
             :data:`DEGENERATE_FLOOR` = 0.01) the comparison is degenerate: no verdict.
+        min_cases: fewer cases than this (default :data:`MIN_CASES` = 5) give an interval but no
+            verdict.
 
     Returns:
         An :class:`Interval` of kind ``"paired difference"`` (fractions; ``a`` minus ``b``);
@@ -269,7 +279,7 @@ def paired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_res
     d = x - y
     common = {"kind": "paired difference", "confidence": confidence, "n_resamples": int(n_resamples),
               "seed": seed, "n_dropped": int(ok.size - ok.sum()), "floor": floor}
-    why = _degenerate_pair(x, y, floor)
+    why = _degenerate_pair(x, y, floor, min_cases)
     if d.size < 2:
         est = float(d.mean()) if d.size else math.nan
         return Interval(est, math.nan, math.nan, int(d.size), degenerate=why, **common)
@@ -280,7 +290,8 @@ def paired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_res
 
 
 def unpaired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                          seed: int | None = SEED, floor: float = DEGENERATE_FLOOR) -> Interval:
+                          seed: int | None = SEED, floor: float = DEGENERATE_FLOOR,
+                          min_cases: int = MIN_CASES) -> Interval:
     """Bootstrap interval of ``mean(a) - mean(b)`` resampling the two groups independently.
 
     This ignores that the two models saw the same cases; it is here to show what pairing buys
@@ -290,7 +301,8 @@ def unpaired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_r
 
     Args:
         a, b: per-case Dice of the two groups (lengths may differ).
-        confidence, n_resamples, seed, floor: as :func:`paired_bootstrap_ci` (0.95, 10,000, 0, 0.01).
+        confidence, n_resamples, seed, floor, min_cases: as :func:`paired_bootstrap_ci` (0.95,
+            10,000, 0, 0.01, 5).
 
     Returns:
         An :class:`Interval` of kind ``"unpaired difference"`` (``n`` = the smaller group).
@@ -306,6 +318,8 @@ def unpaired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_r
         why = "fewer than two defined cases in a group"
     elif np.all(xd < floor) and np.all(yd < floor):
         why = (f"both score below {100 * floor:g} % Dice on every case, so the run is too short to compare")
+    elif n < min_cases:
+        why = f"{n} cases are too few for a bootstrap verdict (it needs at least {min_cases})"
     if n < 2:
         est = float(xd.mean() - yd.mean()) if n else math.nan
         return Interval(est, math.nan, math.nan, n, degenerate=why, **common)
@@ -430,7 +444,8 @@ def ci_table(per_case, *, by: str = "model", regions: Sequence[str] = REGIONS, c
 def paired_table(per_case, pairs: Sequence[tuple[str, str]], *, by: str = "model",
                  regions: Sequence[str] = REGIONS, names: Mapping[str, str] | None = None,
                  region_names: Mapping[str, str] | None = None, confidence: float = CONFIDENCE,
-                 n_resamples: int = N_RESAMPLES, seed: int | None = SEED, floor: float = DEGENERATE_FLOOR):
+                 n_resamples: int = N_RESAMPLES, seed: int | None = SEED, floor: float = DEGENERATE_FLOOR,
+                 min_cases: int = MIN_CASES):
     """Paired bootstrap comparisons ``a − b`` from a per-case table, with their verdicts and sentences.
 
     Args:
@@ -441,7 +456,8 @@ def paired_table(per_case, pairs: Sequence[tuple[str, str]], *, by: str = "model
         regions: default ``("kidney", "tumor")``.
         names: display names of the group keys (default: the keys).
         region_names: display names of the regions (default ``{"tumor": "tumour"}``).
-        confidence, n_resamples, seed, floor: as :func:`paired_bootstrap_ci` (0.95, 10,000, 0, 0.01).
+        confidence, n_resamples, seed, floor, min_cases: as :func:`paired_bootstrap_ci` (0.95, 10,000,
+            0, 0.01, 5).
 
     Returns:
         ``pandas.DataFrame`` with columns ``a, b, region, difference, low, high, n, verdict,
@@ -473,7 +489,7 @@ def paired_table(per_case, pairs: Sequence[tuple[str, str]], *, by: str = "model
         for region in regions:
             iv = paired_bootstrap_ci(pd.to_numeric(sa[region], errors="coerce"),
                                      pd.to_numeric(sb[region], errors="coerce"), confidence=confidence,
-                                     n_resamples=n_resamples, seed=seed, floor=floor)
+                                     n_resamples=n_resamples, seed=seed, floor=floor, min_cases=min_cases)
             rows.append({"a": a, "b": b, "region": region, "difference": iv.estimate, "low": iv.low,
                          "high": iv.high, "n": iv.n, "verdict": verdict(iv),
                          "sentence": compare_sentence(iv, names.get(a, str(a)), names.get(b, str(b)),
@@ -515,7 +531,7 @@ def summarize_verdicts(comparisons, *, region_names: Mapping[str, str] | None = 
     """One sentence counting the verdicts of a :func:`paired_table` per region.
 
     Example: "kidney: 1 of 4 comparisons better, 3 not distinguishable; tumour: no verdict in 4 of 4
-    (the run is too short to compare)."
+    (too few cases, or runs too short to compare)."
 
     Args:
         comparisons: from :func:`paired_table` (``region`` and ``verdict`` columns).
@@ -529,7 +545,7 @@ def summarize_verdicts(comparisons, *, region_names: Mapping[str, str] | None = 
         total = len(sub)
         if counts.get(NO_VERDICT, 0) == total:
             parts.append(f"{region_names.get(region, region)}: no verdict in {total} of {total} "
-                         "(the runs are degenerate or too short to compare)")
+                         "(too few cases, or runs too short to compare)")
             continue
         words = [f"{int(counts[v])} {v}" for v in order if counts.get(v, 0)]
         words[0] = words[0].replace(" ", f" of {total} comparisons ", 1)

@@ -29,7 +29,7 @@ from kitsmsan.reproduce import PAPER_TABLE1
 
 
 def test_defaults_are_stated_and_used():
-    assert (u.CONFIDENCE, u.N_RESAMPLES, u.SEED, u.DEGENERATE_FLOOR) == (0.95, 10_000, 0, 0.01)
+    assert (u.CONFIDENCE, u.N_RESAMPLES, u.SEED, u.DEGENERATE_FLOOR, u.MIN_CASES) == (0.95, 10_000, 0, 0.01, 5)
     assert (u.ALPHA, u.POWER) == (0.05, 0.80)
     for fn in (u.bootstrap_ci, u.paired_bootstrap_ci, u.unpaired_bootstrap_ci, u.ci_table, u.paired_table):
         params = inspect.signature(fn).parameters
@@ -156,10 +156,17 @@ def test_degenerate_runs_give_no_verdict():
 
 
 def test_identical_and_too_few_cases():
-    a = np.array([0.8, 0.9, 0.7])
+    a = np.array([0.8, 0.9, 0.7, 0.6, 0.5])
     iv = u.paired_bootstrap_ci(a, a.copy())
     assert iv.identical and u.verdict(iv) == u.IDENTICAL
-    assert u.compare_sentence(iv, "k = 2", "k = 1") == "k = 2 and k = 1 give the same kidney Dice on every one of the 3 cases."
+    assert u.compare_sentence(iv, "k = 2", "k = 1") == "k = 2 and k = 1 give the same kidney Dice on every one of the 5 cases."
+    # 4 cases: an interval, but no verdict, even for a clear difference; 5 cases: a verdict
+    four = u.paired_bootstrap_ci(a[:4] + 0.1, a[:4] - np.array([0, 0.01, 0.0, 0.02]))
+    assert four.low > 0 and u.verdict(four) == u.NO_VERDICT
+    assert "4 cases are too few for a bootstrap verdict (it needs at least 5)" in u.compare_sentence(four)
+    assert u.verdict(u.paired_bootstrap_ci(a + 0.1 + np.arange(5) / 100, a)) == u.BETTER
+    assert u.verdict(u.paired_bootstrap_ci(a[:4] + 0.1, a[:4] - np.array([0, 0.01, 0.0, 0.02]),
+                                           min_cases=4)) == u.BETTER
     one = u.paired_bootstrap_ci([0.9], [0.8])
     assert math.isnan(one.low) and u.verdict(one) == u.NO_VERDICT
     assert "one case gives no interval" in u.compare_sentence(one)
@@ -383,6 +390,6 @@ def test_ci_markdown_and_verdict_summary():
                         f"{100 * row['kidney_high']:.1f}] | 0.0 [0.0, 0.0] | 10 |")
     comps = u.paired_table(df, [("msan_v1", "unet3d")])
     assert u.summarize_verdicts(comps) == ("kidney: 1 of 1 comparisons better; tumour: no verdict in 1 of 1 "
-                                          "(the runs are degenerate or too short to compare).")
+                                          "(too few cases, or runs too short to compare).")
     mixed = pd.DataFrame({"region": ["kidney"] * 3, "verdict": [u.UNRESOLVED, u.BETTER, u.UNRESOLVED]})
     assert u.summarize_verdicts(mixed) == "kidney: 1 of 3 comparisons better, 2 not distinguishable."
