@@ -406,28 +406,30 @@ def _ok_rows(per_case):
     return per_case
 
 
-def ci_table(per_case, *, by: str = "model", regions: Sequence[str] = REGIONS, confidence: float = CONFIDENCE,
-             n_resamples: int = N_RESAMPLES, seed: int | None = SEED):
+def ci_table(per_case, *, by: str | Sequence[str] = "model", regions: Sequence[str] = REGIONS,
+             confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int | None = SEED):
     """Mean Dice with its bootstrap interval per group and region.
 
     Args:
         per_case: per-case table (:func:`kitsmsan.metrics.dice_table`) with ``case_id``, ``by`` and
             the ``regions`` columns (cases are resampled in case-id order); rows whose ``status`` is not ``"ok"`` are left out, as in
             :func:`kitsmsan.metrics.summarize`.
-        by: group column, default ``"model"``.
+        by: group column(s), default ``"model"`` (``["model", "postprocess"]`` gives the
+            post-processing table).
         regions: default :data:`kitsmsan.metrics.REGIONS` (``kidney``, ``tumor``).
         confidence, n_resamples, seed: as :func:`bootstrap_ci` (0.95, 10,000, 0).
 
     Returns:
-        ``pandas.DataFrame`` indexed by group with, per region, ``<region>``, ``<region>_low``,
+        ``pandas.DataFrame`` indexed by group (a MultiIndex for several columns) with, per region, ``<region>``, ``<region>_low``,
         ``<region>_high``, ``<region>_n`` (fractions) — the means equal :func:`summarize`'s.
     """
     df = _ok_rows(per_case)
-    for col in (by, *regions):
+    keys = [by] if isinstance(by, str) else list(by)
+    for col in (*keys, *regions):
         if col not in df.columns:
             raise DataError(f"ci_table: per-case table has no column {col!r}")
     out, index = [], []
-    for key, sub in df.groupby(by, sort=False):
+    for key, sub in df.groupby(keys if len(keys) > 1 else keys[0], sort=False):
         if "case_id" in sub.columns:  # case-id order: the resamples do not depend on the row order
             sub = sub.sort_values("case_id", kind="stable")
         row: dict[str, Any] = {}
@@ -438,7 +440,8 @@ def ci_table(per_case, *, by: str = "model", regions: Sequence[str] = REGIONS, c
                         f"{region}_n": iv.n})
         out.append(row)
         index.append(key)
-    return pd.DataFrame(out, index=pd.Index(index, name=by))
+    idx = pd.Index(index, name=keys[0]) if len(keys) == 1 else pd.MultiIndex.from_tuples(index, names=keys)
+    return pd.DataFrame(out, index=idx)
 
 
 def paired_table(per_case, pairs: Sequence[tuple[str, str]], *, by: str = "model",
@@ -516,14 +519,19 @@ def ci_markdown(ci, *, names: Mapping[str, str] | None = None, regions: Sequence
     def pct(v: float) -> str:
         return "n/a" if not math.isfinite(float(v)) else f"{scale * float(v):.{digits}f}"
 
+    def name(key: Any) -> str:
+        parts = key if isinstance(key, tuple) else (key,)
+        return ", ".join(str(names.get(p, p)) for p in parts)
+
     label = {"tumor": "Tumour"}
     head = " | ".join(f"{label.get(r, r.capitalize())} (95 % CI)" for r in regions)
-    lines = [f"| {ci.index.name or 'group'} | {head} | cases |",
+    index_name = ", ".join(n for n in ci.index.names if n) or "group"
+    lines = [f"| {index_name} | {head} | cases |",
              "|---|" + "---:|" * len(regions) + "---:|"]
     for key, row in ci.iterrows():
         cells = [f"{pct(row[r])} [{pct(row[f'{r}_low'])}, {pct(row[f'{r}_high'])}]" for r in regions]
         n = max(int(row[f"{r}_n"]) for r in regions)
-        lines.append(f"| {names.get(key, key)} | " + " | ".join(cells) + f" | {n} |")
+        lines.append(f"| {name(key)} | " + " | ".join(cells) + f" | {n} |")
     return "\n".join(lines) + "\n"
 
 

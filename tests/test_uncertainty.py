@@ -393,3 +393,14 @@ def test_ci_markdown_and_verdict_summary():
                                           "(too few cases, or runs too short to compare).")
     mixed = pd.DataFrame({"region": ["kidney"] * 3, "verdict": [u.UNRESOLVED, u.BETTER, u.UNRESOLVED]})
     assert u.summarize_verdicts(mixed) == "kidney: 1 of 3 comparisons better, 2 not distinguishable."
+
+
+def test_ci_table_by_two_columns_is_the_postprocessing_table():
+    df = pd.concat([_per_case(), _per_case().assign(postprocess=1, kidney=lambda d: d["kidney"] - 0.1)])
+    ci = u.ci_table(df, by=["model", "postprocess"])
+    assert list(ci.index.names) == ["model", "postprocess"] and len(ci) == 4
+    s = summarize(df, by=["model", "postprocess"])
+    assert ci.loc[("unet3d", 1), "kidney"] == pytest.approx(s.loc[("unet3d", 1), "kidney"])
+    md = u.ci_markdown(ci, names={"unet3d": "3D U-Net"})
+    assert md.splitlines()[0].startswith("| model, postprocess | Kidney (95 % CI)")
+    assert "| 3D U-Net, 1 |" in md
