@@ -15,6 +15,7 @@ notebooks declare.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 from pathlib import Path
 
@@ -42,20 +43,63 @@ def _parameter_names(path: Path) -> set[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_notebooks_are_paired_in_sync_and_have_no_outputs():
-    jupytext = pytest.importorskip("jupytext")
-    sources = sorted(NOTEBOOKS.glob("0*.md"))
-    assert [p.stem for p in sources] == [p.stem for p in sorted(NOTEBOOKS.glob("0*.ipynb"))]
-    for source in sources:
-        text = jupytext.read(source)
-        nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
-        assert text.metadata["jupytext"]["formats"] == "ipynb,md:myst", f"{source.name}: not paired"
-        assert [(c.cell_type, c.source) for c in text.cells] == [(c.cell_type, c.source) for c in nb.cells], (
-            f"{source.name}: out of sync with its .ipynb (jupytext --sync {source.relative_to(ROOT)})")
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{source.name}: committed with outputs"
-                assert "nn.Module" not in cell.source, f"{source.name}: a notebook defines no model code"
+def _check_notebooks():
+    spec = importlib.util.spec_from_file_location("check_notebooks", ROOT / "scripts" / "check_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebooks_are_paired_in_sync_clean_and_install_themselves():
+    """scripts/check_notebooks.py (what `make check-notebooks` runs) passes on the committed notebooks."""
+    pytest.importorskip("jupytext")
+    cn = _check_notebooks()
+    assert cn.check() == []
+    assert [md.stem for md, _ in cn.pairs()] == sorted(p.stem for p in NOTEBOOKS.glob("0*.md"))
+    for path in sorted(NOTEBOOKS.glob("0*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            assert "nn.Module" not in cell.source, f"{path.name}: a notebook defines no model code"
+
+
+def test_check_notebooks_finds_each_problem(tmp_path):
+    """Each check fails on a copy with that one fault (out of sync, outputs, install cell URL, missing pair)."""
+    pytest.importorskip("jupytext")
+    cn = _check_notebooks()
+    config = tmp_path / "_config.yml"
+    config.write_text("repository:\n  url: https://example.org/fork/kitsmsan/\n  branch: v1\n")
+    assert cn.install_url(config) == "git+https://example.org/fork/kitsmsan@v1"
+    assert 'os.environ.get("KITSMSAN_INSTALL_URL", "git+https://example.org/fork/kitsmsan@v1")' in (
+        cn.install_cell(config))
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    monkey_root = cn.ROOT
+    cn.ROOT = tmp_path
+    try:
+        for name in ("01_data_exploration", "02_model_tour"):
+            for ext in (".md", ".ipynb"):
+                (folder / f"{name}{ext}").write_bytes((NOTEBOOKS / f"{name}{ext}").read_bytes())
+        # the committed cells name _config.yml's URL, not the fork's
+        assert {p.split(":")[0] for p in cn.check(folder, config)} == {
+            "notebooks/01_data_exploration.md", "notebooks/02_model_tour.md"}
+        assert cn.check(folder) == []
+        md = folder / "01_data_exploration.md"
+        md.write_text(md.read_text().replace("seed = 0", "seed = 1", 1))
+        nb = nbformat.read(folder / "02_model_tour.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if c.cell_type == "code")
+        cell.outputs = [nbformat.v4.new_output("stream", text="hi")]
+        cell.execution_count = 3
+        nbformat.write(nb, folder / "02_model_tour.ipynb")
+        (folder / "03_extra.md").write_text((NOTEBOOKS / "03_training.md").read_text())
+        problems = cn.check(folder)
+        assert any(p.startswith("01_data_exploration: .md and .ipynb differ (re-sync") for p in problems)
+        assert any(p.startswith("notebooks/02_model_tour.ipynb: cell 1 is committed with outputs") for p in problems)
+        assert any(p.startswith("notebooks/03_extra.ipynb: missing") for p in problems)
+        # --fix: the .md (newer) wins, the fork's install cell is written, outputs are cleared by the sync
+        cn.fix(folder, config)
+        assert cn.check(folder, config) == []
+        assert "seed = 1" in nbformat.read(folder / "01_data_exploration.ipynb", as_version=4).cells[2].source
+    finally:
+        cn.ROOT = monkey_root
 
 
 def test_parameters_cells_hold_primitives_only():
