@@ -218,7 +218,7 @@ def _read_run(run: Path) -> dict[str, Any]:
 
 
 def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, train_missing: bool = True,
-              missing_iters: int = 0, device: str = "cpu", models: bool = True) -> TrainedRuns:
+              missing_iters: int = 0, eval_every: int = 0, device: str = "cpu", models: bool = True) -> TrainedRuns:
     """The finished runs ``<runs_dir>/<variant>`` of a results page, trained first where missing if allowed.
 
     Args:
@@ -229,6 +229,7 @@ def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, tra
             notebook on its own needs); ``False`` (the book) makes a missing run an error.
         missing_iters: iterations of such a run (default 0: as the preset, the same runs as the
             training chapter's).
+        eval_every: validation every N iterations of such a run (default 0: as the preset).
         device: where to load (and train) the models (default ``"cpu"``; ``"auto"`` loads on the CPU).
         models: load each run's last checkpoint into :attr:`TrainedRuns.models` (default ``True``).
             The last checkpoint: the test cases never choose a checkpoint (as ``kitsmsan reproduce``).
@@ -248,10 +249,11 @@ def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, tra
     if missing and not train_missing:
         raise DataError(
             f"{root}: no finished run for {', '.join(missing)}. Make them with the training notebook "
-            f"(03_training.ipynb, variant=...), `make book`, or for each variant: kitsmsan train --variant "
+            f"(03_training_compared.ipynb trains all five), `make book`, or for each variant: kitsmsan train --variant "
             f"VARIANT --data {page.rel(page.data)} --cache {page.rel(page.cache)} --out {runs_dir}")
     for v in missing:
-        config = train_config(page, v, root / v, num_iters=missing_iters, device=device, progress=False)
+        config = train_config(page, v, root / v, num_iters=missing_iters, eval_every=eval_every, device=device,
+                              progress=False)
         print(f"{page.rel(root / v)}: no finished run; training it now ({config.num_iters} iterations, "
               "train_missing=True)")
         train(config, resume=True)

@@ -119,22 +119,50 @@ def test_papermill_reads_every_parameter():
         assert set(pm.inspect_notebook(str(path))) == _parameter_names(path), path.name
 
 
+def _defaults(path: Path) -> dict:
+    """The values of the notebook's ``parameters`` cell."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+
+
+#: the only parameters the book may set to other values than the notebook's own: where the book keeps
+#: its runs, and that its results pages never train
+BOOK_ONLY = {"runs_dir", "train_missing"}
+
+
 def test_notebook_params_json_passes_declared_parameters():
     entries = json.loads(PARAMS_JSON.read_text())
-    assert [e["output"] for e in entries if "03_training" in e["notebook"]] == [
-        f"book/generated/03_training_{v}.ipynb" for v in VARIANTS]
-    names = {e["notebook"] for e in entries}
-    assert names == {f"notebooks/{p.name}" for p in NOTEBOOKS.glob("0*.ipynb")}
+    names = [e["notebook"] for e in entries]
+    assert sorted(names) == sorted(f"notebooks/{p.name}" for p in NOTEBOOKS.glob("0*.ipynb"))
+    assert len(names) == len(set(names)), "one page per notebook: each launch button opens its own notebook"
     for e in entries:
-        declared = _parameter_names(ROOT / e["notebook"])
-        unknown = set(e["parameters"]) - declared
+        declared = _defaults(ROOT / e["notebook"])
+        unknown = set(e["parameters"]) - set(declared)
         assert not unknown, f"{e['output']}: parameters {sorted(unknown)} are not in the notebook's parameters cell"
         assert e["output"].startswith("book/generated/") and e["output"].endswith(".ipynb")
-    # the training runs come before the notebooks that read them
-    order = [e["output"] for e in entries]
-    last_training = max(i for i, o in enumerate(order) if "03_training" in o)
+        assert Path(e["output"]).stem == Path(e["notebook"]).stem, "the page is named after its notebook"
+        # the launch button opens this notebook: run as it is, it must do what the page shows
+        differ = {k for k, v in e["parameters"].items() if declared[k] != v} - BOOK_ONLY
+        assert not differ, f"{e['output']}: the book runs {sorted(differ)} differently from the notebook's defaults"
+    # the training notebooks run before the notebooks that read their runs
+    order = [Path(e["output"]).stem for e in entries]
+    last_training = max(order.index("03_training"), order.index("03_training_compared"))
     for reader in ("02_model_tour", "04_evaluation", "05_ablations", "06_slice_viewer"):
-        assert next(i for i, o in enumerate(order) if reader in o) > last_training
+        assert order.index(reader) > last_training
+    compared = next(e for e in entries if "03_training_compared" in e["output"])
+    assert compared["parameters"]["train_missing"] is True      # it trains the four other networks
+    assert _defaults(ROOT / compared["notebook"])["variants"].split(",") == list(VARIANTS)
+
+
+def test_paper_settings_are_one_documented_edit():
+    """smoke = False (with data_root) selects the paper preset; the parameter cells say so."""
+    for name in ("03_training", "03_training_compared"):
+        source = (NOTEBOOKS / f"{name}.md").read_text()
+        assert "set `smoke = False` and `data_root`" in source, name
+        defaults = _defaults(NOTEBOOKS / f"{name}.ipynb")
+        assert defaults["smoke"] is True and defaults["num_iters"] == 0 and defaults["device"] == ""
+        assert "eval_every=eval_every if smoke else 0" in source, name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,6 +264,25 @@ def test_03_training_trains_then_resumes(tiny_book):
     assert json.loads((run / "summary.json").read_text())["iterations"] == 4
     nb = _execute(tiny_book, "03_training.ipynb", "03c.ipynb", variant="msan_v1_ds", runs_dir=str(runs), num_iters=4)
     assert "already trained for 4 iterations; nothing to do" in _text(nb)
+
+
+@pytest.mark.slow
+def test_03_training_compared_reads_the_runs_and_trains_only_a_missing_one(tiny_book):
+    nb = _execute(tiny_book, "03_training_compared.ipynb", "03d.ipynb", runs_dir=str(tiny_book["runs"]),
+                  train_missing=False)
+    text = _text(nb)
+    assert "training it now" not in text                     # every run was there: nothing trained
+    for v in VARIANTS:
+        assert v in text
+    assert "the highest final validation composite Dice" in text
+    assert len(_outputs(nb, "image/png")) >= 2               # curves overlaid, final Dice bars
+    runs = tiny_book["root"] / "runs03d"
+    nb = _execute(tiny_book, "03_training_compared.ipynb", "03e.ipynb", runs_dir=str(runs), variants="msan_v2",
+                  num_iters=2, eval_every=1)
+    assert "runs03d/msan_v2: no finished run; training it now (2 iterations" in _text(nb)
+    assert json.loads((runs / "msan_v2" / "summary.json").read_text())["iterations"] == 2
+    rows = [json.loads(line) for line in (runs / "msan_v2" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("val_kidney" in r for r in rows) >= 2           # validated during training (eval_every)
 
 
 @pytest.mark.slow
