@@ -38,8 +38,8 @@ from kitsmsan.reproduce import labels_root_from_env, make_data
 from kitsmsan.train import TrainConfig, train
 from kitsmsan.train.loop import run_state
 
-__all__ = ["PageData", "TrainedRuns", "load_runs", "mean_dice", "page_data", "page_root", "postprocess", "score_model",
-           "to_plain", "train_config", "train_once"]
+__all__ = ["PageData", "TrainedRuns", "load_runs", "mean_dice", "page_data", "page_root", "postprocess",
+           "score_model", "to_plain", "train_config", "train_once"]
 
 
 def page_root(cwd: str | os.PathLike | None = None) -> Path:
@@ -162,10 +162,12 @@ def train_config(page: PageData, variant: str, run_dir: str | os.PathLike, *, nu
     Returns:
         ``TrainConfig.from_preset(page.preset, ...)``.
     """
-    chosen = {k: v for k, v in (("num_iters", num_iters), ("eval_every", eval_every), ("device", device)) if v}
+    chosen = {k: v for k, v in (("num_iters", num_iters), ("eval_every", eval_every), ("device", device))
+              if v}
     return TrainConfig.from_preset(page.preset, variant=variant, data_root=str(page.data),
-                                   cache_dir=str(page.cache), run_dir=str(run_dir), train_cases=page.train_cases,
-                                   test_cases=page.test_cases, seed=page.seed, **chosen, **overrides)
+                                   cache_dir=str(page.cache), run_dir=str(run_dir),
+                                   train_cases=page.train_cases, test_cases=page.test_cases, seed=page.seed,
+                                   **chosen, **overrides)
 
 
 class TrainedRuns(Mapping):
@@ -218,7 +220,8 @@ def _read_run(run: Path) -> dict[str, Any]:
 
 
 def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, train_missing: bool = True,
-              missing_iters: int = 0, eval_every: int = 0, device: str = "cpu", models: bool = True) -> TrainedRuns:
+              missing_iters: int = 0, eval_every: int = 0, device: str = "cpu",
+              models: bool = True) -> TrainedRuns:
     """The finished runs ``<runs_dir>/<variant>`` of a results page, trained first where missing if allowed.
 
     Args:
@@ -249,11 +252,12 @@ def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, tra
     if missing and not train_missing:
         raise DataError(
             f"{root}: no finished run for {', '.join(missing)}. Make them with the training notebook "
-            f"(03_training_compared.ipynb trains all five), `make book`, or for each variant: kitsmsan train --variant "
-            f"VARIANT --data {page.rel(page.data)} --cache {page.rel(page.cache)} --out {runs_dir}")
+            f"(03_training_compared.ipynb trains all five), `make book`, or for each variant: "
+            f"kitsmsan train --variant VARIANT --data {page.rel(page.data)} --cache {page.rel(page.cache)} "
+            f"--out {runs_dir}")
     for v in missing:
-        config = train_config(page, v, root / v, num_iters=missing_iters, eval_every=eval_every, device=device,
-                              progress=False)
+        config = train_config(page, v, root / v, num_iters=missing_iters, eval_every=eval_every,
+                              device=device, progress=False)
         print(f"{page.rel(root / v)}: no finished run; training it now ({config.num_iters} iterations, "
               "train_missing=True)")
         train(config, resume=True)
@@ -313,7 +317,8 @@ def mean_dice(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any]) -> dict
     Returns:
         ``{"kidney": mean Dice, "tumor": mean Dice}`` as :func:`kitsmsan.metrics.summarize` averages them.
     """
-    rows = [{"case_id": cid, **kits_dice(p, getattr(truth[cid], "label", truth[cid]))} for cid, p in preds.items()]
+    rows = [{"case_id": cid, **kits_dice(p, getattr(truth[cid], "label", truth[cid]))}
+            for cid, p in preds.items()]
     s = summarize(dice_table(rows))
     return {"kidney": float(s["kidney"].iloc[0]), "tumor": float(s["tumor"].iloc[0])}
 

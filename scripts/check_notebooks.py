@@ -76,7 +76,7 @@ def install_cell(config: Path = CONFIG) -> str:
 
 def pairs(folder: Path = NOTEBOOKS) -> list[tuple[Path, Path]]:
     """``(md, ipynb)`` for every notebook of ``folder`` (``NN_name.*``), sorted by name."""
-    stems = {p.stem for p in folder.glob("[0-9][0-9]_*.md")} | {p.stem for p in folder.glob("[0-9][0-9]_*.ipynb")}
+    stems = {p.stem for pattern in ("[0-9][0-9]_*.md", "[0-9][0-9]_*.ipynb") for p in folder.glob(pattern)}
     return [(folder / f"{s}.md", folder / f"{s}.ipynb") for s in sorted(stems)]
 
 
@@ -90,7 +90,8 @@ def check_pair(md: Path, ipynb: Path, expected_install: str) -> list[str]:
     for path in (md, ipynb):
         if not path.is_file():
             other = ipynb if path == md else md
-            return [f"{path.relative_to(ROOT)}: missing (make it with jupytext --sync {other.relative_to(ROOT)})"]
+            return [f"{path.relative_to(ROOT)}: missing "
+                    f"(make it with jupytext --sync {other.relative_to(ROOT)})"]
     problems = []
     source = jupytext.read(md)
     try:
@@ -99,7 +100,8 @@ def check_pair(md: Path, ipynb: Path, expected_install: str) -> list[str]:
         return [f"{ipynb.relative_to(ROOT)}: not a readable notebook ({exc})"]
     for path, nb in ((md, source), (ipynb, paired)):
         if nb.metadata.get("jupytext", {}).get("formats") != FORMATS:
-            problems.append(f"{path.relative_to(ROOT)}: not paired (metadata jupytext.formats must be {FORMATS})")
+            problems.append(f"{path.relative_to(ROOT)}: not paired "
+                            f"(metadata jupytext.formats must be {FORMATS})")
     if _cells(source) != _cells(paired):
         problems.append(f"{name}: .md and .ipynb differ (re-sync: jupytext --sync {md.relative_to(ROOT)})")
     for i, cell in enumerate(paired.cells):
@@ -112,7 +114,8 @@ def check_pair(md: Path, ipynb: Path, expected_install: str) -> list[str]:
                         "(python scripts/check_notebooks.py --fix writes it)")
     tagged = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
     if len(tagged) != 1 or tagged[0] == 0:
-        problems.append(f"{md.relative_to(ROOT)}: needs exactly one cell tagged 'parameters', after the install cell")
+        problems.append(f"{md.relative_to(ROOT)}: needs exactly one cell tagged 'parameters', "
+                        "after the install cell")
     return problems
 
 
@@ -153,7 +156,8 @@ def fix(folder: Path = NOTEBOOKS, config: Path = CONFIG) -> list[Path]:
         if jupytext_cli(["--sync", "--quiet", str(md)]) != 0:
             raise SystemExit(f"{md}: jupytext --sync failed")
         paired = nbformat.read(ipynb, as_version=4)   # the sync keeps outputs; the committed copy has none
-        dirty = [c for c in paired.cells if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+        dirty = [c for c in paired.cells
+                 if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
         for cell in dirty:
             cell.outputs, cell.execution_count = [], None
         if dirty:
