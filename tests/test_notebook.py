@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from kitsmsan.errors import ConfigError, DataError
-from kitsmsan.train.config import PRESETS
 from kitsmsan.notebook import (
     PageData,
     TrainedRuns,
@@ -23,6 +22,7 @@ from kitsmsan.notebook import (
     train_config,
     train_once,
 )
+from kitsmsan.train.config import PRESETS
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,16 @@
-"""The six book notebooks, executed with papermill on tiny parameters (issue #5).
+"""The book's notebooks, executed with papermill on tiny parameters.
 
 A session fixture writes six 32 x 32 x 8 phantoms, prepares their cache and trains the five
 variants for a few iterations (the run folders the evaluation, ablation and viewer notebooks read).
 Each test runs one notebook with papermill into a temporary folder and checks what it was meant to
 produce: the ``injected-parameters`` cell, the figures, and the files it writes. The notebooks'
-default parameters (a quick look on the book's phantoms) are exercised separately by
+default parameters are the book's own (the smoke preset), exercised by ``make book`` and by
 ``pytest --nbval-lax notebooks/``.
 
 Also checked: every MyST source ``notebooks/NN_name.md`` and its paired ``.ipynb`` hold the same cells,
-the ``.ipynb`` carries no outputs, and ``scripts/notebook_params.json`` only passes parameters the
-notebooks declare.
+the ``.ipynb`` carries no outputs and starts with the install cell (``scripts/check_notebooks.py``),
+and ``scripts/notebook_params.json`` passes only parameters the notebooks declare, with the notebook's
+own values except where the book keeps its runs.
 """
 
 from __future__ import annotations
