@@ -39,6 +39,7 @@ FORMATS = "ipynb,md:myst"
 #: the environment variable that replaces the install cell's pip URL (tests point it at a local clone)
 INSTALL_URL_ENV = "KITSMSAN_INSTALL_URL"
 
+#: the install cell, as ``ruff format`` leaves it (so formatting the notebooks keeps it valid)
 INSTALL_TEMPLATE = '''\
 # Installs kitsmsan where it does not import yet (e.g. on Colab), keeping the runtime's own torch.
 import importlib
@@ -52,8 +53,9 @@ if importlib.util.find_spec("kitsmsan") is None:
 
     url = os.environ.get("{env}", "{url}")
     keep = [f"torch=={{version('torch')}}"] if importlib.util.find_spec("torch") else []
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"kitsmsan[widgets] @ {{url}}", *keep],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", f"kitsmsan[widgets] @ {{url}}", *keep], check=True
+    )
     importlib.invalidate_caches()'''
 
 
