@@ -7,12 +7,13 @@ Two subcommands, both run from the repository root::
 
 ``run-notebooks`` executes every entry of ``scripts/notebook_params.json`` (a JSON list, in run
 order, of ``{"notebook": "notebooks/03_training.ipynb", "output":
-"book/generated/03_training_unet3d.ipynb", "parameters": {...}, "title": "..."}``; ``title`` is
+"book/generated/03_training.ipynb", "parameters": {...}, "title": "..."}``; ``title`` is
 optional) with papermill: kernel ``python3``, working directory the repository root (so notebooks
 use paths relative to it), the parameters injected after the notebook's ``parameters`` cell. The
-executed copy is written atomically to ``output`` (under ``book/generated/``); when ``title`` is
-given, the first level-1 Markdown heading of the copy is replaced by it (the training notebook runs
-once per variant, and each page needs its own title). A notebook that fails leaves the previous
+``notebook`` is the ``.ipynb`` of a jupytext pair (its MyST ``.md`` is the source; the two are kept
+in sync by ``jupytext --sync`` and checked by ``scripts/check_notebooks.py``). The executed copy is
+written atomically to ``output`` (under ``book/generated/``); when ``title`` is given, the first
+level-1 Markdown heading of the copy is replaced by it (for a notebook run more than once). A notebook that fails leaves the previous
 output untouched and its partial copy in ``_build/failed/``; the command then exits with status 1.
 
 ``render`` writes the Markdown snippets that the prose pages ``{include}`` into ``book/generated/``:
@@ -141,7 +142,7 @@ def run_notebooks(only: list[str] | None = None, reuse: bool = False, params: Pa
     """Execute the entries of ``scripts/notebook_params.json`` with papermill, in order.
 
     Args:
-        only: output names (``03_training_unet3d``) or notebook names (``03_training``) to run;
+        only: output names (``03_training_compared``) or notebook names (``03_training``) to run;
             default ``None`` runs all.
         reuse: skip entries whose output is newer than the notebook and has the same parameters
             (a quick re-render during writing; default ``False``, everything re-runs).
