@@ -171,7 +171,7 @@ def test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_com
     assert rc == 2
     assert_one_line_error(err, "predict", str(world / "out" / "prediction_00001.nii.gz"), "No space left")
     out = world / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["prediction_00000.nii.gz"]  # no temporaries
+    assert sorted(p.name for p in out.iterdir()) == [".kitsmsan-output.json", "prediction_00000.nii.gz"]
     clean = labels_of(world / "clean")
     np.testing.assert_array_equal(labels_of(out)["prediction_00000.nii.gz"], clean["prediction_00000.nii.gz"])
     rc, err = run_cli(capsys, predict_argv(world))  # space is back
@@ -350,7 +350,7 @@ def test_hostile_folder_names_in_the_data_folder_write_nothing_outside(world, ca
     assert all(p == "out" or p.startswith("out/") for p in new), new
     assert {k: v for k, v in after.items() if k in before} == before  # nothing outside changed
     assert sorted(p.name for p in (world / "out").iterdir()) == [
-        "predict.json", "prediction_00000.nii.gz", "prediction_00001.nii.gz", "prediction_00005.nii.gz"]
+        ".kitsmsan-output.json", "predict.json", "prediction_00000.nii.gz", "prediction_00001.nii.gz", "prediction_00005.nii.gz"]
 
 
 def test_phantoms_out_writes_only_inside_it(tmp_path, capsys):
@@ -386,7 +386,7 @@ def test_prepare_refuses_a_cache_that_is_a_data_folder(world, capsys, cache):
     rc, err = run_cli(capsys, ["prepare", "--data", world / "data", "--cache", world / cache, "--no-progress"])
     assert rc == 2
     assert_one_line_error(err, "prepare", str(world / cache), "differ from the data folder"
-                          if cache == "data" else "not a kitsmsan cache")
+                          if cache == "data" else "not a file of a kitsmsan cache")
     assert tree(world) == before and _digests(world) == contents
 
 
@@ -402,7 +402,8 @@ def test_phantoms_refuse_to_overwrite_real_cases(world, capsys, kind):
     argv += ["--size", "32", "--slices", "6"] if kind == "pure" else ["--from-labels", world / "labels"]
     rc, err = run_cli(capsys, argv)
     assert rc == 2
-    assert_one_line_error(err, "phantoms", str(world / "data"), "case_00000", "refusing to overwrite")
+    assert_one_line_error(err, "phantoms", str(world / "data"), "case_00000", "not an output folder of 'kitsmsan "
+                          "phantoms'")
     assert tree(world) == before and _digests(world) == contents
 
 

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
                    help="case numbers, e.g. '180-189' (default: the predictions in the first folder)")
     p.add_argument("--postprocess", type=int, default=0, metavar="K",
                    help="keep the K largest kidney-region components of the result (default 0 = off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not this command's output (its files are kept, never deleted)")
     p.set_defaults(func=run)
 
 
@@ -43,17 +45,20 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.data.kits19 import case_id
     from kitsmsan.errors import ConfigError, DataError
     from kitsmsan.metrics import list_predictions, prediction_filename
-    from kitsmsan.utils.io import atomic_write_json, new_output_dir
+    from kitsmsan.utils.io import atomic_write_json, claim_output_dir, distinct_dirs, new_output_dir, only_files
 
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
-    dirs = [Path(d) for d in args.pred]
+    dirs = distinct_dirs(args.pred)  # one folder given twice (pA ./pA/) is refused
     for d in dirs:
         if not d.is_dir():
             raise DataError(f"{d}: prediction folder does not exist")
     out_dir = Path(args.out)
     if any(out_dir.resolve() == d.resolve() for d in dirs):
         raise ConfigError(f"--out {out_dir}: must differ from the input folders")
+    recognize = only_files("prediction_*.nii.gz", "ensemble.json")
+    claim_output_dir(out_dir, "predictions", command="ensemble", overwrite=args.overwrite, recognize=recognize,
+                     create=False)
     if args.cases is None:
         ids = list_predictions(dirs[0])
     else:
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         hint = " (average needs 'kitsmsan predict --save-probs')" if args.method == "average" else ""
         raise DataError(f"{len(missing)} input files missing{hint}: {', '.join(missing)}")
 
-    with new_output_dir(out_dir):  # a failure before any file is written leaves no folder
+    with new_output_dir(out_dir, "predictions", command="ensemble", overwrite=args.overwrite,
+                        recognize=recognize):  # a failure before any file is written leaves no folder
         _combine(args, ids, dirs, out_dir, probs_name)
     try:
         atomic_write_json(out_dir / "ensemble.json", {

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--save-probs", action="store_true",
                    help="also write probs_XXXXX.npy (float16, 3 x Z x Y x X; ~470 MB for 512x512x300)")
     p.add_argument("--progress", action="store_true", help="show a progress bar per case")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not this command's output (its files are kept, never deleted)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.data.kits19 import case_id, list_cases
     from kitsmsan.errors import ConfigError, DataError
     from kitsmsan.inference import load_model, resolve_device
-    from kitsmsan.utils.io import atomic_write_json, new_output_dir
+    from kitsmsan.utils.io import atomic_write_json, claim_output_dir, new_output_dir, only_files
 
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
@@ -60,13 +62,17 @@ def run(args: argparse.Namespace) -> int:
     missing = [c for c in ids if c not in available]
     if missing:
         raise DataError(f"{data_root}: no imaging for {', '.join(missing)}")
+    recognize = only_files("prediction_*.nii.gz", "probs_*.npy", "predict.json")
+    claim_output_dir(out_dir, "predictions", command="predict", overwrite=args.overwrite, recognize=recognize,
+                     create=False)  # refused before the models are loaded
 
     import torch
 
     device = resolve_device([torch.nn.Identity()], args.device)
     models = [load_model(r, device, checkpoint=args.checkpoint) for r in args.run]
     timings = {}
-    with new_output_dir(out_dir):  # a failure before any file is written leaves no folder
+    with new_output_dir(out_dir, "predictions", command="predict", overwrite=args.overwrite,
+                        recognize=recognize):  # a failure before any file is written leaves no folder
         _predict_cases(args, ids, models, device, data_root, out_dir, timings)
     try:
         atomic_write_json(out_dir / "predict.json", {

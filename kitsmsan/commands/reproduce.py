@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training setting for every run, e.g. --set num_iters=50 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not a reproduction (its files are kept, never deleted)")
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,15 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.reproduce import reproduce
     from kitsmsan.train.config import parse_overrides
 
+    from kitsmsan.errors import ConfigError
+    from kitsmsan.utils.io import claim_output_dir, only_files
+
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+    if args.variants is not None and not variants:
+        raise ConfigError(f"--variants {args.variants!r}: empty selection; name at least one network "
+                          "(or leave --variants out for all five)")
+    claim_output_dir(args.out, "reproduce", command="reproduce", overwrite=args.overwrite, recognize=only_files(
+        "data", "data.json", "cache", "runs", "predictions", "table1.*", "per_case.csv"))
     paths = reproduce(args.preset, args.out, data=args.data, labels=args.labels, variants=variants,
                       overrides=parse_overrides(args.overrides), progress=not args.no_progress)
     print(paths["table_md"].read_text(encoding="utf-8"))

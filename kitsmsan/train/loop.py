@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingError
 from kitsmsan.train import checkpoint as ckpt
 from kitsmsan.train.config import TrainConfig
+from kitsmsan.train.runlock import check_resume_overrides, reached_iteration, run_folder
 from kitsmsan.train.distributed import DistInfo, WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
 from kitsmsan.utils.amp import mixed_precision_dtype
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text
@@ -456,11 +458,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         ConfigError, DataError, CheckpointError: bad settings, data or checkpoint (named).
         TrainingError: non-finite loss (last good checkpoint kept) or a failed checkpoint write.
     """
-    trainer = Trainer(config, resume=resume)
-    try:
-        return trainer.fit()
-    finally:
-        cleanup(trainer.dist)
+    with run_folder(config.run_dir, main=int(os.environ.get("RANK", "0")) == 0):  # claimed + locked
+        trainer = Trainer(config, resume=resume)
+        try:
+            return trainer.fit()
+        finally:
+            cleanup(trainer.dist)
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Path:
@@ -471,6 +474,7 @@ def resume(run_dir: str | Path, **overrides: Any) -> Path:
     """
     run_dir = Path(run_dir)
     config = TrainConfig.from_json(run_dir / CONFIG_FILE)
+    check_resume_overrides(overrides, reached_iteration(run_dir))  # refuse what would change the run
     if overrides:
         config = config.replace(**overrides)
     if Path(config.run_dir or "").resolve() != run_dir.resolve():
