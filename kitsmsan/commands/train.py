@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.train import TrainConfig
     from kitsmsan.train.config import parse_overrides
     from kitsmsan.train.loop import resume, run_state, train
-    from kitsmsan.train.runlock import is_run_folder
+    from kitsmsan.train.runlock import check_resume_overrides, is_run_folder
     from kitsmsan.utils.io import claim_output_dir
 
     overrides = parse_overrides(args.overrides)
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").is_file():
             raise ConfigError(f"--resume {run_dir}: no config.json there (not a kitsmsan run folder)")
+        check_resume_overrides(overrides)  # a setting that would change the run: refused by name
         if run_state(run_dir) == "done" and "num_iters" not in overrides:
             print(f"{run_dir}: already finished (summary.json); nothing to do")
             return 0
