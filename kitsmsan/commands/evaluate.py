@@ -43,6 +43,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_grids(pred_dir, data_root, case_ids) -> None:
+    """Each prediction present must lie on its ground truth's grid (headers only)."""
+    from kitsmsan.data.kits19 import SEGMENTATION_FILE, check_prediction_grid, normalize_case_id
+    from kitsmsan.metrics import list_predictions, prediction_filename
+
+    ids = list_predictions(pred_dir) if case_ids is None else [normalize_case_id(c) for c in case_ids]
+    for cid in ids:
+        pred, seg = pred_dir / prediction_filename(cid), data_root / cid / SEGMENTATION_FILE
+        if pred.is_file() and seg.is_file():
+            check_prediction_grid(pred, seg)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -61,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     claim = dict(command="evaluate", overwrite=args.overwrite,
                  recognize=only_files("per_case.csv", "summary.csv", "summary.json", "summary.md"))
     claim_output_dir(args.out, "evaluation", create=False, **claim)  # refused before scoring
+    _check_grids(Path(args.pred), Path(args.data), case_ids)  # same grid as the ground truth, or refused
     passes = [0] + ([args.postprocess] if args.postprocess else [])
     tables = [
         evaluate_folder(args.pred, args.data, case_ids, postprocess=k, allow_missing=args.allow_missing)
