@@ -87,7 +87,8 @@ def world(tmp_path: Path) -> Path:
     preds = tmp_path / "preds"
     preds.mkdir()
     _, label, _ = make_tiny_case("case_00000")
-    write_nifti(preds / "prediction_00000.nii.gz", label)
+    ref = nib.load(str(tmp_path / "data" / "case_00000" / "imaging.nii.gz"))
+    nib.save(nib.Nifti1Image(label, ref.affine), str(preds / "prediction_00000.nii.gz"))  # its grid
     (tmp_path / "empty").mkdir()
     return tmp_path
 
