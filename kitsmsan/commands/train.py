@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.train import TrainConfig
     from kitsmsan.train.config import parse_overrides
     from kitsmsan.train.loop import resume, run_state, train
-    from kitsmsan.train.runlock import check_resume_overrides, is_run_folder
+    from kitsmsan.train.runlock import check_bounds, check_resume_overrides, is_run_folder
     from kitsmsan.utils.io import claim_output_dir
 
     overrides = parse_overrides(args.overrides)
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         args.preset, variant=args.variant, data_root=str(args.data) if args.data else None,
         cache_dir=str(cache), run_dir=str(run_dir), **overrides)
     config.check_model()  # a misspelt model.<key> fails here, before the cache is written
+    check_bounds(config)
     claim_output_dir(run_dir, "run", command="train", overwrite=args.overwrite, recognize=is_run_folder,
                      create=False)  # refused before the cache is written
     if args.data:

@@ -37,6 +37,10 @@ PAPER_SPLIT = {"train": "0-179", "test": "180-189"}  # MSAN paper, §2.1
 LABEL_DTYPES = {"int64": np.int64, "int16": np.int16, "uint8": np.uint8}
 
 
+#: the largest number a ``case_XXXXX`` id can hold
+MAX_CASE_NUMBER = 99999
+
+
 def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
     """Parse a case selection like ``"0-179,185"`` into case numbers.
 
@@ -70,6 +74,8 @@ def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
                 raise ConfigError(f"case range {spec!r}: {part!r} is not a number or a-b range") from None
             if lo > hi:
                 raise ConfigError(f"case range {spec!r}: {part!r} runs backwards")
+            if lo < 0 or hi > MAX_CASE_NUMBER:  # checked before the range is built (no MemoryError)
+                raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
             numbers.extend(range(lo, hi + 1))
     else:
         numbers = []
@@ -78,8 +84,8 @@ def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
                 numbers.append(kits19.case_number(kits19.normalize_case_id(item)))
             except DataError as exc:
                 raise ConfigError(f"case range: {exc}") from None
-    if any(n < 0 or n > 99999 for n in numbers):
-        raise ConfigError(f"case range {spec!r}: case numbers must be in 0..99999")
+    if any(n < 0 or n > MAX_CASE_NUMBER for n in numbers):
+        raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
     return list(dict.fromkeys(numbers))
 
 

@@ -166,7 +166,10 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: file is missing")
     try:
         img = nib.load(str(path))
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the input file is the file's fault
+        # (ImageFileError, HeaderDataError, EOFError, zlib.error, ValueError, struct.error ...)
         raise DataError(
             f"{path}: not a readable NIfTI file (not NIfTI, or corrupt/truncated; "
             f"{type(exc).__name__}: {exc})"
@@ -246,7 +249,9 @@ def _read_array(img: nib.Nifti1Image, path: Path, dtype=None) -> np.ndarray:
         if dtype is None:
             return np.asanyarray(img.dataobj)
         return np.asarray(img.dataobj, dtype=dtype)
-    except (EOFError, OSError, zlib.error, ValueError, gzip.BadGzipFile) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - EOFError, zlib.error, ValueError, HeaderDataError ...
         raise DataError(f"{path}: truncated or corrupt data ({type(exc).__name__}: {exc})") from exc
 
 

@@ -42,7 +42,7 @@ import torch
 from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingError
 from kitsmsan.train import checkpoint as ckpt
 from kitsmsan.train.config import TrainConfig
-from kitsmsan.train.runlock import check_resume_overrides, reached_iteration, run_folder
+from kitsmsan.train.runlock import check_bounds, check_resume_overrides, reached_iteration, run_folder
 from kitsmsan.train.distributed import DistInfo, WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
 from kitsmsan.utils.amp import mixed_precision_dtype
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text
@@ -458,6 +458,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         ConfigError, DataError, CheckpointError: bad settings, data or checkpoint (named).
         TrainingError: non-finite loss (last good checkpoint kept) or a failed checkpoint write.
     """
+    check_bounds(config)  # settings past their upper bounds: one line, before anything is written
     with run_folder(config.run_dir, main=int(os.environ.get("RANK", "0")) == 0):  # claimed + locked
         trainer = Trainer(config, resume=resume)
         try:

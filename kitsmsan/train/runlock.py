@@ -47,6 +47,41 @@ RESUME_RULES: dict[str, str] = {
 }
 
 
+def _max_threads() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
+#: upper bounds of settings that TrainConfig only bounds below; beyond them a run crashes (torch
+#: segfaults on 100000 threads, numpy refuses seeds >= 2**32) instead of failing with one line
+SETTING_BOUNDS: dict[str, Any] = {
+    "seed": 2**32 - 1,
+    "threads": _max_threads,  # 4 x the CPU count
+    "workers": 256,
+    "num_iters": 10**9,
+    "batch_size": 4096,
+    "num_slices": 1024,
+    "crop_size": 8192,
+    "eval_cases": 10**5,
+}
+
+
+def check_bounds(config: Any) -> None:
+    """Refuse settings past :data:`SETTING_BOUNDS`, and an ``eval_stride`` above ``num_slices``.
+
+    Raises:
+        ConfigError: naming the setting, its value and the bound.
+    """
+    for key, bound in SETTING_BOUNDS.items():
+        limit = bound() if callable(bound) else bound
+        value = getattr(config, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise ConfigError(f"config: {key}={value!r} is above the largest accepted value {limit}")
+    stride, depth = getattr(config, "eval_stride", None), getattr(config, "num_slices", None)
+    if isinstance(stride, int) and isinstance(depth, int) and stride > depth:
+        raise ConfigError(f"config: eval_stride={stride} is larger than num_slices={depth}: validation "
+                          "windows would skip slices")
+
+
 def is_run_folder(path: Path) -> bool:
     """True for a run folder written by ``kitsmsan train`` (its files only, a ``config.json``)."""
     from kitsmsan.utils.io import only_files
@@ -203,4 +238,4 @@ def run_folder(run_dir: str | os.PathLike | None, *, main: bool = True, overwrit
         raise
 
 
-__all__ = ["run_folder", "reached_iteration", "RunLock", "is_run_folder", "check_resume_overrides", "RESUME_RULES", "LOCK_FILE"]
+__all__ = ["check_bounds", "SETTING_BOUNDS", "run_folder", "reached_iteration", "RunLock", "is_run_folder", "check_resume_overrides", "RESUME_RULES", "LOCK_FILE"]
