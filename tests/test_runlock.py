@@ -139,3 +139,17 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "hostname": "elsewhere.example"}))
     with pytest.raises(ConfigError, match="in use by pid 1 on elsewhere.example"):
         RunLock(tmp_path).acquire()
+
+
+def test_the_book_lists_every_resume_rule():
+    """The reliability page's list is the table in the code (one place decides, the page follows)."""
+    import re
+
+    text = (REPO / "book" / "fragments" / "reliability-rules.md").read_text(encoding="utf-8")
+    listed = {}
+    for label, rule in (("applied and recorded", "apply"), ("may grow", "grow"), ("refused", "refuse")):
+        m = re.search(rf"- {label}[^:]*:(.*?)(?=\n  - |\n- |\n\n)", text, re.S)
+        assert m, label
+        for name in re.findall(r"`([a-z_]+)`", m.group(1)):
+            listed[name] = rule
+    assert listed == RESUME_RULES
