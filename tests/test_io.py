@@ -7,9 +7,9 @@ import os
 import stat
 
 import pytest
+from test_train import data  # noqa: F401  (module-scoped fixture: tiny cases + cache)
 
 from kitsmsan.utils.io import atomic_write_text
-from test_train import data  # noqa: F401  (module-scoped fixture: tiny cases + cache)
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:
@@ -57,7 +57,7 @@ def test_reproduce_with_an_empty_variant_list_is_an_error(tmp_path, capsys):
     (OSError(28, "No space left on device", "/x/y.pt"), "/x/y.pt: No space left on device"),
 ])
 def test_expected_machine_failures_are_one_line(monkeypatch, capsys, exc, expected):
-    import kitsmsan.commands.models as models
+    from kitsmsan.commands import models
 
     def boom(args):
         raise exc
@@ -69,7 +69,7 @@ def test_expected_machine_failures_are_one_line(monkeypatch, capsys, exc, expect
 
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch, capsys):
     """Only expected failure classes become one line; a bug is not hidden."""
-    import kitsmsan.commands.models as models
+    from kitsmsan.commands import models
 
     monkeypatch.setattr(models, "run", lambda args: 1 / 0)
     with pytest.raises(ZeroDivisionError):

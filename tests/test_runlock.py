@@ -9,15 +9,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+from test_train import data, tiny_config  # noqa: F401  (the module-scoped fixture)
+
 from kitsmsan.errors import ConfigError
 from kitsmsan.train import TrainConfig, train
 from kitsmsan.train.runlock import LOCK_FILE, RESUME_RULES, RunLock, check_resume_overrides
-from test_train import data, tiny_config  # noqa: F401  (the module-scoped fixture)
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:
@@ -148,7 +147,7 @@ def test_the_book_lists_every_resume_rule():
     text = (REPO / "book" / "fragments" / "reliability-rules.md").read_text(encoding="utf-8")
     listed = {}
     for label, rule in (("applied and recorded", "apply"), ("may grow", "grow"), ("refused", "refuse")):
-        m = re.search(rf"- {label}[^:]*:(.*?)(?=\n  - |\n- |\n\n)", text, re.S)
+        m = re.search(rf"- {label}[^:]*:(.*?)(?=\n  - |\n- |\n\n)", text, re.DOTALL)
         assert m, label
         for name in re.findall(r"`([a-z_]+)`", m.group(1)):
             listed[name] = rule

@@ -168,7 +168,7 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
         img = nib.load(str(path))
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure to parse the input file is the file's fault
+    except Exception as exc:  # any failure to parse the input file is the file's fault
         # (ImageFileError, HeaderDataError, EOFError, zlib.error, ValueError, struct.error ...)
         raise DataError(
             f"{path}: not a readable NIfTI file (not NIfTI, or corrupt/truncated; "
@@ -251,7 +251,7 @@ def _read_array(img: nib.Nifti1Image, path: Path, dtype=None) -> np.ndarray:
         return np.asarray(img.dataobj, dtype=dtype)
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - EOFError, zlib.error, ValueError, HeaderDataError ...
+    except Exception as exc:  # EOFError, zlib.error, ValueError, HeaderDataError ...
         raise DataError(f"{path}: truncated or corrupt data ({type(exc).__name__}: {exc})") from exc
 
 

@@ -185,7 +185,7 @@ class RunLock:
                     self.path.unlink()
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
@@ -238,4 +238,14 @@ def run_folder(run_dir: str | os.PathLike | None, *, main: bool = True, overwrit
         raise
 
 
-__all__ = ["check_bounds", "SETTING_BOUNDS", "run_folder", "reached_iteration", "RunLock", "is_run_folder", "check_resume_overrides", "RESUME_RULES", "LOCK_FILE"]
+__all__ = [
+    "LOCK_FILE",
+    "RESUME_RULES",
+    "SETTING_BOUNDS",
+    "RunLock",
+    "check_bounds",
+    "check_resume_overrides",
+    "is_run_folder",
+    "reached_iteration",
+    "run_folder",
+]

@@ -21,8 +21,9 @@ import fnmatch
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 from kitsmsan.errors import DataError, OutputFolderError
 
