@@ -89,6 +89,33 @@ def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
     return list(dict.fromkeys(numbers))
 
 
+def check_window_fits(dataset: "SliceWindowDataset", divisor: tuple[int, int, int]) -> None:
+    """Refuse training windows a network cannot take, with a hint that fits the cached planes.
+
+    Args:
+        dataset: the training windows (``num_slices``, ``plane_size``, ``crop_size``, ``meta``).
+        divisor: ``(d_D, d_H, d_W)`` the network needs the window to be a multiple of
+            (``ModelConfig.divisor``, e.g. ``(4, 16, 16)``).
+
+    Raises:
+        ConfigError: naming ``num_slices`` or ``crop_size``; the suggested size is a multiple of
+            the divisor no larger than the largest cached plane (never larger than the image).
+    """
+    dd, dh, dw = divisor
+    if dataset.num_slices % dd:
+        raise ConfigError(f"num_slices={dataset.num_slices}: the network needs a multiple of {dd}")
+    h, w = dataset.plane_size
+    if h % dh == 0 and w % dw == 0:
+        return
+    largest = tuple(max(m["shape"][i] for m in dataset.meta.values()) for i in (1, 2))
+    fit = [max(d, min(n, p) - min(n, p) % d) for n, p, d in zip((h, w), largest, (dh, dw))]
+    what = f"crop_size={dataset.crop_size!r}" if dataset.crop_size is not None else (
+        f"crop_size=None (the cached plane {h} x {w})")
+    raise ConfigError(f"{what}: the network needs H and W multiples of {dh} x {dw}; the cached planes are at "
+                      f"most {largest[0]} x {largest[1]}, so set crop_size={fit[0]}"
+                      + ("" if fit[0] == fit[1] else f" (or ({fit[0]}, {fit[1]}))"))
+
+
 def split_cases(
     case_ids: Iterable[int | str],
     train: str = PAPER_SPLIT["train"],

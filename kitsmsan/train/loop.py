@@ -198,7 +198,7 @@ class Trainer:
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        from kitsmsan.data.dataset import SliceWindowDataset, split_cases
+        from kitsmsan.data.dataset import SliceWindowDataset, check_window_fits, split_cases
         from kitsmsan.data.preprocess import load_cache_index
 
         index = load_cache_index(config.cache_dir)
@@ -216,6 +216,7 @@ class Trainer:
 
         seed_everything(config.seed)
         net = build_model_for(config)
+        check_window_fits(self.dataset, net.config.divisor)  # a hint that fits the cached planes
         self.loss_fn = build_loss(config, net)
         self.memory_format = (torch.channels_last_3d if config.channels_last else torch.contiguous_format)
         net = net.to(self.device, memory_format=self.memory_format)
