@@ -42,8 +42,8 @@ import torch
 from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingError
 from kitsmsan.train import checkpoint as ckpt
 from kitsmsan.train.config import TrainConfig
-from kitsmsan.train.runlock import check_bounds, check_resume_overrides, reached_iteration, run_folder
 from kitsmsan.train.distributed import DistInfo, WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
+from kitsmsan.train.runlock import check_bounds, check_resume_overrides, reached_iteration, run_folder
 from kitsmsan.utils.amp import mixed_precision_dtype
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text
 
