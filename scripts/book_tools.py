@@ -592,6 +592,7 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
       "tests/test_kits19.py::test_segmentation_affine_must_match_the_imaging",
       "tests/test_kits19.py::test_evaluate_refuses_a_prediction_on_another_grid",
       "tests/test_output_rule.py::test_ensemble_refuses_a_folder_given_twice",
+      "tests/test_reliability.py::test_probability_file_with_nan_is_named_in_ensemble",
       "tests/test_io.py::test_reproduce_with_an_empty_variant_list_is_an_error")),
     ("Traceback", "Hostile NIfTI headers (huge, zero-length, complex, RGB, pixdim 0), malformed checkpoint "
      "values, settings past their bounds, huge case ranges, a torch error on a full disk, out of memory: one "

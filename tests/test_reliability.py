@@ -301,6 +301,21 @@ def test_probability_file_of_the_wrong_kind_in_ensemble(world, capsys):
     assert not (world / "ens").exists()
 
 
+def test_probability_file_with_nan_is_named_in_ensemble(world, capsys):
+    """Errors about probability files name the file, not a position in a list."""
+    make_predictions(world, "p1", "p2")
+    bad = world / "p2" / "probs_00001.npy"
+    probs = np.load(bad)
+    probs[0, 0, 0, 0] = np.nan
+    np.save(bad, probs)
+    rc, err = run_cli(capsys, ["ensemble", "--pred", world / "p1", world / "p2", "--out", world / "ens",
+                               "--method", "average", "--cases", "1"])
+    assert rc == 2
+    line = assert_one_line_error(err, "ensemble", str(bad), "NaN or infinite")
+    assert "prob_maps[" not in line
+    assert not (world / "ens").exists()
+
+
 # -- paths never leave the output folder ------------------------------------------------------------
 
 def test_output_file_symlinked_outside_is_refused_by_predict(world, capsys):

@@ -108,6 +108,8 @@ def _load_probs(path):
     if not isinstance(probs, np.ndarray) or probs.dtype.kind != "f" or probs.ndim != 4:
         raise DataError(f"{path}: expected a float (3, Z, Y, X) array, got "
                         f"{getattr(probs, 'dtype', type(probs).__name__)} {getattr(probs, 'shape', '')}")
+    if not np.isfinite(probs).all():  # named here, not as a list position later
+        raise DataError(f"{path}: holds NaN or infinite probabilities")
     return probs
 
 
