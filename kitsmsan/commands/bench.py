@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--inputs", nargs="+", default=[], metavar="JSON", help="reports to merge")
     p.add_argument("--note", default=None, help="a sentence on the run's conditions, kept in the JSON header")
     p.add_argument("--wide", action="store_true", help="print every column (the JSON always has them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --json file this command did not write (the old one is kept beside it)")
     p.set_defaults(func=run)
 
 
@@ -98,6 +100,17 @@ def _kwargs(name: str, args: argparse.Namespace) -> dict:
     return dict(run=not args.skip_smoke, out=args.smoke_out, timeout_s=args.smoke_timeout)
 
 
+def _is_report(path) -> bool:
+    """A JSON report ``kitsmsan bench`` wrote: an object with ``results`` and ``device``."""
+    import json
+
+    try:
+        doc = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"results", "device"} <= set(doc)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmark(s), print a table, optionally write the JSON report; returns 0."""
     from kitsmsan.bench import (
@@ -109,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
         merge_reports,
     )
     from kitsmsan.errors import ConfigError
-    from kitsmsan.utils.io import atomic_write_json
+    from kitsmsan.utils.io import atomic_write_json, claim_output_file
 
+    if args.json:  # the output-folder rule for the report file
+        claim_output_file(args.json, command="bench", overwrite=args.overwrite, recognize=_is_report)
     if args.which == "merge":
         if not args.inputs or not args.json:
             raise ConfigError("bench merge: give --inputs A.json B.json ... and --json OUT")
