@@ -208,12 +208,43 @@ def test_cuda_peak_only_on_cuda():
 def test_cli_writes_a_report(tmp_path):
     out = tmp_path / "memory.json"
     proc = subprocess.run([sys.executable, "-m", "kitsmsan", "bench", "memory", "--variants", "unet3d",
-                           "--precisions", "fp32,bf16", "--no-fit", "--base-channels", "4", "--measured",
+                           "--precisions", "fp32,bf16", "--counts-only", "--base-channels", "4", "--measured",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     kinds = [(r["benchmark"], r.get("kind"), r.get("precision")) for r in report["results"]]
     assert ("memory", "train", "fp32") in kinds and ("memory", "train", "bf16") in kinds
     assert ("memory", "inference", "bf16") in kinds
-    assert {r["gpu"] for r in report["results"] if r["benchmark"] == "time"} == set(GPUS)
+    assert not [r for r in report["results"] if r["benchmark"] in ("time", "fit")]  # --counts-only
+    assert set(report["flops_per_iter"]) == {"unet3d"}
     assert report["margin"]["fraction"] == memory.MARGIN_FRACTION and report["torch"] == torch.__version__
+
+
+def test_markdown_tables_merge_gpu_measurements():
+    from kitsmsan.models.memory import memory_markdown
+
+    paper = "2x1x4x512x512"
+    report = {
+        "torch": "x", "commit": "c0ffee", "counted_on": "CPU", "date": "2026-12-01", "efficiency": 0.3,
+        "margin": {"fraction": 0.2, "context_gib": 0.5}, "flops_per_iter": {"unet3d": 6.0e12},
+        "results": [
+            {"benchmark": "memory", "kind": "train", "variant": "unet3d", "precision": "fp32", "input": paper,
+             "counted_gib": 6.4, "activations_gib": 5.1, "parameters_gib": 0.08, "optimizer_gib": 0.16,
+             "required_gib": 8.18},
+            {"benchmark": "fit", "gpu": "T4", "variant": "unet3d", "precision": "fp16", "fits": False,
+             "max_batch": 1, "max_crop": 384, "usable_gib": 14.7},
+        ]}
+    measured = [
+        {"benchmark": "memory", "kind": "train", "variant": "unet3d", "precision": "fp32", "input": paper,
+         "cuda_max_allocated_gib": 6.9, "cuda_device": "NVIDIA H100 80GB HBM3"},
+        {"benchmark": "step", "variant": "unet3d", "mode": "amp", "it_per_s": 4.0, "input": paper,
+         "device": "NVIDIA H100 80GB HBM3", "commit": "beef"}]
+    md = memory_markdown(report, measured, colab_iters=40_000)
+    assert "6.90 (NVIDIA H100 80GB HBM3)" in md["memory"] and "c0ffee" in md["memory"]
+    assert "**no**: batch 1, or crop 384² at batch 2" in md["fit"]
+    h100 = next(line for line in md["time"].splitlines() if line.startswith("| H100"))
+    assert "27.8 (measured)" in h100  # 400,000 / 4 it/s / 3600
+    t4 = next(line for line in md["time"].splitlines() if line.startswith("| T4"))
+    assert "measured" not in t4 and "Estimates" in md["time"]
+    assert "pending" not in md["memory"]
+    assert memory_markdown({**report, "results": []})["fit"].startswith("The fit search was not run")

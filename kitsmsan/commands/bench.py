@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--inputs", nargs="+", default=[], metavar="JSON", help="reports to merge")
     mem = p.add_argument_group("memory (counted without a GPU; see kitsmsan.models.memory)")
     mem.add_argument("--precisions", default="fp32,bf16,fp16", help="comma-separated (default fp32,bf16,fp16)")
-    mem.add_argument("--no-fit", action="store_true", help="skip the per-GPU fit search (minutes)")
+    mem.add_argument("--counts-only", action="store_true",
+                     help="only the memory rows: no per-GPU fit search (minutes) and no time estimates")
     mem.add_argument("--measured", nargs="*", default=None, metavar="JSON",
                      help="bench reports whose GPU step rows replace the time estimates "
                      "(default: book/data/bench_gpu.json if it exists)")
@@ -160,8 +161,8 @@ def _run_memory(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path}: not a readable bench report ({exc})") from None
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    report = memory_report(variants, precisions=precisions, fit=not args.no_fit,
-                           base_channels=args.base_channels, measured=measured,
+    report = memory_report(variants, precisions=precisions, fit=not args.counts_only,
+                           estimates=not args.counts_only, base_channels=args.base_channels, measured=measured,
                            on_row=lambda r: print(f"  counted {r.get('kind', r['benchmark'])} "
                                                   f"{r.get('variant', r.get('gpu'))} {r.get('precision', '')}",
                                                   flush=True))

@@ -531,7 +531,8 @@ def time_rows(flops: Mapping[str, int], *, gpus: Sequence[str] | None = None, nu
 
 # ------------------------------------------------------------------------------------ report
 def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence[str] = PRECISIONS,
-                  gpus: Sequence[str] | None = None, fit: bool = True, inference: bool = True,
+                  gpus: Sequence[str] | None = None, fit: bool = True, estimates: bool = True,
+                  inference: bool = True,
                   cuda: bool = True, base_channels: int | None = None, num_iters: int = PAPER_ITERS,
                   efficiency: float = EFFICIENCY, measured: Iterable[dict] = (),
                   on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
@@ -540,7 +541,8 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
     Rows: the counted training peak of each network × precision at the paper's step (with
     ``torch.cuda.max_memory_allocated`` of a real step beside it when ``cuda`` and a GPU is there),
     the inference peak of a 512 × 512 × 300 case, the fit rows (:func:`fit_rows`) and the time rows
-    (:func:`time_rows`, with ``measured`` step rows replacing estimates).
+    (:func:`time_rows`, with ``measured`` step rows replacing estimates). ``fit`` and ``estimates``
+    (default True) switch the last two off (``kitsmsan bench memory --counts-only``).
 
     Returns:
         ``{"what", "counted_on", "not_counted", "margin", "efficiency", "gpus", "torch", "commit",
@@ -550,8 +552,12 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
     for p in precisions:
         _check_precision(p)
     results: list[dict] = []
+    commit = os.environ.get("KITSMSAN_COMMIT", "").strip() or git_commit()
 
     def emit(row: dict) -> None:
+        # the provenance keys every bench row has (so GPU reports merge with `kitsmsan bench merge`)
+        row.update(device=row.get("cuda_device") or "none: counted under FakeTensorMode, not measured",
+                   torch=torch.__version__, commit=commit)
         results.append(row)
         if on_row:
             on_row(row)
@@ -572,8 +578,9 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
             if row["benchmark"] == "fit":
                 emit(row)
     flops = train_flops_per_iter(names)
-    for row in time_rows(flops, gpus=gpus, num_iters=num_iters, efficiency=efficiency, measured=measured):
-        emit(row)
+    if estimates:
+        for row in time_rows(flops, gpus=gpus, num_iters=num_iters, efficiency=efficiency, measured=measured):
+            emit(row)
     return {
         "what": "peak GPU memory of one training step (MSAN paper, §3.1: batch 2 x 1 x 4 x 512 x 512) and "
                 "of whole-case inference, counted under FakeTensorMode + MemTracker on the CPU device "
@@ -587,10 +594,118 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
         "gpus": GPUS,
         "flops_per_iter": {k: int(v) for k, v in flops.items()},
         "torch": torch.__version__,
-        "commit": os.environ.get("KITSMSAN_COMMIT", "").strip() or git_commit(),
+        "commit": commit,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "results": results,
     }
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join("—" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
+                    colab_iters: int | None = None) -> dict[str, str]:
+    """The book's tables from a :func:`memory_report` (``book/data/memory.json``), as Markdown.
+
+    Args:
+        report: the JSON document ``kitsmsan bench memory`` wrote.
+        measured: rows of GPU bench reports (``book/data/bench_gpu.json``): their ``"step"`` rows
+            replace time estimates (:func:`time_rows`), their ``"memory"`` rows with
+            ``cuda_max_allocated_gib`` are shown beside the counts.
+        colab_iters: iterations of the ``colab`` preset, for an extra column of hours per network
+            (default None: no column).
+
+    Returns:
+        ``{"memory", "fit", "time", "inference"}`` → Markdown (a table and a provenance line each).
+    """
+    results = list(report.get("results", []))
+    measured = list(measured)
+    prov = (f"Counted with torch {report.get('torch')} at commit `{report.get('commit')}` on "
+            f"{report.get('counted_on')}, {str(report.get('date', ''))[:10]}.")
+    margin = report.get("margin", {})
+    rule = (f"needed = counted × {1 + margin.get('fraction', MARGIN_FRACTION):g} + "
+            f"{margin.get('context_gib', CONTEXT_GIB):g} GiB")
+    real = {(r.get("variant"), r.get("precision")): r for r in [*results, *measured]
+            if r.get("benchmark") == "memory" and r.get("kind") == "train" and r.get("cuda_max_allocated_gib")
+            and r.get("input") == f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"}
+    train = [r for r in results if r.get("benchmark") == "memory" and r.get("kind") == "train"
+             and r.get("input") == f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"]
+    seen, rows = set(), []
+    for r in train:
+        key = (r["variant"], r["precision"])
+        if key in seen:
+            continue
+        seen.add(key)
+        m = real.get(key, {})
+        rows.append((r["variant"], r["precision"], f"{r['counted_gib']:.2f}", f"{r['activations_gib']:.2f}",
+                     f"{r['parameters_gib'] + r['optimizer_gib']:.2f}", f"{r['required_gib']:.1f}",
+                     f"{m['cuda_max_allocated_gib']:.2f} ({m.get('cuda_device')})" if m else "pending"))
+    out = {"memory": _md_table(["network", "precision", "counted peak (GiB)", "of which activations",
+                                "parameters + Adam", f"needed ({rule})", "measured on a GPU"], rows)
+           + f"\n{prov} Not counted: {report.get('not_counted')}.\n"}
+
+    fits = [r for r in results if r.get("benchmark") == "fit"]
+    gpus = list(dict.fromkeys(r["gpu"] for r in fits))
+    frows = []
+    for v in dict.fromkeys(r["variant"] for r in fits):
+        for label, pick in (("fp32", lambda g: "fp32"), ("autocast", amp_precision)):
+            cells = []
+            for g in gpus:
+                r = next((x for x in fits if x["gpu"] == g and x["variant"] == v and x["precision"] == pick(g)),
+                         None)
+                if r is None:
+                    cells.append(None)
+                elif r["fits"]:
+                    cells.append(f"yes (up to batch {r['max_batch']})")
+                else:
+                    cells.append(f"**no**: batch {r['max_batch']}, or crop {r['max_crop']}² at batch 2"
+                                 if r["max_batch"] or r["max_crop"] else "**no**")
+            frows.append((v, label, *cells))
+    usable = ", ".join(f"{g} {GPUS[g]['usable_gib']} GiB" for g in gpus if g in GPUS)
+    if not fits:
+        out["fit"] = "The fit search was not run (`kitsmsan bench memory` without `--counts-only` runs it).\n"
+    else:
+        out["fit"] = (_md_table(["network", "precision", *gpus], frows)
+                      + f"\nDoes the paper's step (batch 2 × 1 × 4 × 512 × 512, base width 32) fit? "
+                        f"Autocast is fp16 on the T4 (no bf16 there) and bf16 elsewhere. Memory the card offers: "
+                        f"{usable}. The largest batch is solved from counts at batches 1, 2 and 4 "
+                        f"and the largest solved batch is counted again to confirm it. {prov}\n")
+
+    flops = report.get("flops_per_iter", {})
+    eff = report.get("efficiency", EFFICIENCY)
+    trows = []
+    for t in time_rows(flops, gpus=[g for g in GPUS], efficiency=eff, measured=measured):
+        cells = [f"{t['hours_' + v]:.3g}" + (" (measured)" if v in t["measured"] else "") for v in flops]
+        row = [t["gpu"], f"{t['precision']}, {t['peak_tflops']:g}", *cells, f"{t['hours_schedule']:.3g}"]
+        if colab_iters:
+            slowest = max(t["hours_" + v] for v in flops) * colab_iters / t["iters_per_network"]
+            row.append(f"{slowest:.2g}")
+        trows.append(row)
+    header = ["GPU", "autocast, dense peak TFLOP/s", *[f"{v} (h)" for v in flops], "five networks (h)"]
+    if colab_iters:
+        header.append(f"`colab` preset, slowest network ({colab_iters:,} it, h)")
+    sources = "; ".join(f"{g}: {GPUS[g]['source']}" for g in GPUS)
+    out["time"] = (_md_table(header, trows)
+                   + f"\n**Estimates**, not measurements, unless a cell says *measured*: hours of "
+                     f"{PAPER_ITERS:,} iterations per network from the counted convolution FLOPs of one iteration "
+                     f"(forward + backward, " + ", ".join(f"{v} {f / 1e12:.2f}" for v, f in flops.items())
+                   + f" TFLOP) at an assumed {eff:.0%} of each GPU's dense tensor-core peak. "
+                     f"Peaks from the vendor datasheets — {sources}. A measured row "
+                     f"(`scripts/gpu_bench.sh` → `book/data/bench_gpu.json`) replaces the estimate for its GPU.\n")
+
+    inf = [r for r in results if r.get("benchmark") == "memory" and r.get("kind") == "inference"]
+    out["inference"] = (_md_table(["network", "precision", "GPU: counted peak (GiB)", "GPU: needed (GiB)",
+                                   "host RAM arrays (GiB)"],
+                                  [(r["variant"], r["precision"], f"{r['counted_gib']:.2f}",
+                                    f"{r['required_gib']:.1f}", f"{r['host_gib']:.2f}") for r in inf])
+                        + "\nWhole-case inference of a 512 × 512 × 300 volume as `predict_case` runs it "
+                          "(4-slice windows every 2 slices, 4 windows per forward pass): the GPU holds the "
+                          "network and one batch, whatever the case length; the host holds the volume, the "
+                          "float32 probabilities of 3 classes and the argmax. " + prov + "\n")
+    return out
 
 
 def _sig(x: float | None, digits: int = 3) -> float | None:
@@ -602,6 +717,6 @@ def _sig(x: float | None, digits: int = 3) -> float | None:
 __all__ = [
     "CONTEXT_GIB", "EFFICIENCY", "GPUS", "MARGIN_FRACTION", "PRECISIONS", "affine_fit", "amp_precision",
     "count_peak_memory", "cuda_training_peak", "fit_rows", "gpu_key", "inference_memory",
-    "largest_that_fits", "memory_report", "projected_hours", "required_gib", "time_rows", "train_flops_per_iter",
+    "largest_that_fits", "memory_markdown", "memory_report", "projected_hours", "required_gib", "time_rows", "train_flops_per_iter",
     "training_loss", "training_memory", "training_step",
 ]
