@@ -678,7 +678,9 @@ def render_memory() -> dict[str, str]:
                                                "python scripts/colab_sizes.py --labels LABELS_DIR")
         return out
     z = json.loads(sizes.read_text(encoding="utf-8"))
-    gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+    def gb(b: float) -> str:
+        return f"{b / 1e9:.2f} GB"
+
     lab, cache, runs = z["labels"], z["cache_0_189"], z["run_folders"]
     crop = cache["kidney_z_range_plus_margin"]
     ck = z["checkpoints"]

@@ -66,7 +66,9 @@ def cache_sizes(root: Path, train_cases: range) -> dict:
         rows.append({"case": cid, "shape": [z, y, x], "slice_mm": float(spacing[0]),
                      "kidney_z": [int(kidney[0]), int(kidney[-1])] if kidney.size else None})
     per_voxel = np.dtype(np.int16).itemsize + np.dtype(np.uint8).itemsize
-    plane = lambda r: r["shape"][1] * r["shape"][2]  # noqa: E731
+    def plane(r: dict) -> int:
+        return r["shape"][1] * r["shape"][2]
+
     full = sum(r["shape"][0] * plane(r) * per_voxel + 2 * NPY_HEADER for r in rows)
     slices = sum(r["shape"][0] for r in rows)
     cropped = {}
@@ -82,7 +84,8 @@ def cache_sizes(root: Path, train_cases: range) -> dict:
         cropped[f"{m}mm"] = {"bytes": total, "slices": kept, "fraction_of_full": round(total / full, 3)}
     return {"cases": len(rows), "slices": slices, "bytes": full,
             "voxels": sum(r["shape"][0] * plane(r) for r in rows),
-            "format": f"{IMAGE_FILE} int16 + {LABEL_FILE} uint8 per voxel ({per_voxel} B) + 2 x {NPY_HEADER} B "
+            "format": f"{IMAGE_FILE} int16 + {LABEL_FILE} uint8 per voxel ({per_voxel} B) + "
+                      f"2 x {NPY_HEADER} B "
                       "headers per case (JSON index/meta not counted: kilobytes)",
             "kidney_z_range_plus_margin": cropped,
             "per_case": rows}
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     train = TrainConfig.from_preset("paper")
-    lo, hi = (int(v) for v in "0-189".split("-"))
+    lo, hi = 0, 189  # the paper's training and test cases (MSAN paper, §2.1)
     labels = label_sizes(args.labels)
     cache = cache_sizes(args.labels, range(lo, hi + 1))
     ckpt = checkpoint_sizes()
@@ -140,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
-    print(f"labels {labels['cases']} cases {gb(labels['bytes'])}; scaled to 210: {gb(labels['scaled_210_bytes'])}")
+    def gb(b: float) -> str:
+        return f"{b / 1e9:.2f} GB"
+
+    print(f"labels {labels['cases']} cases {gb(labels['bytes'])}; "
+          f"scaled to 210: {gb(labels['scaled_210_bytes'])}")
     print(f"cache 0-189: {gb(cache['bytes'])} ({cache['slices']} slices)")
     for k, v in cache["kidney_z_range_plus_margin"].items():
         print(f"  kidney z-range + {k}: {gb(v['bytes'])} ({v['fraction_of_full']:.0%})")

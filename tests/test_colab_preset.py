@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
+from kitsmsan.commands import train as train_cmd
 from kitsmsan.models import list_models
-from kitsmsan.models.memory import EFFICIENCY, GPUS, projected_hours, required_gib, train_flops_per_iter
+from kitsmsan.models.memory import (
+    EFFICIENCY,
+    GPUS,
+    projected_hours,
+    required_gib,
+    train_flops_per_iter,
+    training_memory,
+)
 from kitsmsan.train.config import PRESETS, TrainConfig
 
 #: what the colab preset promises: every network within this many hours on a T4 at EFFICIENCY
@@ -49,7 +59,8 @@ def test_everything_else_is_the_papers_recipe():
 def test_fits_a_colab_session_on_a_t4():
     colab = TrainConfig.from_preset("colab")
     flops = train_flops_per_iter()
-    hours = {v: projected_hours(f, "T4", num_iters=colab.num_iters, efficiency=EFFICIENCY) for v, f in flops.items()}
+    hours = {v: projected_hours(f, "T4", num_iters=colab.num_iters, efficiency=EFFICIENCY)
+             for v, f in flops.items()}
     assert set(hours) == set(list_models())
     assert max(hours.values()) <= COLAB_TARGET_H
     assert max(hours.values()) >= 0.8 * COLAB_TARGET_H  # not needlessly short either
@@ -59,10 +70,6 @@ def test_fits_a_colab_session_on_a_t4():
 
 
 def test_train_cli_offers_every_preset():
-    import argparse
-
-    from kitsmsan.commands import train as train_cmd
-
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers())
     action = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
@@ -71,7 +78,5 @@ def test_train_cli_offers_every_preset():
 
 
 def test_t4_memory_fits_with_fp16():
-    from kitsmsan.models.memory import training_memory
-
     row = training_memory("msan_v2_ds", precision="fp16")  # the largest network, the paper's step
     assert required_gib(row["counted_bytes"]) <= GPUS["T4"]["usable_gib"]

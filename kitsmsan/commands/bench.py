@@ -162,10 +162,11 @@ def _run_memory(args: argparse.Namespace) -> int:
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     report = memory_report(variants, precisions=precisions, fit=not args.counts_only,
-                           estimates=not args.counts_only, base_channels=args.base_channels, measured=measured,
+                           estimates=not args.counts_only, base_channels=args.base_channels,
+                           measured=measured,
                            on_row=lambda r: print(f"  counted {r.get('kind', r['benchmark'])} "
-                                                  f"{r.get('variant', r.get('gpu'))} {r.get('precision', '')}",
-                                                  flush=True))
+                                                  f"{r.get('variant', r.get('gpu'))} "
+                                                  f"{r.get('precision', '')}", flush=True))
     if args.json:
         atomic_write_json(args.json, report)
     print(f"torch {report['torch']} | commit {report['commit']} | {report['counted_on']}")

@@ -38,8 +38,9 @@ import contextlib
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -192,7 +193,8 @@ def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_
         loss_fn = training_loss(model, dice_include_background=dice_include_background, ds_weights=ds_weights)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
         image = torch.rand((batch_size, 1, num_slices, size, size), device=device)
-        label = torch.randint(0, model.config.num_classes, (batch_size, num_slices, size, size), device=device)
+        label = torch.randint(0, model.config.num_classes, (batch_size, num_slices, size, size),
+                              device=device)
 
         def step():
             return training_step(model, loss_fn, opt, image, label, amp_dtype)
@@ -521,7 +523,8 @@ def time_rows(flops: Mapping[str, int], *, gpus: Sequence[str] | None = None, nu
                           "source": "estimate"}
             sources.add(per[v]["source"])
         total = sum(p["hours"] for p in per.values())
-        rows.append({"benchmark": "time", "gpu": g, "precision": GPUS[g]["amp"], "iters_per_network": num_iters,
+        rows.append({"benchmark": "time", "gpu": g, "precision": GPUS[g]["amp"],
+                     "iters_per_network": num_iters,
                      "efficiency": efficiency, "peak_tflops": GPUS[g]["tflops"],
                      **{f"hours_{v}": p["hours"] for v, p in per.items()},
                      "hours_schedule": _sig(total), "source": "/".join(sorted(sources)),
@@ -654,8 +657,8 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
         for label, pick in (("fp32", lambda g: "fp32"), ("autocast", amp_precision)):
             cells = []
             for g in gpus:
-                r = next((x for x in fits if x["gpu"] == g and x["variant"] == v and x["precision"] == pick(g)),
-                         None)
+                r = next((x for x in fits
+                          if x["gpu"] == g and x["variant"] == v and x["precision"] == pick(g)), None)
                 if r is None:
                     cells.append(None)
                 elif r["fits"]:
@@ -670,7 +673,8 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
     else:
         out["fit"] = (_md_table(["network", "precision", *gpus], frows)
                       + f"\nDoes the paper's step (batch 2 × 1 × 4 × 512 × 512, base width 32) fit? "
-                        f"Autocast is fp16 on the T4 (no bf16 there) and bf16 elsewhere. Memory the card offers: "
+                        f"Autocast is fp16 on the T4 (no bf16 there) and bf16 elsewhere. "
+                        f"Memory the card offers: "
                         f"{usable}. The largest batch is solved from counts at batches 1, 2 and 4 "
                         f"and the largest solved batch is counted again to confirm it. {prov}\n")
 
@@ -690,11 +694,13 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
     sources = "; ".join(f"{g}: {GPUS[g]['source']}" for g in GPUS)
     out["time"] = (_md_table(header, trows)
                    + f"\n**Estimates**, not measurements, unless a cell says *measured*: hours of "
-                     f"{PAPER_ITERS:,} iterations per network from the counted convolution FLOPs of one iteration "
+                     f"{PAPER_ITERS:,} iterations per network from the counted convolution FLOPs of one "
+                     f"iteration "
                      f"(forward + backward, " + ", ".join(f"{v} {f / 1e12:.2f}" for v, f in flops.items())
                    + f" TFLOP) at an assumed {eff:.0%} of each GPU's dense tensor-core peak. "
                      f"Peaks from the vendor datasheets — {sources}. A measured row "
-                     f"(`scripts/gpu_bench.sh` → `book/data/bench_gpu.json`) replaces the estimate for its GPU.\n")
+                     f"(`scripts/gpu_bench.sh` → `book/data/bench_gpu.json`) replaces the estimate for "
+                     f"its GPU.\n")
 
     inf = [r for r in results if r.get("benchmark") == "memory" and r.get("kind") == "inference"]
     out["inference"] = (_md_table(["network", "precision", "GPU: counted peak (GiB)", "GPU: needed (GiB)",
@@ -711,12 +717,13 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
 def _sig(x: float | None, digits: int = 3) -> float | None:
     if x is None or not math.isfinite(x) or x == 0:
         return x
-    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
 
 
 __all__ = [
     "CONTEXT_GIB", "EFFICIENCY", "GPUS", "MARGIN_FRACTION", "PRECISIONS", "affine_fit", "amp_precision",
     "count_peak_memory", "cuda_training_peak", "fit_rows", "gpu_key", "inference_memory",
-    "largest_that_fits", "memory_markdown", "memory_report", "projected_hours", "required_gib", "time_rows", "train_flops_per_iter",
+    "largest_that_fits", "memory_markdown", "memory_report", "projected_hours", "required_gib", "time_rows",
+    "train_flops_per_iter",
     "training_loss", "training_memory", "training_step",
 ]
