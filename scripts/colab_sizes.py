@@ -25,10 +25,11 @@ import json
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
-from kitsmsan.data.kits19 import case_number, list_cases, load_label
+from kitsmsan.data.kits19 import case_number, list_cases, read_header
 from kitsmsan.data.preprocess import IMAGE_FILE, LABEL_FILE
 from kitsmsan.models import build_model, list_models
 from kitsmsan.train.checkpoint import make_checkpoint, save_checkpoint
@@ -60,9 +61,13 @@ def cache_sizes(root: Path, train_cases: range) -> dict:
     for cid in list_cases(root, require_imaging=False):
         if case_number(cid) not in train_cases:
             continue
-        label, spacing, _ = load_label(root / cid / "segmentation.nii.gz")
-        z, y, x = label.shape
-        kidney = np.flatnonzero(label.reshape(z, -1).max(axis=1) > 0)
+        path = root / cid / "segmentation.nii.gz"
+        (z, y, x), spacing, _ = read_header(path)  # the real shape, from the header
+        # kidney slices: decompress the voxels once (no value checks: only "any label > 0" per slice)
+        label = np.asarray(nib.load(str(path)).dataobj, dtype=np.uint8)
+        kidney = np.flatnonzero(label.reshape(z, -1).any(axis=1))
+        del label
+        print(f"  {cid} {z}x{y}x{x}", flush=True)
         rows.append({"case": cid, "shape": [z, y, x], "slice_mm": float(spacing[0]),
                      "kidney_z": [int(kidney[0]), int(kidney[-1])] if kidney.size else None})
     per_voxel = np.dtype(np.int16).itemsize + np.dtype(np.uint8).itemsize
