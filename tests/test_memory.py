@@ -247,3 +247,15 @@ def test_markdown_tables_merge_gpu_measurements():
     assert "measured" not in t4 and "Estimates" in md["time"]
     assert "pending" not in md["memory"]
     assert memory_markdown({**report, "results": []})["fit"].startswith("The fit search was not run")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_counted_step_also_runs_for_real(precision):
+    """The step :func:`cuda_training_peak` runs on a GPU, run for real on the CPU at a tiny size."""
+    torch.manual_seed(0)
+    step, (model, _opt) = memory._train_setup("msan_v1_ds", 1, 4, 32, memory._DTYPES[precision],
+                                              {"base_channels": 4}, True, None, grad_scaler=True)()
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = step()
+    assert torch.isfinite(loss) and 0 <= loss.item() <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # Adam stepped

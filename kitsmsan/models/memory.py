@@ -185,7 +185,7 @@ def training_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
 
 def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_dtype, overrides: dict,
                  dice_include_background: bool, ds_weights, device: str | torch.device = "cpu",
-                 fused: bool | None = None):
+                 fused: bool | None = None, grad_scaler: bool = False):
     def setup():
         with torch.device(device):  # built where it runs: fake parameters cannot be moved
             model = build_model(variant, **overrides)
@@ -196,8 +196,13 @@ def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_
         label = torch.randint(0, model.config.num_classes, (batch_size, num_slices, size, size),
                               device=device)
 
+        # fp16 training scales the loss (kitsmsan.train); a fake step cannot: the scaler reads
+        # found-inf back to the host. Its memory is one scalar per device.
+        scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp_dtype == torch.float16) \
+            if grad_scaler else None
+
         def step():
-            return training_step(model, loss_fn, opt, image, label, amp_dtype)
+            return training_step(model, loss_fn, opt, image, label, amp_dtype, scaler)
 
         return step, (model, opt)
 
@@ -325,7 +330,7 @@ def cuda_training_peak(variant: str, *, batch_size: int = PAPER_BATCH, num_slice
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
     step, tracked = _train_setup(variant, batch_size, num_slices, size, amp_dtype, _overrides(base_channels),
-                                 True, None, device=dev, fused=True)()
+                                 True, None, device=dev, fused=True, grad_scaler=True)()
     for _ in range(iters):
         step()
     torch.cuda.synchronize(dev)
