@@ -259,3 +259,15 @@ def test_the_counted_step_also_runs_for_real(precision):
     loss = step()
     assert torch.isfinite(loss) and 0 <= loss.item() <= 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # Adam stepped
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--precisions", "int8"], "precision='int8'"),
+    (["--measured", "/nonexistent/bench_gpu.json"], "/nonexistent/bench_gpu.json"),
+    (["--variants", "nope"], "model 'nope'")])
+def test_cli_bad_input_one_line(args, words):
+    proc = subprocess.run([sys.executable, "-m", "kitsmsan", "bench", "memory", "--counts-only", *args],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0]
