@@ -679,7 +679,7 @@ def render_memory() -> dict[str, str]:
         return out
     z = json.loads(sizes.read_text(encoding="utf-8"))
     def gb(b: float) -> str:
-        return f"{b / 1e9:.2f} GB"
+        return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.0f} MB"
 
     lab, cache, runs = z["labels"], z["cache_0_189"], z["run_folders"]
     crop = cache["kidney_z_range_plus_margin"]
@@ -705,7 +705,7 @@ def render_memory() -> dict[str, str]:
     ]
     out["colab_sizes.md"] = (markdown_table(rows, ["what", "size", "how"])
                              + f"\nMeasured at commit `{z['commit']}` by `scripts/colab_sizes.py` "
-                               "(`book/data/colab_sizes.json`). GB = 10⁹ bytes.\n")
+                               "(`book/data/colab_sizes.json`). GB = 10⁹ bytes, MB = 10⁶.\n")
     return out
 
 
