@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,31 @@ def test_label_sizes_scale_by_the_mean_case(colab_sizes, two_cases):
     segs = [p.stat().st_size for p in two_cases.glob("case_*/segmentation.nii.gz")]
     assert lab["cases"] == 2 and lab["segmentation_bytes"] == sum(segs)
     assert lab["scaled_210_bytes"] == round(np.mean(segs) * 210 + lab["other_bytes"])
+
+
+@pytest.fixture
+def book_tools():
+    spec = importlib.util.spec_from_file_location("book_tools", SCRIPT.parent / "book_tools.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_book_renders_the_committed_json(book_tools):
+    out = book_tools.render_memory()
+    assert set(out) == {"memory_memory.md", "memory_fit.md", "memory_time.md", "memory_inference.md",
+                        "colab_sizes.md"}
+    sizes = json.loads((book_tools.DATA / "colab_sizes.json").read_text())
+    assert f"{sizes['cache_0_189']['bytes'] / 1e9:.2f} GB" in out["colab_sizes.md"]
+    memory = json.loads((book_tools.DATA / "memory.json").read_text())
+    row = next(r for r in memory["results"] if r.get("kind") == "train" and r["variant"] == "msan_v2_ds"
+               and r["precision"] == "fp32" and r["input"] == "2x1x4x512x512")
+    assert f"| msan_v2_ds | fp32 | {row['counted_gib']:.2f} |" in out["memory_memory.md"]
+    assert "`colab` preset" in out["memory_time.md"]
+
+
+def test_book_says_what_is_missing(book_tools, tmp_path, monkeypatch):
+    monkeypatch.setattr(book_tools, "DATA", tmp_path)
+    out = book_tools.render_memory()
+    assert "kitsmsan bench memory --json book/data/memory.json" in out["memory_fit.md"]
+    assert "scripts/colab_sizes.py" in out["colab_sizes.md"]
