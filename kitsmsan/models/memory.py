@@ -153,12 +153,13 @@ def training_loss(model: nn.Module, *, dice_include_background: bool = True,
 
 
 def training_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                  image: torch.Tensor, label: torch.Tensor, amp_dtype: torch.dtype | None,
-                  scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+                  scaler: torch.amp.GradScaler, image: torch.Tensor, label: torch.Tensor, *,
+                  amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """One optimizer step exactly as the training loop orders it (MSAN paper, §3.1).
 
     Forward under autocast (when ``amp_dtype``), outputs to float32, loss, ``zero_grad(set_to_none)``,
-    backward (through ``scaler`` when given: fp16), optimizer step.
+    backward through ``scaler`` (enabled for fp16 only; a disabled scaler passes the loss through),
+    optimizer step. Same signature as the training loop's step.
 
     Args:
         image: ``(B, 1, D, H, W)`` float32. label: ``(B, D, H, W)`` int64.
@@ -173,13 +174,9 @@ def training_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
     outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
     loss = loss_fn(outputs, label)
     optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return loss.detach()
 
 
@@ -197,12 +194,12 @@ def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_
                               device=device)
 
         # fp16 training scales the loss (kitsmsan.train); a fake step cannot: the scaler reads
-        # found-inf back to the host. Its memory is one scalar per device.
-        scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp_dtype == torch.float16) \
-            if grad_scaler else None
+        # found-inf back to the host. It is disabled there (its memory is one scalar per device).
+        scaler = torch.amp.GradScaler(torch.device(device).type,
+                                      enabled=grad_scaler and amp_dtype == torch.float16)
 
         def step():
-            return training_step(model, loss_fn, opt, image, label, amp_dtype, scaler)
+            return training_step(model, loss_fn, opt, scaler, image, label, amp_dtype=amp_dtype)
 
         return step, (model, opt)
 
