@@ -271,3 +271,16 @@ def test_cli_bad_input_one_line(args, words):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0]
+
+
+def test_fit_rows_solve_a_crop_where_the_paper_step_does_not_fit(monkeypatch):
+    small = training_memory("unet3d", base_channels=4)  # the paper's step at width 4
+    usable = round(small["required_gib"] * 0.6, 3)  # a card with 60 % of what that step needs
+    monkeypatch.setitem(GPUS, "Tiny", dict(GPUS["T4"], usable_gib=usable))
+    fits = [r for r in fit_rows(["unet3d"], gpus=["Tiny"], base_channels=4) if r["benchmark"] == "fit"]
+    fp32 = next(r for r in fits if r["precision"] == "fp32")
+    assert not fp32["fits"] and fp32["max_batch"] <= 1
+    assert 16 <= fp32["max_crop"] < 512 and fp32["max_crop"] % 16 == 0
+    assert fp32["confirmed_crop_fits"] and fp32["confirmed_crop_gib"] <= usable
+    bigger = training_memory("unet3d", base_channels=4, size=fp32["max_crop"] + 16)
+    assert required_gib(bigger["counted_bytes"]) > usable  # the next crop up would not fit

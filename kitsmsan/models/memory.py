@@ -438,6 +438,9 @@ def fit_rows(variants: Sequence[str] | None = None, *, gpus: Sequence[str] | Non
                     a_c, k_c, _ = affine_fit([s * s for s in crops], [r["counted_bytes"] for r in by_crop])
                     free = budget_bytes(usable) - a_c
                     row["max_crop"] = min(PAPER_SIZE, math.isqrt(max(0, int(free / k_c))) // 16 * 16)
+                    if row["max_crop"] >= 16:  # confirm the solved crop by counting it
+                        crop_gib = count(v, p, PAPER_BATCH, row["max_crop"])["required_gib"]
+                        row.update(confirmed_crop_gib=crop_gib, confirmed_crop_fits=crop_gib <= usable)
                 group.append(row)
             top = max((r["max_batch"] for r in group), default=0)
             if top:  # check the furthest extrapolation by counting it
@@ -666,8 +669,9 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
                 elif r["fits"]:
                     cells.append(f"yes (up to batch {r['max_batch']})")
                 else:
-                    cells.append(f"**no**: batch {r['max_batch']}, or crop {r['max_crop']}² at batch 2"
-                                 if r["max_batch"] or r["max_crop"] else "**no**")
+                    options = ([f"batch {r['max_batch']}"] if r["max_batch"] else []) + (
+                        [f"crop {r['max_crop']}² at batch 2"] if r["max_crop"] else [])
+                    cells.append("**no**" + (": " + ", or ".join(options) if options else ""))
             frows.append((v, label, *cells))
     usable = ", ".join(f"{g} {GPUS[g]['usable_gib']} GiB" for g in gpus if g in GPUS)
     if not fits:
