@@ -28,6 +28,9 @@ output untouched and its partial copy in ``_build/failed/``; the command then ex
 * ``real_anatomy_ceiling.md``, ``real_anatomy_stats.md``: ``book/data/postprocess_ceiling.csv`` and
   ``book/data/kits19_label_stats.csv`` (written by ``kitsmsan stats`` on the real KiTS19
   segmentations), summarised as tables;
+* ``memory_*.md``, ``colab_sizes.md``: ``book/data/memory.json`` (``kitsmsan bench memory``; the
+  time table merged with ``bench_gpu.json``'s measured steps) and ``book/data/colab_sizes.json``
+  (``scripts/colab_sizes.py``) as tables;
 * ``api_modules.md``: an ``automodule`` section for every module of the package (so a new module
   is documented without editing ``book/api.md``), ``cli_reference.md``: ``kitsmsan <cmd> --help``.
 
@@ -707,9 +710,64 @@ def render_cli() -> str:
     return "\n".join(out)
 
 
+def render_memory() -> dict[str, str]:
+    """``memory_{memory,fit,time,inference}.md`` from ``book/data/memory.json`` (``kitsmsan bench memory``)
+    with the GPU rows of ``book/data/bench_gpu.json`` where it exists, and ``colab_sizes.md`` from
+    ``book/data/colab_sizes.json`` (``scripts/colab_sizes.py``)."""
+    from kitsmsan.models.memory import memory_markdown
+    from kitsmsan.train.config import PRESETS
+
+    path, gpu = DATA / "memory.json", DATA / "bench_gpu.json"
+    missing = ":::{{note}}\n`{0}` is missing: `{1}` writes it.\n:::\n"
+    if path.is_file():
+        report = json.loads(path.read_text(encoding="utf-8"))
+        measured = json.loads(gpu.read_text(encoding="utf-8")).get("results", []) if gpu.is_file() else []
+        parts = memory_markdown(report, measured, colab_iters=PRESETS["colab"]["num_iters"])
+    else:
+        text = missing.format("book/data/memory.json", "kitsmsan bench memory --json book/data/memory.json")
+        parts = dict.fromkeys(("memory", "fit", "time", "inference"), text)
+    out = {f"memory_{k}.md": v for k, v in parts.items()}
+    sizes = DATA / "colab_sizes.json"
+    if not sizes.is_file():
+        out["colab_sizes.md"] = missing.format("book/data/colab_sizes.json",
+                                               "python scripts/colab_sizes.py --labels LABELS_DIR")
+        return out
+    z = json.loads(sizes.read_text(encoding="utf-8"))
+    def gb(b: float) -> str:
+        return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.0f} MB"
+
+    lab, cache, runs = z["labels"], z["cache_0_189"], z["run_folders"]
+    crop = cache["kidney_z_range_plus_margin"]
+    ck = z["checkpoints"]
+    rows = [
+        {"what": "`download --labels-only`, cases 0–209", "size": gb(lab["scaled_210_bytes"]),
+         "how": f"measured: {gb(lab['bytes'])} for the {lab['cases']} cases here; {lab['how']}"},
+        {"what": "KiTS19 imaging (`imaging.nii.gz`), cases 0–209", "size": gb(z["imaging"]["bytes_210"]),
+         "how": z["imaging"]["source"]},
+        {"what": "training cache (`kitsmsan prepare`), cases 0–189", "size": gb(cache["bytes"]),
+         "how": f"computed from the {cache['cases']} cases' real shapes ({cache['slices']:,} slices): "
+                + cache["format"]},
+        *({"what": f"… only the kidney z-range + {k.replace('mm', ' mm')}", "size": gb(v["bytes"]),
+           "how": f"{v['slices']:,} slices, {v['fraction_of_full']:.0%} of the full cache (evaluated, not "
+                  "implemented)"} for k, v in crop.items()),
+        {"what": "one checkpoint (`last.pt` or `best.pt`)",
+         "size": " – ".join(gb(ck[n]["bytes"]) for n in (min(ck, key=lambda n: ck[n]["bytes"]),
+                                                          max(ck, key=lambda n: ck[n]["bytes"]))),
+         "how": "measured: a real checkpoint of each network after one Adam step (weights + Adam's two "
+                "moments + schedule, scaler, RNG states, config)"},
+        {"what": "five run folders (`last.pt` + `best.pt` each)", "size": gb(runs["bytes_five_runs"]),
+         "how": "sum of the measured checkpoints x 2; metrics.jsonl and configs add kilobytes"},
+    ]
+    out["colab_sizes.md"] = (markdown_table(rows, ["what", "size", "how"])
+                             + f"\nMeasured at commit `{z['commit']}` by `scripts/colab_sizes.py` "
+                               "(`book/data/colab_sizes.json`). GB = 10⁹ bytes, MB = 10⁶.\n")
+    return out
+
+
 def render() -> int:
     """Write the ``{include}`` snippets into ``book/generated/``; returns 0."""
     snippets = {
+        **render_memory(),
         "decisions_fragments.md": render_fragments("decisions"),
         "reliability_fragments.md": render_fragments("reliability"),
         "reliability_tally.md": render_reliability_tally(),

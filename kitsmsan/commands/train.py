@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "metrics.jsonl, checkpoints/{last,best}.pt and summary.json. The cache is prepared (or "
         "brought up to date) from --data first. Under torchrun, ranks share the work (DDP).",
     )
-    p.add_argument("--preset", default="smoke", choices=("smoke", "paper"),
-                   help="settings preset (default: smoke)")
+    p.add_argument("--preset", default="smoke", choices=("smoke", "paper", "colab"),
+                   help="settings preset (default: smoke; colab: the paper's schedule shortened to one "
+                   "Colab session per network)")
     p.add_argument("--variant", default="msan_v1",
                    help="unet3d, msan_v1, msan_v1_ds, msan_v2 or msan_v2_ds (default: msan_v1)")
     p.add_argument("--data", metavar="ROOT", help="KiTS19-layout data folder (case_XXXXX/...)")
