@@ -286,7 +286,10 @@ def _chw(shape: Sequence[int]) -> str:
 
 def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence[int] | None = None,
                    trace: NetworkTrace | None = None) -> Figure:
-    """The multi-scale attention layer at one skip connection (MSAN paper, §2.2, Fig. 1).
+    r"""The multi-scale attention layer at one skip connection (MSAN paper, §2.2, Fig. 1).
+
+    It draws :class:`~kitsmsan.models.blocks.MultiScaleAttention`,
+    :math:`w = \sigma\big(x + \mathrm{Up}(P g)\big)`, :math:`\hat x = x \odot w`.
 
     The finer skip map ``x`` (encoder level ``level``), the coarser gating map ``g`` (decoder output
     one level deeper) projected by a ``1×1×1`` convolution ``P`` and brought to ``x``'s size by
@@ -454,7 +457,10 @@ def draw_network(config: ModelConfig, *, input_shape: Sequence[int] | None = Non
 
 
 def draw_res2net_block(config: ModelConfig, *, input_shape: Sequence[int] | None = None) -> Figure:
-    """The 3D Res2Net block as the network builds it (MSAN paper, §2.2, Fig. 3; Gao et al. 2019).
+    r"""The 3D Res2Net block as the network builds it (MSAN paper, §2.2, Fig. 3; Gao et al. 2019).
+
+    The recurrence drawn: :math:`y_1 = x_1`, :math:`y_2 = K_2(x_2)`,
+    :math:`y_i = K_i(x_i + y_{i-1})` for :math:`2 < i \le s`.
 
     ``1×1×1 conv`` to the bottleneck width, ``s`` splits ``x_1 … x_s``, ``y_1 = x_1``,
     ``y_2 = K_2(x_2)``, ``y_i = K_i(x_i + y_{i-1})``; concatenation, ``1×1×1 conv``, the residual sum
@@ -570,7 +576,7 @@ def _rgb(labels: np.ndarray) -> np.ndarray:
 
 
 def majority_needed(n: int) -> int:
-    """Votes a region needs among ``n`` models to be a strict majority: ``⌈(n + 1) / 2⌉`` (3 of 5)."""
+    r"""Votes a region needs among ``n`` models to be a strict majority: :math:`\lceil (n+1)/2 \rceil` (3 of 5)."""
     return math.ceil((n + 1) / 2)
 
 
