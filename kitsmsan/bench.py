@@ -1,4 +1,4 @@
-"""Benchmarks of the pipeline's speed (issue #2: the data cache; issue #6: performance).
+"""Benchmarks of the pipeline's speed (the data cache, training, inference, the schedule).
 
 One function per benchmark, each returning a list of flat result rows (dicts); every row names the
 benchmark, the device, the PyTorch version and the commit (:func:`provenance`). ``kitsmsan bench``
@@ -19,7 +19,7 @@ book's Performance page renders.
 
 Timing rules: warm-up iterations are excluded; on CUDA the clock is read after
 ``torch.cuda.synchronize()``; a ratio is only ever formed from two numbers measured in the same
-call. Nothing here asserts a speed: the targets of issue #6 are reported as rows of
+call. Nothing here asserts a speed: the speed targets are reported as rows of
 :func:`target_rows` ("met: yes/no"), never enforced.
 
 Register benchmarks in :data:`BENCHMARKS` (name -> function returning a list of rows).
@@ -49,7 +49,7 @@ PAPER_BATCH = 2
 PAPER_SLICES = 4
 PAPER_SIZE = 512
 PAPER_ITERS = 400_000
-#: slices of the inference test case (a typical KiTS19 volume; issue #6)
+#: slices of the inference test case (a typical KiTS19 volume)
 PAPER_CASE_SLICES = 300
 
 #: the step benchmark's modes, each adding one optimisation to the previous
@@ -72,15 +72,15 @@ INFERENCE_DEFAULTS = {
     "cuda": dict(size=PAPER_SIZE, num_slices=PAPER_CASE_SLICES, base_channels=None),
     "cpu": dict(size=128, num_slices=32, base_channels=8),
 }
-#: issue #6: ``reproduce --preset smoke`` within 10 minutes on 2 CPU cores
+#: target: ``reproduce --preset smoke`` within 10 minutes on 2 CPU cores
 SMOKE_TARGET_S = 600.0
-#: issue #6: the five-network schedule within 12 hours on one H100-class GPU
+#: target: the five-network schedule within 12 hours on one H100-class GPU
 SCHEDULE_TARGET_H = 12.0
 
 #: keys every row carries (:func:`provenance`); :func:`format_table` prints them once, as a header
 PROVENANCE_KEYS = ("device", "torch", "commit")
 
-#: The speed targets (issue #6; the two cache-rate ones come from issue #2), in the order the book
+#: The speed targets (two for the data cache, the rest for training and inference), in the order the book
 #: lists them. ``higher``: the measured value must be at least ``required`` (else at most).
 #: ``needs``: where it can be measured; a target with no row yet is shown as pending, never guessed.
 TARGETS = (
@@ -250,7 +250,7 @@ def bench_data(
     verbose: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Training windows per second: the cache vs the ``.nii.gz``, and the ``DataLoader`` (issue #2, #6).
+    """Training windows per second: the cache vs the ``.nii.gz``, and the ``DataLoader``.
 
     One case of ``num_slices × size × size`` is written as KiTS19 ``.nii.gz`` and prepared into the
     cache. Then, on one thread:
@@ -431,7 +431,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool) -> list[str]:
-    if modes is None:  # CUDA: the issue's ladder; CPU: also fp32 + channels-last, no compile
+    if modes is None:  # CUDA: the mode ladder of the targets; CPU: also fp32 + channels-last, no compile
         modes = ["fp32", "amp", "amp+cl", "amp+cl+compile"] if dev_type == "cuda" else ["fp32", "cl", "amp", "amp+cl"]
         if dev_type == "cpu" and compile:
             modes.append("amp+cl+compile")
@@ -641,7 +641,7 @@ def bench_step(
     Args:
         variants: networks to run, default all five (:func:`kitsmsan.models.list_models`); a list or
             a comma-separated string.
-        modes: modes to run; default ``fp32, amp, amp+cl, amp+cl+compile`` on CUDA (issue #6) and
+        modes: modes to run; default ``fp32, amp, amp+cl, amp+cl+compile`` on CUDA and
             ``fp32, cl, amp, amp+cl`` on CPU (``compile`` adds the compile mode). ``fp32`` is always
             added: it is the baseline of ``speedup_vs_fp32``.
         compile: on CPU, include the compile mode by default, default False.
@@ -840,7 +840,7 @@ def schedule_budget(*, num_iters: int = PAPER_ITERS, hours: float = SCHEDULE_TAR
 
     Args:
         num_iters: iterations per network, default 400,000 (MSAN paper, §3.1).
-        hours: the time budget, default 12 (issue #6).
+        hours: the time budget, default 12.
         variants: networks, default all five.
 
     Returns:
@@ -994,7 +994,7 @@ def bench_smoke(
     verbose: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Wall time of ``kitsmsan reproduce --preset smoke`` from scratch (issue #6 target: ≤ 10 min on
+    """Wall time of ``kitsmsan reproduce --preset smoke`` from scratch (target: ≤ 10 min on
     2 CPU cores), run as a subprocess so that its imports, data generation and five trainings count.
 
     Args:
@@ -1064,10 +1064,10 @@ BENCHMARKS: dict[str, Callable[..., list[dict]]] = {
 
 
 def target_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
-    """The issue #6 targets that ``rows`` can speak to, each as a ``"targets"`` row with ``met``.
+    """The speed targets that ``rows`` can speak to, each as a ``"targets"`` row with ``met``.
 
     * cache windows ≥ 100 × the ``.nii.gz`` path (``data``, 4 × 512 × 512 windows only);
-    * cache ≥ 1,000 windows per CPU-second on one core (``data``, issue #2; int64 and uint8 label);
+    * cache ≥ 1,000 windows per CPU-second on one core (``data``; int64 and uint8 label);
     * ``reproduce --preset smoke`` ≤ 600 s (``smoke``);
     * on CUDA at the paper's size: autocast + channels-last (+ compile) ≥ 2.5 × fp32 eager, for the
       network where it is smallest (``step``); the five-model schedule ≤ 12 h (``schedule``); the

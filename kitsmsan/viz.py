@@ -552,7 +552,7 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
                        title: str | None = None):
     """Histograms of per-case statistics, one panel per column, one colour per source.
 
-    Used to put the phantoms beside the real KiTS19 statistics (issue #8): each source is
+    Used to put the phantoms beside the real KiTS19 statistics: each source is
     normalised to unit area so a 190-case table and a 6-case table can share a panel.
 
     Args:

@@ -1,5 +1,5 @@
 """An ipywidgets slice viewer: case, slice, window/level, overlays of the ground truth, each model,
-the ensemble, the models' disagreement and the multi-scale attention weights (issue #5, notebook 6).
+the ensemble, the models' disagreement and the multi-scale attention weights (notebook 6).
 
 Two rendering modes, chosen by ``precompute``:
 

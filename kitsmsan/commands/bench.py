@@ -1,4 +1,4 @@
-"""``kitsmsan bench``: speed benchmarks (issue #2 data cache; issue #6 step, inference, smoke).
+"""``kitsmsan bench``: speed benchmarks (data cache, training step, inference, smoke run).
 
 Examples::
 

@@ -1,4 +1,4 @@
-"""``kitsmsan download``: fetch KiTS19 imaging, segmentations and ``kits.json`` (issues #7, #8).
+"""``kitsmsan download``: fetch KiTS19 imaging, segmentations and ``kits.json``.
 
 Examples::
 

@@ -28,8 +28,8 @@ Two layers:
 * :func:`phantom_spec` draws the case (a :class:`PhantomSpec`: spacing, shape, anatomy, kidneys,
   tumours, tissue HU) without any voxels; :func:`make_phantom` renders it. ``phantom_spec(seed,
   **same_kwargs).spacing`` is therefore the spacing of ``make_phantom(seed, **same_kwargs)``.
-* :func:`phantom_from_label` keeps a real segmentation and synthesises everything else around it
-  (issue #8): body, spine and organs are placed from the kidneys' positions, and the kidney and
+* :func:`phantom_from_label` keeps a real segmentation and synthesises everything else around it:
+  body, spine and organs are placed from the kidneys' positions, and the kidney and
   tumour textures are painted exactly as in the pure phantoms (the painting step only sees a label).
 
 Everything is deterministic for a seed (NumPy ``SeedSequence`` streams), vectorised, and processed in
@@ -894,7 +894,7 @@ def make_phantom(
 ):
     """A synthetic KiTS-like abdominal CT case (stand-in for the KiTS19 data of MSAN paper, §2.1).
 
-    The spacing is not returned (the issue's contract is ``(image, label)``); it is
+    The spacing is not returned (the contract is ``(image, label)``); it is
     ``phantom_spacing(seed, **same_kwargs)`` (or ``phantom_spec(...).spacing``), a cheap function
     of the same arguments. :func:`write_phantom_dataset` stores it in the NIfTI headers.
 
@@ -1048,7 +1048,7 @@ def write_phantom_dataset(
 
 
 # ------------------------------------------------------------------------------------------------
-# public API: label-conditioned phantoms (issue #8)
+# public API: label-conditioned phantoms
 # ------------------------------------------------------------------------------------------------
 
 
@@ -1202,7 +1202,7 @@ def _check_spacing(spacing, name="spacing") -> tuple[float, float, float]:
 def phantom_from_label(label: np.ndarray, spacing, seed: int, *, size: int | None = None,
                        slice_thickness: float | None = None, z_margin_mm: float | None = None,
                        return_tissues: bool = False):
-    """Synthesise CT intensities around a real segmentation (issue #8, "label-conditioned").
+    """Synthesise CT intensities around a real segmentation (a "label-conditioned" phantom).
 
     The label is kept exactly (``size=None``); a body containing the kidneys, the spine between and
     in front of their posterior edge, back muscles, psoas, vessels (renal vessels to each hilum),
@@ -1219,7 +1219,7 @@ def phantom_from_label(label: np.ndarray, spacing, seed: int, *, size: int | Non
             keep the label's grid).
         slice_thickness: if given, resample along z by nearest neighbour to about this many mm per
             slice (:func:`resample_label_z`) and update the spacing (default None: keep the slices —
-            the label stays exact, as issue #8 asks). For fast CPU runs: a 611-slice 0.5 mm case
+            the label stays exact). For fast CPU runs: a 611-slice 0.5 mm case
             becomes ~60 slices at 5 mm.
         z_margin_mm: if given, first crop the slices to the kidneys' z extent plus this margin in
             mm (:func:`crop_label_z`; default None: keep every slice). Applied before
