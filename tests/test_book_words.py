@@ -102,3 +102,25 @@ def test_package_docstrings_and_comments_have_no_process_words():
         for line, text in package_doc_text(path):
             hits += [f"{path.relative_to(REPO)}:{line}: {w!r}" for w in find_process_words(text)]
     assert not hits, "development-process words in the package docs:\n" + "\n".join(hits)
+
+
+#: the labels-only download (segmentations of the 210 labelled cases + kits.json), in MB (10**6 bytes):
+#: measured with `du -b` on the segmentations of cases 0-189 (60,040,589 bytes), scaled by 210/190
+#: (66.4 MB), plus kits.json (412,410 bytes); stated on the real-anatomy page with the measurement
+LABELS_DOWNLOAD_MB = 67
+
+#: a sentence that gives the size of the labels download
+_SIZE = re.compile(r"(?:segmentations|labels-only|labels only).{0,80}?(?:≈|~|about |a few )\s*(\d+)?\s*MB",
+                   re.IGNORECASE)
+
+
+def test_labels_download_size_is_one_measured_number_everywhere():
+    files = prose_files() + [REPO / "README.md"] + sorted((REPO / "kitsmsan").rglob("*.py"))
+    sizes = {}
+    for path in files:
+        text = prose_text(path) if path.suffix != ".py" else path.read_text(encoding="utf-8")
+        for m in _SIZE.finditer(text.replace("\n", " ")):
+            sizes.setdefault(m.group(1) or "a few", []).append(str(path.relative_to(REPO)))
+    assert str(LABELS_DOWNLOAD_MB) in sizes, "the labels download size is stated nowhere"
+    assert set(sizes) == {str(LABELS_DOWNLOAD_MB)}, f"other sizes for the labels download: {sizes}"
+    assert "60.0 MB" in (REPO / "book" / "real_anatomy.md").read_text(encoding="utf-8")  # how it was measured
