@@ -7,16 +7,15 @@ produce: the ``injected-parameters`` cell, the figures, and the files it writes.
 default parameters (a quick look on the book's phantoms) are exercised separately by
 ``pytest --nbval-lax notebooks/``.
 
-Also checked: the committed notebooks equal the output of ``scripts/make_notebooks.py`` and carry no
-outputs, and ``scripts/notebook_params.json`` only passes parameters the notebooks declare.
+Also checked: every MyST source ``notebooks/NN_name.md`` and its paired ``.ipynb`` hold the same cells,
+the ``.ipynb`` carries no outputs, and ``scripts/notebook_params.json`` only passes parameters the
+notebooks declare.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,16 +42,20 @@ def _parameter_names(path: Path) -> set[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_notebooks_match_their_generator_and_have_no_outputs():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    for path in sorted(NOTEBOOKS.glob("0*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
+def test_notebooks_are_paired_in_sync_and_have_no_outputs():
+    jupytext = pytest.importorskip("jupytext")
+    sources = sorted(NOTEBOOKS.glob("0*.md"))
+    assert [p.stem for p in sources] == [p.stem for p in sorted(NOTEBOOKS.glob("0*.ipynb"))]
+    for source in sources:
+        text = jupytext.read(source)
+        nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+        assert text.metadata["jupytext"]["formats"] == "ipynb,md:myst", f"{source.name}: not paired"
+        assert [(c.cell_type, c.source) for c in text.cells] == [(c.cell_type, c.source) for c in nb.cells], (
+            f"{source.name}: out of sync with its .ipynb (jupytext --sync {source.relative_to(ROOT)})")
         for cell in nb.cells:
             if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: committed with outputs"
-                assert "nn.Module" not in cell.source, f"{path.name}: a notebook defines no model code"
+                assert cell.outputs == [] and cell.execution_count is None, f"{source.name}: committed with outputs"
+                assert "nn.Module" not in cell.source, f"{source.name}: a notebook defines no model code"
 
 
 def test_parameters_cells_hold_primitives_only():
