@@ -101,7 +101,7 @@ class NetworkTrace:
     """What one forward of a network on the ``meta`` device saw (see :func:`trace_network`).
 
     Attributes:
-        config: the traced :class:`ModelConfig`.
+        config: the traced :class:`~kitsmsan.models.msan.ModelConfig`.
         input_shape: ``(B, C, D, H, W)`` of the input.
         outputs: module name → output shape, for every module (``"enc0"``, ``"att1.project"``, …).
         inputs: module name → shapes of its positional tensor inputs.
@@ -148,8 +148,8 @@ def trace_network(config: ModelConfig, input_shape: Sequence[int] | None = None)
         A :class:`NetworkTrace`.
 
     Raises:
-        ConfigError: if ``config`` is not a :class:`ModelConfig`.
-        DataError: if the network refuses ``input_shape`` (see :meth:`MSAN.check_input`).
+        ConfigError: if ``config`` is not a :class:`~kitsmsan.models.msan.ModelConfig`.
+        DataError: if the network refuses ``input_shape`` (see :meth:`~kitsmsan.models.msan.MSAN.check_input`).
     """
     if not isinstance(config, ModelConfig):
         raise ConfigError(f"config: expected a ModelConfig, got {type(config).__name__}")
@@ -591,7 +591,7 @@ def draw_vote(models: Sequence[str] | None = None, *, example: np.ndarray = VOTE
     :func:`kitsmsan.postprocess.keep_largest_components` with ``num_components`` components.
 
     Args:
-        models: the voters' names. Default :func:`kitsmsan.models.list_models` (the paper's five).
+        models: the voters' names. Default :func:`kitsmsan.models.registry.list_models` (the paper's five).
         example: ``(N, V)`` labels in {0, 1, 2}, one row per model. Default :data:`VOTE_EXAMPLE`.
         num_components: components kept by the post-processing. Default
             :data:`kitsmsan.reproduce.POSTPROCESS_K` (2, one per kidney).
@@ -665,7 +665,7 @@ def save_previews(out_dir: str, names: Sequence[str] | None = None, **overrides:
     Args:
         out_dir: folder (created if missing).
         names: registry names. Default all five.
-        **overrides: :class:`ModelConfig` fields, e.g. ``base_channels=16``.
+        **overrides: :class:`~kitsmsan.models.msan.ModelConfig` fields, e.g. ``base_channels=16``.
 
     Returns:
         The written paths.
