@@ -23,6 +23,7 @@ tests can read what was drawn.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Sequence
@@ -64,6 +65,19 @@ _COLORS = {
     "data": "#eeeeee",
     "op": "#ffffff",
 }
+
+
+class DiagramFigure(Figure):
+    """A :class:`~matplotlib.figure.Figure` that displays itself as a PNG in Jupyter.
+
+    The diagrams are built without pyplot, so they do not depend on a notebook's matplotlib backend
+    having been set up before the first one is shown.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=DPI)
+        return buf.getvalue()
 
 
 def format_shape(shape: Sequence[int]) -> str:
@@ -225,7 +239,7 @@ class _Canvas:
     """One axes in data coordinates, with boxes, circles and labelled arrows; remembers every text."""
 
     def __init__(self, width: float, height: float, xlim: float, ylim: float, title: str) -> None:
-        self.fig = Figure(figsize=(width, height), dpi=DPI)
+        self.fig = DiagramFigure(figsize=(width, height), dpi=DPI)
         self.ax = self.fig.add_axes((0.005, 0.005, 0.99, 0.93))
         self.ax.set_xlim(0, xlim)
         self.ax.set_ylim(0, ylim)
@@ -611,7 +625,7 @@ def draw_vote(models: Sequence[str] | None = None, *, example: np.ndarray = VOTE
     k = majority_needed(n)
     voted = majority_vote(list(example))
     kept = keep_largest_components(POSTPROCESS_EXAMPLE, num_components=num_components, connectivity=2)
-    fig = Figure(figsize=(FIG_WIDTH, 6.6), dpi=DPI)
+    fig = DiagramFigure(figsize=(FIG_WIDTH, 6.6), dpi=DPI)
     fig.suptitle(f"Vote of {n} models over the nested regions, then post-processing", fontsize=FONT + 3)
     labels = [f"Vote of {n} models over the nested regions, then post-processing"]
     rows = max(n, 8)

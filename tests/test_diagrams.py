@@ -183,3 +183,13 @@ def test_figures_are_1280_px_wide():
     cfg = model_config("msan_v2_ds")
     for fig in (draw_network(cfg), draw_attention(cfg), draw_res2net_block(cfg), draw_vote()):
         assert round(fig.get_figwidth() * fig.dpi) == 1280
+
+
+def test_figures_show_as_png_without_a_pyplot_backend():
+    fig = draw_vote()
+    png = fig._repr_png_()
+    assert png[:4] == b"\x89PNG"
+    from matplotlib import image as mpimg
+    import io
+
+    assert mpimg.imread(io.BytesIO(png), format="png").shape[1] == 1280
