@@ -72,9 +72,9 @@ INFERENCE_DEFAULTS = {
     "cuda": dict(size=PAPER_SIZE, num_slices=PAPER_CASE_SLICES, base_channels=None),
     "cpu": dict(size=128, num_slices=32, base_channels=8),
 }
-#: target: ``reproduce --preset smoke`` within 10 minutes on 2 CPU cores
+#: the target for ``reproduce --preset smoke``, 10 minutes on 2 CPU cores
 SMOKE_TARGET_S = 600.0
-#: target: the five-network schedule within 12 hours on one H100-class GPU
+#: the target for the five-network schedule, 12 hours on one H100-class GPU
 SCHEDULE_TARGET_H = 12.0
 
 #: keys every row carries (:func:`provenance`); :func:`format_table` prints them once, as a header
