@@ -67,7 +67,7 @@ _COLORS = {
 }
 
 
-class DiagramFigure(Figure):
+class _DiagramFigure(Figure):
     """A :class:`~matplotlib.figure.Figure` that displays itself as a PNG in Jupyter.
 
     The diagrams are built without pyplot, so they do not depend on a notebook's matplotlib backend
@@ -239,7 +239,7 @@ class _Canvas:
     """One axes in data coordinates, with boxes, circles and labelled arrows; remembers every text."""
 
     def __init__(self, width: float, height: float, xlim: float, ylim: float, title: str) -> None:
-        self.fig = DiagramFigure(figsize=(width, height), dpi=DPI)
+        self.fig = _DiagramFigure(figsize=(width, height), dpi=DPI)
         self.ax = self.fig.add_axes((0.005, 0.005, 0.99, 0.93))
         self.ax.set_xlim(0, xlim)
         self.ax.set_ylim(0, ylim)
@@ -625,7 +625,7 @@ def draw_vote(models: Sequence[str] | None = None, *, example: np.ndarray = VOTE
     k = majority_needed(n)
     voted = majority_vote(list(example))
     kept = keep_largest_components(POSTPROCESS_EXAMPLE, num_components=num_components, connectivity=2)
-    fig = DiagramFigure(figsize=(FIG_WIDTH, 6.6), dpi=DPI)
+    fig = _DiagramFigure(figsize=(FIG_WIDTH, 6.6), dpi=DPI)
     fig.suptitle(f"Vote of {n} models over the nested regions, then post-processing", fontsize=FONT + 3)
     labels = [f"Vote of {n} models over the nested regions, then post-processing"]
     rows = max(n, 8)
