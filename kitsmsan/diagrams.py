@@ -52,8 +52,8 @@ PAPER_BATCH_INPUT = (2, 1, 4, 512, 512)
 FIG_WIDTH = 12.8
 #: resolution of the previews
 DPI = 100
-#: font size of box texts (points); 11 pt at 100 dpi reads at 1280 px
-FONT = 11
+#: font size of box texts (points)
+FONT = 12
 
 _COLORS = {
     "encoder": "#dbe9f6",
@@ -274,7 +274,7 @@ class _Canvas:
                                           shrinkA=0, shrinkB=0))
         if label:
             mx, my = (p[0] + q[0]) / 2 + offset[0], (p[1] + q[1]) / 2 + offset[1]
-            self.ax.text(mx, my, label, ha=ha, va="bottom", fontsize=FONT - 1.5, color=color,
+            self.ax.text(mx, my, label, ha=ha, va="bottom", fontsize=FONT - 1, color=color,
                          bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.5})
             self.labels.append(label)
 
@@ -446,7 +446,7 @@ def draw_network(config: ModelConfig, *, input_shape: Sequence[int] | None = Non
         if head.output_index == 0:
             text = f"head 1×1×1 conv\nlogits {_chw(out)}"
         else:
-            text = f"DS head {head.output_index} ({head.name})\nreads {head.source}: {_chw(out)}"
+            text = f"DS head {head.output_index}: {head.name}\nreads {head.source} → {_chw(out)}"
         if head.stage == "bottleneck":
             src, y = x4_box, ys[NUM_POOLS]
         else:

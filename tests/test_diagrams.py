@@ -65,8 +65,8 @@ def test_network_figure_draws_every_head_where_it_reads(name):
     t = trace_network(cfg)
     text = _labels(draw_network(cfg, trace=t))
     for head in t.aux_heads:
-        assert f"DS head {head.output_index} ({head.name})" in text
-        assert f"reads {head.source}: {head.out_shape[1]} ch · {format_shape(head.out_shape[2:])}" in text
+        assert f"DS head {head.output_index}: {head.name}" in text
+        assert f"reads {head.source} → {head.out_shape[1]} ch · {format_shape(head.out_shape[2:])}" in text
     assert f"({len(t.aux_heads)} auxiliary heads)" in text
 
 
@@ -98,7 +98,7 @@ def test_head_placement_is_read_from_the_forward_not_assumed(monkeypatch):
     sites = {h.name: (h.level, h.stage, h.source) for h in t.aux_heads}
     assert sites == {"aux_head_u3": (3, "decoder", "dec3"), "aux_head_x4": (NUM_POOLS, "bottleneck", "x4")}
     text = _labels(draw_network(cfg, trace=t))
-    assert "reads x4: 3 ch · 4×32×32" in text
+    assert "reads x4 → 3 ch · 4×32×32" in text
     assert "reads dec2" not in text
 
 
