@@ -346,12 +346,12 @@ def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence
     sig = c.box(10.5, 4.9, 0.9, 0.7, "σ", "attention", fontsize=FONT + 4)
     mul = c.circle(12.4, 4.9, "⊙", kind="attention")
     cat = c.box(13.3, 2.4, 1.5, 0.8, "concat\n(channels)", "op")
-    dec = c.box(14.9, 0.8, 2.0, 1.1, f"dec{level}: ConvBlock\nin {_chw(cat_shape)}", "decoder",
+    dec = c.box(14.75, 0.8, 2.4, 1.1, f"dec{level}: ConvBlock\nin {_chw(cat_shape)}", "decoder",
                 fontsize=FONT - 1.5)
     bt = c.box(5.0, 0.8, 2.4, 0.8, f"up{level}: transposed conv", "decoder")
     c.arrow(_edge(bx, "r"), _edge(plus, "l"), f"x: {format_shape(x_shape)}")
-    c.arrow(_edge(bg, "r"), _edge(bp, "l"), f"g: {format_shape(g_shape)}")
-    c.arrow(_edge(bp, "r"), _edge(bu, "l"), f"P g: {format_shape(p_shape)}")
+    c.arrow(_edge(bg, "r"), _edge(bp, "l"), f"g: {format_shape(g_shape)}", offset=(0, -0.62))
+    c.arrow(_edge(bp, "r"), _edge(bu, "l"), f"P g: {format_shape(p_shape)}", offset=(0, -0.62))
     c.arrow(_edge(bu, "t"), _edge(plus, "b"), f"Up(P g): {format_shape(x_shape)}", offset=(0.1, 0.0), ha="left")
     c.arrow(_edge(plus, "r"), _edge(sig, "l"))
     c.arrow(_edge(sig, "r"), _edge(mul, "l"), f"w: {format_shape(w_shape)}", offset=(0, -0.55))
@@ -361,7 +361,7 @@ def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence
             ha="left")
     c.arrow((1.2, bg[1] - bg[3] / 2), _edge(bt, "l"), rad=0.25)
     c.arrow(_edge(bt, "r"), _edge(cat, "b"), f"up{level}(g): {format_shape(up_shape)}", rad=0.15, offset=(0.8, -0.05))
-    c.arrow(_edge(cat, "b"), _edge(dec, "t"), f"{format_shape(cat_shape)}", offset=(0.35, 0.0), ha="left")
+    c.arrow(_edge(cat, "b"), _edge(dec, "t"))
     c.text(0.2, 0.05, f"shapes (B, C, D, H, W) traced for input {format_shape(t.input_shape)}; "
            f"w = σ(x + Up(P g)),  x̂ = x ⊙ w", fontsize=FONT - 1)
     return c.done()
@@ -512,8 +512,8 @@ def draw_res2net_block(config: ModelConfig, *, input_shape: Sequence[int] | None
                 f"3D Res2Net block, s = {s} (input p3 {format_shape(p3)})")
     ys = [height - 0.9 - row * i for i in range(s)]
     mid = (ys[0] + ys[-1]) / 2
-    bin_ = c.box(1.1, mid, 2.0, 0.9, f"p3\n{_chw(p3)}", "data")
-    red = c.box(3.6, mid, 2.2, 0.9, f"1×1×1 conv\n→ {_chw(seen['reduce'])}", "res2net")
+    bin_ = c.box(1.2, mid, 2.25, 0.9, f"p3\n{_chw(p3)}", "data")
+    red = c.box(3.75, mid, 2.45, 0.9, f"1×1×1 conv\n→ {_chw(seen['reduce'])}", "res2net")
     c.arrow(_edge(bin_, "r"), _edge(red, "l"))
     catb = c.box(11.2, mid, 1.4, row * (s - 1) + 0.7, f"concat\n{_chw(seen['expand'])}".replace(" · ", "\n"), "op")
     cat_left = catb[0] - catb[2] / 2
