@@ -250,3 +250,36 @@ def test_equations_render_offline(book_url, browser_context):
         page.wait_for_timeout(300)  # fonts loaded after typesetting would report here
         assert not problems.items, f"{docname}:\n" + "\n".join(problems.items)
         page.close()
+
+
+def _shown_frame(page) -> str:
+    """The ``src`` of the viewer frame on show (the one visible image of the widget area)."""
+    images = page.locator(".widget-image:visible, .jupyter-widgets img:visible")
+    assert images.count() >= 1, "no visible viewer frame"
+    return images.first.get_attribute("src") or ""
+
+
+def test_viewer_static_controls_change_the_picture(book_url, browser_context):
+    page, problems = open_page(browser_context, book_url + f"{VIEWER_PAGE}.html", book_url)
+    page.locator(".widget-slider").first.wait_for(state="visible", timeout=15_000)
+    # the layer buttons: each one shows another frame
+    buttons = page.locator(".widget-toggle-button:visible")
+    assert buttons.count() >= 2, "no layer buttons on the static page"
+    first = _shown_frame(page)
+    buttons.nth(1).click()
+    page.wait_for_timeout(300)
+    assert _shown_frame(page) != first, "the layer buttons do not change the picture"
+    # the case dropdown: another case, another picture
+    select = page.locator(".widget-dropdown select").first
+    options = select.locator("option")
+    if options.count() >= 2:
+        before = _shown_frame(page)
+        select.select_option(index=1)
+        page.wait_for_timeout(300)
+        assert _shown_frame(page) != before, "the case dropdown does not change the picture"
+    # no control that needs a kernel is on the static page
+    labels = [t.strip() for t in page.locator(".widget-label:visible").all_inner_texts()]
+    assert not {"level", "width", "opacity"} & set(labels), f"kernel-only controls shown: {labels}"
+    errors = [item for item in problems.items if item.startswith("JavaScript error")]
+    assert not errors, "\n".join(errors)
+    page.close()
