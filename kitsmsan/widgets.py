@@ -199,15 +199,16 @@ def key_html(case: ViewerCase) -> str:
     layers = case.layers()
     if GT_LAYER in layers or case.preds:
         kidney, tumor = (_hex(LABEL_COLORS[k]) for k in sorted(LABEL_COLORS))
-        parts += [swatch(kidney, "kidney"), swatch(tumor, "tumour"),
-                  '<span style="margin-left:4px">(ground truth or the prediction of the chosen model)</span>']
+        parts.append(swatch(kidney, "kidney") + swatch(tumor, "tumour")
+                     + '<span style="margin-left:6px">(ground truth, or the chosen model\'s prediction)</span>')
     if DISAGREEMENT_LAYER in layers:
         top = max(1, len(case.model_preds) - 1)
         parts.append(scale(DISAGREEMENT_CMAP, "0 (all agree)", f"{top} models against the majority",
                            "disagreement"))
     if ATTENTION_LAYER in layers:
         parts.append(scale(ATTENTION_CMAP, "0", "1", "attention weight"))
-    return '<div class="kitsmsan-viewer-key" style="font-size:14px;line-height:2">' + " ".join(parts) + "</div>"
+    items = "".join(f'<div style="white-space:nowrap">{part}</div>' for part in parts)
+    return f'<div class="kitsmsan-viewer-key" style="font-size:14px;line-height:1.8">{items}</div>'
 
 
 def _start_slice(case: ViewerCase, zs: list[int]) -> int:
@@ -239,7 +240,8 @@ class _Panel:
 
     def __init__(self, zs: list[int], layers: list[str], start: int, widgets: Any) -> None:
         self.zs, self.layers = zs, layers
-        self.layer_tb = widgets.ToggleButtons(options=layers, value=layers[0], description="layer",
+        opening = GT_LAYER if GT_LAYER in layers else layers[0]  # the tumour slice, with its labels
+        self.layer_tb = widgets.ToggleButtons(options=layers, value=opening, description="layer",
                                               style={"button_width": "auto"})
         self.slider = widgets.SelectionSlider(options=[str(z) for z in zs], value=str(start), description="slice",
                                               continuous_update=True)
@@ -410,7 +412,8 @@ class SliceViewer:
                             "show fewer cases, or use precompute=False with a running kernel")
                     panel.images[layer].append(w.Image(value=data, format="png", layout=layout))
                 inner[layer] = w.Stack(children=panel.images[layer], selected_index=zs.index(start))
-            outer = w.Stack(children=[inner[layer] for layer in panel.layers], selected_index=0)
+            outer = w.Stack(children=[inner[layer] for layer in panel.layers],
+                            selected_index=panel.layers.index(panel.layer_tb.value))
             panel.links = [w.jslink((panel.play, "value"), (panel.slider, "index")),
                            w.jslink((panel.layer_tb, "index"), (outer, "selected_index"))]
             panel.links += [w.jslink((panel.slider, "index"), (stack, "selected_index")) for stack in inner.values()]

@@ -266,7 +266,7 @@ def test_viewer_static_controls_change_the_picture(book_url, browser_context):
     buttons = page.locator(".widget-toggle-button:visible")
     assert buttons.count() >= 2, "no layer buttons on the static page"
     first = _shown_frame(page)
-    buttons.nth(1).click()
+    page.locator(".widget-toggle-button:visible:not(.mod-active)").first.click()
     page.wait_for_timeout(300)
     assert _shown_frame(page) != first, "the layer buttons do not change the picture"
     # the case dropdown: another case, another picture

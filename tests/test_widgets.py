@@ -79,6 +79,8 @@ def test_precomputed_viewer_links_every_control_in_the_browser(case):
     assert viewer.precompute
     assert viewer.slices == [0, 1, 2, 3, 4]
     assert viewer.slice_index == 2                       # the slice with the tumour
+    assert viewer.layer == "ground truth"                # ... with its labels
+    assert viewer._cases_stack.children[0].children[2].selected_index == case.layers().index("ground truth")
     # case dropdown -> the stack of per-case panels, in the browser
     pairs = _link_pairs(viewer)
     assert ((viewer._case_dd, "index"), (viewer._cases_stack, "selected_index")) in pairs
