@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kitsmsan-installed
 
-.PHONY: venv book test test-fast nbval reproduce bench clean
+.PHONY: venv book test test-fast nbval lint format-check check-notebooks lab reproduce bench clean
 
 venv: $(STAMP)
 
@@ -23,13 +23,33 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=PASSIVE bash scripts/build_book.sh
 
-# the unit/CLI/notebook/browser tests, then nbval over the notebooks (each cell must run)
-test: $(STAMP)
+# lint (ruff check, import contracts), the notebook pairs, the unit/CLI/notebook/browser tests, then
+# nbval over the notebooks (each cell must run)
+test: $(STAMP) check-notebooks
+	$(MAKE) --no-print-directory lint
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) --no-print-directory nbval
 
 nbval: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider --nbval-lax notebooks/
+
+# ruff's rule set and the import-linter contracts are in pyproject.toml (see CONTRIBUTING.md)
+LINT_PATHS ?= kitsmsan tests scripts notebooks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
+
+format-check: $(STAMP)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+# every notebooks/NN_name.md in sync with its .ipynb, no outputs committed, the install cell of _config.yml
+check-notebooks: $(STAMP)
+	$(PY) scripts/check_notebooks.py
+
+# JupyterLab on notebooks/ (jupytext pairs each .md with its .ipynb; see CONTRIBUTING.md, Notebooks)
+lab: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 test-fast: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow and not browser"

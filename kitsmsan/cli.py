@@ -1,8 +1,10 @@
 """The ``kitsmsan`` command line: one subcommand per pipeline stage (nnU-Net style).
 
 Each subcommand lives in ``kitsmsan/commands/<name>.py`` and exposes ``register(subparsers)``,
-which adds its parser and sets ``func`` to a handler ``run(args) -> int``. Command modules import
-only :mod:`argparse` at top level (heavy imports go inside ``run``), so ``kitsmsan --help`` is fast.
+which adds its parser and sets ``func`` to a handler ``run(args) -> int``; every module named in
+:data:`COMMANDS` must exist (a missing one is an import error, not a silently absent subcommand).
+Command modules import only :mod:`argparse` at top level (heavy imports go inside ``run``), so
+``kitsmsan --help`` is fast.
 Errors derived from :class:`kitsmsan.errors.KitsmsanError` are printed as one line, exit code 2.
 """
 
@@ -11,6 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from kitsmsan import __version__
+from kitsmsan.errors import KitsmsanError
 
 #: subcommands in pipeline order
 COMMANDS = (
@@ -33,25 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kitsmsan",
         description="MSAN for KiTS19: data, phantoms, training, inference, ensemble, evaluation.",
     )
-    from kitsmsan import __version__
-
     parser.add_argument("--version", action="version", version=f"kitsmsan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"kitsmsan.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet
-            if exc.name != f"kitsmsan.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"kitsmsan.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kitsmsan.errors import KitsmsanError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

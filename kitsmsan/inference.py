@@ -7,7 +7,7 @@ size 512×512"). To label a whole CT volume :func:`predict_case`
    uses, so the two cannot disagree; paper §2.1 window [-200, 500] HU → [0, 1]);
 2. pads in-plane (bottom/right) to a multiple of ``divisor`` = 16, the factor by which the U-Net's four
    poolings shrink H and W, with 0 (= -200 HU or lower, i.e. the air around the body), and crops the
-   output back — so any in-plane size works (case_00160 is 252 × 512);
+   output back — so any in-plane size works (case_00160 is 252 slices of 512 × 796);
 3. cuts windows of ``num_slices`` slices starting every ``stride`` slices, the last window aligned to the
    end of the volume; a volume with fewer than ``num_slices`` slices is padded in z by repeating its
    last slice;
@@ -23,11 +23,19 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from kitsmsan.checkpoint import load_model as load_checkpoint_model
+from kitsmsan.data.preprocess import normalize
+from kitsmsan.ensemble import majority_vote
 from kitsmsan.errors import ConfigError, DataError
+from kitsmsan.utils.amp import resolve_amp
+from kitsmsan.utils.device import resolve_device
 
 
 def window_starts(num_slices_total: int, num_slices: int = 4, stride: int = 2) -> list[int]:
@@ -53,62 +61,50 @@ def window_starts(num_slices_total: int, num_slices: int = 4, stride: int = 2) -
     return starts
 
 
-def resolve_device(models, device):
-    """The torch device to run on.
-
-    Args:
-        models: sequence of modules; with ``device=None`` the first one's parameters decide
-            (CPU for a module without parameters).
-        device: None, ``"auto"`` (CUDA if available, else CPU), or anything ``torch.device`` takes.
-
-    Raises:
-        ConfigError: not a device, or CUDA asked for but not available.
-    """
-    import torch
-
-    if device is None:
-        params = next(iter(models[0].parameters()), None)
-        return params.device if params is not None else torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device={device!r}: not a torch device ({exc})") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r}: CUDA is not available on this machine")
-    return dev
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a module without parameters)."""
+    params = next(iter(model.parameters()), None)
+    return params.device if params is not None else torch.device("cpu")
 
 
-def resolve_amp(amp, device):
-    """The autocast dtype for ``amp`` on ``device``, or None for full precision.
-
-    Args:
-        amp: None/``"auto"`` (on for CUDA only), True/``"on"``, False/``"off"``, ``"bf16"``,
-            ``"fp16"`` or a ``torch.dtype``. "On" means bfloat16 where the GPU computes in it
-            natively, else float16; bfloat16 on CPU (:func:`kitsmsan.utils.amp.mixed_precision_dtype`).
-        device: the ``torch.device`` of the run.
+def _check_inputs(image_hu, *, num_slices: int, stride: int, batch_size: int, divisor: int) -> np.ndarray:
+    """``image_hu`` as an array after checking the arguments of :func:`predict_case`.
 
     Raises:
-        ConfigError: an unknown ``amp`` string.
+        ConfigError: a count that is not a positive integer, or ``stride > num_slices``.
+        DataError: ``image_hu`` not a non-empty 3-D array of finite real numbers.
     """
-    import torch
+    for name, v, lo in (("num_slices", num_slices, 1), ("stride", stride, 1),
+                        ("batch_size", batch_size, 1), ("divisor", divisor, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f"{name}={v!r}: expected an integer >= {lo}")
+    if stride > num_slices:
+        raise ConfigError(f"stride={stride} > num_slices={num_slices} would skip slices")
+    image_hu = np.asarray(image_hu)
+    if image_hu.ndim != 3 or 0 in image_hu.shape:
+        raise DataError(f"image_hu: expected a non-empty (Z, Y, X) volume, got shape {image_hu.shape}")
+    if not np.issubdtype(image_hu.dtype, np.number) or np.iscomplexobj(image_hu):
+        raise DataError(f"image_hu: expected real numbers, got dtype {image_hu.dtype}")
+    if np.issubdtype(image_hu.dtype, np.floating) and not np.isfinite(image_hu).all():
+        raise DataError("image_hu: contains NaN or infinite values")
+    return image_hu
 
-    from kitsmsan.utils.amp import mixed_precision_dtype
 
-    if isinstance(amp, str):
-        table = {"auto": None, "on": True, "true": True, "off": False, "false": False,
-                 "bf16": torch.bfloat16, "fp16": torch.float16}
-        if amp.lower() not in table:
-            raise ConfigError(f"amp={amp!r}: expected auto, on, off, bf16 or fp16")
-        amp = table[amp.lower()]
-    if isinstance(amp, torch.dtype):
-        return amp
-    if amp is None:
-        amp = device.type == "cuda"
-    if not amp:
-        return None
-    return mixed_precision_dtype(device)
+def _window_probs(model: torch.nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Softmax probabilities, float32 ``(B, C, n, H, W)``, of ``model`` on windows ``x`` ``(B, 1, n, H, W)``.
+
+    Raises:
+        DataError: the model's output is not ``(B, C, n, H, W)`` logits with C >= 2.
+    """
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = model(x)
+    if isinstance(logits, (list, tuple)):  # deep supervision: full-res output first
+        logits = logits[0]
+    if logits.ndim != 5 or logits.shape[0] != x.shape[0] \
+            or tuple(logits.shape[2:]) != tuple(x.shape[2:]) or logits.shape[1] < 2:
+        raise DataError(f"model output shape {tuple(logits.shape)} for input {tuple(x.shape)}: "
+                        f"expected (B, C, {x.shape[2]}, {x.shape[3]}, {x.shape[4]}) logits with C >= 2")
+    return torch.softmax(logits.float(), dim=1)
 
 
 def predict_case(
@@ -152,29 +148,13 @@ def predict_case(
         DataError: ``image_hu`` not 3-D, empty or non-finite; a model output of the wrong shape.
         ConfigError: bad ``num_slices``, ``stride``, ``batch_size``, ``divisor``, ``device``, ``amp``.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from kitsmsan.data.preprocess import normalize
-
     models = [model_or_models] if isinstance(model_or_models, torch.nn.Module) else list(model_or_models)
     if not models or not all(isinstance(m, torch.nn.Module) for m in models):
         raise ConfigError("model_or_models: expected an nn.Module or a non-empty sequence of them")
-    for name, v, lo in (("num_slices", num_slices, 1), ("stride", stride, 1),
-                        ("batch_size", batch_size, 1), ("divisor", divisor, 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ConfigError(f"{name}={v!r}: expected an integer >= {lo}")
-    if stride > num_slices:
-        raise ConfigError(f"stride={stride} > num_slices={num_slices} would skip slices")
-    image_hu = np.asarray(image_hu)
-    if image_hu.ndim != 3 or 0 in image_hu.shape:
-        raise DataError(f"image_hu: expected a non-empty (Z, Y, X) volume, got shape {image_hu.shape}")
-    if not np.issubdtype(image_hu.dtype, np.number) or np.iscomplexobj(image_hu):
-        raise DataError(f"image_hu: expected real numbers, got dtype {image_hu.dtype}")
-    if np.issubdtype(image_hu.dtype, np.floating) and not np.isfinite(image_hu).all():
-        raise DataError("image_hu: contains NaN or infinite values")
+    image_hu = _check_inputs(image_hu, num_slices=num_slices, stride=stride, batch_size=batch_size,
+                             divisor=divisor)
 
-    dev = resolve_device(models, device)
+    dev = model_device(models[0]) if device is None else resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
     Z, Y, X = image_hu.shape
     Zp = max(Z, num_slices)
@@ -197,8 +177,6 @@ def predict_case(
             m.to(dev)
     batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
     if progress:
-        from tqdm.auto import tqdm
-
         batches = tqdm(batches, desc="windows", unit="batch")
     try:
         for m in models:
@@ -207,22 +185,7 @@ def predict_case(
             for batch_starts in batches:
                 x = torch.stack([volume[s:s + num_slices] for s in batch_starts])[:, None]
                 x = x.to(dev, non_blocking=True)  # (B, 1, num_slices, Hp, Wp)
-                probs_sum = None
-                for m in models:
-                    with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
-                                        enabled=amp_dtype is not None):
-                        logits = m(x)
-                    if isinstance(logits, (list, tuple)):  # deep supervision: full-res output first
-                        logits = logits[0]
-                    if logits.ndim != 5 or logits.shape[0] != x.shape[0] \
-                            or tuple(logits.shape[2:]) != tuple(x.shape[2:]) or logits.shape[1] < 2:
-                        raise DataError(
-                            f"model output shape {tuple(logits.shape)} for input {tuple(x.shape)}: "
-                            f"expected (B, C, {num_slices}, {Hp}, {Wp}) logits with C >= 2"
-                        )
-                    p = torch.softmax(logits.float(), dim=1)[..., :Y, :X]  # (B, C, n, Y, X)
-                    probs_sum = p if probs_sum is None else probs_sum + p
-                probs_np = probs_sum.cpu().numpy()
+                probs_np = sum(_window_probs(m, x, amp_dtype)[..., :Y, :X] for m in models).cpu().numpy()
                 if acc is None:
                     acc = np.zeros((probs_np.shape[1], Zp, Y, X), dtype=np.float32)
                 for j, s in enumerate(batch_starts):
@@ -239,49 +202,41 @@ def predict_case(
 
 
 def predict_ensemble_vote(
-    models: Sequence, image_hu: np.ndarray, *, tie_break: str = "highest", **kwargs
+    models: Sequence, image_hu: np.ndarray, *, rule: str = "nested", tie_break: str | None = None, **kwargs
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The paper's ensemble: each model labels the volume, then a per-voxel vote (§2.2, §3.1).
 
     Args:
         models: sequence of N >= 1 models (the paper uses five variants).
         image_hu: ``(Z, Y, X)`` CT in HU.
-        tie_break: see :func:`kitsmsan.ensemble.majority_vote` (default ``"highest"``).
+        rule, tie_break: see :func:`kitsmsan.ensemble.majority_vote` (default ``"nested"``, None).
         **kwargs: passed to :func:`predict_case` (``stride``, ``device``, ...; not ``return_probs``).
 
     Returns:
         ``(vote, per_model)``: the uint8 ``(Z, Y, X)`` vote and the list of each model's labels.
     """
-    from kitsmsan.ensemble import majority_vote
-
     if kwargs.get("return_probs"):
         raise ConfigError("predict_ensemble_vote: return_probs is not supported (votes are labels)")
     models = list(models)
     if not models:
         raise ConfigError("models: empty; need at least one model")
     per_model = [predict_case(m, image_hu, **kwargs) for m in models]
-    return majority_vote(per_model, tie_break=tie_break), per_model
+    return majority_vote(per_model, rule=rule, tie_break=tie_break), per_model
 
 
 def load_model(run_dir_or_ckpt: str | os.PathLike, device="cpu", *, checkpoint: str = "best"):
-    """Load a trained model for inference (delegates to :func:`kitsmsan.train.load_model`).
+    """Load a trained model for inference (:func:`kitsmsan.checkpoint.load_model`).
 
     Args:
         run_dir_or_ckpt: run folder (``checkpoints/{best,last}.pt`` inside) or checkpoint file.
         device: where to put the model (default ``"cpu"``).
-        checkpoint: ``"best"`` (default; the training module falls back to ``"last"`` for a run
-            without validation) or ``"last"``.
+        checkpoint: ``"best"`` (default; falls back to ``"last"`` for a run without validation) or
+            ``"last"``.
 
     Returns:
         The model in eval mode on ``device``.
 
     Raises:
-        CheckpointError: missing, corrupt or untrusted checkpoint (raised by the training module).
+        CheckpointError: missing, corrupt or untrusted checkpoint.
     """
-    try:
-        from kitsmsan.train import load_model as train_load_model
-    except ImportError:  # the package may not re-export it yet
-        from kitsmsan.train.checkpoint import load_model as train_load_model
-    model = train_load_model(run_dir_or_ckpt, device, which=checkpoint)
-    model.eval()
-    return model
+    return load_checkpoint_model(run_dir_or_ckpt, device, which=checkpoint)

@@ -5,9 +5,13 @@ open choices are decided here (see ``book/fragments/decisions-models.md``):
 
 * :class:`DiceLoss` — softmax over the logits; one-hot target; per class
   ``Dice_c = (2·Σ p·t + smooth_nr) / (Σ p + Σ t + smooth_dr)`` with ``smooth_nr = smooth_dr = 1e-5``;
-  background left out by default (kidney and tumour only, the classes the challenge scores); sums over
-  the whole batch by default ("batch Dice", so a window without tumour does not get a Dice of its own);
-  the loss is ``1 − mean_c Dice_c`` (0 for a perfect prediction, never negative).
+  **background counted** by default (``include_background=True``, also the training default
+  ``TrainConfig.dice_include_background``): the mean runs over background, kidney and tumour. Without
+  the background term a batch whose windows hold no tumour has a tumour Dice of ≈ 0 whatever the
+  network predicts, so nothing pushes back against tumour false positives (our first smoke runs
+  painted ~45 % of every test volume as tumour); the background Dice falls with every false positive.
+  Sums over the whole batch by default ("batch Dice", so a window without tumour does not get a Dice
+  of its own); the loss is ``1 − mean_c Dice_c`` (0 for a perfect prediction, never negative).
 * :func:`deep_supervision_weights` — nnU-Net's weights: halved for each coarser output, normalised
   to sum to 1 (``[4/7, 2/7, 1/7]`` for the paper's full-resolution output plus two auxiliary ones).
 * :class:`DeepSupervisionLoss` — the integer target is brought to each auxiliary resolution by nearest
@@ -36,7 +40,8 @@ class DiceLoss(nn.Module):
     """Multi-class soft Dice loss on softmax probabilities, returning ``1 − Dice`` (MSAN paper, §3.1).
 
     Args:
-        include_background: keep class 0 in the mean. Default False (kidney and tumour only).
+        include_background: keep class 0 (background) in the mean. Default True, the training
+            default (see the module docstring); False averages kidney and tumour only.
         batch: True (default) sums intersections and volumes over the batch and all voxels, giving one
             Dice per class; False gives one Dice per sample and class, then averages them.
         smooth_nr: added to the numerator ``2·Σ p·t``. Default 1e-5.
@@ -55,7 +60,7 @@ class DiceLoss(nn.Module):
 
     def __init__(
         self,
-        include_background: bool = False,
+        include_background: bool = True,
         batch: bool = True,
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kitsmsan.data.kits19 import prediction_filename, probs_filename  # noqa: F401 (re-exported)
 from kitsmsan.errors import DataError
 
 #: the region columns of a per-case table, in order
@@ -235,13 +236,6 @@ def table1_markdown(summary, *, title: str | None = None, digits: int = 2) -> st
 # --------------------------------------------------------------------------------------------
 # folders of predictions
 # --------------------------------------------------------------------------------------------
-
-
-def prediction_filename(case: int | str) -> str:
-    """KiTS19 submission file name of a case: ``"case_00042"`` or 42 → ``"prediction_00042.nii.gz"``."""
-    from kitsmsan.data.kits19 import case_number, normalize_case_id
-
-    return f"prediction_{case_number(normalize_case_id(case)):05d}.nii.gz"
 
 
 def list_predictions(pred_dir: str | os.PathLike) -> list[str]:

@@ -11,7 +11,8 @@ Output folder::
     out/cache/           the training cache
     out/runs/<variant>/  one run folder per network (config, metrics, checkpoints)
     out/predictions/<variant>/prediction_XXXXX.nii.gz   raw argmax of each network
-    out/predictions/ensemble/prediction_XXXXX.nii.gz    majority vote of the five raw predictions
+    out/predictions/ensemble/prediction_XXXXX.nii.gz    nested-region vote of the five raw predictions
+                                                        (predictions/vote/ for any other set of networks)
     out/table1.md, table1.csv, table1.json, per_case.csv
 
 Post-processing: the headline columns keep the two largest connected components of the kidney region
@@ -27,7 +28,6 @@ number; the paper's KiTS19 numbers sit beside ours in their own columns.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -35,7 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kitsmsan.ensemble import ensemble_folders
 from kitsmsan.errors import ConfigError, DataError
+from kitsmsan.predict import predict_folder
+from kitsmsan.train.config import VARIANTS
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text
 
 #: the paper's five networks in Table 1 order, with their display names (MSAN paper, §3.1)
@@ -46,7 +49,11 @@ MODEL_NAMES = {
     "msan_v2": "MSAN-V2",
     "msan_v2_ds": "MSAN-V2 with Deep Supervision",
     "ensemble": "Ensembled Model",
+    "vote": "Vote of the networks run (not the paper's five)",
 }
+
+#: the five networks the paper's "Ensembled Model" votes over (MSAN paper, §3.1)
+ENSEMBLE = VARIANTS
 
 #: MSAN paper, Table 1: Dice (%) on the authors' 10 KiTS19 test cases (180-189), after keeping the
 #: largest connected component. The paper reports no row for MSAN-V1 with deep supervision. (The
@@ -100,14 +107,6 @@ def labels_root_from_env(labels: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def _call_with_supported(fn, *args, **kwargs):
-    """Call ``fn`` with the keyword arguments its signature accepts."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
-
-
 def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
               progress: bool = True, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """Find or write the data of the run; returns ``{"kind", "root", "train", "test", "num_cases"}``.
@@ -154,11 +153,11 @@ def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
     done = json.loads(marker.read_text()) if marker.is_file() else None
     if done != info:
         if labels is not None:
-            _call_with_supported(phantom.write_label_conditioned_dataset, labels, root, size=spec["size"],
+            phantom.write_label_conditioned_dataset(labels, root, size=spec["size"],
                                  case_ids=info["cases"], seed=spec["seed"], progress=progress,
                                  slice_thickness=info["slice_thickness"], z_margin_mm=info["z_margin_mm"])
         else:
-            _call_with_supported(phantom.write_phantom_dataset, root, spec["pure_cases"], spec["seed"],
+            phantom.write_phantom_dataset(root, spec["pure_cases"], spec["seed"],
                                  size=spec["size"], num_slices=spec["num_slices"],
                                  pixel_spacing=info["pixel_spacing"], progress=progress)
         atomic_write_json(marker, info)
@@ -166,42 +165,37 @@ def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
             "num_cases": len(list_cases(root))}
 
 
-def _predict_all(variants, runs: Path, preds: Path, data_root: Path, test_ids: list[str], *,
-                 num_slices: int, device: str, progress: bool) -> None:
-    """Write each network's raw prediction and the majority vote of those raw predictions.
+def predict_and_vote(variants, runs: Path, preds: Path, data_root: Path, test_ids: list[str], *,
+                     num_slices: int, device: str, progress: bool) -> str | None:
+    """Each network's raw prediction, then the vote over those raw predictions (§2.2, §3.1).
 
-    Post-processing (k = 2, 1 or none) is applied at evaluation time to every file alike, the vote
-    included, so each column of the table is one procedure applied to all six rows.
+    Every variant's run is predicted into ``preds/<variant>/`` by
+    :func:`kitsmsan.predict.predict_folder` (last checkpoint, no post-processing; files already
+    there are kept). With at least two variants their folders are voted by
+    :func:`kitsmsan.ensemble.ensemble_folders` (``rule="nested"``, no post-processing) into
+    ``preds/ensemble/`` when the variants are exactly the paper's five (:data:`ENSEMBLE`), else into
+    ``preds/vote/`` — only the five make the "Ensembled Model". Post-processing (k = 2, 1 or none)
+    is applied at evaluation time to every file alike, the vote included, so each column of the
+    table is one procedure applied to all rows.
+
+    Returns:
+        The key of the vote's folder (``"ensemble"`` or ``"vote"``), or None for a single variant.
     """
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from kitsmsan.data.kits19 import load_case, load_label, save_prediction
-    from kitsmsan.ensemble import majority_vote
-    from kitsmsan.inference import predict_case
-    from kitsmsan.metrics import prediction_filename
-    from kitsmsan.train.checkpoint import load_model
-
-    models = {}
     for variant in variants:
-        folder = preds / variant
-        if all((folder / prediction_filename(c)).is_file() for c in test_ids):
-            continue
-        models[variant] = load_model(runs / variant, device=device, which="last")
-    bar = tqdm(test_ids, desc="predict", unit="case", disable=not progress)
-    for cid in bar:
-        case = load_case(data_root / cid, load_label=False)
-        maps = []
-        for variant in variants:
-            path = preds / variant / prediction_filename(cid)
-            if variant in models and not path.is_file():
-                pred = predict_case(models[variant], case.image, num_slices=num_slices, device=device)
-                save_prediction(pred, case, path)
-            else:
-                pred = load_label(path)[0]
-            maps.append(pred)
-        save_prediction(majority_vote(maps).astype(np.uint8), case, preds / "ensemble" / prediction_filename(cid))
-    bar.close()
+        predict_folder([runs / variant], data_root, preds / variant, cases=test_ids, checkpoint="last",
+                       num_slices=num_slices, device=device, skip_existing=True, progress=False,
+                       log=print if progress else None)
+    if len(variants) < 2:
+        return None
+    key = vote_key(variants)
+    ensemble_folders([preds / v for v in variants], preds / key, method="vote", rule="nested",
+                     cases=test_ids, postprocess=0, log=print if progress else None)
+    return key
+
+
+def vote_key(variants) -> str:
+    """``"ensemble"`` when ``variants`` are the paper's five networks (in any order), else ``"vote"``."""
+    return "ensemble" if sorted(variants) == sorted(ENSEMBLE) else "vote"
 
 
 def _fmt(v: float | None) -> str:
@@ -346,7 +340,8 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
     Steps (MSAN paper, §2.1–§3.2): data (phantoms for ``smoke``: label-conditioned on the real KiTS19
     segmentations when ``labels`` / ``$KITSMSAN_LABELS`` is available, else pure phantoms; KiTS19
     imaging for ``paper``) → :func:`~kitsmsan.data.preprocess.prepare_cache` → train the five
-    networks → predict the test cases → majority vote → keep the two largest connected components of
+    networks → predict the test cases → vote of the raw predictions (``rule="nested"``;
+    the "Ensembled Model" only when all five took part) → keep the two largest connected components of
     the kidney region (k = 2, :data:`POSTPROCESS_K`; also reported: the paper's literal k = 1, and
     none) → Dice → ``table1.{md,csv,json}``.
 
@@ -379,7 +374,6 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
     from kitsmsan.data.preprocess import prepare_cache
     from kitsmsan.metrics import evaluate_folder
     from kitsmsan.train import TrainConfig
-    from kitsmsan.train.config import VARIANTS
     from kitsmsan.train.loop import SUMMARY_FILE, run_state, train
     from kitsmsan.train.loop import resume as resume_run
     from kitsmsan.utils.provenance import environment
@@ -436,12 +430,12 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
     t_pred = time.perf_counter()
     test_ids = split["test"]
     device = "cuda" if base.device in ("auto", "cuda") and _cuda() else "cpu"
-    _predict_all(variants, runs, preds, data_root, test_ids, num_slices=base.num_slices, device=device,
-                 progress=progress)
+    vote = predict_and_vote(variants, runs, preds, data_root, test_ids, num_slices=base.num_slices,
+                            device=device, progress=progress)
     t_pred = time.perf_counter() - t_pred
 
     frames = []
-    for key in (*variants, "ensemble"):
+    for key in (*variants, *([vote] if vote else [])):
         for k in (0, 1, 2):
             df = evaluate_folder(preds / key, data_root, case_ids=test_ids, postprocess=k)
             df.insert(0, "model", key)
@@ -462,8 +456,10 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
         "torch": env["torch"], "kitsmsan": env["kitsmsan"],
         "postprocess": (f"largest connected components of the kidney region, k={POSTPROCESS_K} "
                         "(headline; k=1 'paper, literal' and none reported beside it)"),
-        "ensemble": "majority vote of the five raw predictions (tie -> higher label), post-processed like the rest",
-        "checkpoint": "last (the test cases are never used to pick a checkpoint)",
+        "ensemble": (("Ensembled Model: " if vote == "ensemble" else f"{vote}: ") + "nested-region vote "
+                     f"(kidney region and tumour each by a strict majority) of the raw predictions of "
+                     f"{', '.join(variants)}, post-processed like the rest") if vote else None,
+        "checkpoint": "last (no checkpoint, threshold or setting is chosen on the test cases)",
         "train_config": base.to_dict(),
     }
     markdown += "\n" + "\n".join(

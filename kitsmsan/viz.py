@@ -18,7 +18,6 @@ Conventions (as everywhere in the package):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from kitsmsan.data.kits19 import BACKGROUND, KIDNEY, TUMOR
 from kitsmsan.data.preprocess import HU_WINDOW, normalize
 from kitsmsan.errors import DataError
+from kitsmsan.utils.metrics_log import ITERATION_KEY, read_metrics
 
 #: RGB colour of each foreground label in overlays (kidney green, tumour orange-red)
 LABEL_COLORS: dict[int, tuple[float, float, float]] = {
@@ -702,43 +702,10 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
 # --------------------------------------------------------------------------------------------
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a run's ``metrics.jsonl`` (one JSON object per line; blank lines skipped).
-
-    Args:
-        path: the ``metrics.jsonl`` file or the run folder holding it.
-
-    Raises:
-        DataError: missing file, or a line that is not a JSON object (naming file and line).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: metrics file not found (train the run first)")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {n} is not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {n} is not a JSON object")
-            rows.append(row)
-    return rows
-
-
-_STEP_KEYS = ("iteration", "iter", "step")
-
-
 def _step_of(row: Mapping[str, Any]) -> float | None:
-    for k in _STEP_KEYS:
-        if isinstance(row.get(k), (int, float)):
-            return float(row[k])
-    return None
+    """The iteration of a metrics row (:data:`kitsmsan.utils.metrics_log.ITERATION_KEY`), or None."""
+    value = row.get(ITERATION_KEY)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -766,7 +733,7 @@ def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None
                          title: str | None = None):
     """Training loss and validation Dice against iterations, from ``metrics.jsonl`` rows.
 
-    Rows need an iteration counter (``iteration``, ``iter`` or ``step``). By default the loss
+    Rows need an ``iteration`` counter (as training writes them). By default the loss
     panel shows every numeric key whose name contains ``loss``, and the validation panel every
     key that starts with ``val_`` or ``dice`` (e.g. ``val_kidney``, ``val_tumor``); rows without
     a key are skipped for that curve, so training and validation rows may alternate.

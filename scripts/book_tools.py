@@ -7,12 +7,13 @@ Two subcommands, both run from the repository root::
 
 ``run-notebooks`` executes every entry of ``scripts/notebook_params.json`` (a JSON list, in run
 order, of ``{"notebook": "notebooks/03_training.ipynb", "output":
-"book/generated/03_training_unet3d.ipynb", "parameters": {...}, "title": "..."}``; ``title`` is
+"book/generated/03_training.ipynb", "parameters": {...}, "title": "..."}``; ``title`` is
 optional) with papermill: kernel ``python3``, working directory the repository root (so notebooks
 use paths relative to it), the parameters injected after the notebook's ``parameters`` cell. The
-executed copy is written atomically to ``output`` (under ``book/generated/``); when ``title`` is
-given, the first level-1 Markdown heading of the copy is replaced by it (the training notebook runs
-once per variant, and each page needs its own title). A notebook that fails leaves the previous
+``notebook`` is the ``.ipynb`` of a jupytext pair (its MyST ``.md`` is the source; the two are kept
+in sync by ``jupytext --sync`` and checked by ``scripts/check_notebooks.py``). The executed copy is
+written atomically to ``output`` (under ``book/generated/``); when ``title`` is given, the first
+level-1 Markdown heading of the copy is replaced by it (for a notebook run more than once). A notebook that fails leaves the previous
 output untouched and its partial copy in ``_build/failed/``; the command then exits with status 1.
 
 ``render`` writes the Markdown snippets that the prose pages ``{include}`` into ``book/generated/``:
@@ -141,7 +142,7 @@ def run_notebooks(only: list[str] | None = None, reuse: bool = False, params: Pa
     """Execute the entries of ``scripts/notebook_params.json`` with papermill, in order.
 
     Args:
-        only: output names (``03_training_unet3d``) or notebook names (``03_training``) to run;
+        only: output names (``03_training_compared``) or notebook names (``03_training``) to run;
             default ``None`` runs all.
         reuse: skip entries whose output is newer than the notebook and has the same parameters
             (a quick re-render during writing; default ``False``, everything re-runs).
@@ -606,13 +607,17 @@ def render_reliability_tally() -> str:
 
 #: pipeline order of the API reference; modules not listed here follow in alphabetical order
 API_ORDER = (
-    "kitsmsan.data.kits19", "kitsmsan.data.phantom", "kitsmsan.data.preprocess", "kitsmsan.data.dataset",
-    "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry", "kitsmsan.models.msan",
-    "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses", "kitsmsan.train.config",
-    "kitsmsan.train.loop", "kitsmsan.train.checkpoint", "kitsmsan.train.distributed", "kitsmsan.inference",
-    "kitsmsan.postprocess", "kitsmsan.ensemble", "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench",
-    "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io", "kitsmsan.utils.provenance",
-    "kitsmsan.cli",
+    "kitsmsan.data.kits19", "kitsmsan.data.phantom.anatomy", "kitsmsan.data.phantom.render",
+    "kitsmsan.data.phantom.writer", "kitsmsan.data.phantom.label_conditioned", "kitsmsan.data.preprocess",
+    "kitsmsan.data.dataset", "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry",
+    "kitsmsan.models.msan", "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses",
+    "kitsmsan.train.config", "kitsmsan.train.step", "kitsmsan.train.loop", "kitsmsan.checkpoint",
+    "kitsmsan.train.distributed", "kitsmsan.inference", "kitsmsan.postprocess", "kitsmsan.ensemble",
+    "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench.common", "kitsmsan.bench.data",
+    "kitsmsan.bench.step", "kitsmsan.bench.budget", "kitsmsan.bench.inference", "kitsmsan.bench.smoke",
+    "kitsmsan.bench.report", "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io",
+    "kitsmsan.utils.provenance", "kitsmsan.utils.amp", "kitsmsan.utils.device",
+    "kitsmsan.utils.torch_state", "kitsmsan.utils.metrics_log", "kitsmsan.cli",
 )
 #: not in the API reference: per-command argument parsing (shown as the CLI reference instead)
 API_SKIP = ("kitsmsan.commands", "kitsmsan.__main__")

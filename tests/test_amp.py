@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kitsmsan.inference import resolve_amp as inference_amp
-from kitsmsan.train.loop import resolve_amp as train_amp
-from kitsmsan.utils.amp import mixed_precision_dtype
+from kitsmsan.errors import ConfigError
+from kitsmsan.utils.amp import AMP_MODES, mixed_precision_dtype, resolve_amp
 
 
 @pytest.fixture
@@ -34,18 +33,18 @@ def test_bf16_only_where_native(fake_gpu, gpu, capability, dtype):
     fake_gpu(*capability)
     cuda = torch.device("cuda")
     assert mixed_precision_dtype(cuda) is dtype, gpu
-    assert train_amp("auto", cuda) is dtype          # training's "auto"
-    assert inference_amp("on", cuda) is dtype        # inference's "on"
-    assert inference_amp(None, cuda) is dtype        # inference's default on CUDA
+    assert resolve_amp("auto", cuda) is dtype and resolve_amp(None, cuda) is dtype  # the default on CUDA
+    assert resolve_amp("on", cuda) is dtype and resolve_amp(True, cuda) is dtype
     # an explicit choice is kept as asked
-    assert train_amp("bf16", cuda) is torch.bfloat16 and train_amp("fp16", cuda) is torch.float16
-    assert train_amp("off", cuda) is None
+    assert resolve_amp("bf16", cuda) is torch.bfloat16 and resolve_amp("fp16", cuda) is torch.float16
+    assert resolve_amp("off", cuda) is None and resolve_amp(False, cuda) is None
 
 
 def test_cpu():
     assert mixed_precision_dtype("cpu") is torch.bfloat16
-    assert train_amp("auto", torch.device("cpu")) is None  # training never autocasts on CPU
-    assert inference_amp(None, torch.device("cpu")) is None and inference_amp("on", torch.device("cpu")) is torch.bfloat16
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp(None, cpu) is None  # "auto": CUDA only
+    assert resolve_amp("on", cpu) is torch.bfloat16 and resolve_amp("bf16", cpu) is torch.bfloat16
 
 
 @pytest.mark.parametrize("variant", ["unet3d", "msan_v2_ds"])
@@ -72,3 +71,29 @@ def test_channels_last_grads_fit_fused_adam(variant):
         # whether a size-1 stride differs depends on the CPU kernel chosen (it does on one thread)
         strides = [dim for dim, (a, b) in enumerate(zip(p.stride(), p.grad.stride())) if a != b]
         assert all(p.shape[dim] == 1 for dim in strides), f"{name}: {tuple(p.shape)} {p.stride()} vs {p.grad.stride()}"
+
+
+@pytest.mark.parametrize("value", AMP_MODES)
+def test_train_and_predict_accept_the_same_values(value, tmp_path):
+    """One value set: what `predict --amp` takes, `train --set amp=` takes too (and the reverse)."""
+    from kitsmsan.inference import predict_case
+    from kitsmsan.train import TrainConfig
+    from kitsmsan.train.config import parse_overrides
+
+    config = TrainConfig.from_preset("smoke", **parse_overrides([f"amp={value}"]))
+    assert config.amp == value
+    labels = predict_case(torch.nn.Conv3d(1, 3, 1), torch.zeros(4, 16, 16).numpy(), amp=value)
+    assert labels.shape == (4, 16, 16)
+    assert resolve_amp(config.amp, torch.device("cpu")) == resolve_amp(value, "cpu")
+
+
+def test_one_message_for_a_bad_value():
+    from kitsmsan.inference import predict_case
+    from kitsmsan.train import TrainConfig
+
+    expected = "amp='maybe': expected one of auto, on, off, bf16, fp16"
+    with pytest.raises(ConfigError) as train_error:
+        TrainConfig.from_preset("smoke", amp="maybe")
+    with pytest.raises(ConfigError) as predict_error:
+        predict_case(torch.nn.Conv3d(1, 3, 1), torch.zeros(4, 16, 16).numpy(), amp="maybe")
+    assert str(train_error.value) == f"config: {expected}" and str(predict_error.value) == expected

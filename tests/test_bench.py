@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
+import kitsmsan.bench.data
 from kitsmsan.bench import (
     BENCHMARKS,
-    _run_child,
     PROVENANCE_KEYS,
+    TARGETS,
     bench_data,
     bench_inference,
     bench_smoke,
@@ -22,12 +23,12 @@ from kitsmsan.bench import (
     format_table,
     make_report,
     merge_reports,
-    TARGETS,
     schedule_budget,
     schedule_row,
     target_rows,
 )
 from kitsmsan.cli import main as cli_main
+from kitsmsan.commands.bench import run_child, time_step_isolated
 from kitsmsan.errors import ConfigError
 from kitsmsan.models import build_model, count_flops, count_train_flops
 
@@ -75,7 +76,7 @@ def test_bench_data_without_nifti_and_bad_args(tmp_path):
 def test_bench_step_small():
     seen = []
     rows = bench_step(variants="msan_v1_ds", size=32, base_channels=4, iters=1, warmup=0,
-                      device="cpu", threads=1, isolate=False, budget=False, verbose=False, on_row=seen.append)
+                      device="cpu", threads=1, budget=False, verbose=False, on_row=seen.append)
     assert seen == rows  # every row was handed out as soon as it was measured
     steps, sched = rows[:-1], rows[-1]
     train_flops = count_train_flops(build_model("msan_v1_ds", base_channels=4), (2, 1, 4, 32, 32))
@@ -99,37 +100,50 @@ def test_bench_step_small():
 
 
 def test_bench_step_isolated_and_crash_rows():
-    # the default on CPU: each measurement in its own process (seconds: one fp32 row)
+    # the command's default on CPU: each measurement in its own process (seconds: one fp32 row)
     row = bench_step(variants="unet3d", modes="fp32", size=16, base_channels=2, iters=1, warmup=0,
-                     device="cpu", threads=1, budget=False, verbose=False)[0]
+                     device="cpu", threads=1, budget=False, verbose=False, measure=time_step_isolated)[0]
     assert row["isolated"] is True and row["it_per_s"] > 0 and "error" not in row and row["loss_finite"]
     # a native crash in the child becomes an exception naming the signal, not the end of the run
+    py = [sys.executable, "-c"]
     with pytest.raises(RuntimeError, match="crashed \\(SIGABRT\\)"):
-        _run_child({}, "import os; os.abort()", 60)
+        run_child({}, 60, argv=py + ["import os; os.abort()"])
     with pytest.raises(RuntimeError, match="no valid"):
-        _run_child({}, "import sys; sys.exit('no valid input')", 60)
-    assert _run_child({"a": 2}, "import json, sys; print(json.dumps({'b': json.load(sys.stdin)['a'] * 3}))",
-                      60) == {"b": 6}
+        run_child({}, 60, argv=py + ["import sys; sys.exit('no valid input')"])
+    assert run_child({"a": 2}, 60, argv=py + [
+        "import json, sys; print(json.dumps({'b': json.load(sys.stdin)['a'] * 3}))"]) == {"b": 6}
 
 
 def test_crashed_cpu_measurement_is_retried_without_amx(monkeypatch):
     import torch
 
-    import kitsmsan.bench as bench
+    import kitsmsan.commands.bench as command
 
     calls = []
 
-    def fake_child(payload, code, timeout_s, env=None):
+    def fake_child(payload, timeout_s, env=None):
         calls.append(env)
         if env is None:
             raise RuntimeError("the process crashed (SIGSEGV) inside a native kernel")
         return {"s_per_it": 0.5}
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    monkeypatch.setattr(bench, "_run_child", fake_child)
-    res = bench._time_step_isolated("unet3d", "amp", torch.device("cpu"), size=16)
+    monkeypatch.setattr(command, "run_child", fake_child)
+    res = command.time_step_isolated("unet3d", "amp", torch.device("cpu"), size=16)
     assert calls == [None, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}]
     assert res["s_per_it"] == 0.5 and res["onednn_isa"] == "AVX512_CORE_BF16 (default: SIGSEGV)"
+
+
+def test_cli_isolates_cpu_steps_by_default(monkeypatch):
+    """`kitsmsan bench step` measures in a fresh process on CPU unless --no-isolate; the library does not."""
+    import kitsmsan.bench.step as step_module
+    import kitsmsan.commands.bench as command
+
+    seen = []
+    monkeypatch.setattr(step_module, "bench_step", lambda **kw: seen.append(kw["measure"]) or [])
+    args = ["bench", "step", "--device", "cpu", "--variants", "unet3d"]
+    assert cli_main(args) == 0 and cli_main(args + ["--no-isolate"]) == 0
+    assert seen == [command.time_step_isolated, None]
 
 
 def test_bench_step_rejects_bad_arguments():
@@ -282,7 +296,8 @@ def test_cli_bench_json(tmp_path, monkeypatch, capsys):
         on_row(row)
         return [row]
 
-    monkeypatch.setitem(BENCHMARKS, "data", fake)
+    assert BENCHMARKS == ("data", "step", "inference", "smoke")
+    monkeypatch.setattr(kitsmsan.bench.data, "bench_data", fake)
     out = tmp_path / "b.json"
     assert cli_main(["bench", "data", "--size", "64", "--json", str(out)]) == 0
     report = json.loads(out.read_text())

@@ -260,3 +260,19 @@ def test_cdn_font_awesome_links_are_stripped_and_nothing_else():
             '<link rel="stylesheet" href="../_static/local.css"><i class="fa fa-play"></i>')
     assert ext.strip_cdn_font_awesome(html) == '<link rel="stylesheet" href="../_static/local.css"><i class="fa fa-play"></i>'
     assert ext.strip_cdn_font_awesome("<p>no links</p>") == "<p>no links</p>"
+
+
+def test_every_launch_button_opens_the_committed_notebook_of_its_page():
+    """Colab/Binder buttons of each generated page are rewritten to that page's own notebook in notebooks/."""
+    from types import SimpleNamespace
+
+    app = SimpleNamespace(srcdir=str(REPO))
+    colab = "https://colab.research.google.com/github/kitsmsan/kitsmsan/blob/main/"
+    for entry in bt.load_entries():
+        page = str(Path(entry["output"]).with_suffix(""))
+        context = {"header_buttons": [{"label": "launch-buttons", "buttons": [
+            {"label": "Colab", "url": f"{colab}{page}.ipynb"}]}]}
+        ext.rewrite_launch_buttons(app, page, "page.html", context, None)
+        url = context["header_buttons"][0]["buttons"][0]["url"]
+        assert url == f"{colab}{entry['notebook']}", page
+        assert (REPO / entry["notebook"]).is_file() and (REPO / entry["notebook"]).with_suffix(".md").is_file()

@@ -124,3 +124,14 @@ def test_labels_download_size_is_one_measured_number_everywhere():
     assert str(LABELS_DOWNLOAD_MB) in sizes, "the labels download size is stated nowhere"
     assert set(sizes) == {str(LABELS_DOWNLOAD_MB)}, f"other sizes for the labels download: {sizes}"
     assert "60.0 MB" in (REPO / "book" / "real_anatomy.md").read_text(encoding="utf-8")  # how it was measured
+
+
+def test_cli_help_shown_in_the_book_has_no_process_words():
+    from kitsmsan.cli import build_parser
+
+    parser = build_parser()
+    texts = [parser.format_help()]
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        texts += [sub.format_help() for sub in action.choices.values()]
+    hits = [w for text in texts for w in find_process_words(text)]
+    assert len(texts) > 5 and not hits, f"process words in the CLI help (the API page shows it): {hits}"

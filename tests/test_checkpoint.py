@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from kitsmsan import checkpoint as ckpt
 from kitsmsan.errors import CheckpointError, TrainingError
 from kitsmsan.models import build_model
-from kitsmsan.train import checkpoint as ckpt
 
 
 def tiny(variant="msan_v1"):
@@ -44,11 +44,15 @@ def test_round_trip_restores_weights_and_model(tmp_path):
 
 
 def test_rng_states_round_trip_through_a_file(tmp_path):
-    torch.manual_seed(1); np.random.seed(2); random.seed(3)
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
     state = ckpt.make_checkpoint(tiny(), iteration=0)
     ckpt.save_checkpoint(state, tmp_path / "a.pt")
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    torch.manual_seed(99); np.random.seed(99); random.seed(99)
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
     ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "a.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
@@ -177,7 +181,7 @@ def test_kill_during_checkpoint_write_leaves_the_last_good_one(tmp_path):
     script = textwrap.dedent(f"""
         import time, torch
         from kitsmsan.models import build_model
-        from kitsmsan.train import checkpoint as ckpt
+        from kitsmsan import checkpoint as ckpt
         model = build_model("msan_v1", base_channels=4)
         ckpt.save_checkpoint(ckpt.make_checkpoint(model, iteration=1), {str(path)!r})
         real_save = torch.save

@@ -59,8 +59,8 @@ def tiny_checkpoint(path: Path, variant: str = "msan_v1", *, config_of: str | No
         config_of: store the model config of this other variant instead (a checkpoint whose
             weights are of another architecture than it claims). Default None = its own.
     """
+    from kitsmsan import checkpoint as ckpt
     from kitsmsan.models import build_model
-    from kitsmsan.train import checkpoint as ckpt
 
     torch.manual_seed(0)
     state = ckpt.make_checkpoint(build_model(variant, base_channels=4), iteration=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 
 import numpy as np
@@ -12,8 +13,24 @@ from kitsmsan.ensemble import argmax_label, average_probabilities, majority_vote
 from kitsmsan.errors import ConfigError, DataError
 
 
+def reference_nested(votes):
+    """Brute-force nested-region vote, written from the KiTS19 regions rather than from thresholds.
+
+    Kidney region = label > 0 and tumour = label 2; each region is kept where more than half the
+    models put the voxel in it; tumour is checked first (it lies inside the kidney region).
+    """
+    n = len(votes)
+    says_region = sum(1 for v in votes if v != 0)
+    says_tumour = sum(1 for v in votes if v == 2)
+    if 2 * says_tumour > n:
+        return 2
+    if 2 * says_region > n:
+        return 1
+    return 0
+
+
 def reference_vote(votes, tie_break, num_classes=3):
-    """Brute-force per-voxel vote written independently of the implementation."""
+    """Brute-force per-voxel plurality vote written independently of the implementation."""
     counts = Counter(votes)
     top = max(counts.values())
     tied = [c for c in range(num_classes) if counts.get(c, 0) == top]
@@ -31,50 +48,84 @@ def all_patterns(n_models, num_classes=3):
     return combos, maps
 
 
+@pytest.mark.parametrize("n_models", [1, 2, 3, 4, 5])
+def test_nested_vote_every_pattern(n_models):
+    """All 3**N patterns (243 for five models) against the brute-force region vote."""
+    combos, maps = all_patterns(n_models)
+    got = majority_vote(maps)  # the default rule
+    expected = np.array([reference_nested(c) for c in combos], dtype=np.uint8)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.uint8 and got.shape == maps[0].shape
+    # region-consistent: the voted kidney region / tumour is where a strict majority says so
+    region_votes = sum((m > 0).astype(int) for m in maps)
+    tumour_votes = sum((m == 2).astype(int) for m in maps)
+    np.testing.assert_array_equal(got > 0, 2 * region_votes > n_models)
+    np.testing.assert_array_equal(got == 2, 2 * tumour_votes > n_models)
+
+
+def test_nested_and_plurality_differ_on_60_of_243():
+    combos, maps = all_patterns(5)
+    nested, plurality = majority_vote(maps, rule="nested"), majority_vote(maps, rule="plurality")
+    assert int((nested != plurality).sum()) == 60
+    # for five models the kidney region agrees; every difference is plurality-tumour vs region-kidney
+    np.testing.assert_array_equal(nested > 0, plurality > 0)
+    assert ((nested != plurality) == ((plurality == 2) & (nested == 1))).all()
+
+
+@pytest.mark.parametrize(
+    "votes,nested,plurality",
+    [
+        ((0, 0, 1, 2, 2), 1, 2),  # 3 of 5 say kidney region, 2 of 5 tumour -> kidney; plurality: tumour
+        ((0, 0, 1, 1, 2), 1, 1),  # 3 of 5 say kidney region, 1 tumour -> kidney
+        ((1, 1, 2, 2, 0), 1, 2),  # 4 say kidney region, only 2 say tumour -> kidney
+        ((1, 2, 2, 2, 0), 2, 2),  # 3 of 5 say tumour
+        ((0, 0, 0, 1, 2), 0, 0),  # 2 of 5 say kidney region -> background
+        ((2, 2, 0, 0, 0), 0, 0),
+        ((1, 1, 2, 2), 1, 2),  # even N: 2 of 4 tumour is a tie, no majority -> kidney (4 of 4)
+        ((0, 0, 1, 2), 0, 0),  # 2 of 4 say kidney region: a tie -> background
+        ((0, 1), 0, 1),  # two models disagreeing: no majority -> background
+        ((1, 2), 1, 2),  # both say kidney region, one tumour -> kidney
+    ],
+)
+def test_votes_by_hand(votes, nested, plurality):
+    maps = [np.full((2, 2, 2), v, np.uint8) for v in votes]
+    assert (majority_vote(maps) == nested).all()
+    assert (majority_vote(maps, rule="plurality") == plurality).all()
+
+
+def test_nested_refuses_a_tie_break():
+    with pytest.raises(ConfigError, match="tie_break"):
+        majority_vote([np.zeros(3, np.uint8)], tie_break="highest")
+    with pytest.raises(ConfigError, match="rule"):
+        majority_vote([np.zeros(3, np.uint8)], rule="hierarchical")
+
+
 @pytest.mark.parametrize("tie_break", ["highest", "lowest", "first"])
 @pytest.mark.parametrize("n_models", [1, 2, 3, 4, 5])
-def test_every_vote_pattern(n_models, tie_break):
+def test_plurality_every_vote_pattern(n_models, tie_break):
     combos, maps = all_patterns(n_models)
-    got = majority_vote(maps, tie_break=tie_break)
+    got = majority_vote(maps, rule="plurality", tie_break=tie_break)
     expected = np.array([reference_vote(c, tie_break) for c in combos], dtype=np.uint8)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.uint8 and got.shape == maps[0].shape
 
 
-# the 2-2-1 splits of five models, decided by hand for the default ("highest") rule
-@pytest.mark.parametrize(
-    "votes,expected",
-    [
-        ((0, 0, 1, 1, 2), 1),  # bg 2, kidney 2, tumour 1 -> kidney (3 of 5 say foreground)
-        ((0, 0, 2, 2, 1), 2),  # bg 2, tumour 2, kidney 1 -> tumour
-        ((1, 1, 2, 2, 0), 2),  # kidney 2, tumour 2, bg 1 -> tumour
-        ((2, 1, 0, 1, 2), 2),  # same split, other order -> same answer
-        ((0, 0, 0, 1, 2), 0),  # clear majority is never overruled
-        ((2, 1, 1, 1, 0), 1),
-        ((0, 0, 1, 2, 2), 2),
-    ],
-)
-def test_five_model_splits_by_hand(votes, expected):
-    maps = [np.full((2, 2, 2), v, np.uint8) for v in votes]
-    out = majority_vote(maps)
-    assert (out == expected).all()
-
-
 def test_first_tie_break_follows_model_order():
     a = [np.array([0]), np.array([1])]
-    assert majority_vote(a, tie_break="first")[0] == 0
-    assert majority_vote(a[::-1], tie_break="first")[0] == 1
+    assert majority_vote(a, rule="plurality", tie_break="first")[0] == 0
+    assert majority_vote(a[::-1], rule="plurality", tie_break="first")[0] == 1
     # first model's label not among the tied classes: the next model decides
     maps = [np.array([v]) for v in (2, 0, 1, 0, 1)]  # 0 and 1 tie at 2 votes
-    assert majority_vote(maps, tie_break="first")[0] == 0
+    assert majority_vote(maps, rule="plurality", tie_break="first")[0] == 0
 
 
-def test_highest_is_order_invariant():
+@pytest.mark.parametrize("rule", ["nested", "plurality"])
+def test_vote_is_order_invariant(rule):
     rng = np.random.default_rng(1)
     maps = [rng.integers(0, 3, (3, 4, 5)).astype(np.uint8) for _ in range(5)]
-    base = majority_vote(maps)
+    base = majority_vote(maps, rule=rule)
     for perm in [(4, 3, 2, 1, 0), (2, 0, 4, 1, 3)]:
-        np.testing.assert_array_equal(majority_vote([maps[i] for i in perm]), base)
+        np.testing.assert_array_equal(majority_vote([maps[i] for i in perm], rule=rule), base)
 
 
 def test_vote_validation():
@@ -87,7 +138,7 @@ def test_vote_validation():
     with pytest.raises(DataError, match="dtype float"):
         majority_vote([np.zeros(3, np.float32)])
     with pytest.raises(ConfigError, match="tie_break"):
-        majority_vote([np.zeros(3, np.uint8)], tie_break="random")
+        majority_vote([np.zeros(3, np.uint8)], rule="plurality", tie_break="random")
     with pytest.raises(DataError, match="sequence"):
         majority_vote(np.zeros((5, 3), np.uint8))
 
@@ -103,7 +154,9 @@ def test_average_probabilities_hand_computed():
     np.testing.assert_array_equal(argmax_label(mean)[0, 0], [0, 1])
     # voting the per-model argmaxes differs from averaging: p1 says (0, 2), p2 says (2, 1)
     votes = majority_vote([argmax_label(p1), argmax_label(p2)])
-    np.testing.assert_array_equal(votes[0, 0], [2, 2])
+    np.testing.assert_array_equal(votes[0, 0], [0, 1])  # no majority for voxel 0; both say kidney region at 1
+    plurality = majority_vote([argmax_label(p1), argmax_label(p2)], rule="plurality")
+    np.testing.assert_array_equal(plurality[0, 0], [2, 2])
     np.testing.assert_array_equal(p1[:, 0, 0, 0], np.float32([0.6, 0.3, 0.1]))  # inputs untouched
 
 
@@ -156,6 +209,13 @@ def test_ensemble_cli_vote_and_average(three_folders):
     vote, _, affine = load_label(tmp / "vote" / "prediction_00180.nii.gz")
     np.testing.assert_array_equal(vote, majority_vote(labels))
     np.testing.assert_allclose(affine, case.affine)
+    assert json.loads((tmp / "vote" / "ensemble.json").read_text())["rule"] == "nested"
+    assert main(["ensemble", *pred_args, "--out", str(tmp / "plural"), "--rule", "plurality",
+                 "--tie-break", "lowest"]) == 0
+    plural, _, _ = load_label(tmp / "plural" / "prediction_00180.nii.gz")
+    np.testing.assert_array_equal(plural, majority_vote(labels, rule="plurality", tie_break="lowest"))
+    assert main(["ensemble", *pred_args, "--out", str(tmp / "bad"), "--tie-break", "lowest"]) == 2  # nested: no ties
+    assert not (tmp / "bad").exists()
     assert main(["ensemble", *pred_args, "--out", str(tmp / "avg"), "--method", "average"]) == 0
     avg, _, _ = load_label(tmp / "avg" / "prediction_00180.nii.gz")
     probs = [np.load(d / "probs_00180.npy").astype(np.float32) for d in dirs]

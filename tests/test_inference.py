@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from kitsmsan.data.kits19 import Case, load_case, load_label, save_case, save_prediction
+from kitsmsan.data.kits19 import load_case, load_label, save_case, save_prediction
 from kitsmsan.data.preprocess import normalize
 from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.inference import predict_case, predict_ensemble_vote, window_starts
@@ -95,7 +93,7 @@ def test_batch_size_does_not_change_result():
 
 
 def test_padding_and_cropping_on_a_252_row_case():
-    # case_00160 is 252 x 512 in-plane: 252 is not a multiple of 16 and must be padded, then cropped
+    # case_00160 is 252 slices of 512 x 796 (796 is not a multiple of 16); 252 rows test the same padding
     rng = np.random.default_rng(1)
     image = rng.uniform(-400, 700, (6, 252, 512)).astype(np.float32)
     model = ThresholdModel()
@@ -124,13 +122,14 @@ def test_list_of_models_averages_probabilities():
 
 
 def test_ensemble_vote_and_mode_restored():
-    models = [ConstantModel(c) for c in (2, 0, 1, 1, 2)]  # kidney 2, tumour 2, bg 1 -> tumour
+    models = [ConstantModel(c) for c in (2, 0, 1, 1, 2)]  # 4 of 5 say kidney region, 2 tumour -> kidney
     models[0].train()
     models[1].eval()
     image = np.zeros((4, 16, 16), np.float32)
     vote, per_model = predict_ensemble_vote(models, image)
     assert [int(p[0, 0, 0]) for p in per_model] == [2, 0, 1, 1, 2]
-    assert (vote == 2).all()
+    assert (vote == 1).all()
+    assert (predict_ensemble_vote(models, image, rule="plurality")[0] == 2).all()  # tie -> higher label
     assert models[0].training and not models[1].training  # modes restored as they were
 
 
@@ -191,8 +190,8 @@ def test_prediction_has_source_affine(tmp_path):
 
 
 def _tiny_run(tmp_path):
+    from kitsmsan.checkpoint import make_checkpoint, save_checkpoint
     from kitsmsan.models import build_model
-    from kitsmsan.train.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("unet3d", base_channels=4)

@@ -27,13 +27,30 @@ def _hand_case() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_dice_loss_by_hand_without_background():
     logits, target = _hand_case()
-    assert DiceLoss()(logits, target).item() == pytest.approx(1 - 4 / 9, abs=1e-5)
+    assert DiceLoss(include_background=False)(logits, target).item() == pytest.approx(1 - 4 / 9, abs=1e-5)
 
 
-def test_dice_loss_by_hand_with_background():
+def test_dice_loss_by_hand_with_background_is_the_default():
     logits, target = _hand_case()
-    loss = DiceLoss(include_background=True)(logits, target)
+    loss = DiceLoss()(logits, target)
     assert loss.item() == pytest.approx(1 - (4 / 7 + 4 / 9 + 4 / 9) / 3, abs=1e-5)  # = 97/189
+
+
+@pytest.mark.parametrize("preset", ["paper", "smoke"])
+def test_the_trained_loss_by_hand(preset):
+    """The loss the Trainer builds (build_loss) for each preset is the background-counted Dice: 97/189."""
+    import inspect
+
+    from kitsmsan.models import build_model
+    from kitsmsan.train import TrainConfig
+    from kitsmsan.train.loop import build_loss
+
+    config = TrainConfig.from_preset(preset, variant="msan_v1")
+    assert config.dice_include_background is True
+    assert inspect.signature(DiceLoss).parameters["include_background"].default == config.dice_include_background
+    loss_fn = build_loss(config, build_model("msan_v1", base_channels=4))
+    logits, target = _hand_case()
+    assert loss_fn(logits, target).item() == pytest.approx(97 / 189, abs=1e-5)
 
 
 def test_dice_loss_by_hand_batch_versus_per_sample():
@@ -44,9 +61,11 @@ def test_dice_loss_by_hand_batch_versus_per_sample():
     logits2[:, 0] = 100.0
     logits = torch.cat([logits1, logits2])
     target = torch.cat([target1, torch.zeros_like(target1)])
-    assert DiceLoss(batch=True)(logits, target).item() == pytest.approx(5 / 9, abs=1e-5)
-    assert DiceLoss(batch=False)(logits, target).item() == pytest.approx(1 - (4 / 9 + 4 / 9 + 1 + 1) / 4, abs=1e-5)
-    dice = DiceLoss(batch=False).dice(logits, target)
+    fg = dict(include_background=False)
+    assert DiceLoss(batch=True, **fg)(logits, target).item() == pytest.approx(5 / 9, abs=1e-5)
+    assert DiceLoss(batch=False, **fg)(logits, target).item() == pytest.approx(
+        1 - (4 / 9 + 4 / 9 + 1 + 1) / 4, abs=1e-5)
+    dice = DiceLoss(batch=False, **fg).dice(logits, target)
     assert dice.shape == (2, 2)
 
 
@@ -76,7 +95,7 @@ def test_dice_loss_with_soft_target_matches_monai():
     torch.manual_seed(3)
     logits = torch.randn(2, 3, 4, 4, 4)
     soft = torch.softmax(torch.randn(2, 3, 4, 4, 4), dim=1)
-    ours = DiceLoss(smooth_nr=0.5, smooth_dr=1.0)(logits, soft)
+    ours = DiceLoss(include_background=False, smooth_nr=0.5, smooth_dr=1.0)(logits, soft)
     reference = monai_losses.DiceLoss(include_background=False, softmax=True, batch=True, smooth_nr=0.5, smooth_dr=1.0)
     assert ours.item() == pytest.approx(reference(logits, soft).item(), abs=1e-6)
 
@@ -104,7 +123,7 @@ def test_dice_loss_computes_in_float32_for_half_logits():
     logits, target = _hand_case()
     loss = DiceLoss()(logits.to(torch.bfloat16), target)
     assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(5 / 9, abs=1e-2)
+    assert loss.item() == pytest.approx(97 / 189, abs=1e-2)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +140,7 @@ def test_dice_loss_computes_in_float32_for_half_logits():
 )
 def test_dice_loss_rejects_bad_tensors(logits_shape, target, fragment):
     with pytest.raises(DataError) as info:
-        DiceLoss()(torch.zeros(logits_shape), target)
+        DiceLoss(include_background=False)(torch.zeros(logits_shape), target)
     assert fragment in str(info.value)
 
 

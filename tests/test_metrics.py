@@ -102,6 +102,20 @@ def test_summarize_reproduces_table1_averaging():
     assert "| all | 89.70 | 46.90 | 68.30 | 2 |" in table1_markdown(s)
 
 
+def test_averaged_is_the_mean_of_region_means_not_of_case_composites():
+    """Case a has no tumour (tumour Dice NaN, composite = its kidney Dice 18/19); case b: kidney 2/3,
+    tumour 0. Region means (0.807, 0) give 0.404; the mean of the composites would give 0.640."""
+    a = kits_dice(np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 0]]), np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]))
+    b = kits_dice(np.array([[2, 1, 1, 1, 0, 0, 0, 0]]), np.array([[1, 1, 1, 1, 1, 2, 2, 2]]))
+    assert math.isnan(a["tumor"]) and a["composite"] == pytest.approx(18 / 19)  # NaN-aware composite
+    df = dice_table([{"case_id": "a", **a}, {"case_id": "b", **b}])
+    s = summarize(df).loc["all"]
+    kidney, tumor = (18 / 19 + b["kidney"]) / 2, b["tumor"]
+    assert (s["kidney"], s["tumor"]) == (pytest.approx(kidney), pytest.approx(tumor))
+    assert s["averaged"] == pytest.approx((kidney + tumor) / 2)
+    assert s["averaged"] != pytest.approx((a["composite"] + b["composite"]) / 2, abs=0.05)
+
+
 def test_summarize_nan_and_missing_and_groups():
     df = dice_table(
         [

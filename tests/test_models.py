@@ -51,7 +51,8 @@ def test_registry_switches(name, attention, res2net, ds):
     assert (cfg.name, cfg.attention, cfg.res2net, cfg.deep_supervision) == (name, attention, res2net, ds)
     assert (model.res2net is not None) == res2net
     assert hasattr(model, "att0") == attention
-    assert hasattr(model, "aux_head_u2") == ds
+    assert hasattr(model, "aux_head_u3") == ds and hasattr(model, "aux_head_x4") == ds  # literal placement
+    assert not hasattr(model, "aux_head_u2")
     assert describe(name).split(":")[0] in {
         "3D U-Net", "MSAN-V1", "MSAN-V1 with deep supervision", "MSAN-V2", "MSAN-V2 with deep supervision"
     }
@@ -130,8 +131,8 @@ def test_output_shapes_small(name, mode):
         out = model(torch.randn(SMALL))
     if mode == "train" and name in DS_NAMES:
         assert isinstance(out, list)
-        # aux_1 from u2 (1/4 of H, W), aux_2 from u3 (1/8): the stages undoing the last two poolings
-        assert [tuple(t.shape) for t in out] == [(1, 3, 4, 32, 32), (1, 3, 4, 8, 8), (1, 3, 4, 4, 4)]
+        # aux_1 from u3 (1/8 of H, W), aux_2 from the bottleneck x4 (1/16): the last two poolings' scales
+        assert [tuple(t.shape) for t in out] == [(1, 3, 4, 32, 32), (1, 3, 4, 4, 4), (1, 3, 4, 2, 2)]
     else:
         assert isinstance(out, torch.Tensor)
         assert out.shape == (1, 3, 4, 32, 32)
@@ -140,10 +141,11 @@ def test_output_shapes_small(name, mode):
 @pytest.mark.parametrize(
     "overrides, shape, expected",
     [
-        ({"pool_depth": 2}, (2, 1, 4, 32, 48), [(2, 3, 4, 32, 48), (2, 3, 1, 8, 12), (2, 3, 1, 4, 6)]),
-        ({"pool_depth": 1}, (1, 1, 8, 16, 16), [(1, 3, 8, 16, 16), (1, 3, 4, 4, 4), (1, 3, 4, 2, 2)]),
-        ({"norm": "group", "activation": "relu"}, (1, 1, 4, 16, 32), [(1, 3, 4, 16, 32), (1, 3, 4, 4, 8), (1, 3, 4, 2, 4)]),
-        ({"num_classes": 2, "in_channels": 2}, (1, 2, 2, 16, 16), [(1, 2, 2, 16, 16), (1, 2, 2, 4, 4), (1, 2, 2, 2, 2)]),
+        ({"pool_depth": 2}, (2, 1, 4, 32, 48), [(2, 3, 4, 32, 48), (2, 3, 1, 4, 6), (2, 3, 1, 2, 3)]),
+        ({"pool_depth": 1}, (1, 1, 8, 16, 16), [(1, 3, 8, 16, 16), (1, 3, 4, 2, 2), (1, 3, 4, 1, 1)]),
+        ({"norm": "group", "activation": "relu"}, (1, 1, 4, 16, 32), [(1, 3, 4, 16, 32), (1, 3, 4, 2, 4), (1, 3, 4, 1, 2)]),
+        ({"num_classes": 2, "in_channels": 2}, (1, 2, 2, 16, 16), [(1, 2, 2, 16, 16), (1, 2, 2, 2, 2), (1, 2, 2, 1, 1)]),
+        ({"ds_placement": "decoder"}, (1, 1, 4, 32, 32), [(1, 3, 4, 32, 32), (1, 3, 4, 8, 8), (1, 3, 4, 4, 4)]),
     ],
 )
 def test_output_shapes_other_configs(overrides, shape, expected):
@@ -322,8 +324,9 @@ def _expected_parameters(cfg: ModelConfig) -> int:
         w = c4 // s
         n += (c3 * c4 + 2 * c4) + (s - 1) * (27 * w * w + 2 * w) + (c4 * c4 + 2 * c4)
         n += c3 * c4 + 2 * c4 if c3 != c4 else 0
-    if cfg.deep_supervision:
-        n += c2 * k + k + c3 * k + k
+    if cfg.deep_supervision:  # one 1x1x1 head (with bias) per supervised map
+        read = {"pooling": (c3, c4), "decoder": (c2, c3)}[cfg.ds_placement]
+        n += sum(width * k + k for width in read)
     return n
 
 
@@ -350,9 +353,9 @@ def _expected_macs(cfg: ModelConfig, d: int, h: int, w: int) -> int:
 PINNED_PARAMETERS = {
     "unet3d": 21_882_019,
     "msan_v1": 22_056_579,
-    "msan_v1_ds": 22_057_737,
+    "msan_v1_ds": 22_058_889,
     "msan_v2": 23_911_811,
-    "msan_v2_ds": 23_912_969,
+    "msan_v2_ds": 23_914_121,
 }
 #: forward FLOPs (2 x MACs of convolutions) of one (1, 1, 4, 512, 512) window at base width 32
 PINNED_FLOPS = {
@@ -372,6 +375,11 @@ def test_parameter_counts_pinned_and_by_hand(name):
     assert count_parameters(model) == _expected_parameters(model.config)
     small = build_model(name, base_channels=4, max_channels=16, res2net_scale=2)
     assert count_parameters(small) == _expected_parameters(small.config)
+    if name in DS_NAMES:  # the decoder placement: heads on u2 (128 ch) and u3 (256 ch) instead
+        with torch.device("meta"):
+            decoder = build_model(name, ds_placement="decoder")
+        assert count_parameters(decoder) == PINNED_PARAMETERS[name] - (256 * 3 + 512 * 3) + (128 * 3 + 256 * 3)
+        assert count_parameters(decoder) == _expected_parameters(decoder.config)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -400,9 +408,9 @@ def test_model_report_rows_and_table():
         assert len(row["train_output_shapes"]) == n_train
         assert row["macs"] * 2 == row["flops"]
         assert row["config"]["base_channels"] == 4
-    assert rows[4]["train_output_shapes"][1:] == [[1, 3, 4, 16, 16], [1, 3, 4, 8, 8]]
+    assert rows[4]["train_output_shapes"][1:] == [[1, 3, 4, 8, 8], [1, 3, 4, 4, 4]]  # 1/8 and 1/16
     table = format_report(rows)
-    assert all(name in table for name in NAMES) and "3x4x64x64 + 3x4x16x16 + 3x4x8x8" in table
+    assert all(name in table for name in NAMES) and "3x4x64x64 + 3x4x8x8 + 3x4x4x4" in table
     with pytest.raises(DataError, match="multiples of 16"):
         model_report(["unet3d"], input_shape=(1, 1, 4, 60, 64))
 
@@ -425,3 +433,86 @@ def test_models_command_writes_json(tmp_path, capsys):
 def test_msan_requires_a_model_config():
     with pytest.raises(ConfigError, match="ModelConfig"):
         MSAN({"base_channels": 4})
+
+
+# --------------------------------------------------------------------------------------------- wiring
+
+
+def _record(model, names):
+    """Forward hooks storing each named submodule's inputs and output of the next call."""
+    seen, handles = {}, []
+    for name in names:
+        module = model.get_submodule(name)
+        handles.append(module.register_forward_hook(
+            lambda m, args, out, name=name: seen.__setitem__(name, (args, out))))
+    return seen, handles
+
+
+def test_attention_is_gated_by_the_decoder_map_one_level_deeper():
+    """att_l(x_l, g): x_l the encoder skip, g = u_{l+1} (the bottleneck x4 for l = 3), never an encoder map."""
+    torch.manual_seed(0)
+    model = build_model("msan_v2", base_channels=4).eval()
+    names = ["enc0", "enc1", "enc2", "enc3", "enc4", "res2net", "dec3", "dec2", "dec1",
+             "att0", "att1", "att2", "att3"]
+    seen, handles = _record(model, names)
+    with torch.no_grad():
+        model(torch.randn(SMALL))
+    for h in handles:
+        h.remove()
+    x4 = seen["enc4"][1] + seen["res2net"][1]
+    gates = {3: x4, 2: seen["dec3"][1], 1: seen["dec2"][1], 0: seen["dec1"][1]}
+    for level in range(4):
+        fine, gate = seen[f"att{level}"][0]
+        assert torch.equal(fine, seen[f"enc{level}"][1]), level  # the recalibrated map is the encoder skip
+        assert torch.equal(gate, gates[level]), level  # ... gated by the decoder (or the bottleneck)
+
+
+@pytest.mark.parametrize("name", DS_NAMES)
+@pytest.mark.parametrize("placement", ["pooling", "decoder"])
+def test_deep_supervision_heads_read_the_stated_maps(name, placement):
+    """pooling: u3 (1/8) and the bottleneck x4 after the Res2Net fusion (1/16); decoder: u2 and u3."""
+    torch.manual_seed(0)
+    model = build_model(name, base_channels=4, ds_placement=placement).train()
+    names = ["enc4", "dec3", "dec2"] + (["res2net"] if model.res2net is not None else [])
+    seen, handles = _record(model, names)
+    with torch.no_grad():
+        _, aux_1, aux_2 = model(torch.randn(SMALL))
+    for h in handles:
+        h.remove()
+    x4 = seen["enc4"][1] + (seen["res2net"][1] if model.res2net is not None else 0)
+    if placement == "pooling":
+        expected = (model.aux_head_u3(seen["dec3"][1]), model.aux_head_x4(x4))
+    else:
+        expected = (model.aux_head_u2(seen["dec2"][1]), model.aux_head_u3(seen["dec3"][1]))
+    torch.testing.assert_close(aux_1, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(aux_2, expected[1], rtol=0, atol=0)
+
+
+def test_res2net_first_split_passes_through_unchanged():
+    """y_1 = x_1: the first quarter of the concatenation is the first split of the 1x1x1 reduction."""
+    torch.manual_seed(0)
+    block = Res2NetBlock3d(8, 16, scale=4).eval()
+    seen, handles = _record(block, ["reduce", "expand"])
+    with torch.no_grad():
+        block(torch.randn(1, 8, 2, 4, 4))
+    for h in handles:
+        h.remove()
+    concat = seen["expand"][0][0]
+    torch.testing.assert_close(concat[:, :4], seen["reduce"][1][:, :4], rtol=0, atol=0)
+    assert not torch.allclose(concat[:, 4:8], seen["reduce"][1][:, 4:8])  # y_2 = K_2(x_2) differs
+
+
+def test_ds_placement_is_validated():
+    with pytest.raises(ConfigError, match="ds_placement"):
+        ModelConfig(ds_placement="encoder")
+
+
+def test_attention_with_zero_gating_is_silu():
+    """g = 0 and a zero projection bias: x * sigmoid(x + 0) = SiLU(x), as the layer's docstring says."""
+    torch.manual_seed(0)
+    layer = MultiScaleAttention(4, 8)
+    torch.nn.init.zeros_(layer.project.bias)
+    x = torch.randn(1, 4, 2, 4, 4)
+    with torch.no_grad():
+        out = layer(x, torch.zeros(1, 8, 2, 2, 2))
+    torch.testing.assert_close(out, torch.nn.functional.silu(x))

@@ -1,20 +1,22 @@
-"""The six book notebooks, executed with papermill on tiny parameters (issue #5).
+"""The book's notebooks, executed with papermill on tiny parameters.
 
 A session fixture writes six 32 x 32 x 8 phantoms, prepares their cache and trains the five
 variants for a few iterations (the run folders the evaluation, ablation and viewer notebooks read).
 Each test runs one notebook with papermill into a temporary folder and checks what it was meant to
 produce: the ``injected-parameters`` cell, the figures, and the files it writes. The notebooks'
-default parameters (a quick look on the book's phantoms) are exercised separately by
+default parameters are the book's own (the smoke preset), exercised by ``make book`` and by
 ``pytest --nbval-lax notebooks/``.
 
 Also checked: every MyST source ``notebooks/NN_name.md`` and its paired ``.ipynb`` hold the same cells,
-the ``.ipynb`` carries no outputs, and ``scripts/notebook_params.json`` only passes parameters the
-notebooks declare.
+the ``.ipynb`` carries no outputs and starts with the install cell (``scripts/check_notebooks.py``),
+and ``scripts/notebook_params.json`` passes only parameters the notebooks declare, with the notebook's
+own values except where the book keeps its runs.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 from pathlib import Path
 
@@ -42,20 +44,63 @@ def _parameter_names(path: Path) -> set[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_notebooks_are_paired_in_sync_and_have_no_outputs():
-    jupytext = pytest.importorskip("jupytext")
-    sources = sorted(NOTEBOOKS.glob("0*.md"))
-    assert [p.stem for p in sources] == [p.stem for p in sorted(NOTEBOOKS.glob("0*.ipynb"))]
-    for source in sources:
-        text = jupytext.read(source)
-        nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
-        assert text.metadata["jupytext"]["formats"] == "ipynb,md:myst", f"{source.name}: not paired"
-        assert [(c.cell_type, c.source) for c in text.cells] == [(c.cell_type, c.source) for c in nb.cells], (
-            f"{source.name}: out of sync with its .ipynb (jupytext --sync {source.relative_to(ROOT)})")
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{source.name}: committed with outputs"
-                assert "nn.Module" not in cell.source, f"{source.name}: a notebook defines no model code"
+def _check_notebooks():
+    spec = importlib.util.spec_from_file_location("check_notebooks", ROOT / "scripts" / "check_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebooks_are_paired_in_sync_clean_and_install_themselves():
+    """scripts/check_notebooks.py (what `make check-notebooks` runs) passes on the committed notebooks."""
+    pytest.importorskip("jupytext")
+    cn = _check_notebooks()
+    assert cn.check() == []
+    assert [md.stem for md, _ in cn.pairs()] == sorted(p.stem for p in NOTEBOOKS.glob("0*.md"))
+    for path in sorted(NOTEBOOKS.glob("0*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            assert "nn.Module" not in cell.source, f"{path.name}: a notebook defines no model code"
+
+
+def test_check_notebooks_finds_each_problem(tmp_path):
+    """Each check fails on a copy with that one fault (out of sync, outputs, install cell URL, missing pair)."""
+    pytest.importorskip("jupytext")
+    cn = _check_notebooks()
+    config = tmp_path / "_config.yml"
+    config.write_text("repository:\n  url: https://example.org/fork/kitsmsan/\n  branch: v1\n")
+    assert cn.install_url(config) == "git+https://example.org/fork/kitsmsan@v1"
+    assert 'os.environ.get("KITSMSAN_INSTALL_URL", "git+https://example.org/fork/kitsmsan@v1")' in (
+        cn.install_cell(config))
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    monkey_root = cn.ROOT
+    cn.ROOT = tmp_path
+    try:
+        for name in ("01_data_exploration", "02_model_tour"):
+            for ext in (".md", ".ipynb"):
+                (folder / f"{name}{ext}").write_bytes((NOTEBOOKS / f"{name}{ext}").read_bytes())
+        # the committed cells name _config.yml's URL, not the fork's
+        assert {p.split(":")[0] for p in cn.check(folder, config)} == {
+            "notebooks/01_data_exploration.md", "notebooks/02_model_tour.md"}
+        assert cn.check(folder) == []
+        md = folder / "01_data_exploration.md"
+        md.write_text(md.read_text().replace("seed = 0", "seed = 1", 1))
+        nb = nbformat.read(folder / "02_model_tour.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if c.cell_type == "code")
+        cell.outputs = [nbformat.v4.new_output("stream", text="hi")]
+        cell.execution_count = 3
+        nbformat.write(nb, folder / "02_model_tour.ipynb")
+        (folder / "03_extra.md").write_text((NOTEBOOKS / "03_training.md").read_text())
+        problems = cn.check(folder)
+        assert any(p.startswith("01_data_exploration: .md and .ipynb differ (re-sync") for p in problems)
+        assert any(p.startswith("notebooks/02_model_tour.ipynb: cell 1 is committed with outputs") for p in problems)
+        assert any(p.startswith("notebooks/03_extra.ipynb: missing") for p in problems)
+        # --fix: the .md (newer) wins, the fork's install cell is written, outputs are cleared by the sync
+        cn.fix(folder, config)
+        assert cn.check(folder, config) == []
+        assert "seed = 1" in nbformat.read(folder / "01_data_exploration.ipynb", as_version=4).cells[2].source
+    finally:
+        cn.ROOT = monkey_root
 
 
 def test_parameters_cells_hold_primitives_only():
@@ -75,22 +120,50 @@ def test_papermill_reads_every_parameter():
         assert set(pm.inspect_notebook(str(path))) == _parameter_names(path), path.name
 
 
+def _defaults(path: Path) -> dict:
+    """The values of the notebook's ``parameters`` cell."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+
+
+#: the only parameters the book may set to other values than the notebook's own: where the book keeps
+#: its runs, and that its results pages never train
+BOOK_ONLY = {"runs_dir", "train_missing"}
+
+
 def test_notebook_params_json_passes_declared_parameters():
     entries = json.loads(PARAMS_JSON.read_text())
-    assert [e["output"] for e in entries if "03_training" in e["notebook"]] == [
-        f"book/generated/03_training_{v}.ipynb" for v in VARIANTS]
-    names = {e["notebook"] for e in entries}
-    assert names == {f"notebooks/{p.name}" for p in NOTEBOOKS.glob("0*.ipynb")}
+    names = [e["notebook"] for e in entries]
+    assert sorted(names) == sorted(f"notebooks/{p.name}" for p in NOTEBOOKS.glob("0*.ipynb"))
+    assert len(names) == len(set(names)), "one page per notebook: each launch button opens its own notebook"
     for e in entries:
-        declared = _parameter_names(ROOT / e["notebook"])
-        unknown = set(e["parameters"]) - declared
+        declared = _defaults(ROOT / e["notebook"])
+        unknown = set(e["parameters"]) - set(declared)
         assert not unknown, f"{e['output']}: parameters {sorted(unknown)} are not in the notebook's parameters cell"
         assert e["output"].startswith("book/generated/") and e["output"].endswith(".ipynb")
-    # the training runs come before the notebooks that read them
-    order = [e["output"] for e in entries]
-    last_training = max(i for i, o in enumerate(order) if "03_training" in o)
+        assert Path(e["output"]).stem == Path(e["notebook"]).stem, "the page is named after its notebook"
+        # the launch button opens this notebook: run as it is, it must do what the page shows
+        differ = {k for k, v in e["parameters"].items() if declared[k] != v} - BOOK_ONLY
+        assert not differ, f"{e['output']}: the book runs {sorted(differ)} differently from the notebook's defaults"
+    # the training notebooks run before the notebooks that read their runs
+    order = [Path(e["output"]).stem for e in entries]
+    last_training = max(order.index("03_training"), order.index("03_training_compared"))
     for reader in ("02_model_tour", "04_evaluation", "05_ablations", "06_slice_viewer"):
-        assert next(i for i, o in enumerate(order) if reader in o) > last_training
+        assert order.index(reader) > last_training
+    compared = next(e for e in entries if "03_training_compared" in e["output"])
+    assert compared["parameters"]["train_missing"] is True      # it trains the four other networks
+    assert _defaults(ROOT / compared["notebook"])["variants"].split(",") == list(VARIANTS)
+
+
+def test_paper_settings_are_one_documented_edit():
+    """smoke = False (with data_root) selects the paper preset; the parameter cells say so."""
+    for name in ("03_training", "03_training_compared"):
+        source = (NOTEBOOKS / f"{name}.md").read_text()
+        assert "set `smoke = False` and `data_root`" in source, name
+        defaults = _defaults(NOTEBOOKS / f"{name}.ipynb")
+        assert defaults["smoke"] is True and defaults["num_iters"] == 0 and defaults["device"] == ""
+        assert "eval_every=eval_every if smoke else 0" in source, name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,6 +265,25 @@ def test_03_training_trains_then_resumes(tiny_book):
     assert json.loads((run / "summary.json").read_text())["iterations"] == 4
     nb = _execute(tiny_book, "03_training.ipynb", "03c.ipynb", variant="msan_v1_ds", runs_dir=str(runs), num_iters=4)
     assert "already trained for 4 iterations; nothing to do" in _text(nb)
+
+
+@pytest.mark.slow
+def test_03_training_compared_reads_the_runs_and_trains_only_a_missing_one(tiny_book):
+    nb = _execute(tiny_book, "03_training_compared.ipynb", "03d.ipynb", runs_dir=str(tiny_book["runs"]),
+                  train_missing=False)
+    text = _text(nb)
+    assert "training it now" not in text                     # every run was there: nothing trained
+    for v in VARIANTS:
+        assert v in text
+    assert "the highest final validation composite Dice" in text
+    assert len(_outputs(nb, "image/png")) >= 2               # curves overlaid, final Dice bars
+    runs = tiny_book["root"] / "runs03d"
+    nb = _execute(tiny_book, "03_training_compared.ipynb", "03e.ipynb", runs_dir=str(runs), variants="msan_v2",
+                  num_iters=2, eval_every=1)
+    assert "runs03d/msan_v2: no finished run; training it now (2 iterations" in _text(nb)
+    assert json.loads((runs / "msan_v2" / "summary.json").read_text())["iterations"] == 2
+    rows = [json.loads(line) for line in (runs / "msan_v2" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("val_kidney" in r for r in rows) >= 2           # validated during training (eval_every)
 
 
 @pytest.mark.slow

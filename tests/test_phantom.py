@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from kitsmsan.data import phantom as ph
 from kitsmsan.data.kits19 import KIDNEY, TUMOR, kits_affine, list_cases, load_case, load_label
+from kitsmsan.data.phantom.writer import _case_seed
 from kitsmsan.errors import ConfigError, DataError
 
 T = ph.TISSUES
@@ -175,7 +176,7 @@ def test_write_phantom_dataset_layout_headers_metadata(tmp_path):
     assert ids == ["case_00000", "case_00001"] == list_cases(root)
     meta = json.loads((root / "phantoms.json").read_text())
     assert meta["version"] == ph.GENERATOR_VERSION and meta["kind"] == "pure" and meta["seed"] == 5
-    for k, cid in enumerate(ids):
+    for cid in ids:
         entry = meta["cases"][cid]
         case = load_case(root / cid)
         image, label = ph.make_phantom(entry["seed"], size=32, num_slices=12)
@@ -190,7 +191,7 @@ def test_write_phantom_dataset_layout_headers_metadata(tmp_path):
     ph.write_phantom_dataset(tmp_path / "one", 1, seed=5, size=32, num_slices=12, progress=False)
     assert np.array_equal(load_case(tmp_path / "one" / "case_00000").image, load_case(root / ids[0]).image)
     other = json.loads((root / "phantoms.json").read_text())["cases"]["case_00000"]["seed"]
-    assert other != ph._case_seed(6, 0)
+    assert other != _case_seed(6, 0)
 
 
 def test_write_phantom_dataset_bad_input_writes_nothing(tmp_path):
@@ -341,7 +342,7 @@ def test_write_label_conditioned_dataset(kits_labels_dir, tmp_path):
     assert np.array_equal(case.label, expect) and case.spacing == pytest.approx(expect_sp, rel=1e-5)
     meta = json.loads((out / "phantoms.json").read_text())
     assert meta["kind"] == "label-conditioned" and "CC BY-NC-SA" in meta["attribution"]
-    assert meta["cases"]["case_00015"]["seed"] == ph._case_seed(1, 15)
+    assert meta["cases"]["case_00015"]["seed"] == _case_seed(1, 15)
     with pytest.raises(DataError, match="must differ"):
         ph.write_label_conditioned_dataset(kits_labels_dir, kits_labels_dir, case_ids=[15], progress=False)
     with pytest.raises(DataError, match="no segmentation"):

@@ -81,3 +81,12 @@ def test_bad_label():
         keep_largest_components(np.zeros((2, 2, 2), np.float32))
     with pytest.raises(ConfigError, match="connectivity"):
         keep_largest_components(np.zeros((2, 2, 2), np.uint8), connectivity=4)
+
+
+def test_components_are_taken_on_the_kidney_region_not_on_label_1():
+    """A kidney whose two halves touch only through its tumour is one component of label > 0."""
+    v = np.zeros((1, 1, 9), dtype=np.uint8)
+    v[0, 0, :5] = [1, 1, 2, 1, 1]  # 5 voxels: kidney - tumour - kidney
+    v[0, 0, 7:9] = 1  # a separate 2-voxel kidney blob, larger than either half alone
+    out = keep_largest_components(v, 1)
+    np.testing.assert_array_equal(out[0, 0], [1, 1, 2, 1, 1, 0, 0, 0, 0])

@@ -4,7 +4,7 @@ Covered elsewhere (not repeated here; see ``book/fragments/reliability-tally.md`
 ``prepare`` (``test_preprocess``), during training and checkpoint writes (``test_train``,
 ``test_checkpoint``), during ``download`` (``test_download``); disk full in ``prepare_cache``,
 ``save_checkpoint``, ``save_case`` and the downloader at the API level; the malicious pickle through
-``kitsmsan.train.checkpoint`` and ``train --resume``; ``safe_join`` itself (``test_paths``).
+``kitsmsan.checkpoint`` and ``train --resume``; ``safe_join`` itself (``test_paths``).
 
 Here:
 
@@ -40,7 +40,6 @@ import torch
 
 from conftest import REPO, make_tiny_case
 from test_cli_errors import CASES, tiny_checkpoint, tree
-
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -226,8 +225,8 @@ def test_kill_9_during_predict_then_rerun_equals_a_clean_run(world, capsys):
 
 def evil_checkpoint(path: Path, target: Path) -> Path:
     """A real kitsmsan checkpoint with one extra entry whose unpickling creates ``target``."""
+    from kitsmsan import checkpoint as ckpt
     from kitsmsan.models import build_model
-    from kitsmsan.train import checkpoint as ckpt
 
     state = ckpt.make_checkpoint(build_model("msan_v1", base_channels=4), iteration=1)
     state["notes"] = Evil(target)

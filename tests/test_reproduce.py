@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from kitsmsan.data.kits19 import load_label
+from kitsmsan.ensemble import majority_vote
 from kitsmsan.errors import ConfigError
-from kitsmsan.reproduce import DATA_ANATOMY, DATA_KITS, DATA_PURE, PAPER_TABLE1, reproduce, table1
+from kitsmsan.reproduce import (
+    DATA_ANATOMY,
+    DATA_KITS,
+    DATA_PURE,
+    ENSEMBLE,
+    MODEL_NAMES,
+    PAPER_TABLE1,
+    reproduce,
+    table1,
+    vote_key,
+)
 
 TINY = dict(num_iters=3, model={"base_channels": 4}, eval_cases=0, threads=1, ckpt_every=3, log_every=3)
 
@@ -38,7 +51,14 @@ def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
     assert len(table) == 6
     per_case = pd.read_csv(paths["per_case"])
     assert set(per_case["postprocess"]) == {0, 1, 2} and set(per_case["case_id"]) == {"case_00002"}
-    assert (out / "predictions" / "ensemble" / "prediction_00002.nii.gz").is_file()
+    # the ensemble is the nested-region vote of exactly the five saved raw predictions
+    preds = out / "predictions"
+    five = [load_label(preds / v / "prediction_00002.nii.gz")[0] for v in ENSEMBLE]
+    ensemble = load_label(preds / "ensemble" / "prediction_00002.nii.gz")[0]
+    np.testing.assert_array_equal(ensemble, majority_vote(five, rule="nested"))
+    assert json.loads((preds / "ensemble" / "ensemble.json").read_text())["inputs"] == [
+        str(preds / v) for v in ENSEMBLE]
+    assert rows["ensemble"]["model"] == "Ensembled Model" and "nested-region vote" in prov["ensemble"]
     # a re-run skips finished runs (nothing retrained: checkpoints untouched)
     last = out / "runs" / "msan_v1" / "checkpoints" / "last.pt"
     stamp = last.stat().st_mtime_ns
@@ -63,7 +83,7 @@ def test_tiny_reproduce_on_label_conditioned_phantoms(tmp_path, kits_labels_dir)
         assert entry["spacing"][0] == pytest.approx(5.0, rel=0.2), cid
         assert entry["shape"][0] < entry["source_shape"][0] and max(entry["shape"][1:]) == 32, cid
     per_case = pd.read_csv(paths["per_case"])
-    assert set(per_case["case_id"]) == {"case_00180"} and set(per_case["model"]) == {"msan_v1", "ensemble"}
+    assert set(per_case["case_id"]) == {"case_00180"} and set(per_case["model"]) == {"msan_v1"}  # no vote of one
 
 
 def test_table_never_labels_phantom_numbers_as_kits19():
@@ -100,11 +120,29 @@ def test_pipeline_postprocess_is_two_but_the_function_default_stays_literal():
     assert inspect.signature(keep_largest_components).parameters["num_components"].default == 1
 
 
+#: MSAN paper, Table 1, as printed (model | kidney | tumor | averaged), transcribed independently
+TABLE1_TEXT = """
+3D U-Net | 89.70 | 46.90 | 68.30
+MSAN-V1 | 92.47 | 56.00 | 74.23
+MSAN-V2 | 93.85 | 58.22 | 76.03
+MSAN-V2 with Deep Supervision | 93.01 | 61.41 | 77.21
+Ensembled Model | 94.38 | 64.89 | 79.63
+"""
+
+
 def test_paper_table_is_self_consistent():
-    # Table 1's "Averaged" is the mean of kidney and tumour (to rounding)
-    for row in PAPER_TABLE1.values():
-        if row:
-            assert abs((row["kidney"] + row["tumor"]) / 2 - row["averaged"]) < 0.006
+    rows = [r for r in PAPER_TABLE1.values() if r]
+    for row in rows:
+        # "Averaged" is the mean of kidney and tumour (to rounding) ...
+        assert abs((row["kidney"] + row["tumor"]) / 2 - row["averaged"]) < 0.006
+        # ... so it lies strictly between them, and kidney is the higher one in every row of the paper:
+        # any two columns transposed breaks one of these
+        assert row["kidney"] > row["averaged"] > row["tumor"]
+    printed = [line.split(" | ") for line in TABLE1_TEXT.strip().splitlines()]
+    ours = [(MODEL_NAMES[k], v) for k, v in PAPER_TABLE1.items() if v]
+    assert [name for name, _ in ours] == [p[0] for p in printed]
+    for (_, row), p in zip(ours, printed):
+        assert (row["kidney"], row["tumor"], row["averaged"]) == tuple(float(x) for x in p[1:])
 
 
 def test_bad_arguments(tmp_path):
@@ -141,3 +179,12 @@ def test_table1_scores_by_hand():
     assert scores["averaged_raw"] == pytest.approx(0.5)     # mean(0.7, 0.3)
     with pytest.raises(DataError, match="postprocess=1"):
         table1_scores(pd.DataFrame([r for r in rows if r["postprocess"] != 1]))
+
+
+def test_ensembled_model_only_when_all_five_took_part():
+    assert vote_key(ENSEMBLE) == "ensemble" and vote_key(tuple(reversed(ENSEMBLE))) == "ensemble"
+    assert vote_key(ENSEMBLE[:4]) == "vote" and vote_key(("msan_v1", "msan_v2")) == "vote"
+    scores = {"vote": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_k2": 0.75, "averaged_raw": 0.6}}
+    md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke")
+    assert "Ensembled Model" not in md and rows[0]["model"] == MODEL_NAMES["vote"]
+    assert rows[0]["paper_kits19_averaged"] is None  # a subset's vote is never put beside the paper's ensemble

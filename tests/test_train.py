@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from kitsmsan import checkpoint as ckpt
+from kitsmsan.checkpoint import load_model
 from kitsmsan.errors import CheckpointError, ConfigError, TrainingError
-from kitsmsan.train import TrainConfig, load_model, read_metrics, resume, train
-from kitsmsan.train import checkpoint as ckpt
+from kitsmsan.train import TrainConfig, read_metrics, resume, train
 from kitsmsan.train.distributed import sample_indices
 from kitsmsan.train.loop import Trainer
 
@@ -105,9 +106,21 @@ def test_resume_equals_uninterrupted_run(data, tmp_path):
     assert [r["iteration"] for r in read_metrics(resumed) if "loss" in r] == [4, 5, 8]  # 4 = end of the first half
 
 
+def test_training_restores_process_wide_torch_state(data, tmp_path):
+    """Training runs with its own thread count (and, on CUDA, cuDNN/TF32 settings) and hands the process
+    back as it found it: a notebook cell after training is not single-threaded."""
+    from kitsmsan.utils.torch_state import TorchState, torch_settings
+
+    with torch_settings(threads=2):
+        before = TorchState.capture()
+        run = train(tiny_config(data, tmp_path / "state", num_iters=2, eval_cases=0, threads=1))
+        assert TorchState.capture() == before and torch.get_num_threads() == 2
+    assert json.loads((run / "env.json").read_text())["threads"] == 1  # what training itself ran with
+
+
 def test_uint8_labels_train_bit_identical_to_int64(data, tmp_path, monkeypatch):
     """The uint8 fast path (labels widened on the device) changes nothing in the weights (issue #6)."""
-    import kitsmsan.data.dataset as dataset_module
+    import kitsmsan.train.loop as dataset_module  # the loop's SliceWindowDataset
 
     fast = train(tiny_config(data, tmp_path / "uint8", num_iters=4, eval_cases=0))
     original = dataset_module.SliceWindowDataset
@@ -320,3 +333,16 @@ def test_ddp_two_gloo_processes_shard_samples_and_agree_on_weights(data, tmp_pat
     assert_same_weights(w0, w1)
     assert_same_weights(w0, weights(tmp_path / "ddp"))  # rank 0 wrote the run folder
     assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
+
+
+def test_validation_never_reads_a_test_case(data, tmp_path):
+    """Validation scores the last training cases; with the test case's cache gone it still runs."""
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(data / "cache", copy)
+    trainer = Trainer(tiny_config(data, tmp_path / "run", cache_dir=str(copy), eval_cases=2))
+    assert trainer.test_cases == ["case_00003"]
+    shutil.rmtree(copy / "case_00003")  # a validation that touched the test case would fail now
+    scores = trainer.validate()
+    assert scores is not None and 0 <= scores["composite"] <= 1

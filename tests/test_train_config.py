@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kitsmsan.errors import ConfigError
-from kitsmsan.train.config import PRESETS, TrainConfig, parse_overrides
+from kitsmsan.train.config import PRESETS, TrainConfig, parse_overrides, validation_cases
 
 
 def test_paper_preset_is_the_papers_recipe():
@@ -104,3 +104,70 @@ def test_variants_match_the_model_registry():
     from kitsmsan.train.config import VARIANTS
 
     assert list(VARIANTS) == list_models()
+
+
+# ----------------------------------------------------------------------- the test cases choose nothing
+
+
+def _split(train: str, test: str) -> dict[str, list[str]]:
+    from kitsmsan.data.dataset import split_cases
+
+    return split_cases(range(300), train=train, test=test)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_validation_and_test_cases_are_disjoint_for_every_preset(name):
+    cfg = TrainConfig.from_preset(name)
+    split = _split(cfg.train_cases, cfg.test_cases)
+    val = validation_cases(split["train"], cfg.eval_cases)
+    assert len(val) == min(cfg.eval_cases, len(split["train"])) > 0
+    assert set(val) <= set(split["train"]) and not set(val) & set(split["test"])
+
+
+@pytest.mark.parametrize("preset", ["smoke", "paper"])
+def test_reproduce_splits_keep_validation_off_the_test_cases(preset):
+    from kitsmsan.reproduce import REPRODUCE_DATA
+
+    spec, cfg = REPRODUCE_DATA[preset], TrainConfig.from_preset(preset)
+    pairs = [(spec["train"], spec["test"])] if preset == "paper" else [
+        (spec["pure_train"], spec["pure_test"]), (spec["anatomy_train"], spec["anatomy_test"])]
+    for train, test in pairs:
+        split = _split(train, test)
+        val = validation_cases(split["train"], cfg.eval_cases)
+        assert val and not set(val) & set(split["test"]), (train, test)
+
+
+def test_validation_cases_are_the_last_training_cases():
+    ids = [f"case_{i:05d}" for i in range(180)]
+    assert validation_cases(ids, 3) == ["case_00177", "case_00178", "case_00179"]  # the paper preset
+    assert validation_cases(ids[:2], 3) == ids[:2] and validation_cases(ids, 0) == []
+
+
+def test_every_paper_setting_is_either_stated_by_the_paper_or_listed_as_ours():
+    """No setting of the paper preset passes silently as the paper's."""
+    from kitsmsan.train.config import PAPER_STATED, PAPER_UNSTATED
+
+    bookkeeping = {"variant", "data_root", "cache_dir", "run_dir", "progress"}
+    fields = set(TrainConfig().to_dict()) - bookkeeping
+    assert not set(PAPER_STATED) & set(PAPER_UNSTATED)
+    assert set(PAPER_STATED) | set(PAPER_UNSTATED) == fields
+    cfg = TrainConfig.from_preset("paper")
+    assert (cfg.fg_fraction, cfg.tumor_fraction) == (0.5, 0.25) and "0.5" in PAPER_UNSTATED["fg_fraction"]
+    assert "0.25" in PAPER_UNSTATED["tumor_fraction"] and "s = 4" in PAPER_UNSTATED["model"]
+
+
+def test_a_model_override_is_merged_into_the_presets_model():
+    cfg = TrainConfig.from_preset("smoke", **parse_overrides(["model.ds_placement=decoder"]))
+    assert cfg.model == {"base_channels": 8, "ds_placement": "decoder"}
+    assert TrainConfig.from_preset("smoke", model={"base_channels": 4}).model == {"base_channels": 4}
+
+
+def test_the_decisions_page_names_what_the_paper_preset_adds():
+    from pathlib import Path
+
+    from kitsmsan.train.config import PAPER_UNSTATED
+
+    text = (Path(__file__).parents[1] / "book" / "fragments" / "decisions-training.md").read_text(encoding="utf-8")
+    for key in ("fg_fraction", "tumor_fraction", "dice_include_background", "eval_cases", "ds_weights", "model"):
+        assert key in PAPER_UNSTATED and f"`{key}`" in text, key
+    assert "0.5" in text and "0.25" in text and "s = 4" in text

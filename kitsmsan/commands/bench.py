@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` parser."""
     p = subparsers.add_parser(
         "bench", help="speed benchmarks (data, step, inference, smoke, all)",
-        description="Measure the pipeline's speed on this machine and print a table (issue #6). "
+        description="Measure the pipeline's speed on this machine and print a table. "
         "'all' runs data, step, inference and smoke (unless --skip-smoke).")
     p.add_argument("which", choices=CHOICES, help="which benchmark; 'merge' joins --inputs reports")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON (book/data/bench_*.json)")
@@ -85,10 +85,13 @@ def _kwargs(name: str, args: argparse.Namespace) -> dict:
             kw["num_slices"] = args.slices
         return kw
     if name == "step":
+        from kitsmsan.bench import resolve_device
+
+        isolate = resolve_device(args.device).type == "cpu" if args.isolate is None else args.isolate
         return dict(variants=args.variants, modes=args.modes, compile=args.compile,
                     compile_variants=args.compile_variants, size=args.size, batch_size=args.batch_size,
                     base_channels=args.base_channels, iters=args.iters, warmup=args.warmup,
-                    device=args.device, threads=args.threads, isolate=args.isolate)
+                    device=args.device, threads=args.threads, measure=time_step_isolated if isolate else None)
     if name == "inference":
         return dict(size=args.size, num_slices=args.slices, base_channels=args.base_channels,
                     device=args.device, threads=args.threads)
@@ -97,7 +100,14 @@ def _kwargs(name: str, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmark(s), print a table, optionally write the JSON report; returns 0."""
-    from kitsmsan.bench import BENCHMARKS, PROVENANCE_KEYS, format_table, make_report, merge_reports
+    from kitsmsan.bench import (
+        BENCHMARKS,
+        PROVENANCE_KEYS,
+        benchmark,
+        format_table,
+        make_report,
+        merge_reports,
+    )
     from kitsmsan.errors import ConfigError
     from kitsmsan.utils.io import atomic_write_json
 
@@ -110,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.inputs:
         raise ConfigError("--inputs: only for 'bench merge'")
-    names = [n for n in BENCHMARKS if n != "merge"] if args.which == "all" else [args.which]
+    names = list(BENCHMARKS) if args.which == "all" else [args.which]
     rows: list[dict] = []
 
     def save(_row: dict | None = None) -> None:
@@ -119,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
 
     for name in names:
         before = len(rows)
-        new = BENCHMARKS[name](verbose=False, on_row=lambda r: (rows.append(r), save()), **_kwargs(name, args))
+        new = benchmark(name)(verbose=False, on_row=lambda r: (rows.append(r), save()), **_kwargs(name, args))
         # functions emit through on_row; rows they return without emitting are added here
-        rows += [r for r in new if not any(r is x for x in rows[before:])]
+        rows.extend([r for r in new if not any(r is x for x in rows[before:])])
     report = make_report(rows, args.device, args.note)
     if args.json:
         atomic_write_json(args.json, report)
@@ -136,3 +146,100 @@ NARROW_SKIP = ("params", "isolated", "s_per_it", "warmup_s", "run_iters", "mem_m
                "loss_finite", "warmup", "iters", "deep_supervision", "precision", "channels_last", "compile",
                "tflop_per_s", "load_avg", "write_nifti_s", "label_dtype", "pin_memory", "batches",
                "cudnn_benchmark", "tf32_conv", "tf32_matmul", "command", "cpu_cores", "torch_threads")
+
+
+# ---------------------------------------------------------------------------- isolated measurements
+#: oneDNN's instruction-set cap used when its default (AMX) bf16 kernels crash the process
+ONEDNN_FALLBACK_ISA = "AVX512_CORE_BF16"
+
+
+def time_step_isolated(variant: str, mode: str, dev, *, timeout_s: float = 1800.0, **kwargs) -> dict:
+    """:func:`kitsmsan.bench.step.time_step` in a fresh Python process, so that a crash in a native
+    kernel becomes an error row instead of ending the benchmark, and each measurement starts from a
+    clean heap (the ``measure`` of :func:`kitsmsan.bench.step.bench_step`; on CPU by default).
+
+    Seen here (torch 2.13.0+cpu, a Xeon with AMX): the oneDNN AMX kernel of the bf16 ``Conv3d``
+    backward segfaults from 96 × 96 planes up. A crashed CPU measurement is therefore retried once
+    with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` (no AMX); the result then says so in ``onednn_isa``.
+
+    Raises:
+        RuntimeError: the measurement failed (twice, for a crash on CPU), with the reason.
+    """
+    import os
+
+    import torch
+
+    payload = {"variant": variant, "mode": mode, "device": str(dev), "threads": torch.get_num_threads(), **kwargs}
+    try:
+        return run_child(payload, timeout_s)
+    except RuntimeError as exc:
+        if dev.type != "cpu" or "crashed" not in str(exc) or os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            raise
+        first = str(exc)
+    try:
+        res = run_child(payload, timeout_s, env={"ONEDNN_MAX_CPU_ISA": ONEDNN_FALLBACK_ISA})
+    except RuntimeError as exc:
+        raise RuntimeError(f"{first}; again with ONEDNN_MAX_CPU_ISA={ONEDNN_FALLBACK_ISA}: {exc}") from None
+    crash = first.split("(", 1)[1].split(")", 1)[0] if "(" in first else "crash"
+    res["onednn_isa"] = f"{ONEDNN_FALLBACK_ISA} (default: {crash})"
+    return res
+
+
+def run_child(payload: dict, timeout_s: float, env: dict[str, str] | None = None,
+              argv: list[str] | None = None) -> dict:
+    """Run ``python -m kitsmsan.commands.bench`` (or ``argv``) with ``payload`` as JSON on stdin; its
+    last stdout line is the JSON result.
+
+    ``env`` adds environment variables for the child (default None: inherit unchanged).
+
+    Raises:
+        RuntimeError: the child crashed (a signal: e.g. a segfault inside a native kernel), failed,
+            timed out or printed no result, with the reason.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    argv = argv or [sys.executable, "-m", "kitsmsan.commands.bench"]
+    try:
+        proc = subprocess.run(argv, input=json.dumps(payload), capture_output=True, text=True,
+                              timeout=timeout_s, env={**os.environ, **env} if env else None)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"measurement stopped after {timeout_s:g} s") from None
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise RuntimeError(f"the process crashed ({name}) inside a native kernel")
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError(err[-1] if err else f"exit status {proc.returncode}, no result")
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        raise RuntimeError(f"unreadable result {lines[-1][:100]!r}") from None
+
+
+def _child_main() -> None:
+    """An isolated step measurement: JSON arguments on stdin, the JSON result on the last stdout line."""
+    import json
+    import sys
+
+    import torch
+
+    from kitsmsan.bench import resolve_device
+    from kitsmsan.bench.step import time_step
+
+    kw = json.loads(sys.stdin.read())
+    torch.set_num_threads(kw.pop("threads"))
+    dev = resolve_device(kw.pop("device"))
+    res = time_step(kw.pop("variant"), kw.pop("mode"), dev, **kw)
+    print("\n" + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -1,8 +1,7 @@
 """``kitsmsan predict``: label whole KiTS19 volumes with trained models (MSAN paper, §3.1).
 
-Writes ``OUT/prediction_XXXXX.nii.gz`` (uint8, the source case's header and affine), optionally
-``OUT/probs_XXXXX.npy`` (float16 ``(3, Z, Y, X)``, for ``kitsmsan ensemble --method average``), and
-``OUT/predict.json`` (runs, checkpoints, settings, cases, seconds per case).
+Parses the arguments and calls :func:`kitsmsan.predict.predict_folder`, which describes the output
+folder.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ def register(subparsers) -> None:
                    "(probabilities) — for the paper's vote, predict each run into its own folder "
                    "and use 'kitsmsan ensemble'")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which checkpoint of a run folder (default: best, falling back to last)")
+                   help="which checkpoint of a run folder (default: best — chosen on the validation cases, "
+                   "which come from the training range — falling back to last)")
     p.add_argument("--data", required=True, metavar="ROOT", help="KiTS19 data folder (case_XXXXX/)")
     p.add_argument("--cases", default=None,
                    help="case numbers, e.g. '180-189' (default: every case with imaging in ROOT)")
@@ -44,78 +44,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from kitsmsan.data.dataset import parse_case_range
-    from kitsmsan.data.kits19 import case_id, list_cases
-    from kitsmsan.errors import ConfigError, DataError
-    from kitsmsan.inference import load_model, resolve_device
-    from kitsmsan.utils.io import atomic_write_json, new_output_dir
+    from kitsmsan.predict import predict_folder
 
-    if args.postprocess < 0:
-        raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
-    data_root, out_dir = Path(args.data), Path(args.out)
-    available = list_cases(data_root)
-    ids = available if args.cases is None else [case_id(n) for n in parse_case_range(args.cases)]
-    missing = [c for c in ids if c not in available]
-    if missing:
-        raise DataError(f"{data_root}: no imaging for {', '.join(missing)}")
-
-    import torch
-
-    device = resolve_device([torch.nn.Identity()], args.device)
-    models = [load_model(r, device, checkpoint=args.checkpoint) for r in args.run]
-    timings = {}
-    with new_output_dir(out_dir):  # a failure before any file is written leaves no folder
-        _predict_cases(args, ids, models, device, data_root, out_dir, timings)
-    try:
-        atomic_write_json(out_dir / "predict.json", {
-            "runs": [str(r) for r in args.run], "checkpoint": args.checkpoint, "data": str(data_root),
-            "cases": ids, "num_slices": args.num_slices, "stride": args.stride,
-            "batch_size": args.batch_size, "device": str(device), "amp": args.amp,
-            "postprocess": args.postprocess, "save_probs": args.save_probs, "seconds": timings,
-        })
-    except OSError as exc:
-        raise DataError(f"{out_dir / 'predict.json'}: cannot write ({exc.strerror or exc}); "
-                        "the predictions themselves are complete") from exc
+    cases = None if args.cases is None else parse_case_range(args.cases)
+    predict_folder(args.run, args.data, args.out, cases=cases, checkpoint=args.checkpoint,
+                   num_slices=args.num_slices, stride=args.stride, batch_size=args.batch_size,
+                   device=args.device, amp=args.amp, postprocess=args.postprocess,
+                   save_probs=args.save_probs, progress=args.progress)
     return 0
-
-
-def _predict_cases(args, ids, models, device, data_root, out_dir, timings) -> None:
-    """Segment each case of ``ids`` and write its prediction (and probabilities) atomically.
-
-    A case that fails (bad imaging) raises; the cases written before it stay valid.
-    """
-    import time
-
-    import numpy as np
-
-    from kitsmsan.data.kits19 import load_case, save_prediction
-    from kitsmsan.errors import DataError
-    from kitsmsan.inference import predict_case
-    from kitsmsan.metrics import prediction_filename
-    from kitsmsan.utils.io import atomic_write, safe_join
-
-    if args.postprocess:
-        from kitsmsan.postprocess import keep_largest_components
-    for cid in ids:
-        t0 = time.perf_counter()
-        case = load_case(data_root / cid, load_label=False)
-        probs = predict_case(models, case.image, num_slices=args.num_slices, stride=args.stride,
-                             batch_size=args.batch_size, device=device, amp=args.amp,
-                             return_probs=True, progress=args.progress)
-        pred = np.argmax(probs, axis=0).astype(np.uint8)
-        if args.postprocess:
-            pred = keep_largest_components(pred, args.postprocess)
-        target = safe_join(out_dir, prediction_filename(cid))
-        try:
-            save_prediction(pred, case, target)
-            if args.save_probs:
-                target = safe_join(out_dir, f"probs_{cid.split('_')[1]}.npy")
-                with atomic_write(target) as fh:
-                    np.save(fh, probs.astype(np.float16))
-        except OSError as exc:  # disk full, no permission: name the file, no traceback
-            raise DataError(f"{target}: cannot write ({exc.strerror or exc}); the files written "
-                            f"before it are complete, this one was not written") from exc
-        timings[cid] = round(time.perf_counter() - t0, 3)
-        print(f"{cid}: {case.image.shape} -> {prediction_filename(cid)} ({timings[cid]:.1f} s)")

@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="parent folder of the run folder OUT/VARIANT (default: runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set num_iters=1000 --set model.base_channels=8 "
-                   "(repeatable; see kitsmsan.train.TrainConfig)")
+                   "--set amp=on (amp: auto, on, off, bf16 or fp16, as for predict --amp; repeatable; "
+                   "see kitsmsan.train.TrainConfig)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint and its own config")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

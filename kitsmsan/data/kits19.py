@@ -110,6 +110,19 @@ def normalize_case_id(case: int | str) -> str:
     return text
 
 
+def prediction_filename(case: int | str) -> str:
+    """KiTS19 submission file name of a case: ``"case_00042"`` or 42 → ``"prediction_00042.nii.gz"``.
+
+    The one place the name is built (``kitsmsan predict``, ``ensemble``, ``evaluate``, ``reproduce``).
+    """
+    return f"prediction_{case_number(normalize_case_id(case)):05d}.nii.gz"
+
+
+def probs_filename(case: int | str) -> str:
+    """File name of a case's saved probabilities: ``"case_00042"`` → ``"probs_00042.npy"``."""
+    return f"probs_{case_number(normalize_case_id(case)):05d}.npy"
+
+
 def list_cases(root: str | Path, *, require_imaging: bool = True) -> list[str]:
     """The sorted case ids under a KiTS19 data folder.
 
@@ -432,7 +445,7 @@ def save_prediction(label: np.ndarray, reference: Case, path: str | Path) -> Pat
     """
     path = Path(path)
     if path.is_dir():
-        path = path / f"prediction_{case_number(reference.case_id):05d}.nii.gz"
+        path = path / prediction_filename(reference.case_id)
     if not path.name.endswith(".nii.gz"):
         raise DataError(f"{path}: prediction file name must end in .nii.gz")
     label = _check_3d(label, f"{path} prediction")

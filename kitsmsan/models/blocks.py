@@ -138,6 +138,10 @@ class MultiScaleAttention(nn.Module):
 
       ``weights = sigmoid(x + upsample(conv1x1(g)))``, ``enhanced = x * weights``.
 
+    With a zero gating input (``g = 0`` and a zero bias) the layer reduces to ``x · σ(x)``, the SiLU
+    (swish) of the skip features: the recalibration is then a fixed self-gating, and everything the
+    layer adds beyond it comes from the coarser map.
+
     Inspecting the weights: set ``record = True`` (or use :meth:`kitsmsan.models.msan.MSAN.attention_maps`)
     and every forward stores the detached weights in ``last_weights`` (``None`` until then).
 
@@ -185,7 +189,8 @@ class Res2NetBlock3d(nn.Module):
     Args:
         in_channels: input channels.
         out_channels: output channels and the block's inner width; must be divisible by ``scale``.
-        scale: number of groups ``s``. Default 4 (the paper's and Gao et al.'s default).
+        scale: number of groups ``s``. Default 4 (Gao et al.'s usual setting; the MSAN paper states
+            no scale).
         norm: see :func:`make_norm`. Default ``"instance"``.
         activation: see :func:`make_activation`. Default ``"leakyrelu"``.
         negative_slope: LeakyReLU slope. Default 0.01.

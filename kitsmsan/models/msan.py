@@ -49,6 +49,13 @@ from kitsmsan.models.blocks import (
 #: number of max-poolings of the encoder (five levels, x0 … x4)
 NUM_POOLS = 4
 
+#: where the deep-supervision heads read their features (:attr:`ModelConfig.ds_placement`), and the
+#: two maps each reading uses, finest first. ``"pooling"`` (default) is the paper's literal "last two
+#: max pooling of the encoding part" (§2.2): the resolutions those poolings produce, ⅛ and 1/16 —
+#: the decoder stage u3 and the bottleneck output x4 (after the Res2Net fusion in MSAN-V2).
+#: ``"decoder"`` reads the decoder stages u2 (¼) and u3 (⅛), the package's earlier placement.
+DS_PLACEMENTS = {"pooling": ("u3", "x4"), "decoder": ("u2", "u3")}
+
 
 @dataclass
 class ModelConfig:
@@ -70,9 +77,12 @@ class ModelConfig:
         attention: multi-scale attention on every skip connection (MSAN, §2.2, Fig. 1). Default False.
         res2net: a 3D Res2Net block parallel to the bottleneck (MSAN-V2, §2.2, Fig. 2–3). Default False.
         res2net_scale: number of groups ``s`` of the Res2Net block (≥ 2, must divide the bottleneck
-            width). Default 4.
-        deep_supervision: auxiliary heads on decoder stages u2 and u3 (§2.2, §3.1); in training mode
-            the forward returns ``[logits, aux_1, aux_2]``. Default False.
+            width). Default 4 (Gao et al.'s usual setting; the MSAN paper states none).
+        deep_supervision: two auxiliary heads (§2.2, §3.1); in training mode the forward returns
+            ``[logits, aux_1, aux_2]``, finest first. Default False.
+        ds_placement: where those heads read (:data:`DS_PLACEMENTS`): ``"pooling"`` (default, the
+            paper's literal "last two max pooling": u3 at ⅛ and the bottleneck x4 at 1/16 of H, W) or
+            ``"decoder"`` (u2 at ¼ and u3 at ⅛).
 
     Raises:
         ConfigError: on construction, naming the field, for a wrong type or out-of-range value.
@@ -91,6 +101,7 @@ class ModelConfig:
     res2net: bool = False
     res2net_scale: int = 4
     deep_supervision: bool = False
+    ds_placement: str = "pooling"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -124,6 +135,8 @@ class ModelConfig:
             raise ConfigError(f"activation={self.activation!r}: unknown activation, expected one of {ACTIVATIONS}")
         if self.negative_slope < 0:
             raise ConfigError(f"negative_slope={self.negative_slope}: must be non-negative")
+        if self.ds_placement not in DS_PLACEMENTS:
+            raise ConfigError(f"ds_placement={self.ds_placement!r}: expected one of {', '.join(DS_PLACEMENTS)}")
         if self.res2net_scale < 2:
             raise ConfigError(f"res2net_scale={self.res2net_scale}: must be at least 2")
         if self.res2net and self.channels[-1] % self.res2net_scale:
@@ -178,9 +191,11 @@ class MSAN(nn.Module):
     * decoder: ``u_l = dec_l(cat(up_l(u_{l+1}), skip_l))`` with ``u4 = x4``; the skip is ``x_l``, or
       with attention ``MultiScaleAttention(x_l, u_{l+1})``: the encoder features recalibrated by the
       coarser decoder features one level deeper;
-    * heads: ``logits = head(u0)``; with deep supervision also ``aux_1 = aux_head_u2(u2)`` (¼ of H, W)
-      and ``aux_2 = aux_head_u3(u3)`` (⅛ of H, W): the decoder stages that undo the encoder's last
-      two max-poolings.
+    * heads: ``logits = head(u0)``; with deep supervision two ``1×1×1`` auxiliary heads more, placed
+      by ``config.ds_placement`` (:data:`DS_PLACEMENTS`): ``"pooling"`` (default) —
+      ``aux_1 = aux_head_u3(u3)`` (⅛ of H, W) and ``aux_2 = aux_head_x4(x4)`` (1/16, the bottleneck
+      output after the Res2Net fusion), the resolutions of the encoder's last two max-poolings (§2.2);
+      ``"decoder"`` — ``aux_1 = aux_head_u2(u2)`` (¼) and ``aux_2 = aux_head_u3(u3)`` (⅛).
 
     Convolutions are initialised with Kaiming-normal (``a = negative_slope``), biases with zeros.
 
@@ -189,8 +204,9 @@ class MSAN(nn.Module):
 
     Shape:
         input ``(B, in_channels, D, H, W)``; output logits ``(B, num_classes, D, H, W)``, or in training
-        mode with deep supervision ``[(B, K, D, H, W), (B, K, D/a, H/4, W/4), (B, K, D/b, H/8, W/8)]``
-        (``a``, ``b`` are 1 unless ``pool_depth`` > 0).
+        mode with deep supervision ``[(B, K, D, H, W), (B, K, D/a, H/8, W/8), (B, K, D/b, H/16, W/16)]``
+        (``"pooling"``) or ``[…, (B, K, D/a, H/4, W/4), (B, K, D/b, H/8, W/8)]`` (``"decoder"``);
+        ``a``, ``b`` are 1 unless ``pool_depth`` > 0.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -224,9 +240,10 @@ class MSAN(nn.Module):
             self.att0 = MultiScaleAttention(c0, c1)
 
         self.head = nn.Conv3d(c0, config.num_classes, kernel_size=1)
-        if config.deep_supervision:
-            self.aux_head_u2 = nn.Conv3d(c2, config.num_classes, kernel_size=1)
-            self.aux_head_u3 = nn.Conv3d(c3, config.num_classes, kernel_size=1)
+        if config.deep_supervision:  # one 1x1x1 head per map of DS_PLACEMENTS[ds_placement]
+            width = {"u2": c2, "u3": c3, "x4": c4}
+            for source in DS_PLACEMENTS[config.ds_placement]:
+                setattr(self, f"aux_head_{source}", nn.Conv3d(width[source], config.num_classes, kernel_size=1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -289,7 +306,7 @@ class MSAN(nn.Module):
 
         Returns:
             logits ``(B, num_classes, D, H, W)``; in training mode with deep supervision the list
-            ``[logits, aux_1 (from u2), aux_2 (from u3)]``.
+            ``[logits, aux_1, aux_2]`` (from u3 and x4, or u2 and u3: see ``ds_placement``).
         """
         self.check_input(x)
         # encoder: widths c_l, in-plane size H / 2**l (D halved only by the first pool_depth poolings)
@@ -310,8 +327,10 @@ class MSAN(nn.Module):
 
         logits = self.head(u0)  # (B, num_classes, D, H, W)
         if self.config.deep_supervision and self.training:
-            aux_1 = self.aux_head_u2(u2)  # (B, num_classes, D, H/4, W/4)
-            aux_2 = self.aux_head_u3(u3)  # (B, num_classes, D, H/8, W/8)
+            maps = {"u2": u2, "u3": u3, "x4": x4}  # x4: after the Res2Net fusion in MSAN-V2
+            # "pooling": (B, K, D, H/8, W/8) from u3, (B, K, D, H/16, W/16) from x4
+            # "decoder": (B, K, D, H/4, W/4) from u2, (B, K, D, H/8, W/8) from u3
+            aux_1, aux_2 = (getattr(self, f"aux_head_{m}")(maps[m]) for m in DS_PLACEMENTS[self.config.ds_placement])
             return [logits, aux_1, aux_2]
         return logits
 

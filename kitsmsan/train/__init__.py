@@ -1,6 +1,6 @@
-"""Training (MSAN paper, §3.1): config and presets, the loop, checkpoints, DDP.
+"""Training (MSAN paper, §3.1): config and presets, the loop, DDP (checkpoints: :mod:`kitsmsan.checkpoint`).
 
-``TrainConfig``/``PRESETS`` import without torch; the rest is loaded on first use so that
+``TrainConfig``/``PRESETS`` load at once; the loop and DDP are loaded on first use so that
 ``kitsmsan --help`` stays fast.
 
 Public API::
@@ -9,19 +9,16 @@ Public API::
     train(config, resume=False) -> Path                # kitsmsan.train.loop
     resume(run_dir, **overrides) -> Path
     Trainer, read_metrics, run_state
-    load_model(run_dir_or_checkpoint, device="cpu", which="best") -> model   # kitsmsan.train.checkpoint
-    load_checkpoint, save_checkpoint, make_checkpoint
     init_distributed, sample_indices                   # kitsmsan.train.distributed
 """
 
 from __future__ import annotations
 
-from kitsmsan.train.config import AMP_MODES, PRESETS, VARIANTS, TrainConfig
+from kitsmsan.train.config import PRESETS, VARIANTS, TrainConfig
+from kitsmsan.utils.amp import AMP_MODES
 
 _LAZY = {
     "train": "loop", "resume": "loop", "Trainer": "loop", "read_metrics": "loop", "run_state": "loop",
-    "load_model": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "make_checkpoint": "checkpoint", "resolve_checkpoint": "checkpoint",
     "init_distributed": "distributed", "sample_indices": "distributed",
 }
 

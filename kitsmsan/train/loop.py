@@ -37,17 +37,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from kitsmsan import checkpoint as ckpt
+from kitsmsan.data.dataset import SliceWindowDataset, split_cases
+from kitsmsan.data.preprocess import IMAGE_FILE, LABEL_FILE, load_cache_index
 from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingError
-from kitsmsan.train import checkpoint as ckpt
-from kitsmsan.train.config import TrainConfig
-from kitsmsan.train.distributed import DistInfo, WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
-from kitsmsan.utils.amp import mixed_precision_dtype
+from kitsmsan.inference import predict_case
+from kitsmsan.metrics import kits_dice
+from kitsmsan.models import build_model
+from kitsmsan.train.config import TrainConfig, validation_cases
+from kitsmsan.train.distributed import WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
+from kitsmsan.train.step import build_loss, build_optimizer, train_step
+from kitsmsan.utils.amp import resolve_amp
+from kitsmsan.utils.device import resolve_device
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text
+from kitsmsan.utils.metrics_log import METRICS_FILE, read_metrics
+from kitsmsan.utils.provenance import environment
+from kitsmsan.utils.torch_state import torch_settings
 
 CONFIG_FILE = "config.json"
 ENV_FILE = "env.json"
-METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
@@ -68,34 +78,6 @@ def _writing(path: Path):
 
 
 # ---------------------------------------------------------------------------- helpers
-def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
-    """``"auto"`` → CUDA if available (GPU ``LOCAL_RANK`` under torchrun), else CPU.
-
-    Raises:
-        ConfigError: CUDA asked for but not available.
-    """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"config: device={device!r} but CUDA is not available")
-        if device == "cuda":
-            device = f"cuda:{info.local_rank if info else 0}"
-    return torch.device(device)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``"auto"`` = bf16 on GPUs that compute in it natively (compute capability
-    8.0+), else fp16 (:func:`kitsmsan.utils.amp.mixed_precision_dtype`); None on CPU or ``"off"``."""
-    if amp == "off" or device.type != "cuda":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    return mixed_precision_dtype(device)
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (model initialisation)."""
     random.seed(seed)
@@ -105,37 +87,10 @@ def seed_everything(seed: int) -> None:
 
 def build_model_for(config: TrainConfig) -> torch.nn.Module:
     """The network of ``config.variant`` with ``config.model`` overrides (and forced deep supervision)."""
-    from kitsmsan.models import build_model
-
     overrides = dict(config.model)
     if config.deep_supervision is not None:
         overrides["deep_supervision"] = config.deep_supervision
     return build_model(config.variant, **overrides)
-
-
-def build_loss(config: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
-    """Dice loss (§3.1), wrapped for deep supervision when the model has auxiliary heads."""
-    from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
-
-    base = DiceLoss(include_background=config.dice_include_background)
-    if getattr(model.config, "deep_supervision", False):
-        return DeepSupervisionLoss(base, weights=config.ds_weights)
-    return base
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS_FILE
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                rows.append(json.loads(line))
-    return rows
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of ``run_dir/metrics.jsonl`` (a torn last line is skipped)."""
-    return _read_metrics(Path(run_dir))
 
 
 def run_state(run_dir: str | Path) -> str:
@@ -182,22 +137,15 @@ class Trainer:
             raise ConfigError(f"{self.run_dir}: this run folder already holds a checkpoint; resume it "
                               f"(--resume {self.run_dir}) or choose another --out")
 
-        dev_type = "cuda" if config.device.startswith("cuda") or (
-            config.device == "auto" and torch.cuda.is_available()) else "cpu"
-        self.dist = init_distributed(dev_type)
-        self.device = resolve_device(config.device, self.dist)
+        self.dist = init_distributed(resolve_device(config.device).type)
+        self.device = resolve_device(config.device, local_rank=self.dist.local_rank)
         self.amp_dtype = resolve_amp(config.amp, self.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark and not config.deterministic
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-
-        from kitsmsan.data.dataset import SliceWindowDataset, split_cases
-        from kitsmsan.data.preprocess import load_cache_index
+        #: process-wide torch settings of the run, in force during :meth:`fit` only (restored after)
+        cuda = self.device.type == "cuda"
+        self.process_settings = dict(
+            threads=config.threads or None,
+            cudnn_benchmark=(config.cudnn_benchmark and not config.deterministic) if cuda else None,
+            tf32=True if cuda else None, deterministic=True if config.deterministic else None)
 
         index = load_cache_index(config.cache_dir)
         split = split_cases(index["cases"], train=config.train_cases, test=config.test_cases)
@@ -218,8 +166,7 @@ class Trainer:
         self.memory_format = (torch.channels_last_3d if config.channels_last else torch.contiguous_format)
         net = net.to(self.device, memory_format=self.memory_format)
         self.net = net  # the bare network (what checkpoints and validation use)
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, fused=fused or None)
+        self.optimizer = build_optimizer(config, net, self.device)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step,
                                                          gamma=config.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -255,7 +202,8 @@ class Trainer:
         self.best_score = state.get("best_score")
         self.elapsed_before = float(state.get("elapsed_s") or 0.0)
         if self.dist.is_main:  # drop log rows written after this checkpoint by the killed process
-            rows = [r for r in _read_metrics(self.run_dir) if r.get("iteration", 0) <= self.iteration]
+            rows = [r for r in read_metrics(self.run_dir, missing_ok=True)
+                    if r.get("iteration", 0) <= self.iteration]
             with _writing(self.run_dir / METRICS_FILE):
                 atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -280,18 +228,15 @@ class Trainer:
 
     # -------------------------------------------------------------- validation
     def validate(self) -> dict[str, float] | None:
-        """Composite Dice on the first ``eval_cases`` test cases (rank 0; None when off).
+        """Composite Dice on the validation cases (rank 0; None when off): the last ``eval_cases``
+        training cases (:func:`kitsmsan.train.config.validation_cases`), never a test case.
 
         Uses :func:`kitsmsan.inference.predict_case` on the cached (clipped HU) volumes and
         :func:`kitsmsan.metrics.kits_dice`; no post-processing.
         """
-        cases = self.test_cases[: self.config.eval_cases]
+        cases = validation_cases(self.train_cases, self.config.eval_cases)
         if not cases or not self.dist.is_main:
             return None
-        from kitsmsan.data.preprocess import IMAGE_FILE, LABEL_FILE
-        from kitsmsan.inference import predict_case
-        from kitsmsan.metrics import kits_dice
-
         scores = []
         for cid in cases:
             folder = Path(self.config.cache_dir) / cid
@@ -332,7 +277,15 @@ class Trainer:
                 f"({where}); training stopped and {kept}. Lower lr or turn amp off, then --resume.")
 
     def fit(self) -> Path:
-        """Train to ``num_iters`` and return the run folder. Safe to call on a resumed run."""
+        """Train to ``num_iters`` and return the run folder. Safe to call on a resumed run.
+
+        The run's process-wide torch settings (``self.process_settings``: threads, cuDNN autotuning,
+        TF32, deterministic algorithms) hold during the call and are restored afterwards.
+        """
+        with torch_settings(**self.process_settings):
+            return self._fit()
+
+    def _fit(self) -> Path:
         cfg = self.config
         if self.dist.is_main:
             created = [p for p in (self.ckpt_dir, self.run_dir) if not p.exists()]  # deepest first
@@ -347,14 +300,10 @@ class Trainer:
                     with contextlib.suppress(OSError):
                         folder.rmdir()
                 raise
-            from kitsmsan.utils.provenance import environment
-
             env = environment(str(self.device))
             env.update(world_size=self.dist.world_size, amp=str(self.amp_dtype), threads=torch.get_num_threads())
             with _writing(self.run_dir / ENV_FILE):
                 atomic_write_json(self.run_dir / ENV_FILE, env)
-        from tqdm.auto import tqdm
-
         self._t0 = time.perf_counter()
         start_iter = self.iteration
         bar = tqdm(total=cfg.num_iters, initial=start_iter, desc=f"train {cfg.variant}", unit="it",
@@ -363,27 +312,16 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         n_in_window, t_window, projected = 0, time.perf_counter(), False
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
-                    else contextlib.nullcontext())
         try:
             for image, label in self._loader():
                 image = image.to(self.device, non_blocking=True, memory_format=self.memory_format)
                 label = label.to(self.device, non_blocking=True).long()
-                with autocast:
-                    outputs = self.model(image)
-                if isinstance(outputs, (list, tuple)):
-                    outputs = [o.float() for o in outputs]
-                else:
-                    outputs = outputs.float()
-                loss = self.loss_fn(outputs, label)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                loss = train_step(self.model, self.loss_fn, self.optimizer, self.scaler, image, label,
+                                  amp_dtype=self.amp_dtype)
                 self.scheduler.step()
                 self.iteration += 1
-                loss_sum += loss.detach()
-                bad |= ~torch.isfinite(loss.detach())
+                loss_sum += loss
+                bad |= ~torch.isfinite(loss)
                 n_in_window += 1
                 bar.update(1)
 
@@ -478,5 +416,5 @@ def resume(run_dir: str | Path, **overrides: Any) -> Path:
     return train(config, resume=True)
 
 
-__all__ = ["Trainer", "train", "resume", "read_metrics", "run_state", "resolve_device", "resolve_amp",
+__all__ = ["Trainer", "train", "resume", "read_metrics", "run_state", "build_loss", "build_model_for",
            "CONFIG_FILE", "ENV_FILE", "METRICS_FILE", "SUMMARY_FILE"]

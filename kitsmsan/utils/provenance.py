@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import numpy
+import torch
+
+from kitsmsan import __version__
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -23,26 +29,17 @@ def git_commit(cwd: str | Path | None = None) -> str:
 
 def device_name(device: str | None = None) -> str:
     """A human name of the device: the GPU model, or the CPU with its core count."""
-    import torch
-
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    import os
-
     cpu = platform.processor() or platform.machine()
     return f"CPU {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def environment(device: str | None = None) -> dict[str, Any]:
     """Versions and hardware, for run folders and result tables."""
-    import numpy
-    import torch
-
-    import kitsmsan
-
     return {
-        "kitsmsan": kitsmsan.__version__,
+        "kitsmsan": __version__,
         "commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -26,6 +26,7 @@ leaves the previous checkpoint in place.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import random
 import zipfile
 from pathlib import Path
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from kitsmsan.errors import CheckpointError, TrainingError
+from kitsmsan.models import build_model_from_config
 from kitsmsan.utils.io import atomic_write
 
 FORMAT = "kitsmsan-checkpoint"
@@ -211,8 +213,6 @@ def _holds_pickled_objects(path: Path) -> bool:
     Returns:
         True for a pickled-objects payload, False for garbage.
     """
-    import pickletools
-
     if zipfile.is_zipfile(path):
         return True
     objects = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
@@ -329,8 +329,6 @@ def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     Raises:
         CheckpointError: missing, corrupt or untrusted file, or unusable model config.
     """
-    from kitsmsan.models import build_model_from_config
-
     path = resolve_checkpoint(run_dir_or_checkpoint, which)
     checkpoint = load_checkpoint(path)
     try:

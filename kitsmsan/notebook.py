@@ -1,0 +1,351 @@
+"""What the book's notebooks share: the page's data, the trained runs, and small scoring helpers.
+
+Every notebook of ``notebooks/`` starts the same way — find the repository root, write or find the
+data, split it, build the training cache — and the results pages load the five trained runs. Those
+steps live here, once, so each notebook cell shows what its page teaches::
+
+    page = page_data(smoke=True, work_dir="data/book")            # phantoms, split, cache
+    runs = load_runs("runs/book", "unet3d,msan_v1", page)          # {variant: config, summary, env}
+    config = train_config(page, "msan_v1", "runs/book/msan_v1")    # the TrainConfig a page trains with
+
+The data comes from :func:`kitsmsan.reproduce.make_data`, the same data as ``kitsmsan reproduce``:
+pure phantoms, label-conditioned phantoms when real KiTS19 segmentations are available
+(``labels_dir`` or ``$KITSMSAN_LABELS``), or a KiTS19-layout folder named by ``data_root`` (KiTS19
+imaging on a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kitsmsan.data.dataset import split_cases
+from kitsmsan.data.kits19 import list_cases
+from kitsmsan.data.preprocess import CacheIndex, prepare_cache
+from kitsmsan.errors import ConfigError, DataError
+from kitsmsan.inference import load_model, predict_case
+from kitsmsan.metrics import dice_table, kits_dice, summarize
+from kitsmsan.postprocess import keep_largest_components
+from kitsmsan.reproduce import labels_root_from_env, make_data
+from kitsmsan.train import TrainConfig, train
+from kitsmsan.train.loop import run_state
+
+__all__ = ["PageData", "TrainedRuns", "load_runs", "mean_dice", "page_data", "page_root", "postprocess",
+           "score_model", "to_plain", "train_config", "train_once"]
+
+
+def page_root(cwd: str | os.PathLike | None = None) -> Path:
+    """The folder a notebook's relative paths start from: the repository root.
+
+    papermill (the book) runs notebooks from the repository root; Jupyter and nbval run them from
+    ``notebooks/``; Colab from ``/content``.
+
+    Args:
+        cwd: the working directory (default ``None``: :func:`os.getcwd`).
+
+    Returns:
+        The parent of ``cwd`` when ``cwd`` is a folder named ``notebooks``, else ``cwd`` itself.
+    """
+    cwd = Path(cwd if cwd is not None else os.getcwd())
+    return cwd.parent if cwd.name == "notebooks" else cwd
+
+
+@dataclass(frozen=True)
+class PageData:
+    """The data a notebook page works on (made by :func:`page_data`).
+
+    Attributes:
+        root: the repository root; every path a page prints is relative to it.
+        data: the KiTS19-layout data folder.
+        cache: the training cache folder (:func:`kitsmsan.data.preprocess.prepare_cache`).
+        kind: what the data is, in words (``"pure phantoms"``, ``"KiTS19"``, ...); every figure says it.
+        train_cases, test_cases: the split as case ranges (``"0-13"``), as :class:`TrainConfig` takes it.
+        split: ``{"train": [case_id, ...], "test": [case_id, ...]}``.
+        index: the cache's :class:`~kitsmsan.data.preprocess.CacheIndex`.
+        smoke: whether the page runs the ``smoke`` preset (else ``paper``).
+        seed: the page's seed.
+    """
+
+    root: Path
+    data: Path
+    cache: Path
+    kind: str
+    train_cases: str
+    test_cases: str
+    split: dict[str, list[str]]
+    index: CacheIndex = field(repr=False)
+    smoke: bool = True
+    seed: int = 0
+
+    @property
+    def preset(self) -> str:
+        """``"smoke"`` or ``"paper"``."""
+        return "smoke" if self.smoke else "paper"
+
+    def rel(self, path: str | os.PathLike) -> str:
+        """``path`` relative to :attr:`root` (how pages print paths)."""
+        return os.path.relpath(path, self.root)
+
+    def describe(self) -> str:
+        """One Markdown line: what the data is, where, and its split."""
+        return (f"**Data on this page: {self.kind}** (`{self.rel(self.data)}`): {len(self.split['train'])} "
+                f"training cases, {len(self.split['test'])} test cases ({', '.join(self.split['test'])}).")
+
+    def _repr_markdown_(self) -> str:
+        return self.describe()
+
+
+def page_data(*, smoke: bool = True, work_dir: str = "data/book", data_root: str = "", labels_dir: str = "",
+              cache_dir: str = "", train_cases: str = "", test_cases: str = "", seed: int = 0,
+              root: str | os.PathLike | None = None) -> PageData:
+    """Write or find a page's data, split it, build its cache and seed torch.
+
+    The arguments are the notebooks' parameters of the same names (all strings: papermill passes
+    primitives); an empty string means "the default".
+
+    Args:
+        smoke: ``True`` (default): the CPU demonstration on phantoms (``smoke`` preset); ``False``: the
+            paper's settings, which need ``data_root`` (KiTS19).
+        work_dir: phantoms are written to ``work_dir/data`` once, the cache to ``work_dir/cache``
+            (default ``"data/book"``, relative to ``root``).
+        data_root: an existing KiTS19-layout folder to use instead of phantoms (default ``""``: none).
+        labels_dir: real KiTS19 segmentations, for label-conditioned phantoms (default ``""``:
+            ``$KITSMSAN_LABELS``, else pure phantoms); ignored when ``data_root`` is given.
+        cache_dir: the cache folder (default ``""``: ``work_dir/cache``).
+        train_cases, test_cases: case ranges (default ``""``: the split that comes with the data —
+            phantoms 0-13 / 14-19, KiTS19 0-179 / 180-189 as in the paper, §3.1).
+        seed: passed to :func:`torch.manual_seed` (default 0).
+        root: where relative paths start (default ``None``: :func:`page_root`).
+
+    Returns:
+        The :class:`PageData`; displayed in a notebook it prints :meth:`PageData.describe`.
+
+    Raises:
+        ConfigError: ``smoke=False`` without ``data_root``.
+        DataError: a named folder does not exist or holds no cases.
+    """
+    base = Path(root) if root is not None else page_root()
+    work = base / work_dir
+    info = make_data("smoke" if smoke else "paper", work, data=base / data_root if data_root else None,
+                     labels=None if data_root else labels_root_from_env(labels_dir or None), progress=False)
+    data = Path(info["root"])
+    cache = base / cache_dir if cache_dir else work / "cache"
+    train_range, test_range = train_cases or info["train"], test_cases or info["test"]
+    split = split_cases(list_cases(data), train=train_range, test=test_range)
+    index = prepare_cache(data, cache, case_ids=split["train"] + split["test"], progress=False)
+    torch.manual_seed(seed)
+    return PageData(root=base, data=data, cache=cache, kind=info["kind"], train_cases=train_range,
+                    test_cases=test_range, split=split, index=index, smoke=smoke, seed=seed)
+
+
+def train_config(page: PageData, variant: str, run_dir: str | os.PathLike, *, num_iters: int = 0,
+                 eval_every: int = 0, device: str = "", **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` a page trains ``variant`` with: its preset on its data and split.
+
+    Args:
+        page: the page's data (:func:`page_data`).
+        variant: ``unet3d``, ``msan_v1``, ``msan_v1_ds``, ``msan_v2`` or ``msan_v2_ds``.
+        run_dir: the run folder.
+        num_iters: iterations (default 0: as the preset — smoke 400, paper 400,000, §3.1).
+        eval_every: validation every N iterations (default 0: as the preset).
+        device: ``cpu``, ``cuda`` or ``auto`` (default ``""``: as the preset — smoke cpu, paper auto).
+        **overrides: any other :class:`TrainConfig` field.
+
+    Returns:
+        ``TrainConfig.from_preset(page.preset, ...)``.
+    """
+    chosen = {k: v for k, v in (("num_iters", num_iters), ("eval_every", eval_every), ("device", device))
+              if v}
+    return TrainConfig.from_preset(page.preset, variant=variant, data_root=str(page.data),
+                                   cache_dir=str(page.cache), run_dir=str(run_dir),
+                                   train_cases=page.train_cases, test_cases=page.test_cases, seed=page.seed,
+                                   **chosen, **overrides)
+
+
+class TrainedRuns(Mapping):
+    """The finished runs of a results page: ``runs[variant]`` is ``{"config", "summary", "env"}``.
+
+    The three dicts are the run folder's ``config.json``, ``summary.json`` and ``env.json``
+    (results are files: reading them never trains).
+
+    Attributes:
+        root: the folder holding ``<root>/<variant>``.
+        variants: the variants, in order.
+        models: ``{variant: model}`` from each run's last checkpoint, in eval mode, when loaded
+            (``load_runs(..., models=True)``); else empty.
+    """
+
+    def __init__(self, root: Path, info: dict[str, dict[str, Any]], models: dict[str, torch.nn.Module]):
+        self.root = root
+        self._info = info
+        self.variants = list(info)
+        self.models = models
+
+    def __getitem__(self, variant: str) -> dict[str, Any]:
+        return self._info[variant]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._info)
+
+    def __len__(self) -> int:
+        return len(self._info)
+
+    def table(self, root: str | os.PathLike | None = None) -> pd.DataFrame:
+        """One row per run: iterations, training seconds, device, commit and folder (relative to ``root``)."""
+        start = root if root is not None else self.root
+        return pd.DataFrame([{"variant": v, "iterations": r["summary"]["iterations"],
+                              "train seconds": r["summary"]["seconds"], "device": r["env"].get("device"),
+                              "commit": r["env"].get("commit"),
+                              "run folder": os.path.relpath(self.root / v, start)}
+                             for v, r in self.items()]).set_index("variant")
+
+
+def _read_run(run: Path) -> dict[str, Any]:
+    out = {}
+    for key in ("config", "summary", "env"):
+        path = run / f"{key}.json"
+        try:
+            out[key] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read the run's {key} ({exc})") from None
+    return out
+
+
+def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, train_missing: bool = True,
+              missing_iters: int = 0, eval_every: int = 0, device: str = "cpu",
+              models: bool = True) -> TrainedRuns:
+    """The finished runs ``<runs_dir>/<variant>`` of a results page, trained first where missing if allowed.
+
+    Args:
+        runs_dir: the folder of the run folders, relative to ``page.root`` (or absolute).
+        variants: comma-separated variants (``"unet3d,msan_v1,msan_v1_ds,msan_v2,msan_v2_ds"``).
+        page: the page's data (:func:`page_data`); a missing run is trained on it.
+        train_missing: train a missing or unfinished run (default ``True``: what a reader running the
+            notebook on its own needs); ``False`` (the book) makes a missing run an error.
+        missing_iters: iterations of such a run (default 0: as the preset, the same runs as the
+            training chapter's).
+        eval_every: validation every N iterations of such a run (default 0: as the preset).
+        device: where to load (and train) the models (default ``"cpu"``; ``"auto"`` loads on the CPU).
+        models: load each run's last checkpoint into :attr:`TrainedRuns.models` (default ``True``).
+            The last checkpoint: the test cases never choose a checkpoint (as ``kitsmsan reproduce``).
+
+    Returns:
+        The :class:`TrainedRuns`.
+
+    Raises:
+        ConfigError: ``variants`` names no variant.
+        DataError: a run is missing and ``train_missing`` is ``False`` (the message says how to make it).
+    """
+    root = page.root / runs_dir
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    if not names:
+        raise ConfigError(f"variants={variants!r}: names no variant")
+    missing = [v for v in names if run_state(root / v) != "done"]
+    if missing and not train_missing:
+        raise DataError(
+            f"{root}: no finished run for {', '.join(missing)}. Make them with the training notebook "
+            f"(03_training_compared.ipynb trains all five), `make book`, or for each variant: "
+            f"kitsmsan train --variant VARIANT --data {page.rel(page.data)} --cache {page.rel(page.cache)} "
+            f"--out {runs_dir}")
+    for v in missing:
+        config = train_config(page, v, root / v, num_iters=missing_iters, eval_every=eval_every,
+                              device=device, progress=False)
+        print(f"{page.rel(root / v)}: no finished run; training it now ({config.num_iters} iterations, "
+              "train_missing=True)")
+        train(config, resume=True)
+    info = {v: _read_run(root / v) for v in names}
+    where = device if device not in ("", "auto") else "cpu"
+    loaded = {v: load_model(root / v, device=where, checkpoint="last") for v in names} if models else {}
+    return TrainedRuns(root, info, loaded)
+
+
+def train_once(config: TrainConfig, run_dir: str | os.PathLike | None = None, *,
+               root: str | os.PathLike | None = None, **changes: Any) -> torch.nn.Module:
+    """Train a run unless it is finished (an interrupted run continues); return its model.
+
+    Re-running a page therefore reuses its extra runs (the ablations) instead of training them again.
+
+    Args:
+        config: the recipe.
+        run_dir: the run folder (default ``None``: ``config.run_dir``).
+        root: printed paths are relative to it (default ``None``: :func:`page_root`).
+        **changes: other :class:`TrainConfig` fields changed for this run (``variant=...``).
+
+    Returns:
+        The model of the run's last checkpoint, on the CPU, in eval mode.
+    """
+    if run_dir is not None:
+        changes["run_dir"] = str(run_dir)
+    config = config.replace(**changes) if changes else config
+    run = Path(config.run_dir)
+    if run_state(run) != "done":
+        print(f"training {os.path.relpath(run, root if root is not None else page_root())} "
+              f"({config.num_iters} iterations)")
+        train(config, resume=True)
+    return load_model(run, checkpoint="last")
+
+
+def postprocess(label: np.ndarray, k: int | None) -> np.ndarray:
+    """Keep the ``k`` largest connected components of the kidney region (§3.1); ``k=None`` keeps all.
+
+    Args:
+        label: a label map ``(D, H, W)`` in {0, 1, 2}.
+        k: components kept (the paper: 1; the book's headline: 2), or ``None`` for no post-processing.
+
+    Returns:
+        ``label`` itself when ``k`` is ``None``, else
+        :func:`kitsmsan.postprocess.keep_largest_components` of it.
+    """
+    return label if k is None else keep_largest_components(label, num_components=k)
+
+
+def mean_dice(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any]) -> dict[str, float]:
+    """Mean kidney and tumour Dice (KiTS19 regions) of ``{case_id: label map}`` over the cases.
+
+    Args:
+        preds: ``{case_id: predicted label map (D, H, W)}``.
+        truth: ``{case_id: ground truth}``; each value a label map or a :class:`kitsmsan.data.kits19.Case`.
+
+    Returns:
+        ``{"kidney": mean Dice, "tumor": mean Dice}`` as :func:`kitsmsan.metrics.summarize` averages them.
+    """
+    rows = [{"case_id": cid, **kits_dice(p, getattr(truth[cid], "label", truth[cid]))}
+            for cid, p in preds.items()]
+    s = summarize(dice_table(rows))
+    return {"kidney": float(s["kidney"].iloc[0]), "tumor": float(s["tumor"].iloc[0])}
+
+
+def score_model(model: torch.nn.Module, cases: Mapping[str, Any], *, num_slices: int = 4) -> dict[str, float]:
+    """Predict every case with ``model`` and return the mean kidney and tumour Dice (no post-processing).
+
+    Args:
+        model: a network mapping ``(B, 1, num_slices, H, W)`` to logits.
+        cases: ``{case_id: Case}`` with image and label.
+        num_slices: the window depth the model was trained with (default 4, §3.1); windows overlap
+            by half (stride ``min(2, num_slices)``).
+
+    Returns:
+        :func:`mean_dice` of the predictions.
+    """
+    preds = {cid: predict_case(model, c.image, num_slices=num_slices, stride=min(2, num_slices))
+             for cid, c in cases.items()}
+    return mean_dice(preds, cases)
+
+
+def to_plain(obj: Any) -> Any:
+    """Nested dicts of numbers (numpy scalars included) as plain JSON-ready dicts of floats."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, str):
+        return obj
+    return float(obj)

@@ -1,0 +1,139 @@
+"""kitsmsan.notebook: what the book's notebooks share (data set-up, trained runs, scoring helpers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kitsmsan.errors import ConfigError, DataError
+from kitsmsan.notebook import (
+    PageData,
+    TrainedRuns,
+    load_runs,
+    mean_dice,
+    page_data,
+    page_root,
+    postprocess,
+    score_model,
+    to_plain,
+    train_config,
+    train_once,
+)
+from kitsmsan.train.config import PRESETS
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> PageData:
+    """The smoke data of a page (pure phantoms) under a temporary root, written once."""
+    root = tmp_path_factory.mktemp("page")
+    return page_data(smoke=True, work_dir="work", seed=3, root=root)
+
+
+def test_page_root_is_the_parent_of_notebooks(tmp_path):
+    assert page_root(tmp_path / "notebooks") == tmp_path
+    assert page_root(tmp_path / "repo") == tmp_path / "repo"
+
+
+def test_page_data_writes_phantoms_splits_and_caches(page):
+    assert page.data == page.root / "work" / "data" and page.cache == page.root / "work" / "cache"
+    assert page.kind == "pure phantoms" and page.preset == "smoke"
+    assert (page.train_cases, page.test_cases) == ("0-13", "14-19")     # the split that comes with them
+    assert len(page.split["train"]) == 14 and page.split["test"][0] == "case_00014"
+    assert set(page.index["cases"]) == set(page.split["train"] + page.split["test"])
+    text = page._repr_markdown_()
+    assert text.startswith("**Data on this page: pure phantoms** (`work/data`)")
+    assert "14 training cases, 6 test cases (case_00014," in text
+
+
+def test_page_data_seeds_torch(page):
+    again = page_data(smoke=True, work_dir="work", seed=3, root=page.root)   # reuses the phantoms
+    drawn = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.rand(3))
+    assert again.split == page.split
+
+
+def test_page_data_takes_a_split_and_refuses_paper_without_data(page, tmp_path):
+    small = page_data(work_dir="work", train_cases="0-2", test_cases="3", root=page.root)
+    assert small.split == {"train": ["case_00000", "case_00001", "case_00002"], "test": ["case_00003"]}
+    with pytest.raises(ConfigError, match="needs --data"):
+        page_data(smoke=False, work_dir="w", root=tmp_path)
+
+
+def test_train_config_is_the_preset_on_the_page(page, tmp_path):
+    config = train_config(page, "msan_v1_ds", tmp_path / "run")
+    assert config.num_iters == PRESETS["smoke"]["num_iters"] and config.variant == "msan_v1_ds"
+    assert config.model == {**PRESETS["smoke"]["model"], **config.model} and config.lr == PRESETS["smoke"]["lr"]
+    assert (config.data_root, config.cache_dir) == (str(page.data), str(page.cache))
+    assert (config.train_cases, config.test_cases, config.seed) == ("0-13", "14-19", 3)
+    changed = train_config(page, "unet3d", tmp_path / "run", num_iters=7, eval_every=5, device="cpu")
+    assert (changed.num_iters, changed.eval_every, changed.device) == (7, 5, "cpu")
+
+
+def test_load_runs_refuses_a_missing_run_when_it_may_not_train(page, tmp_path):
+    with pytest.raises(DataError, match=r"no finished run for unet3d, msan_v1\. .*kitsmsan train"):
+        load_runs(tmp_path / "runs", "unet3d,msan_v1", page, train_missing=False)
+    with pytest.raises(ConfigError, match="names no variant"):
+        load_runs(tmp_path / "runs", " , ", page)
+
+
+@pytest.mark.slow
+def test_load_runs_trains_once_then_reads_files(page, tmp_path, capsys):
+    runs = load_runs(tmp_path / "runs", "msan_v1", page, missing_iters=2)
+    assert isinstance(runs, TrainedRuns) and runs.variants == ["msan_v1"] and len(runs) == 1
+    assert "training it now (2 iterations" in capsys.readouterr().out
+    assert runs["msan_v1"]["summary"]["iterations"] == 2 and runs["msan_v1"]["config"]["variant"] == "msan_v1"
+    assert not runs.models["msan_v1"].training
+    summary = tmp_path / "runs" / "msan_v1" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    again = load_runs(tmp_path / "runs", "msan_v1", page, train_missing=False, models=False)
+    assert summary.stat().st_mtime_ns == stamp and again.models == {}       # read, not retrained
+    table = again.table(tmp_path)
+    assert table.loc["msan_v1", "iterations"] == 2 and table.loc["msan_v1", "run folder"] == "runs/msan_v1"
+    scores = score_model(runs.models["msan_v1"], {"case_00014": _case(page, "case_00014")})
+    assert set(scores) == {"kidney", "tumor"} and 0.0 <= scores["kidney"] <= 1.0
+    # train_once: the same run is reused; a new folder is trained with the changes applied
+    config = train_config(page, "msan_v1", tmp_path / "runs" / "msan_v1", num_iters=2, progress=False)
+    train_once(config, root=tmp_path)
+    assert summary.stat().st_mtime_ns == stamp
+    train_once(config, tmp_path / "other", root=tmp_path, num_iters=1)
+    assert json.loads((tmp_path / "other" / "summary.json").read_text())["iterations"] == 1
+
+
+def _case(page, cid):
+    from kitsmsan.data.kits19 import load_case
+
+    return load_case(page.data / cid)
+
+
+def test_postprocess_none_keeps_everything_and_k_keeps_components():
+    label = np.zeros((3, 8, 8), np.uint8)
+    label[1, 1:3, 1:3] = 1
+    label[1, 5:8, 5:8] = 1
+    assert postprocess(label, None) is label
+    assert int((postprocess(label, 1) > 0).sum()) == 9 and int((postprocess(label, 2) > 0).sum()) == 13
+
+
+def test_mean_dice_averages_cases_and_takes_arrays_or_cases():
+    truth = np.zeros((2, 4, 4), np.uint8)
+    truth[0, :2, :2] = 1
+    truth[0, 0, 0] = 2
+    empty = np.zeros_like(truth)
+    perfect = mean_dice({"a": truth, "b": truth}, {"a": truth, "b": truth})
+    assert perfect == {"kidney": 1.0, "tumor": 1.0}
+    half = mean_dice({"a": truth, "b": empty}, {"a": truth, "b": truth})
+    assert half == {"kidney": 0.5, "tumor": 0.5}
+
+    class Case:
+        label = truth
+
+    assert mean_dice({"a": truth}, {"a": Case()}) == perfect
+
+
+def test_to_plain_makes_json_ready_floats():
+    out = to_plain({"a": np.float32(0.5), "b": {"c": np.int64(2)}, "d": [np.float64(1.5)], "e": "x"})
+    assert out == {"a": 0.5, "b": {"c": 2.0}, "d": [1.5], "e": "x"}
+    assert type(out["a"]) is float and json.dumps(out)
