@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts — nothing else — so it can
 be read with ``torch.load(..., weights_only=True)``: the restricted unpickler refuses any pickled
-object that would run code on load (issue #7, "untrusted files"). It holds:
+object that would run code on load (an untrusted file cannot run code). It holds:
 
 ========================  ==============================================================
 key                       what

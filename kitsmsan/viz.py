@@ -39,6 +39,16 @@ LABEL_COLORS: dict[int, tuple[float, float, float]] = {
 #: colour of each scored region in Dice plots
 REGION_COLORS = {"kidney": "tab:green", "tumor": "tab:red", "composite": "tab:blue"}
 
+#: outline colours of the ground truth drawn over a prediction (:func:`overlay` with ``contour``)
+CONTOUR_COLORS = {"kidney region": "white", "tumor": "yellow"}
+
+#: font sizes (points) of every plot helper: at the figure sizes used here and the book's 1280 px
+#: layout no text is drawn smaller than 10 pt
+FONT_TITLE = 12
+FONT_LABEL = 11
+FONT_TICK = 10
+FONT_LEGEND = 10
+
 
 # --------------------------------------------------------------------------------------------
 # small pure helpers (also used by kitsmsan.widgets)
@@ -161,7 +171,8 @@ def compose_rgb(image2d: np.ndarray, label2d: np.ndarray | None = None, *,
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = None) -> list[int]:
+def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = None,
+                prefer: int | None = None) -> list[int]:
     """``num`` axial slice indices spread evenly over the labelled extent (or the whole volume).
 
     Args:
@@ -169,6 +180,9 @@ def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = N
             ``depth``.
         num: how many slices. Default 5.
         depth: number of slices when ``label`` is None.
+        prefer: a label value (e.g. :data:`~kitsmsan.data.kits19.TUMOR`): when some slices hold it,
+            the slices are spread over those slices only, so every one shows it (with ``num == 1``:
+            the slice where it has the most voxels). Default None: the whole foreground extent.
 
     Returns:
         Sorted, distinct slice indices (fewer than ``num`` when the extent is shorter); for
@@ -176,6 +190,15 @@ def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = N
     """
     if num < 1:
         raise DataError(f"num={num!r}: must be >= 1")
+    if label is not None and prefer is not None:
+        label = _check_volume(label, "label")
+        area = (label == prefer).sum(axis=(1, 2))
+        held = np.flatnonzero(area)
+        if held.size:
+            if num == 1:
+                return [int(np.argmax(area))]
+            picks = np.linspace(0, held.size - 1, min(num, held.size)).round().astype(int)
+            return sorted({int(held[i]) for i in picks})
     if label is not None:
         label = _check_volume(label, "label")
         fg = np.flatnonzero(np.any(label > 0, axis=(1, 2)))
@@ -216,6 +239,51 @@ def disagreement_map(preds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> 
     return (len(maps) - counts.max(axis=0)).astype(np.uint8)
 
 
+def label_key_handles(*, filled: bool = True, contour: bool = False, heat: tuple[str, str] | None = None,
+                      colors: Mapping[int, Sequence[float]] = LABEL_COLORS, what: str = "") -> list:
+    """Legend handles that say what the colours of an overlay mean.
+
+    Args:
+        filled: the filled labels (kidney, tumour). Default True.
+        contour: the ground-truth outlines (kidney region white, tumour yellow). Default False.
+        heat: ``(colour map, meaning)`` of a heat layer, e.g. ``("inferno", "models disagreeing")``.
+        colors: label colours. Default :data:`LABEL_COLORS`.
+        what: prefix of the filled entries, e.g. ``"prediction: "``.
+
+    Returns:
+        A list of matplotlib artists for ``legend(handles=...)``.
+    """
+    import matplotlib
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list = []
+    if filled:
+        handles += [Patch(facecolor=colors[KIDNEY], label=f"{what}kidney"),
+                    Patch(facecolor=colors[TUMOR], label=f"{what}tumour")]
+    if contour:
+        handles += [Line2D([], [], color=CONTOUR_COLORS["kidney region"], lw=2.5,
+                           label="ground truth: kidney region (outline)"),
+                    Line2D([], [], color=CONTOUR_COLORS["tumor"], lw=2.5, label="ground truth: tumour (outline)")]
+    if heat is not None:
+        cmap, meaning = heat
+        handles += [Patch(facecolor=matplotlib.colormaps[cmap](0.85), label=f"{meaning} (brighter = more)")]
+    return handles
+
+
+def add_label_key(fig, handles: Sequence, *, ncol: int | None = None):
+    """Put a colour key under a figure's panels (dark background, so the white outline shows).
+
+    Returns:
+        The :class:`matplotlib.legend.Legend`, or None when ``handles`` is empty.
+    """
+    if not handles:
+        return None
+    legend = fig.legend(handles=list(handles), loc="outside lower center", ncol=ncol or (2 if len(handles) > 3 else len(handles)),
+                        fontsize=FONT_LEGEND, frameon=True, facecolor="0.25", edgecolor="0.25", labelcolor="white")
+    return legend
+
+
 # --------------------------------------------------------------------------------------------
 # slices
 # --------------------------------------------------------------------------------------------
@@ -243,12 +311,12 @@ def overlay(ax, image2d: np.ndarray, label2d: np.ndarray | None = None, *,
     if contour is not None:
         contour = _check_volume(contour, "contour", 2)
         _check_same_shape(np.asarray(image2d), contour, "contour", "image2d")
-        for mask, colour in ((contour > 0, "white"), (contour == TUMOR, "yellow")):
+        for mask, colour in ((contour > 0, CONTOUR_COLORS["kidney region"]), (contour == TUMOR, CONTOUR_COLORS["tumor"])):
             if mask.any() and not mask.all():
                 ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.8)
     ax.set_axis_off()
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=FONT_LABEL)
     return ax
 
 
@@ -266,7 +334,8 @@ def show_slices(image: np.ndarray, label: np.ndarray | None = None,
         image: ``(Z, Y, X)`` volume in HU.
         label: optional ``(Z, Y, X)`` ground truth.
         preds: optional name → ``(Z, Y, X)`` predicted labels, one row each.
-        slices: axial indices to show; default :func:`pick_slices` over the labelled extent.
+        slices: axial indices to show; default :func:`pick_slices` over the slices that hold tumour
+            (over the labelled extent when there is no tumour), so every panel shows it.
         num_slices: number of slices when ``slices`` is None. Default 5.
         window: display window in HU. Default (-200, 500).
         alpha: overlay opacity. Default 0.45.
@@ -274,7 +343,8 @@ def show_slices(image: np.ndarray, label: np.ndarray | None = None,
         title: figure title.
 
     Returns:
-        The Figure, with ``(1 + len(preds)) x len(slices)`` image axes.
+        The Figure, with ``(1 + len(preds)) x len(slices)`` image axes and a colour key below them
+        (``fig.legends[0]``).
     """
     plt = _pyplot()
     image = _check_volume(image, "image")
@@ -286,7 +356,7 @@ def show_slices(image: np.ndarray, label: np.ndarray | None = None,
         preds[name] = _check_volume(p, f"preds[{name!r}]")
         _check_same_shape(image, preds[name], f"preds[{name!r}]")
     if slices is None:
-        slices = pick_slices(label, num_slices, depth=image.shape[0])
+        slices = pick_slices(label, num_slices, depth=image.shape[0], prefer=TUMOR)
     slices = [int(z) for z in slices]
     for z in slices:
         if not 0 <= z < image.shape[0]:
@@ -300,8 +370,10 @@ def show_slices(image: np.ndarray, label: np.ndarray | None = None,
             overlay(axes[r, c], image[z], None if lab is None else lab[z], window=window, alpha=alpha,
                     contour=None if gt is None else gt[z],
                     title=f"{name}, z={z}" if r == 0 or c == 0 else f"z={z}")
+    add_label_key(fig, label_key_handles(filled=label is not None or bool(preds), contour=bool(preds) and label is not None,
+                                         what="filled: " if preds else ""))
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -337,16 +409,23 @@ def plot_attention(image2d: np.ndarray, weights: np.ndarray, *, label2d: np.ndar
     overlay(axes[0], image2d, None, window=window, contour=label2d, title="CT slice")
     im = axes[1].imshow(w, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     axes[1].set_axis_off()
-    axes[1].set_title("attention weights (sigmoid)", fontsize=9)
+    axes[1].set_title("attention weights (sigmoid)", fontsize=FONT_LABEL)
     if label2d is not None:
         axes[1].contour((np.asarray(label2d) > 0).astype(np.float32), levels=[0.5], colors="cyan",
                         linewidths=0.8)
     axes[2].imshow(compose_rgb(image2d, None, window=window, heat=w, cmap=cmap, heat_alpha=0.7))
     axes[2].set_axis_off()
-    axes[2].set_title("weights over the slice", fontsize=9)
-    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
+    axes[2].set_title("weights over the slice", fontsize=FONT_LABEL)
+    bar = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
+    bar.set_label("weight w", fontsize=FONT_LABEL)
+    bar.ax.tick_params(labelsize=FONT_TICK)
+    if label2d is not None:
+        from matplotlib.lines import Line2D
+
+        add_label_key(fig, [*label_key_handles(filled=False, contour=True),
+                            Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)")])
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -380,8 +459,9 @@ def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
         image: ``(Z, Y, X)`` in HU.
         label: optional ``(Z, Y, X)`` labels overlaid.
         spacing: ``(z, y, x)`` voxel size in mm (``Case.spacing``). Default (1, 1, 1).
-        center: ``(z, y, x)`` voxel the planes pass through; default the centre of the foreground
-            (or of the volume without a label).
+        center: ``(z, y, x)`` voxel the planes pass through; default the tumour voxel nearest to the
+            tumour's centre (so all three planes cut the tumour), else the centre of the foreground,
+            else of the volume.
         window: display window. Default (-200, 500).
         alpha: overlay opacity. Default 0.45.
         size: inches per panel. Default 3.2.
@@ -398,7 +478,11 @@ def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
     if min(dz, dy, dx) <= 0:
         raise DataError(f"spacing={spacing!r}: every voxel size must be > 0")
     if center is None:
-        if label is not None and (label > 0).any():
+        if label is not None and (label == TUMOR).any():
+            voxels = np.argwhere(label == TUMOR)
+            nearest = np.argmin(((voxels - voxels.mean(axis=0)) ** 2).sum(axis=1))
+            center = tuple(int(c) for c in voxels[nearest])
+        elif label is not None and (label > 0).any():
             center = tuple(int(round(c)) for c in np.argwhere(label > 0).mean(axis=0))
         else:
             center = tuple(s // 2 for s in image.shape)
@@ -414,14 +498,16 @@ def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
     fig, axes = plt.subplots(1, 3, figsize=(3 * size, size), constrained_layout=True)
     for ax, (title, img2d, lab2d, aspect) in zip(axes, planes):
         ax.imshow(compose_rgb(img2d, lab2d, window=window, alpha=alpha), aspect=aspect, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=FONT_LABEL)
         ax.set_axis_off()
+    if label is not None:
+        add_label_key(fig, label_key_handles())
     return fig
 
 
 def plot_maps(maps: Mapping[str, np.ndarray], *, cmap: str = "viridis", vmin: float | None = None,
               vmax: float | None = None, ncols: int = 4, size: float = 2.4, colorbar: bool = True,
-              title: str | None = None):
+              title: str | None = None, colorbar_label: str | None = None):
     """Small multiples of 2D maps (attention weights per level, receptive fields, auxiliary outputs).
 
     Args:
@@ -432,6 +518,8 @@ def plot_maps(maps: Mapping[str, np.ndarray], *, cmap: str = "viridis", vmin: fl
         size: inches per panel. Default 2.4.
         colorbar: one colour bar per panel. Default True.
         title: figure title.
+        colorbar_label: what the colour means (e.g. ``"models disagreeing"``), written on every
+            colour bar. Default None.
 
     Returns:
         The Figure (hidden axes fill the last row).
@@ -446,14 +534,17 @@ def plot_maps(maps: Mapping[str, np.ndarray], *, cmap: str = "viridis", vmin: fl
                              constrained_layout=True)
     for ax, (name, arr) in zip(axes.flat, arrays.items()):
         im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=FONT_LABEL)
         ax.set_axis_off()
         if colorbar:
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=FONT_TICK)
+            if colorbar_label:
+                bar.set_label(colorbar_label, fontsize=FONT_TICK)
     for ax in list(axes.flat)[len(arrays):]:
         ax.set_visible(False)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -539,11 +630,12 @@ def plot_hu_histograms(edges: np.ndarray | Mapping[str, np.ndarray],
         inside = c[(centres >= window[0]) & (centres <= window[1])].sum() / total
         y = c / (total * widths) if density else c
         ax.plot(centres, y, color=palette.get(name), label=f"{name} ({100 * inside:.0f}% inside)")
-    ax.set_xlabel("Hounsfield units")
-    ax.set_ylabel("density" if density else "voxels")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("intensity (HU)", fontsize=FONT_LABEL)
+    ax.set_ylabel("density (1/HU)" if density else "voxels", fontsize=FONT_LABEL)
+    ax.tick_params(labelsize=FONT_TICK)
+    ax.legend(fontsize=FONT_LEGEND)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -552,7 +644,7 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
                        title: str | None = None):
     """Histograms of per-case statistics, one panel per column, one colour per source.
 
-    Used to put the phantoms beside the real KiTS19 statistics (issue #8): each source is
+    Used to put the phantoms beside the real KiTS19 statistics: each source is
     normalised to unit area so a 190-case table and a 6-case table can share a panel.
 
     Args:
@@ -579,7 +671,7 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
             raise DataError(f"plot_distributions: table {name!r} has no column {missing[0]!r}")
     ncols = min(ncols, len(columns))
     nrows = math.ceil(len(columns) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False,
                              constrained_layout=True)
     for ax, col in zip(axes.flat, columns):
         values = {n: np.asarray(df[col], dtype=np.float64) for n, df in frames.items() if col in df.columns}
@@ -594,13 +686,14 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
         for n, v in values.items():
             if v.size:
                 ax.hist(v, bins=edges, density=True, alpha=0.55, label=f"{n} (n={v.size})")
-        ax.set_xlabel((labels or {}).get(col, col), fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_xlabel((labels or {}).get(col, col), fontsize=FONT_LABEL)
+        ax.set_ylabel("share of cases (density)", fontsize=FONT_TICK)
+        ax.tick_params(labelsize=FONT_TICK)
     for ax in list(axes.flat)[len(columns):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=FONT_LEGEND)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -694,18 +787,21 @@ def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None
     if not any_loss:
         plt.close(fig)
         raise DataError("plot_training_curves: no row has an iteration counter and a loss value")
-    ax_l.set_xlabel("iteration")
-    ax_l.set_ylabel("Dice loss (1 - Dice)")
-    ax_l.legend(fontsize=7)
-    ax_v.set_xlabel("iteration")
-    ax_v.set_ylabel("validation Dice")
+    ax_l.set_xlabel("iteration", fontsize=FONT_LABEL)
+    ax_l.set_ylabel("Dice loss (1 - Dice)", fontsize=FONT_LABEL)
+    ax_l.legend(fontsize=FONT_LEGEND)
+    ax_v.set_xlabel("iteration", fontsize=FONT_LABEL)
+    ax_v.set_ylabel("validation Dice", fontsize=FONT_LABEL)
     ax_v.set_ylim(0, 1)
+    for ax in (ax_l, ax_v):
+        ax.tick_params(labelsize=FONT_TICK)
     if any_val:
-        ax_v.legend(fontsize=7)
+        ax_v.legend(fontsize=FONT_LEGEND)
     else:
-        ax_v.text(0.5, 0.5, "no validation rows yet", ha="center", va="center", transform=ax_v.transAxes)
+        ax_v.text(0.5, 0.5, "no validation rows yet", ha="center", va="center", transform=ax_v.transAxes,
+                  fontsize=FONT_LABEL)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -738,8 +834,8 @@ def plot_dice_per_case(table, *, group: str | None = "model",
     else:
         group, names = None, ["all"]
     cases = list(dict.fromkeys(table["case_id"].tolist()))
-    fig, axes = plt.subplots(1, len(regions), figsize=(max(4.0, 1.1 * len(names) + 2) * len(regions) / 1.6, 3.6),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(regions), figsize=(max(4.0, 1.1 * len(names) + 2) * len(regions) / 1.6 + 1.5, 4.0),
+                             squeeze=False, layout="constrained")
     for ax, region in zip(axes[0], regions):
         for ci, case in enumerate(cases):
             rows = table[table["case_id"] == case]
@@ -758,13 +854,16 @@ def plot_dice_per_case(table, *, group: str | None = "model",
             means.append(np.nanmean(v) if np.isfinite(v).any() else np.nan)
         ax.scatter(range(len(names)), means, marker="_", s=400, color="k", zorder=3)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=FONT_TICK)
+        ax.tick_params(axis="y", labelsize=FONT_TICK)
+        ax.set_ylabel("Dice", fontsize=FONT_LABEL)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{region} Dice (bar = mean)", fontsize=9)
+        ax.set_title(f"{region} Dice (bar = mean)", fontsize=FONT_LABEL)
     if len(cases) <= 12:
-        axes[0, -1].legend(fontsize=6, loc="lower right", ncol=2)
+        fig.legend(*axes[0, -1].get_legend_handles_labels(), title="case", fontsize=FONT_LEGEND,
+                   title_fontsize=FONT_LEGEND, loc="outside right center")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -802,17 +901,18 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], *,
         for rect, y in zip(rects, ys):
             if np.isfinite(y):
                 ax.annotate(f"{y:.2f}", (rect.get_x() + rect.get_width() / 2, y), ha="center",
-                            va="bottom", fontsize=7)
+                            va="bottom", fontsize=FONT_TICK)
     import textwrap
 
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([textwrap.fill(str(g), 18) for g in groups], fontsize=8)
-    ax.set_ylabel(ylabel)
+    ax.set_xticklabels([textwrap.fill(str(g), 18) for g in groups], fontsize=FONT_TICK)
+    ax.tick_params(axis="y", labelsize=FONT_TICK)
+    ax.set_ylabel(ylabel, fontsize=FONT_LABEL)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=FONT_LEGEND, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=FONT_TITLE)
     return fig
 
 
@@ -837,14 +937,17 @@ def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
         preds: optional name → predicted labels, one panel each.
         window: display window. Default (-200, 500).
         alpha: overlay opacity. Default 0.45.
-        slices: frames' slice indices; default every slice, thinned evenly to ``max_frames``.
+        slices: frames' slice indices; default every slice, thinned evenly to ``max_frames``; the
+            thinned list always holds the slice with the most tumour, and the animation starts there
+            (and loops through the rest), so its first frame shows the tumour.
         max_frames: most frames when ``slices`` is None. Default 48.
         interval: milliseconds between frames. Default 150.
         size: inches per panel. Default 2.4.
 
     Returns:
         A :class:`matplotlib.animation.FuncAnimation` (its figure is closed so it is not also
-        shown as a still image).
+        shown as a still image); ``anim.kitsmsan_slices`` is the slice of each frame. The figure
+        carries a colour key (kidney, tumour).
     """
     plt = _pyplot()
     from matplotlib import animation
@@ -859,6 +962,13 @@ def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
     if slices is None:
         depth = image.shape[0]
         slices = np.unique(np.linspace(0, depth - 1, min(depth, max_frames)).round().astype(int)).tolist()
+        if label is not None and (label == TUMOR).any():
+            best = pick_slices(label, 1, prefer=TUMOR)[0]
+            nearest = int(np.argmin([abs(z - best) for z in slices]))
+            slices[nearest] = best  # the thinned list keeps the richest tumour slice
+            slices = sorted(set(slices))
+            start = slices.index(best)
+            slices = slices[start:] + slices[:start]
     if not slices:
         raise DataError("slice_animation: no slices to show")
     fig, axes = plt.subplots(1, len(layers), figsize=(size * len(layers), size + 0.3), squeeze=False,
@@ -869,8 +979,10 @@ def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
         artists.append(ax.imshow(compose_rgb(image[z], None if lab is None else lab[z], window=window,
                                              alpha=alpha), interpolation="nearest"))
         ax.set_axis_off()
-        ax.set_title(name, fontsize=9)
-    caption = fig.suptitle(f"slice {slices[0]}", fontsize=9)
+        ax.set_title(name, fontsize=FONT_LABEL)
+    caption = fig.suptitle(f"slice {slices[0]}", fontsize=FONT_LABEL)
+    if any(lab is not None for _, lab in layers):
+        add_label_key(fig, label_key_handles())
 
     def draw(frame: int):
         z = slices[frame]
@@ -880,6 +992,7 @@ def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
         return [*artists, caption]
 
     anim = animation.FuncAnimation(fig, draw, frames=len(slices), interval=interval, blit=False)
+    anim.kitsmsan_slices = list(slices)
     plt.close(fig)
     return anim
 

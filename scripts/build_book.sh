@@ -43,7 +43,7 @@ step "2/4 tables and fragments"
 "$PYTHON" scripts/book_tools.py render
 
 step "3/4 widget JavaScript"
-bash scripts/fetch_widget_js.sh
+bash scripts/fetch_widget_js.sh && bash scripts/fetch_mathjax.sh
 
 step "4/4 jupyter-book build"
 # --all: a full rebuild, so warnings of unchanged pages are reported again (and fail -W)

@@ -1,4 +1,4 @@
-"""The built book in a real browser: Debian's Chromium driven by Playwright (issue #5, "Tests").
+"""The built book in a real browser: Debian's Chromium driven by Playwright.
 
 Runs on ``_build/html`` as ``make book`` leaves it, served by a local HTTP server on 127.0.0.1. Checks:
 
@@ -6,7 +6,10 @@ Runs on ``_build/html`` as ``make book`` leaves it, served by a local HTTP serve
   request and no request leaving 127.0.0.1 (the book must work offline: widgets, fonts and scripts
   are served from the book itself);
 * the Table 1 pages show the paper's Table 1 as a table (a row "MSAN-V1", the 3D U-Net's 89.70);
-* the slice viewer's embedded ipywidgets slider renders, and dragging it changes its value.
+* the slice viewer's embedded ipywidgets slider renders, and dragging it changes its value;
+* the equations render offline: every page with an equation gets MathJax's ``mjx-container``
+  elements from the MathJax served by the book itself (``_static/mathjax/``), with no request leaving
+  127.0.0.1.
 
 Skipped, with the reason, when the book has not been built (``make book``), when Chromium is not
 installed (``apt-get install chromium``; the path can be set with ``KITSMSAN_CHROMIUM``) or when the
@@ -39,6 +42,8 @@ CHROMIUM_ARGS = [
 #: pages that show the paper's Table 1 (the intro quotes it; the evaluation notebook sets ours beside it)
 TABLE1_PAGES = ("book/intro", "book/generated/04_evaluation")
 VIEWER_PAGE = "book/generated/06_slice_viewer"
+#: pages that must hold equations (the API page renders the docstrings' :math: roles)
+MATH_PAGES_REQUIRED = ("book/api",)
 
 
 def toc_pages(toc_path: Path = REPO / "_toc.yml") -> list[str]:
@@ -212,6 +217,69 @@ def test_viewer_slider_moves(book_url, browser_context):
     after = readout.inner_text().strip()
     assert after != before, f"the slider did not move (readout stayed {before!r})"
     # moving it must not break the page (requests are checked by the every-page test)
+    errors = [item for item in problems.items if item.startswith("JavaScript error")]
+    assert not errors, "\n".join(errors)
+    page.close()
+
+
+def math_pages() -> list[str]:
+    """The built pages that hold at least one equation (Sphinx marks each with ``class="math ..."``)."""
+    found = []
+    for docname in toc_pages():
+        html = HTML / f"{docname}.html"
+        if html.is_file() and 'class="math notranslate' in html.read_text(encoding="utf-8"):
+            found.append(docname)
+    return found
+
+
+def test_equations_render_offline(book_url, browser_context):
+    pages = math_pages()
+    missing = [d for d in MATH_PAGES_REQUIRED if d not in pages]
+    assert not missing, f"pages without any equation: {missing}"
+    for docname in pages:
+        page, problems = open_page(browser_context, book_url + f"{docname}.html", book_url)
+        sources = page.eval_on_selector_all("script[src*='mathjax']", "els => els.map(e => e.src)")
+        assert sources and all(src.startswith(book_url) for src in sources), (
+            f"{docname}: MathJax not loaded from the book itself: {sources}")
+        page.locator("mjx-container").first.wait_for(state="attached", timeout=20_000)
+        page.wait_for_function(
+            "() => document.querySelectorAll('.math').length <= document.querySelectorAll('mjx-container').length",
+            timeout=20_000,
+        )
+        assert page.locator("mjx-container").count() >= page.locator(".math").count() > 0
+        page.wait_for_timeout(300)  # fonts loaded after typesetting would report here
+        assert not problems.items, f"{docname}:\n" + "\n".join(problems.items)
+        page.close()
+
+
+def _shown_frame(page) -> str:
+    """The ``src`` of the viewer frame on show (the one visible image of the widget area)."""
+    images = page.locator(".widget-image:visible, .jupyter-widgets img:visible")
+    assert images.count() >= 1, "no visible viewer frame"
+    return images.first.get_attribute("src") or ""
+
+
+def test_viewer_static_controls_change_the_picture(book_url, browser_context):
+    page, problems = open_page(browser_context, book_url + f"{VIEWER_PAGE}.html", book_url)
+    page.locator(".widget-slider").first.wait_for(state="visible", timeout=15_000)
+    # the layer buttons: each one shows another frame
+    buttons = page.locator(".widget-toggle-button:visible")
+    assert buttons.count() >= 2, "no layer buttons on the static page"
+    first = _shown_frame(page)
+    page.locator(".widget-toggle-button:visible:not(.mod-active)").first.click()
+    page.wait_for_timeout(300)
+    assert _shown_frame(page) != first, "the layer buttons do not change the picture"
+    # the case dropdown: another case, another picture
+    select = page.locator(".widget-dropdown select").first
+    options = select.locator("option")
+    if options.count() >= 2:
+        before = _shown_frame(page)
+        select.select_option(index=1)
+        page.wait_for_timeout(300)
+        assert _shown_frame(page) != before, "the case dropdown does not change the picture"
+    # no control that needs a kernel is on the static page
+    labels = [t.strip() for t in page.locator(".widget-label:visible").all_inner_texts()]
+    assert not {"level", "width", "opacity"} & set(labels), f"kernel-only controls shown: {labels}"
     errors = [item for item in problems.items if item.startswith("JavaScript error")]
     assert not errors, "\n".join(errors)
     page.close()

@@ -106,7 +106,10 @@ def test_disagreement_map_by_hand():
 def test_show_slices_grid_and_errors(volume):
     image, label = volume
     fig = viz.show_slices(image, label, {"m1": label, "m2": np.zeros_like(label)}, num_slices=3)
-    assert len(fig.axes) == 3 * 3                       # (GT + 2 models) rows x 3 slices
+    assert len(fig.axes) == 3 * 2      # (GT + 2 models) rows x the 2 slices that hold tumour (2, 3)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["ground truth, z=2", "ground truth, z=3"]
+    fig = viz.show_slices(image, label, {"m1": label, "m2": np.zeros_like(label)}, slices=[1, 2, 4])
+    assert len(fig.axes) == 3 * 3
     shown = fig.axes[0].images[0].get_array()
     assert shown.shape == (32, 32, 3)
     with pytest.raises(DataError, match="preds"):
@@ -212,6 +215,11 @@ def test_slice_animation_frames_and_html(volume):
     anim = viz.slice_animation(image, label, {"m": label}, max_frames=4)
     html = viz.animation_html(anim)
     assert "<script" in html and html.count("data:image/png;base64") == 4
+    # the first frame holds the tumour (the evenly thinned 0, 2, 3, 5 would also start at 0)
+    assert (label[anim.kitsmsan_slices[0]] == 2).any()
+    assert sorted(anim.kitsmsan_slices) == [0, 2, 3, 5]
+    keys = [t.get_text() for t in anim._fig.legends[0].get_texts()]
+    assert keys == ["kidney", "tumour"]
     with pytest.raises(DataError, match="default_mode"):
         viz.animation_html(anim, default_mode="sideways")
 
@@ -223,7 +231,10 @@ def test_show_orthogonal_aspect_and_center(volume):
     assert axial.images[0].get_array().shape == (32, 32, 3)
     assert coronal.images[0].get_array().shape == (6, 32, 3)
     assert coronal.get_aspect() == pytest.approx(4.0)        # 3 mm slices / 0.75 mm pixels
-    assert axial.get_title() == "axial (z=2)"                 # foreground centre: z in 1..4 -> 2.5 -> 2
+    assert axial.get_title() == "axial (z=2)"                 # the tumour voxel nearest its centre
+    assert label[2, int(coronal.get_title()[11:-1]), int(sagittal.get_title()[12:-1])] == 2
+    kidney_only = np.where(label == 2, 1, label).astype(np.uint8)
+    assert viz.show_orthogonal(image, kidney_only).axes[0].get_title() == "axial (z=2)"  # fg centre 2.5
     with pytest.raises(DataError, match="spacing"):
         viz.show_orthogonal(image, spacing=(0, 1, 1))
     with pytest.raises(DataError, match="center"):
@@ -253,3 +264,70 @@ def test_source_markdown_is_the_package_source():
     assert "\ndef frame(self" in method and "\n    def frame" not in method
     with pytest.raises(DataError, match="no source"):
         viz.source_markdown(42)
+
+
+def test_pick_slices_prefers_the_tumour(volume):
+    _, label = volume
+    assert viz.pick_slices(label, 4, prefer=2) == [2, 3]            # only slices that hold tumour
+    assert viz.pick_slices(label, 1, prefer=2) in ([2], [3])
+    big = label.copy()
+    big[3, 10:16, 10:16] = 2                                        # slice 3 now has the most tumour
+    assert viz.pick_slices(big, 1, prefer=2) == [3]
+    no_tumour = np.where(label == 2, 1, label)
+    assert viz.pick_slices(no_tumour, 4, prefer=2) == viz.pick_slices(no_tumour, 4)  # falls back
+
+
+def _legend_texts(fig):
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_every_overlay_has_a_colour_key(volume):
+    image, label = volume
+    assert _legend_texts(viz.show_slices(image, label)) == ["kidney", "tumour"]
+    with_preds = _legend_texts(viz.show_slices(image, label, {"m": label}))
+    assert with_preds == ["filled: kidney", "filled: tumour", "ground truth: kidney region (outline)",
+                          "ground truth: tumour (outline)"]
+    assert _legend_texts(viz.show_orthogonal(image, label)) == ["kidney", "tumour"]
+    att = viz.plot_attention(image[2], np.full((8, 8), 0.5), label2d=label[2])
+    assert "kidney region (outline, middle panel)" in _legend_texts(att)
+    # the key's colours are the overlay's colours
+    handles = viz.label_key_handles(heat=("inferno", "models disagreeing"))
+    assert tuple(handles[0].get_facecolor()[:3]) == pytest.approx(viz.LABEL_COLORS[1])
+    assert tuple(handles[1].get_facecolor()[:3]) == pytest.approx(viz.LABEL_COLORS[2])
+    assert handles[2].get_label() == "models disagreeing (brighter = more)"
+
+
+def _texts(fig):
+    out = []
+    for ax in fig.axes:
+        out += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels(), *ax.texts]
+        if ax.get_legend():
+            out += ax.get_legend().get_texts()
+    for legend in fig.legends:
+        out += legend.get_texts()
+    return [t for t in out if t.get_text()]
+
+
+def test_plot_helpers_write_no_text_below_10_points(volume, tmp_path):
+    image, label = volume
+    frames = {"a": pd.DataFrame({"x": [1.0, 2.0, 3.0]}), "b": pd.DataFrame({"x": [2.0, 2.5]})}
+    table = pd.DataFrame({"case_id": ["c0", "c1"] * 2, "model": ["m1", "m1", "m2", "m2"],
+                          "kidney": [0.9, 0.8, 0.7, 0.6], "tumor": [0.5, 0.4, 0.3, 0.2]})
+    figs = [
+        viz.show_slices(image, label, {"m": label}, title="t"),
+        viz.show_orthogonal(image, label),
+        viz.plot_attention(image[2], np.full((8, 8), 0.5), label2d=label[2], title="t"),
+        viz.plot_maps({"a": np.zeros((4, 4))}, title="t", colorbar_label="models disagreeing"),
+        viz.plot_hu_histograms(np.array([-100.0, 0.0, 100.0]), {"kidney": np.array([1, 2])}, title="t"),
+        viz.plot_distributions(frames, ["x"], title="t"),
+        viz.plot_training_curves([{"iteration": 1, "loss": 0.5, "val_kidney": 0.4}], title="t"),
+        viz.plot_dice_per_case(table, title="t"),
+        viz.plot_grouped_bars({"g": {"kidney": 0.9, "tumor": 0.4}}, title="t"),
+    ]
+    for fig in figs:
+        fig.canvas.draw()
+        small = [(t.get_text(), t.get_fontsize()) for t in _texts(fig) if t.get_fontsize() < 10 - 1e-6]
+        assert not small, f"{fig.axes[0].get_title()!r}: text below 10 pt: {small[:5]}"
+    hist = figs[4].axes[0]
+    assert hist.get_xlabel() == "intensity (HU)" and hist.get_ylabel() == "density (1/HU)"
+    assert figs[3].axes[1].get_ylabel() == "models disagreeing"      # the colour bar says what it means

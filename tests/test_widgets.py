@@ -61,42 +61,112 @@ def test_png_bytes_roundtrip(case):
     np.testing.assert_allclose(np.round(back[..., :3] * 255), rgb, atol=0)
 
 
-def test_precomputed_viewer_links_in_the_browser(case):
-    viewer = widgets.SliceViewer({"c0": case, "c1": {"image": case.image}}, precompute=True)
+def _link_pairs(viewer):
+    return [((l.source[0], l.source[1]), (l.target[0], l.target[1])) for l in viewer._links]
+
+
+def _controls(widget):
+    """Every widget under ``widget`` (depth first)."""
+    out = [widget]
+    for child in getattr(widget, "children", ()):
+        out += _controls(child)
+    return out
+
+
+def test_precomputed_viewer_links_every_control_in_the_browser(case):
+    other = widgets.ViewerCase(case.image + 100, case.label, {"a": case.preds["b"], "b": case.preds["a"]})
+    viewer = widgets.SliceViewer({"c0": case, "c1": other, "c2": {"image": case.image}}, precompute=True)
     assert viewer.precompute
     assert viewer.slices == [0, 1, 2, 3, 4]
-    assert viewer.slice_index == 2                       # middle of the labelled slices 1..3
-    outer = viewer._view.children[0]
-    assert isinstance(outer, ipywidgets.Stack) and len(outer.children) == len(case.layers())
-    inner = outer.children[0]
-    assert len(inner.children) == 5 and inner.selected_index == 2
-    assert all(bytes(img.value)[:4] == b"\x89PNG" for img in inner.children)
-    # play -> slider, layer buttons -> outer stack, slider -> every inner stack
-    assert len(viewer._links) == 1 + 1 + len(case.layers())
-    assert all(isinstance(link, ipywidgets.widgets.widget_link.Link) for link in viewer._links)
-    # kernel side: switching case rebuilds layers and slices
-    viewer._case_dd.value = "c1"
-    assert viewer.case.layers() == ["image"]
-    assert viewer._layer_tb.options == ("image",)
+    assert viewer.slice_index == 2                       # the slice with the tumour
+    assert viewer.layer == "ground truth"                # ... with its labels
+    assert viewer._cases_stack.children[0].children[2].selected_index == case.layers().index("ground truth")
+    # case dropdown -> the stack of per-case panels, in the browser
+    pairs = _link_pairs(viewer)
+    assert ((viewer._case_dd, "index"), (viewer._cases_stack, "selected_index")) in pairs
+    assert len(viewer._cases_stack.children) == 3
+    for cid, panel in viewer._panels.items():
+        outer = viewer._cases_stack.children[list(viewer.cases).index(cid)].children[2]
+        assert isinstance(outer, ipywidgets.Stack) and len(outer.children) == len(viewer.cases[cid].layers())
+        assert ((panel.play, "value"), (panel.slider, "index")) in pairs
+        assert ((panel.layer_tb, "index"), (outer, "selected_index")) in pairs
+        for inner in outer.children:
+            assert ((panel.slider, "index"), (inner, "selected_index")) in pairs
+            assert all(bytes(img.value)[:4] == b"\x89PNG" for img in inner.children)
+    # what each stack shows is the frame of its own case: case c1 differs from c0 on every layer
+    c0, c1 = viewer._panels["c0"], viewer._panels["c1"]
+    for layer in ("image", "ground truth", "a", "b"):
+        assert bytes(c0.images[layer][2].value) != bytes(c1.images[layer][2].value)
+        assert bytes(c1.images[layer][2].value) == widgets.png_bytes(
+            widgets.render_frame(other, layer, 2, disagreement=viz.disagreement_map(other.model_preds)))
+    # every frame of a layer differs from the next layer's (the buttons change the picture)
+    assert bytes(c0.images["ground truth"][2].value) != bytes(c0.images["image"][2].value)
+    assert viewer.payload_bytes == sum(len(bytes(i.value)) for p in viewer._panels.values()
+                                       for imgs in p.images.values() for i in imgs)
     assert "application/vnd.jupyter.widget-view+json" in viewer._repr_mimebundle_()
 
 
-def test_live_viewer_rerenders_on_change(case):
+def test_static_page_shows_no_control_that_needs_a_kernel(case):
+    viewer = widgets.SliceViewer({"c0": case, "c1": case}, precompute=True)
+    linked = {id(w) for pair in _link_pairs(viewer) for (w, _) in pair}
+    controls = [c for c in _controls(viewer.widget) if isinstance(c, (ipywidgets.ValueWidget, ipywidgets.Play))
+                and not isinstance(c, (ipywidgets.Image, ipywidgets.HTML))]
+    assert controls, "no controls found"
+    unlinked = [type(c).__name__ + ":" + str(getattr(c, "description", "")) for c in controls if id(c) not in linked]
+    assert not unlinked, f"controls on the static page that only a kernel could serve: {unlinked}"
+    assert not any(getattr(c, "description", "") in ("level", "width", "opacity") for c in controls)
+    assert "without a kernel" in viewer._note.value and "MB of PNG" in viewer._note.value
+
+
+def test_live_viewer_has_every_control_and_rerenders(case):
     viewer = widgets.SliceViewer({"c0": case}, precompute=False)
+    descriptions = {getattr(c, "description", "") for c in _controls(viewer.widget)}
+    assert {"case", "layer", "slice", "level", "width", "opacity"} <= descriptions
     before = viewer._live_image.value
     viewer._layer_tb.value = "ground truth"
     assert viewer._live_image.value != before
     viewer._slice.value = "0"
     np.testing.assert_array_equal(viewer.frame(), widgets.render_frame(case, "ground truth", 0))
-
-
-def test_window_sliders_change_the_frames(case):
-    viewer = widgets.viewer_from_arrays(case.image, case.label, precompute=True)
     assert viewer.window == (-200.0, 500.0)
-    first = viewer._images["image"][0].value
+    shown = viewer._live_image.value
     viewer._level.value = -100                           # 0 HU now above the window centre
     assert viewer.window == (-450.0, 250.0)
-    assert viewer._images["image"][0].value != first
+    assert viewer._live_image.value != shown
+    viewer._alpha.value = 0.9
+    np.testing.assert_array_equal(viewer.frame(), widgets.render_frame(case, "ground truth", 0,
+                                                                       window=(-450.0, 250.0), alpha=0.9))
+
+
+def test_viewer_opens_on_the_tumour():
+    label = np.zeros((40, 16, 16), dtype=np.uint8)
+    label[5:35, 2:14, 2:14] = 1
+    label[31, 4:8, 4:8] = 2                             # the tumour is on one slice, far from the middle
+    image = np.zeros(label.shape, dtype=np.float32)
+    for precompute in (True, False):
+        viewer = widgets.viewer_from_arrays(image, label, precompute=precompute, max_slices=8)
+        assert viewer.slice_index == 31 and 31 in viewer.slices
+
+
+def test_disagreement_layer_has_a_key(case):
+    html = widgets.key_html(case)
+    assert "kidney" in html and "tumour" in html
+    assert "disagreement: 0 (all agree)" in html and "1 models against the majority" in html
+    assert "attention weight" in html and "linear-gradient" in html
+    # the key's end colours are those of the colour map the frames use
+    import matplotlib
+
+    top = matplotlib.colormaps[widgets.DISAGREEMENT_CMAP](1.0)
+    assert widgets._hex(top) in html
+    assert "disagreement" not in widgets.key_html(widgets.ViewerCase(case.image, case.label, {"a": case.preds["a"]}))
+    viewer = widgets.SliceViewer({"c0": case}, precompute=True)
+    assert any(isinstance(c, ipywidgets.HTML) and "disagreement" in c.value for c in _controls(viewer.widget))
+
+
+def test_static_budget_is_enforced(case):
+    small = widgets.SliceViewer({"c0": case}, precompute=True)
+    assert 0 < small.payload_bytes < widgets.STATIC_BUDGET_BYTES
+    with pytest.raises(DataError, match="budget"):
+        widgets.SliceViewer({"c0": case}, precompute=True, budget_bytes=small.payload_bytes - 1)
 
 
 def test_thinning_and_bad_arguments(case):

@@ -19,7 +19,7 @@ book's Performance page renders.
 
 Timing rules: warm-up iterations are excluded; on CUDA the clock is read after
 ``torch.cuda.synchronize()``; a ratio is only ever formed from two numbers measured in the same
-call. Nothing here asserts a speed: the targets of issue #6 are reported as rows of
+call. Nothing here asserts a speed: the speed targets are reported as rows of
 :func:`target_rows` ("met: yes/no"), never enforced.
 
 One module per benchmark (:mod:`~kitsmsan.bench.data`, :mod:`~kitsmsan.bench.step`,

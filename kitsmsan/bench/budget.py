@@ -22,7 +22,7 @@ from kitsmsan.bench.common import (
 from kitsmsan.errors import ConfigError
 from kitsmsan.models import build_model, count_train_flops, list_models, model_config
 
-#: issue #6: the five-network schedule within 12 hours on one H100-class GPU
+#: the target for the five-network schedule, 12 hours on one H100-class GPU
 SCHEDULE_TARGET_H = 12.0
 
 
@@ -87,7 +87,7 @@ def schedule_budget(*, num_iters: int = PAPER_ITERS, hours: float = SCHEDULE_TAR
 
     Args:
         num_iters: iterations per network, default 400,000 (MSAN paper, §3.1).
-        hours: the time budget, default 12 (issue #6).
+        hours: the time budget, default 12.
         variants: networks, default all five.
 
     Returns:

@@ -20,7 +20,7 @@ PAPER_BATCH = 2
 PAPER_SLICES = 4
 PAPER_SIZE = 512
 PAPER_ITERS = 400_000
-#: slices of the inference test case (a typical KiTS19 volume; issue #6)
+#: slices of the inference test case (a typical KiTS19 volume)
 PAPER_CASE_SLICES = 300
 
 #: keys every row carries (:func:`provenance`); :func:`format_table` prints them once, as a header

@@ -97,7 +97,7 @@ def bench_data(
     verbose: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Training windows per second: the cache vs the ``.nii.gz``, and the ``DataLoader`` (issue #2, #6).
+    """Training windows per second: the cache vs the ``.nii.gz``, and the ``DataLoader``.
 
     One case of ``num_slices × size × size`` is written as KiTS19 ``.nii.gz`` and prepared into the
     cache. Then, on one thread:

@@ -17,7 +17,7 @@ from kitsmsan.bench.smoke import SMOKE_TARGET_S
 from kitsmsan.errors import ConfigError
 from kitsmsan.utils.provenance import environment
 
-#: The speed targets (issue #6; the two cache-rate ones come from issue #2), in the order the book
+#: The speed targets (two for the data cache, the rest for training and inference), in the order the book
 #: lists them. ``higher``: the measured value must be at least ``required`` (else at most).
 #: ``needs``: where it can be measured; a target with no row yet is shown as pending, never guessed.
 TARGETS = (
@@ -40,10 +40,10 @@ TARGETS = (
 
 
 def target_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
-    """The issue #6 targets that ``rows`` can speak to, each as a ``"targets"`` row with ``met``.
+    """The speed targets that ``rows`` can speak to, each as a ``"targets"`` row with ``met``.
 
     * cache windows ≥ 100 × the ``.nii.gz`` path (``data``, 4 × 512 × 512 windows only);
-    * cache ≥ 1,000 windows per CPU-second on one core (``data``, issue #2; int64 and uint8 label);
+    * cache ≥ 1,000 windows per CPU-second on one core (``data``; int64 and uint8 label);
     * ``reproduce --preset smoke`` ≤ 600 s (``smoke``);
     * on CUDA at the paper's size: autocast + channels-last (+ compile) ≥ 2.5 × fp32 eager, for the
       network where it is smallest (``step``); the five-model schedule ≤ 12 h (``schedule``); the

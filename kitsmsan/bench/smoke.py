@@ -31,7 +31,7 @@ def bench_smoke(
     verbose: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Wall time of ``kitsmsan reproduce --preset smoke`` from scratch (issue #6 target: ≤ 10 min on
+    """Wall time of ``kitsmsan reproduce --preset smoke`` from scratch (target: ≤ 10 min on
     2 CPU cores), run as a subprocess so that its imports, data generation and five trainings count.
 
     Args:

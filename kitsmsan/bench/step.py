@@ -71,7 +71,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool) -> list[str]:
-    if modes is None:  # CUDA: the issue's ladder; CPU: also fp32 + channels-last, no compile
+    if modes is None:  # CUDA: the mode ladder of the targets; CPU: also fp32 + channels-last, no compile
         modes = ["fp32", "amp", "amp+cl", "amp+cl+compile"] if dev_type == "cuda" else ["fp32", "cl", "amp", "amp+cl"]
         if dev_type == "cpu" and compile:
             modes.append("amp+cl+compile")
@@ -186,7 +186,7 @@ def bench_step(
     Args:
         variants: networks to run, default all five (:func:`kitsmsan.models.list_models`); a list or
             a comma-separated string.
-        modes: modes to run; default ``fp32, amp, amp+cl, amp+cl+compile`` on CUDA (issue #6) and
+        modes: modes to run; default ``fp32, amp, amp+cl, amp+cl+compile`` on CUDA and
             ``fp32, cl, amp, amp+cl`` on CPU (``compile`` adds the compile mode). ``fp32`` is always
             added: it is the baseline of ``speedup_vs_fp32``.
         compile: on CPU, include the compile mode by default, default False.

@@ -1,4 +1,4 @@
-"""``kitsmsan bench``: speed benchmarks (issue #2 data cache; issue #6 step, inference, smoke).
+"""``kitsmsan bench``: speed benchmarks (data cache, training step, inference, smoke run).
 
 Examples::
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` parser."""
     p = subparsers.add_parser(
         "bench", help="speed benchmarks (data, step, inference, smoke, all)",
-        description="Measure the pipeline's speed on this machine and print a table (issue #6). "
+        description="Measure the pipeline's speed on this machine and print a table. "
         "'all' runs data, step, inference and smoke (unless --skip-smoke).")
     p.add_argument("which", choices=CHOICES, help="which benchmark; 'merge' joins --inputs reports")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON (book/data/bench_*.json)")

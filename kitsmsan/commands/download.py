@@ -1,9 +1,9 @@
-"""``kitsmsan download``: fetch KiTS19 imaging, segmentations and ``kits.json`` (issues #7, #8).
+"""``kitsmsan download``: fetch KiTS19 imaging, segmentations and ``kits.json``.
 
 Examples::
 
     kitsmsan download --root data                      # cases 0-209: imaging + labels (~27 GB)
-    kitsmsan download --root data --labels-only        # segmentations 0-209 + kits.json (~65 MB)
+    kitsmsan download --root data --labels-only        # segmentations 0-209 + kits.json (about 67 MB)
     kitsmsan download --root data --cases 0-179,185 --workers 8
 
 Resumable, verified and idempotent: see :mod:`kitsmsan.data.download`. Base URLs default to the

@@ -1,4 +1,4 @@
-"""``kitsmsan models``: parameters, forward FLOPs/MACs and output shapes of the five networks (issue #3).
+"""``kitsmsan models``: parameters, forward FLOPs/MACs and output shapes of the five networks.
 
 Example::
 

@@ -1,4 +1,4 @@
-"""``kitsmsan phantoms``: write synthetic KiTS-like cases (issue #2) or label-conditioned ones (#8).
+"""``kitsmsan phantoms``: write synthetic KiTS-like cases or label-conditioned ones.
 
 Examples::
 

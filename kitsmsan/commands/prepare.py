@@ -1,4 +1,4 @@
-"""``kitsmsan prepare``: convert KiTS19 cases into the memory-mappable training cache (issue #2).
+"""``kitsmsan prepare``: convert KiTS19 cases into the memory-mappable training cache.
 
 Example::
 

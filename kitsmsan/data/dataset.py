@@ -189,7 +189,7 @@ class SliceWindowDataset(Dataset):
             be divisible by it.
         label_dtype: dtype of the returned label, ``"int64"`` (default, what
             :class:`~kitsmsan.losses.DiceLoss` indexes with), ``"int16"`` or ``"uint8"``. ``"uint8"``
-            is the fast path (issue #6): it skips the widening copy (about a third of the CPU cost of
+            is the fast path: it skips the widening copy (about a third of the CPU cost of
             a 4 × 512 × 512 window) and moves 8x fewer bytes host to device; the training loop then
             converts on the device (``label.to(device, non_blocking=True).long()``).
 

@@ -989,7 +989,7 @@ def download_kits19(
         cases: case numbers 0..299 or ids ``case_XXXXX`` (default ``range(210)``: the labelled
             training cases the paper uses).
         imaging: fetch ``imaging.nii.gz`` (default True; ~27 GB for 210 cases).
-        labels: fetch ``segmentation.nii.gz`` and ``kits.json`` (default True; ~65 MB).
+        labels: fetch ``segmentation.nii.gz`` and ``kits.json`` (default True; about 67 MB).
         imaging_base_url: default None: ``$KITSMSAN_IMAGING_URL`` or :data:`OFFICIAL_IMAGING_URL`.
         labels_base_url: default None: ``$KITSMSAN_LABELS_URL`` or :data:`OFFICIAL_LABELS_URL`.
         manifest: optional expected sizes / SHA-256 (see :func:`load_manifest`); default None.

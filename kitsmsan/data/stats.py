@@ -1,6 +1,6 @@
 """Data exploration: per-case statistics, HU histograms and the post-processing ceiling.
 
-What the data-exploration chapter shows (issues #2 and #8), computed from whatever cases are at
+What the data-exploration chapter shows, computed from whatever cases are at
 hand: the real KiTS19 segmentations (labels only), pure phantoms, label-conditioned phantoms or
 the full KiTS19 imaging.
 

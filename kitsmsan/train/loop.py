@@ -160,7 +160,7 @@ class Trainer:
             config.cache_dir, self.train_cases, num_slices=config.num_slices, crop_size=config.crop_size,
             fg_fraction=config.fg_fraction, tumor_fraction=config.tumor_fraction,
             length=config.num_iters * world * bs, seed=config.seed,
-            label_dtype="uint8")  # 8x fewer bytes to the device; widened there (issue #6)
+            label_dtype="uint8")  # 8x fewer bytes to the device; widened there
 
         seed_everything(config.seed)
         net = build_model_for(config)

@@ -28,8 +28,8 @@ Two layers:
 * :func:`phantom_spec` draws the case (a :class:`PhantomSpec`: spacing, shape, anatomy, kidneys,
   tumours, tissue HU) without any voxels; :func:`make_phantom` renders it. ``phantom_spec(seed,
   **same_kwargs).spacing`` is therefore the spacing of ``make_phantom(seed, **same_kwargs)``.
-* :func:`phantom_from_label` keeps a real segmentation and synthesises everything else around it
-  (issue #8): body, spine and organs are placed from the kidneys' positions, and the kidney and
+* :func:`phantom_from_label` keeps a real segmentation and synthesises everything else around it:
+  body, spine and organs are placed from the kidneys' positions, and the kidney and
   tumour textures are painted exactly as in the pure phantoms (the painting step only sees a label).
 
 Everything is deterministic for a seed (NumPy ``SeedSequence`` streams), vectorised, and processed in

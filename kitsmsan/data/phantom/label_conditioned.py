@@ -190,7 +190,7 @@ def _check_spacing(spacing, name="spacing") -> tuple[float, float, float]:
 def phantom_from_label(label: np.ndarray, spacing, seed: int, *, size: int | None = None,
                        slice_thickness: float | None = None, z_margin_mm: float | None = None,
                        return_tissues: bool = False):
-    """Synthesise CT intensities around a real segmentation (issue #8, "label-conditioned").
+    """Synthesise CT intensities around a real segmentation (a "label-conditioned" phantom).
 
     The label is kept exactly (``size=None``); a body containing the kidneys, the spine between and
     in front of their posterior edge, back muscles, psoas, vessels (renal vessels to each hilum),
@@ -207,7 +207,7 @@ def phantom_from_label(label: np.ndarray, spacing, seed: int, *, size: int | Non
             keep the label's grid).
         slice_thickness: if given, resample along z by nearest neighbour to about this many mm per
             slice (:func:`resample_label_z`) and update the spacing (default None: keep the slices —
-            the label stays exact, as issue #8 asks). For fast CPU runs: a 611-slice 0.5 mm case
+            the label stays exact). For fast CPU runs: a 611-slice 0.5 mm case
             becomes ~60 slices at 5 mm.
         z_margin_mm: if given, first crop the slices to the kidneys' z extent plus this margin in
             mm (:func:`crop_label_z`; default None: keep every slice). Applied before

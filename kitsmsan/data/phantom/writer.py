@@ -50,7 +50,7 @@ def make_phantom(
 ):
     """A synthetic KiTS-like abdominal CT case (stand-in for the KiTS19 data of MSAN paper, §2.1).
 
-    The spacing is not returned (the issue's contract is ``(image, label)``); it is
+    The spacing is not returned (the contract is ``(image, label)``); it is
     ``phantom_spacing(seed, **same_kwargs)`` (or ``phantom_spec(...).spacing``), a cheap function
     of the same arguments. :func:`write_phantom_dataset` stores it in the NIfTI headers.
 
