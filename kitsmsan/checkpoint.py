@@ -17,7 +17,13 @@ key                       what
 ``iteration``             optimizer steps completed; training resumes at this iteration
 ``rng``                   torch / CUDA / numpy / python RNG states (numpy's as a tensor)
 ``best_score``            the best validation composite Dice so far (``None`` without validation)
+``model_sha256``          SHA-256 of the weights (names, dtypes, shapes, bytes), written by
+                          :func:`save_checkpoint` and verified by :func:`load_checkpoint`
 ========================  ==============================================================
+
+On load, a checkpoint whose weights do not match their checksum (a flipped bit), whose weights
+are not finite (NaN / inf), whose ``iteration`` is not a non-negative integer or whose RNG state
+is empty is refused with a :class:`~kitsmsan.errors.CheckpointError` naming the file.
 
 Writes go through :func:`kitsmsan.utils.io.atomic_write`: a crash or a full disk during a write
 leaves the previous checkpoint in place.
@@ -25,6 +31,7 @@ leaves the previous checkpoint in place.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import pickletools
 import random
@@ -114,8 +121,22 @@ def make_checkpoint(model: torch.nn.Module, *, optimizer=None, scheduler=None, s
     }
 
 
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state dict: every entry's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name]
+        if not isinstance(t, torch.Tensor):
+            h.update(f"{name}:{type(t).__name__}:{t!r};".encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically.
+    """Write ``checkpoint`` to ``path`` atomically, with the weights' checksum ``model_sha256``.
 
     Args:
         checkpoint: from :func:`make_checkpoint`.
@@ -125,15 +146,18 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         ``path``.
 
     Raises:
-        TrainingError: the write failed (e.g. disk full); ``path`` keeps its previous content.
+        TrainingError: the write failed (e.g. disk full: an ``OSError``, or the ``RuntimeError``
+            torch's archive writer raises); ``path`` keeps its previous content.
     """
     path = Path(path)
+    if isinstance(checkpoint.get("model"), dict):
+        checkpoint = {**checkpoint, "model_sha256": weights_digest(checkpoint["model"])}
     try:
         with atomic_write(path, "wb") as fh:
             torch.save(checkpoint, fh)
-    except OSError as exc:
-        raise TrainingError(f"{path}: could not write checkpoint ({exc.strerror or exc}); "
-                            f"the previous checkpoint at this path is kept") from exc
+    except (OSError, RuntimeError) as exc:
+        raise TrainingError(f"{path}: could not write checkpoint ({getattr(exc, 'strerror', None) or exc}); "
+                            f"the previous checkpoint at this path is kept") from None
     return path
 
 
@@ -198,7 +222,39 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     for key in ("model", "model_config", "iteration"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
+    _check_content(checkpoint, path)
     return checkpoint
+
+
+def _check_content(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose values are of the right kinds but wrong (see the module docstring)."""
+    it = checkpoint["iteration"]
+    if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+        raise CheckpointError(f"{path}: 'iteration' is {it!r}; expected an integer >= 0")
+    weights = checkpoint["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: the 'model' entry is not a state dict of tensors")
+    expected = checkpoint.get("model_sha256")
+    if expected is not None and weights_digest(weights) != expected:
+        raise CheckpointError(f"{path}: the weights do not match the checkpoint's checksum (model_sha256): "
+                              "the file was corrupted after it was written; use another checkpoint")
+    for name, t in weights.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: weight {name!r} holds NaN or infinite values; refused "
+                                  "(a model with non-finite weights predicts nonsense)")
+    rng = checkpoint.get("rng", {})
+    if "rng" in checkpoint and not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+                                    and rng["torch"].numel() > 0):
+        raise CheckpointError(f"{path}: the RNG state ('rng') is empty or malformed; cannot resume exactly")
+    if "rng" in checkpoint:  # the full state must restore: try it, then put the current one back
+        current = get_rng_state()
+        try:
+            set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: the RNG state ('rng') is malformed ({type(exc).__name__}: "
+                                  f"{str(exc)[:120]}); cannot resume exactly") from None
+        finally:
+            set_rng_state(current)
 
 
 def _holds_pickled_objects(path: Path) -> bool:

@@ -52,7 +52,14 @@ from kitsmsan.data.kits19 import (
 from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.metrics import list_predictions
 from kitsmsan.postprocess import keep_largest_components
-from kitsmsan.utils.io import atomic_write_json, new_output_dir, safe_join
+from kitsmsan.utils.io import (
+    atomic_write_json,
+    claim_output_dir,
+    distinct_dirs,
+    new_output_dir,
+    only_files,
+    safe_join,
+)
 
 #: the vote rules of :func:`majority_vote`; the first is the default
 VOTE_RULES = ("nested", "plurality")
@@ -242,6 +249,8 @@ def load_probs(path: str | os.PathLike) -> np.ndarray:
     if not isinstance(probs, np.ndarray) or probs.dtype.kind != "f" or probs.ndim != 4:
         raise DataError(f"{path}: expected a float (3, Z, Y, X) array, got "
                         f"{getattr(probs, 'dtype', type(probs).__name__)} {getattr(probs, 'shape', '')}")
+    if not np.isfinite(probs).all():  # named here, not as a list position later
+        raise DataError(f"{path}: holds NaN or infinite probabilities")
     return probs
 
 
@@ -254,6 +263,7 @@ def ensemble_folders(
     tie_break: str | None = None,
     cases: Sequence[int | str] | None = None,
     postprocess: int = 0,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> list[str]:
     """Combine the prediction folders of N models into one folder (MSAN paper, §2.2, §3.1).
@@ -275,6 +285,8 @@ def ensemble_folders(
         cases: case ids or numbers; default None = every prediction in the first folder.
         postprocess: keep the K largest kidney-region components of the result
             (:func:`kitsmsan.postprocess.keep_largest_components`); default 0 = off.
+        overwrite: write into a folder that is not a prediction folder (default False: refused;
+            its files are kept, never deleted — :func:`kitsmsan.utils.io.claim_output_dir`).
         log: called with one line per case (default ``print``; None = silent).
 
     Returns:
@@ -290,7 +302,7 @@ def ensemble_folders(
         majority_vote([np.zeros(1, np.uint8)], rule=rule, tie_break=tie_break)  # check rule/tie_break now
     if isinstance(postprocess, bool) or not isinstance(postprocess, int) or postprocess < 0:
         raise ConfigError(f"postprocess={postprocess!r}: expected 0 (off) or K >= 1")
-    dirs = [Path(d) for d in pred_dirs]
+    dirs = distinct_dirs(pred_dirs)  # one folder given twice (pA ./pA/) counts once: refused
     if not dirs:
         raise DataError("pred_dirs: empty; need at least one prediction folder")
     for d in dirs:
@@ -308,7 +320,11 @@ def ensemble_folders(
         hint = " (average needs 'kitsmsan predict --save-probs')" if method == "average" else ""
         raise DataError(f"{len(missing)} input files missing{hint}: {', '.join(missing)}")
 
-    with new_output_dir(out_dir):  # a failure before any file is written leaves no folder
+    recognize = only_files("prediction_*.nii.gz", "ensemble.json")
+    claim_output_dir(out_dir, "predictions", command="ensemble", overwrite=overwrite, recognize=recognize,
+                     create=False)
+    with new_output_dir(out_dir, "predictions", command="ensemble", overwrite=overwrite,
+                        recognize=recognize):  # a failure before any file is written leaves no folder
         for cid in ids:
             _combine_case(cid, dirs, out_dir, method=method, rule=rule, tie_break=tie_break,
                           postprocess=postprocess)

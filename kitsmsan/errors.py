@@ -15,6 +15,10 @@ class DataError(KitsmsanError, ValueError):
     """Bad input data: a missing, corrupt or inconsistent KiTS19 file or data folder."""
 
 
+class OutputFolderError(DataError):
+    """An output folder (or file) that is not this command's to write: data, another command's output."""
+
+
 class ConfigError(KitsmsanError, ValueError):
     """A bad configuration value: unknown key, wrong type, out-of-range value."""
 

@@ -36,7 +36,14 @@ from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.inference import load_model, predict_case
 from kitsmsan.postprocess import keep_largest_components
 from kitsmsan.utils.device import resolve_device
-from kitsmsan.utils.io import atomic_write, atomic_write_json, new_output_dir, safe_join
+from kitsmsan.utils.io import (
+    atomic_write,
+    atomic_write_json,
+    claim_output_dir,
+    new_output_dir,
+    only_files,
+    safe_join,
+)
 
 #: which checkpoint of a run folder :func:`predict_folder` reads by default
 DEFAULT_CHECKPOINT = "best"
@@ -57,6 +64,7 @@ def predict_folder(
     postprocess: int = 0,
     save_probs: bool = False,
     skip_existing: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict:
@@ -79,6 +87,8 @@ def predict_folder(
         save_probs: also write ``probs_XXXXX.npy`` (float16). Default False.
         skip_existing: keep a case whose prediction file exists (and load no model when every case
             exists); default False. Used by the resumable :func:`~kitsmsan.reproduce.reproduce`.
+        overwrite: write into a folder that is not a prediction folder (default False: refused;
+            its files are kept, never deleted — :func:`kitsmsan.utils.io.claim_output_dir`).
         progress: progress bar per case (default False). log: one line per case (default ``print``).
 
     Returns:
@@ -101,13 +111,17 @@ def predict_folder(
     missing = [c for c in ids if c not in available]
     if missing:
         raise DataError(f"{data_root}: no imaging for {', '.join(missing)}")
+    recognize = only_files("prediction_*.nii.gz", "probs_*.npy", "predict.json")
+    claim_output_dir(out_dir, "predictions", command="predict", overwrite=overwrite, recognize=recognize,
+                     create=False)  # refused before any model is loaded
     todo = [c for c in ids if not (skip_existing and (out_dir / prediction_filename(c)).is_file())]
 
     dev = resolve_device(device)
     models = [r if isinstance(r, torch.nn.Module) else load_model(r, dev, checkpoint=checkpoint)
               for r in runs] if todo else []
     timings: dict[str, float] = {}
-    with new_output_dir(out_dir):  # a failure before any file is written leaves no folder
+    with new_output_dir(out_dir, "predictions", command="predict", overwrite=overwrite,
+                        recognize=recognize):  # a failure before any file is written leaves no folder
         for cid in todo:
             t0 = time.perf_counter()
             case = load_case(data_root / cid, load_label=False)

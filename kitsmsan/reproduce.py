@@ -39,7 +39,7 @@ from kitsmsan.ensemble import ensemble_folders
 from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.predict import predict_folder
 from kitsmsan.train.config import VARIANTS
-from kitsmsan.utils.io import atomic_write_json, atomic_write_text
+from kitsmsan.utils.io import atomic_write_json, atomic_write_text, claim_output_dir, only_files
 
 #: the paper's five networks in Table 1 order, with their display names (MSAN paper, §3.1)
 MODEL_NAMES = {
@@ -334,7 +334,7 @@ def table1(per_model: dict[str, dict[str, float]], *, data_kind: str, iterations
 def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, data: str | os.PathLike | None = None,
               labels: str | os.PathLike | None = None, variants: tuple[str, ...] | None = None,
               overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
-              progress: bool = True) -> dict[str, Path]:
+              progress: bool = True, overwrite: bool = False) -> dict[str, Path]:
     """Run the paper's pipeline end to end and write the Table 1 analogue.
 
     Steps (MSAN paper, §2.1–§3.2): data (phantoms for ``smoke``: label-conditioned on the real KiTS19
@@ -359,6 +359,8 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
         data_options: changes to :data:`REPRODUCE_DATA` ``[preset]`` (phantom ``size``,
             ``pure_cases``, splits ...). Default ``None``.
         progress: progress bars. Default ``True``.
+        overwrite: take over an ``out`` folder that is not a reproduction (default False: refused;
+            its files are kept, never deleted — :func:`kitsmsan.utils.io.claim_output_dir`).
 
     Returns:
         ``{"table_md", "table_csv", "table_json", "per_case"}`` paths.
@@ -380,7 +382,9 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
 
     if preset not in REPRODUCE_DATA:
         raise ConfigError(f"preset={preset!r}: choose 'smoke' or 'paper'")
-    variants = tuple(variants or VARIANTS)
+    variants = VARIANTS if variants is None else tuple(variants)
+    if not variants:
+        raise ConfigError("variants: empty selection; name at least one network (or None for all five)")
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ConfigError(f"variants: unknown {bad[0]!r} (choose from {', '.join(VARIANTS)})")
@@ -390,8 +394,8 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
         TrainConfig.from_preset(preset, variant=variant, **{k: v for k, v in settings.items()
                                                            if k not in ("train_cases", "test_cases")}
                                 ).check_model()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out, "reproduce", command="reproduce", overwrite=overwrite, recognize=only_files(
+        "data", "data.json", "cache", "runs", "predictions", "table1.*", "per_case.csv"))
     labels_root = labels_root_from_env(labels) if data is None else None
     unknown = sorted(set(data_options or {}) - set(REPRODUCE_DATA[preset]))
     if unknown:

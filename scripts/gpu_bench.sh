@@ -8,6 +8,8 @@
 #                 $COMPILE_VARIANTS (compilation is slow; default msan_v2_ds,unet3d)     <= 270 s
 #   2. inference  one 300 x 512 x 512 case, one network and the five-network vote        <=  90 s
 #   3. data       cache vs .nii.gz windows, DataLoader with 0/1/2/4/8 workers           <= 110 s
+#   4. memory     torch.cuda.max_memory_allocated of a real training step of each network
+#                 (fp32, bf16, fp16) beside the count made without a GPU (bench memory)   <= 150 s
 # and merges them into $OUT/bench_gpu.json (copy it to book/data/bench_gpu.json: the book's
 # Performance page renders every book/data/bench_*.json). Each stage rewrites its JSON after every
 # row, so a stage stopped by its limit keeps what it measured. Every row names the device, the
@@ -26,12 +28,12 @@
 # with the commit filled in here before the call (the device's copy of the tree has no .git, so
 # the rows would otherwise say "unknown"). Without the wheel, stages 2 and 3 are skipped with a
 # message and stage 1 still runs. Output: $OUT (default ./bench_out): bench_gpu.json,
-# bench_gpu_{step,inference,data}.json, gpu_bench.log, nvidia-smi.txt.
+# bench_gpu_{step,inference,data,memory}.json, gpu_bench.log, nvidia-smi.txt.
 #
 # Knobs (environment): OUT, PYTHON (default python3), DEVICE (default cuda; DEVICE=cpu with tiny
 # *_ARGS is a dry run of this script's plumbing, not a measurement), COMPILE_VARIANTS, STEP_LIMIT, INFER_LIMIT,
-# DATA_LIMIT (seconds), STEP_ARGS / INFER_ARGS / DATA_ARGS (extra `kitsmsan bench` options, e.g.
-# STEP_ARGS="--iters 5" for a quicker run). Never edit the numbers this writes: re-run instead.
+# DATA_LIMIT, MEM_LIMIT (seconds), STEP_ARGS / INFER_ARGS / DATA_ARGS / MEM_ARGS (extra `kitsmsan bench`
+# options, e.g. STEP_ARGS="--iters 5" for a quicker run). Never edit the numbers this writes: re-run instead.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -42,6 +44,7 @@ COMPILE_VARIANTS=${COMPILE_VARIANTS:-msan_v2_ds,unet3d}
 STEP_LIMIT=${STEP_LIMIT:-270}
 INFER_LIMIT=${INFER_LIMIT:-90}
 DATA_LIMIT=${DATA_LIMIT:-110}
+MEM_LIMIT=${MEM_LIMIT:-150}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 LOG="$OUT/gpu_bench.log"
@@ -94,8 +97,12 @@ else
     say "nibabel missing: inference and data skipped (carry the wheel, see this script's header)"
 fi
 
+# shellcheck disable=SC2086
+bench "$MEM_LIMIT" memory memory --counts-only --measured --json "$OUT/bench_gpu_memory.json" ${MEM_ARGS:-}
+
 inputs=()
-for f in "$OUT"/bench_gpu_step.json "$OUT"/bench_gpu_inference.json "$OUT"/bench_gpu_data.json; do
+for f in "$OUT"/bench_gpu_step.json "$OUT"/bench_gpu_inference.json "$OUT"/bench_gpu_data.json \
+        "$OUT"/bench_gpu_memory.json; do
     [ -s "$f" ] && inputs+=("$f")
 done
 if [ ${#inputs[@]} -gt 0 ]; then

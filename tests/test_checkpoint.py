@@ -209,3 +209,79 @@ def test_kill_during_checkpoint_write_leaves_the_last_good_one(tmp_path):
     assert ckpt.load_checkpoint(path)["iteration"] == 1
     assert ckpt.remove_partial_writes(tmp_path) == leftovers
     assert not list(tmp_path.glob(".last.pt.*.tmp"))
+
+
+# ---------------------------------------------------------------------------- content checks
+def _saved(tmp_path, **changes):
+    state = ckpt.make_checkpoint(tiny(), iteration=3)
+    path = ckpt.save_checkpoint(state, tmp_path / "c.pt")
+    raw = torch.load(path, weights_only=True)
+    raw.update(changes)
+    return path, raw
+
+
+def test_every_checkpoint_carries_a_checksum_of_its_weights(tmp_path):
+    path, raw = _saved(tmp_path)
+    assert raw["model_sha256"] == ckpt.weights_digest(raw["model"])
+    assert len(raw["model_sha256"]) == 64
+
+
+def test_a_flipped_bit_in_a_weight_is_refused(tmp_path):
+    path, raw = _saved(tmp_path)
+    name = next(k for k, v in raw["model"].items() if v.is_floating_point() and v.numel())
+    flat = raw["model"][name].reshape(-1).view(torch.int32)
+    flat[0] ^= 1 << 3  # one bit of one float: a tiny, otherwise invisible change
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"c\.pt: the weights do not match the checkpoint's checksum"):
+        ckpt.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    path, raw = _saved(tmp_path)
+    name = next(k for k, v in raw["model"].items() if v.is_floating_point() and v.numel())
+    raw["model"][name].reshape(-1)[0] = bad
+    raw["model_sha256"] = ckpt.weights_digest(raw["model"])  # consistent checksum: still refused
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=f"weight '{name}' holds NaN or infinite values"):
+        ckpt.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"iteration": "7"}, "'iteration' is '7'"),
+    ({"iteration": -1}, "'iteration' is -1"),
+    ({"iteration": True}, "'iteration' is True"),
+    ({"rng": {}}, "RNG state"),
+    ({"rng": {"torch": torch.zeros(0, dtype=torch.uint8)}}, "RNG state"),
+    ({"rng": {"torch": torch.get_rng_state()}}, "RNG state .* malformed"),
+    ({"model": {"w": "not a tensor"}}, "not a state dict of tensors"),
+])
+def test_malformed_values_are_refused_naming_the_file(tmp_path, changes, message):
+    path, raw = _saved(tmp_path, **changes)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        ckpt.load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_checkpoint_without_checksum_still_loads(tmp_path):
+    """Checkpoints written before the checksum existed load (nothing to compare)."""
+    path, raw = _saved(tmp_path)
+    del raw["model_sha256"]
+    torch.save(raw, path)
+    assert ckpt.load_checkpoint(path)["iteration"] == 3
+
+
+def test_torch_runtime_error_while_writing_is_a_training_error(tmp_path, monkeypatch):
+    """A full disk inside torch's archive writer raises RuntimeError, not OSError: still one
+    TrainingError naming the file, and the previous checkpoint is kept."""
+    path = ckpt.save_checkpoint(ckpt.make_checkpoint(tiny(), iteration=1), tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(TrainingError, match=r"last\.pt: could not write checkpoint"):
+        ckpt.save_checkpoint(ckpt.make_checkpoint(tiny(), iteration=2), path)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))

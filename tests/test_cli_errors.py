@@ -46,8 +46,13 @@ def tree(root: Path) -> dict[str, tuple]:
 
 
 def write_nifti(path: Path, array: np.ndarray) -> None:
-    """Overwrite ``path`` with a plain NIfTI of ``array`` (identity affine)."""
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+    """Overwrite ``path`` with a plain NIfTI of ``array`` (identity affine; a segmentation gets its
+    imaging's affine, so that the damage tried is the array's, not the grid's)."""
+    imaging = path.parent / "imaging.nii.gz"
+    affine = np.eye(4)
+    if path.name == "segmentation.nii.gz" and imaging.is_file():
+        affine = nib.load(str(imaging)).affine
+    nib.save(nib.Nifti1Image(array, affine), str(path))
 
 
 def tiny_checkpoint(path: Path, variant: str = "msan_v1", *, config_of: str | None = None) -> Path:
@@ -82,7 +87,8 @@ def world(tmp_path: Path) -> Path:
     preds = tmp_path / "preds"
     preds.mkdir()
     _, label, _ = make_tiny_case("case_00000")
-    write_nifti(preds / "prediction_00000.nii.gz", label)
+    ref = nib.load(str(tmp_path / "data" / "case_00000" / "imaging.nii.gz"))
+    nib.save(nib.Nifti1Image(label, ref.affine), str(preds / "prediction_00000.nii.gz"))  # its grid
     (tmp_path / "empty").mkdir()
     return tmp_path
 

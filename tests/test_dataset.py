@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kitsmsan.data.dataset import PAPER_SPLIT, SliceWindowDataset, parse_case_range, split_cases
-from kitsmsan.data.preprocess import normalize
+from kitsmsan.data.preprocess import load_cache_index, normalize
 from kitsmsan.errors import ConfigError, DataError
 
 
@@ -240,3 +240,20 @@ def test_label_dtype_fast_path(tiny_cache, label_dtype, torch_dtype):
     assert int(padded[0][1][:, 0, :].max()) == 0  # padded rows are background
     with pytest.raises(ConfigError, match="label_dtype"):
         SliceWindowDataset(tiny_cache, [0], label_dtype="float32")
+
+
+def test_window_hint_fits_the_cached_planes(tiny_cache):
+    """A crop the network cannot take is refused with a size that fits the image: on planes of at
+    most P pixels the hint is never larger than P (it used to suggest 992 for a 32-pixel image)."""
+    from kitsmsan.data.dataset import check_window_fits
+
+    ids = list(load_cache_index(tiny_cache)["cases"])
+    largest = max(m["shape"][2] for m in load_cache_index(tiny_cache)["cases"].values())
+    ds = SliceWindowDataset(tiny_cache, ids, num_slices=4, crop_size=1000, length=4)
+    with pytest.raises(ConfigError, match=r"crop_size=1000: the network needs H and W multiples of 16") as info:
+        check_window_fits(ds, (4, 16, 16))
+    hint = int(str(info.value).rsplit("crop_size=", 1)[1].split()[0])
+    assert hint % 16 == 0 and 16 <= hint <= max(16, largest)
+    check_window_fits(SliceWindowDataset(tiny_cache, ids, num_slices=4, crop_size=16, length=4), (4, 16, 16))
+    with pytest.raises(ConfigError, match="num_slices=3"):
+        check_window_fits(SliceWindowDataset(tiny_cache, ids, num_slices=3, crop_size=16, length=4), (4, 16, 16))

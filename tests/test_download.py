@@ -29,6 +29,7 @@ import pytest
 from kitsmsan.data import download as dl
 from kitsmsan.data import kits19
 from kitsmsan.errors import DataError, DownloadError
+from kitsmsan.utils.io import MARKER_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 48, 48)  # (Z, Y, X): ~70 kB float32, noise keeps the gzip near that size
@@ -89,6 +90,13 @@ class FakeKits:
         self.fail_first: dict[str, int] = {}  # path -> number of 500 answers
         self.ignore_range = False
         self.slow = 0.0  # seconds between 2 kB pieces
+        # path -> (bytes, Event): send that many bytes, then hold the connection open until the
+        # test sets the event (so an interruption lands mid-transfer whatever the machine's load)
+        self.hold: dict[str, tuple[int, threading.Event]] = {}
+        self.extra_length: dict[str, int] = {}  # path -> bytes announced beyond the body
+        self.trickle: dict[str, float] = {}  # path -> seconds between single bytes
+        self.endless: set[str] = set()  # paths served as a chunked body that never ends
+        self.closing = threading.Event()  # set by stop(): every held or endless body ends
         self.lock = threading.Lock()
         fake = self
 
@@ -117,6 +125,25 @@ class FakeKits:
                     self.send_error(500, "try again")
                     return
                 body, start = fake.files[path], 0
+                if path in fake.endless:  # chunked, no length, never ends (until the client leaves)
+                    entry["status"] = 200
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    piece = b"\0" * 4096
+                    try:
+                        while not fake.closing.is_set():
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                            entry["sent"] += len(piece)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
+                if rng and not fake.ignore_range and path in fake.extra_length:
+                    entry["status"] = 416  # a broken server: the range it announced does not exist
+                    self.send_response(416)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if rng and not fake.ignore_range:
                     start = int(rng.split("=")[1].split("-")[0])
                     if start >= len(body):
@@ -132,13 +159,36 @@ class FakeKits:
                     self.send_response(200)
                 entry["status"] = 206 if start or (rng and not fake.ignore_range) else 200
                 payload = body[start:]
-                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Content-Length", str(len(payload) + fake.extra_length.get(path, 0)))
                 self.send_header("Content-Type", "application/octet-stream")
                 # a hostile name: the downloader must never use it
                 self.send_header("Content-Disposition", 'attachment; filename="../../evil.nii.gz"')
                 self.end_headers()
                 if drop:
                     payload = payload[: len(payload) // 2]
+                if path in fake.trickle:
+                    try:
+                        for i in range(len(payload)):
+                            self.wfile.write(payload[i : i + 1])
+                            self.wfile.flush()
+                            entry["sent"] += 1
+                            if fake.closing.wait(fake.trickle[path]):
+                                break
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
+                if path in fake.hold:
+                    n, gate = fake.hold[path]
+                    try:
+                        self.wfile.write(payload[:n])
+                        self.wfile.flush()
+                        entry["sent"] += n
+                        while not (gate.wait(0.05) or fake.closing.is_set()):
+                            pass
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    payload = payload[n:]
                 try:
                     for i in range(0, len(payload), 2048):
                         self.wfile.write(payload[i : i + 2048])
@@ -168,6 +218,9 @@ class FakeKits:
         return [e for e in self.log if e["path"] == path]
 
     def stop(self) -> None:
+        self.closing.set()
+        for _, gate in self.hold.values():
+            gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
@@ -188,11 +241,11 @@ def _get(root, server, cases=(0, 1), **kw):
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    """Every file under root except the downloader's own state file."""
+    """Every file under root except the downloader's own state file and output marker."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != dl.STATE_FILE
+        if p.is_file() and p.name not in (dl.STATE_FILE, MARKER_FILE)
     }
 
 
@@ -350,7 +403,7 @@ def test_endless_drops_give_up_and_keep_the_partial(tmp_path, server, source):
     server.drop_first[path] = 100
     server.ignore_range = True  # every pass restarts and is cut again: no progress
     root = tmp_path / "data"
-    with pytest.raises(DownloadError, match="dropped .* times without progress"):
+    with pytest.raises(DownloadError, match="gave up after 3 failed passes .*retry budget 2"):
         _get(root, server, (2,), labels=False, retries=2)
     part = root / "case_00002/imaging.nii.gz.part"
     assert part.is_file() and not (root / "case_00002/imaging.nii.gz").exists()
@@ -503,15 +556,122 @@ def test_second_run_makes_no_requests(tmp_path, server, source):
     assert _tree(root) == _expected(source, (0, 1))
 
 
-def test_corrupt_file_in_place_is_replaced(tmp_path, server, source):
+def test_corrupt_file_in_place_is_replaced_only_with_the_flag(tmp_path, server, source):
+    """A local file that fails verification is never replaced silently: without ``replace_bad`` the
+    download of that file fails naming it (file untouched); with it the file is downloaded again
+    and the old one is kept beside it."""
     root = tmp_path / "data"
     _get(root, server, (0,), imaging=False)
     seg = root / "case_00000/segmentation.nii.gz"
-    seg.write_bytes(seg.read_bytes()[:100])  # truncated by hand: size/mtime no longer match
-    report = _get(root, server, (0,), imaging=False)
+    damaged = seg.read_bytes()[:100]
+    seg.write_bytes(damaged)  # truncated by hand: size/mtime no longer match
+    with pytest.raises(DownloadError, match="segmentation.nii.gz: present but fails verification.*--replace-bad"):
+        _get(root, server, (0,), imaging=False)
+    assert seg.read_bytes() == damaged
+    report = _get(root, server, (0,), imaging=False, replace_bad=True)
     assert seg.read_bytes() == source["/data/case_00000/segmentation.nii.gz"]
+    assert (root / "case_00000/segmentation.nii.gz.kitsmsan-old").read_bytes() == damaged
     assert report.downloaded == [seg.resolve()]
     assert "failed verification" in report.notes[-1]
+
+
+def test_cli_download_refuses_a_bad_local_file_without_the_flag(tmp_path, server, source, capsys):
+    from kitsmsan.cli import main
+
+    root = tmp_path / "data"
+    _get(root, server, (0,), imaging=False)
+    seg = root / "case_00000/segmentation.nii.gz"
+    seg.write_bytes(b"not a nifti")
+    argv = ["download", "--root", str(root), "--cases", "0", "--labels-only", "--no-progress",
+            "--retries", "0", "--imaging-url", server.urls["imaging_base_url"],
+            "--labels-url", server.urls["labels_base_url"]]
+    assert main(argv) == 2
+    assert "--replace-bad" in capsys.readouterr().err and seg.read_bytes() == b"not a nifti"
+    assert main(argv + ["--replace-bad"]) == 0
+    assert seg.read_bytes() == source["/data/case_00000/segmentation.nii.gz"]
+    assert (root / "case_00000/segmentation.nii.gz.kitsmsan-old").read_bytes() == b"not a nifti"
+
+
+# --------------------------------------------------------------------------------------------
+# nothing hangs: stall timeout, total-bytes bound, retry budget (each against a broken server)
+# --------------------------------------------------------------------------------------------
+
+
+def _bounded(fn, limit_s: float = 60.0):
+    """Run ``fn`` in a thread; fail the test (instead of hanging it) if it has not ended in ``limit_s``."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(limit_s)
+    assert not t.is_alive(), f"still running after {limit_s} s: a hang"
+    return box
+
+
+def test_content_length_larger_than_the_body_spends_the_retry_budget(tmp_path, server, source):
+    """Content-Length 100 bytes too large, and a 416 to the resume: each restart from zero spends
+    the budget, so the file fails after ``retries + 1`` failed passes (it used to loop forever)."""
+    path = "/images/case_00002.nii.gz"
+    server.extra_length[path] = 100
+    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, retries=2))
+    assert isinstance(box.get("error"), DownloadError), box
+    assert "gave up after 3 failed passes" in str(box["error"])
+    assert len(server.requests_for(path)) <= 2 * (2 + 1) + 1  # bounded by the budget, not by time
+    assert not (tmp_path / "data/case_00002/imaging.nii.gz").exists()
+
+
+def test_a_trickling_server_is_a_stall(tmp_path, server):
+    """One byte every 0.2 s is under the stall threshold (1 kB per stall timeout of 0.5 s): every
+    pass is a stall and spends the budget, whatever the bytes that did arrive."""
+    path = "/images/case_00002.nii.gz"
+    server.trickle[path] = 0.2
+    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, retries=1,
+                                timeout=(2.0, 0.5)))
+    assert isinstance(box.get("error"), DownloadError), box
+    assert "stalled" in str(box["error"]) and "gave up after 2 failed passes" in str(box["error"])
+    assert len(server.requests_for(path)) == 2
+
+
+def test_a_silent_server_is_a_stall(tmp_path, server, source):
+    """Headers, 8 kB, then silence: the stall timeout (the socket's read timeout) ends each pass."""
+    path = "/images/case_00002.nii.gz"
+    server.hold[path] = (8192, threading.Event())  # never set: silent until the test ends
+    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, retries=1,
+                                timeout=(2.0, 0.5)))
+    assert isinstance(box.get("error"), DownloadError), box
+    assert "stalled (no byte for 0.5 s)" in str(box["error"])
+
+
+def test_an_endless_body_is_cut_at_the_ceiling(tmp_path, server):
+    """A chunked body without end and without a known size stops at the ceiling, the .part removed."""
+    path = "/images/case_00002.nii.gz"
+    server.endless.add(path)
+    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, max_bytes=256 << 10))
+    assert isinstance(box.get("error"), DownloadError), box
+    assert "exceeds the size ceiling of 262144 bytes" in str(box["error"])
+    assert not list((tmp_path / "data").rglob("*.part"))
+    assert server.requests_for(path)[0]["sent"] < 64 << 20  # stopped near the ceiling, not at the disk
+
+
+def test_a_body_longer_than_the_manifest_size_is_cut_there(tmp_path, server, source):
+    """With a known size (manifest) the bound is that size, even when the server announces none."""
+    path = "/images/case_00002.nii.gz"
+    server.endless.add(path)
+    rel = "case_00002/imaging.nii.gz"
+    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False,
+                                manifest={rel: {"size": 10_000}}))
+    assert "exceeds the announced/expected size of 10000 bytes" in str(box.get("error")), box
+
+
+def test_default_bounds_are_stated():
+    assert dl.STALL_TIMEOUT_S == 60.0 and dl.STALL_BYTES == 1024
+    assert dl.MAX_BYTES == {"imaging": 4 << 30, "segmentation": 256 << 20, "metadata": 64 << 20}
 
 
 def test_complete_part_from_a_killed_run_is_placed(tmp_path, server, source):
@@ -638,32 +798,47 @@ def test_kill_during_download_then_rerun_equals_clean(tmp_path, server, source):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_partials(tmp_path, server, source):
-    """SIGINT to ``kitsmsan download``: exit code 130, nothing half-written in place, resumable."""
+    """SIGINT to ``kitsmsan download``: exit code 130, nothing half-written in place, resumable.
+
+    Deterministic under any load: the server sends 48 kB of case 2's imaging (66 kB) and then holds
+    the connection open, so the download cannot finish before the signal. The test waits until
+    32 kB are on disk (the writer's buffer holds at most 8 kB back), signals, and releases the rest
+    only after the process said it is stopping, so the worker sees the stop at its next chunk.
+    """
     root = tmp_path / "data"
-    server.slow = 0.02
+    path = "/images/case_00002.nii.gz"
+    gate = threading.Event()
+    server.hold[path] = (48 << 10, gate)
+    server.slow = 0.01
     cmd = [sys.executable, "-m", "kitsmsan", "download", "--root", str(root), "--cases", "0-2",
            "--no-progress", "--imaging-url", server.urls["imaging_base_url"],
            "--labels-url", server.urls["labels_base_url"]]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    part = root / "case_00002" / "imaging.nii.gz.part"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if root.exists() and any(p.stat().st_size > 4096 for p in root.rglob("*.part")):
-                break
+        deadline = time.monotonic() + 60  # a hang guard only: the server holds until told
+        while not (part.exists() and part.stat().st_size >= 32 << 10):
+            assert proc.poll() is None and time.monotonic() < deadline, "the held transfer never began"
             time.sleep(0.01)
-        server.slow = 0.3  # from here on a trickle: a busy machine cannot finish the download before the signal
-        assert proc.poll() is None, "the download ended before it could be interrupted"
+        assert proc.poll() is None  # guaranteed: the rest of case 2 has not been sent
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        lines = [proc.stderr.readline()]  # blocks until the process handled the signal
+        while lines[-1] and b"stopping" not in lines[-1]:  # (skip any earlier log line)
+            lines.append(proc.stderr.readline())
+        assert b"stopping" in lines[-1], lines
+        gate.set()  # now the held body goes on; the worker stops at its next chunk
+        _, err = proc.communicate(timeout=60)
     finally:
+        gate.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130 and b"interrupted" in err
-    assert any(p.stat().st_size for p in root.rglob("*.part"))
+    assert part.is_file() and 32 << 10 <= part.stat().st_size < len(source[path])  # the partial is kept
     for f in root.rglob("*.nii.gz"):  # whatever is in place is complete
         assert f.read_bytes() in source.values()
+    server.hold.clear()
     server.slow = 0.0
     _get(root, server, (0, 1, 2))
     assert _tree(root) == _expected(source, (0, 1, 2))

@@ -15,8 +15,8 @@ import pytest
 from conftest import TINY_CASES, make_tiny_case
 from kitsmsan.data import kits19
 from kitsmsan.data.kits19 import (
-    BACKGROUND, KIDNEY, LABEL_NAMES, TUMOR, case_id, case_number, kits_affine, list_cases,
-    load_case, load_label, save_case, save_prediction,
+    AFFINE_ATOL, BACKGROUND, KIDNEY, LABEL_NAMES, TUMOR, case_id, case_number, kits_affine, list_cases,
+    load_case, load_label, read_header, save_case, save_prediction,
 )
 from kitsmsan.errors import DataError
 
@@ -32,6 +32,9 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def write_nifti(path: Path, array: np.ndarray, affine=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    imaging = path.parent / "imaging.nii.gz"
+    if affine is None and path.name == "segmentation.nii.gz" and imaging.is_file():
+        affine = nib.load(str(imaging)).affine  # on the imaging's grid (else refused for that)
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
     return path
 
@@ -362,3 +365,78 @@ def test_real_labels_list(kits_labels_dir):
     assert cases[0] == "case_00000" and len(cases) >= 190
     with pytest.raises(DataError, match="segmentations only"):
         list_cases(kits_labels_dir)
+
+
+# -------------------------------------------------------------------- header rules (before any voxel)
+def _hostile_header(path: Path, shape, dtype=np.int16, pixdim=None) -> Path:
+    """A .nii.gz whose header claims ``shape``/``dtype`` but which holds only a few bytes of data."""
+    import gzip as _gzip
+
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), dtype=np.int16), kits_affine((3.0, 0.8, 0.8)))
+    hdr = img.header.copy()
+    hdr.set_data_dtype(dtype)
+    hdr.set_data_shape(shape)
+    if pixdim is not None:
+        hdr["pixdim"][1:4] = pixdim
+    hdr["vox_offset"] = 352
+    raw = hdr.binaryblock + b"\0" * (352 - len(hdr.binaryblock)) + b"\0" * 64
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_gzip.compress(raw))
+    return path
+
+
+@pytest.mark.parametrize("shape, dtype, pixdim, message", [
+    ((32767, 32767, 32767), np.int16, None, "more than the 1073741824 a CT volume may have"),
+    ((1000, 1000, 1000), np.float32, None, "more than this"),  # under the bound, over the file
+    ((4, 0, 4), np.int16, None, "zero-length dimension"),
+    ((2, 2, 2), np.complex64, None, "complex voxels"),
+    ((2, 2, 2), np.int16, (0.0, 0.8, 0.8), "invalid voxel spacing"),
+    ((2, 2, 2), np.int16, (3.0, float("nan"), 0.8), "invalid voxel spacing"),
+])
+def test_hostile_headers_are_refused_before_reading(tmp_path, shape, dtype, pixdim, message):
+    path = _hostile_header(tmp_path / "case_00000" / "imaging.nii.gz", shape, dtype, pixdim)
+    with pytest.raises(DataError, match=message) as info:
+        load_case(tmp_path / "case_00000")
+    assert str(path) in str(info.value)
+    with pytest.raises(DataError, match=message):
+        read_header(path)
+
+
+def test_rgb_imaging_is_refused_naming_the_file(tmp_path):
+    rgb = np.zeros((2, 3, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    path = tmp_path / "case_00000" / "imaging.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
+    with pytest.raises(DataError, match="RGB/structured voxels") as info:
+        load_case(path.parent)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("shift, accepted", [(0.0, True), (AFFINE_ATOL / 2, True), (AFFINE_ATOL * 2, False),
+                                             (2.5, False)])
+def test_segmentation_affine_must_match_the_imaging(tmp_path, shift, accepted):
+    image = np.zeros((4, 6, 6), np.float32)
+    folder = save_case(tmp_path, "case_00000", image, np.zeros((4, 6, 6), np.uint8), (3.0, 0.8, 0.8))
+    affine = kits_affine((3.0, 0.8, 0.8))
+    affine[0, 3] += shift
+    write_nifti(folder / "segmentation.nii.gz", np.zeros((4, 6, 6), np.uint8), affine)
+    if accepted:
+        assert load_case(folder).label is not None
+    else:
+        with pytest.raises(DataError, match="segmentation.nii.gz: its affine differs from that of .*imaging"):
+            load_case(folder)
+
+
+def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path, capsys):
+    from kitsmsan.cli import main
+
+    label = np.zeros((4, 6, 6), np.uint8)
+    label[1:3, 2:4, 2:4] = 1
+    save_case(tmp_path / "data", "case_00000", np.zeros((4, 6, 6), np.float32), label, (3.0, 0.8, 0.8))
+    shifted = kits_affine((3.0, 0.8, 0.8))
+    shifted[1, 3] += 5.0
+    write_nifti(tmp_path / "pred" / "prediction_00000.nii.gz", label, shifted)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert "prediction_00000.nii.gz: its affine differs" in err and not (tmp_path / "eval").exists()

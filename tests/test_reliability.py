@@ -170,7 +170,7 @@ def test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_com
     assert rc == 2
     assert_one_line_error(err, "predict", str(world / "out" / "prediction_00001.nii.gz"), "No space left")
     out = world / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["prediction_00000.nii.gz"]  # no temporaries
+    assert sorted(p.name for p in out.iterdir()) == [".kitsmsan-output.json", "prediction_00000.nii.gz"]
     clean = labels_of(world / "clean")
     np.testing.assert_array_equal(labels_of(out)["prediction_00000.nii.gz"], clean["prediction_00000.nii.gz"])
     rc, err = run_cli(capsys, predict_argv(world))  # space is back
@@ -300,6 +300,21 @@ def test_probability_file_of_the_wrong_kind_in_ensemble(world, capsys):
     assert not (world / "ens").exists()
 
 
+def test_probability_file_with_nan_is_named_in_ensemble(world, capsys):
+    """Errors about probability files name the file, not a position in a list."""
+    make_predictions(world, "p1", "p2")
+    bad = world / "p2" / "probs_00001.npy"
+    probs = np.load(bad)
+    probs[0, 0, 0, 0] = np.nan
+    np.save(bad, probs)
+    rc, err = run_cli(capsys, ["ensemble", "--pred", world / "p1", world / "p2", "--out", world / "ens",
+                               "--method", "average", "--cases", "1"])
+    assert rc == 2
+    line = assert_one_line_error(err, "ensemble", str(bad), "NaN or infinite")
+    assert "prob_maps[" not in line
+    assert not (world / "ens").exists()
+
+
 # -- paths never leave the output folder ------------------------------------------------------------
 
 def test_output_file_symlinked_outside_is_refused_by_predict(world, capsys):
@@ -349,7 +364,7 @@ def test_hostile_folder_names_in_the_data_folder_write_nothing_outside(world, ca
     assert all(p == "out" or p.startswith("out/") for p in new), new
     assert {k: v for k, v in after.items() if k in before} == before  # nothing outside changed
     assert sorted(p.name for p in (world / "out").iterdir()) == [
-        "predict.json", "prediction_00000.nii.gz", "prediction_00001.nii.gz", "prediction_00005.nii.gz"]
+        ".kitsmsan-output.json", "predict.json", "prediction_00000.nii.gz", "prediction_00001.nii.gz", "prediction_00005.nii.gz"]
 
 
 def test_phantoms_out_writes_only_inside_it(tmp_path, capsys):
@@ -385,7 +400,7 @@ def test_prepare_refuses_a_cache_that_is_a_data_folder(world, capsys, cache):
     rc, err = run_cli(capsys, ["prepare", "--data", world / "data", "--cache", world / cache, "--no-progress"])
     assert rc == 2
     assert_one_line_error(err, "prepare", str(world / cache), "differ from the data folder"
-                          if cache == "data" else "not a kitsmsan cache")
+                          if cache == "data" else "not a file of a kitsmsan cache")
     assert tree(world) == before and _digests(world) == contents
 
 
@@ -401,7 +416,8 @@ def test_phantoms_refuse_to_overwrite_real_cases(world, capsys, kind):
     argv += ["--size", "32", "--slices", "6"] if kind == "pure" else ["--from-labels", world / "labels"]
     rc, err = run_cli(capsys, argv)
     assert rc == 2
-    assert_one_line_error(err, "phantoms", str(world / "data"), "case_00000", "refusing to overwrite")
+    assert_one_line_error(err, "phantoms", str(world / "data"), "case_00000", "not an output folder of 'kitsmsan "
+                          "phantoms'")
     assert tree(world) == before and _digests(world) == contents
 
 

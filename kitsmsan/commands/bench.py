@@ -8,6 +8,7 @@ Examples::
     kitsmsan bench step --variants unet3d --modes fp32,amp --iters 2
     kitsmsan bench smoke                                          # times reproduce --preset smoke
     kitsmsan bench merge --inputs a.json b.json --json all.json   # one report from several
+    kitsmsan bench memory --json book/data/memory.json            # will it fit / how long (counted)
 
 Size options apply to the benchmarks that have them; ``None`` means the benchmark's per-device
 default (see :mod:`kitsmsan.bench`). With ``--json`` the report is rewritten after every row, so a
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-CHOICES = ("all", "data", "step", "inference", "smoke", "merge")
+CHOICES = ("all", "data", "step", "inference", "smoke", "merge", "memory")
 
 
 def _int_list(text: str) -> list[int]:
@@ -69,8 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--smoke-out", default=None, help="keep the reproduction in this new folder")
     m.add_argument("--smoke-timeout", type=float, default=3600.0, help="seconds (default 3600)")
     m.add_argument("--inputs", nargs="+", default=[], metavar="JSON", help="reports to merge")
+    mem = p.add_argument_group("memory (counted without a GPU; see kitsmsan.models.memory)")
+    mem.add_argument("--precisions", default="fp32,bf16,fp16", help="comma-separated (default fp32,bf16,fp16)")
+    mem.add_argument("--counts-only", action="store_true",
+                     help="only the memory rows: no per-GPU fit search (minutes) and no time estimates")
+    mem.add_argument("--measured", nargs="*", default=None, metavar="JSON",
+                     help="bench reports whose GPU step rows replace the time estimates "
+                     "(default: book/data/bench_gpu.json if it exists)")
     p.add_argument("--note", default=None, help="a sentence on the run's conditions, kept in the JSON header")
     p.add_argument("--wide", action="store_true", help="print every column (the JSON always has them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --json file this command did not write (the old one is kept beside it)")
     p.set_defaults(func=run)
 
 
@@ -98,6 +108,17 @@ def _kwargs(name: str, args: argparse.Namespace) -> dict:
     return dict(run=not args.skip_smoke, out=args.smoke_out, timeout_s=args.smoke_timeout)
 
 
+def _is_report(path) -> bool:
+    """A JSON report ``kitsmsan bench`` wrote: ``results`` with ``device`` (timings) or ``counted_on`` (memory)."""
+    import json
+
+    try:
+        doc = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "results" in doc and bool({"device", "counted_on"} & set(doc))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmark(s), print a table, optionally write the JSON report; returns 0."""
     from kitsmsan.bench import (
@@ -109,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
         merge_reports,
     )
     from kitsmsan.errors import ConfigError
-    from kitsmsan.utils.io import atomic_write_json
+    from kitsmsan.utils.io import atomic_write_json, claim_output_file
 
+    if args.json:  # the output-folder rule for the report file
+        claim_output_file(args.json, command="bench", overwrite=args.overwrite, recognize=_is_report)
     if args.which == "merge":
         if not args.inputs or not args.json:
             raise ConfigError("bench merge: give --inputs A.json B.json ... and --json OUT")
@@ -120,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.inputs:
         raise ConfigError("--inputs: only for 'bench merge'")
+    if args.which == "memory":
+        return _run_memory(args)
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
     rows: list[dict] = []
 
@@ -138,6 +163,42 @@ def run(args: argparse.Namespace) -> int:
     head = {k: report[k] for k in PROVENANCE_KEYS}
     print(f"device: {head['device']} | torch {head['torch']} | commit {head['commit']} | {report['date']}")
     print(format_table(report["results"], skip=PROVENANCE_KEYS + (() if args.wide else NARROW_SKIP)))
+    return 0
+
+
+def _run_memory(args: argparse.Namespace) -> int:
+    """``kitsmsan bench memory``: :func:`kitsmsan.models.memory.memory_report`, printed and saved."""
+    import json
+    from pathlib import Path
+
+    from kitsmsan.bench import format_table
+    from kitsmsan.errors import ConfigError
+    from kitsmsan.models.memory import memory_report
+    from kitsmsan.utils.io import atomic_write_json
+
+    paths = args.measured if args.measured is not None else [
+        p for p in [Path("book/data/bench_gpu.json")] if p.is_file()]
+    measured: list[dict] = []
+    for path in paths:
+        try:
+            measured += json.loads(Path(path).read_text(encoding="utf-8")).get("results", [])
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{path}: not a readable bench report ({exc})") from None
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    report = memory_report(variants, precisions=precisions, fit=not args.counts_only,
+                           estimates=not args.counts_only, base_channels=args.base_channels,
+                           measured=measured,
+                           on_row=lambda r: print(f"  counted {r.get('kind', r['benchmark'])} "
+                                                  f"{r.get('variant', r.get('gpu'))} "
+                                                  f"{r.get('precision', '')}", flush=True))
+    if args.json:
+        atomic_write_json(args.json, report)
+    print(f"torch {report['torch']} | commit {report['commit']} | {report['counted_on']}")
+    print(f"margin: {report['margin']['rule']} (fraction {report['margin']['fraction']}, "
+          f"context {report['margin']['context_gib']} GiB); not counted: {report['not_counted']}")
+    skip = ("counted_bytes", "host_arrays_gib", "measured", "buffers_gib", "gradients_gib")
+    print(format_table(report["results"], skip=skip))
     return 0
 
 

@@ -46,6 +46,13 @@ def register(subparsers) -> None:
                    help="HTTP retries per request, and drops without progress per file (default 5)")
     p.add_argument("--verify-existing", action="store_true",
                    help="fully re-verify files already in place")
+    p.add_argument("--replace-bad", action="store_true",
+                   help="download again files in place that fail verification (the old file is kept "
+                        "beside it as NAME.kitsmsan-old); default: such a file is reported, untouched")
+    p.add_argument("--overwrite", action="store_true",
+                   help="use a --root that is not a KiTS19 data folder (its files are kept, never deleted)")
+    p.add_argument("--stall-timeout", type=float, default=60.0, metavar="S",
+                   help="give up a transfer pass after S seconds with under 1 KiB received (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -67,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         retries=args.retries,
         verify_existing=args.verify_existing,
         progress=not args.no_progress,
+        replace_bad=args.replace_bad,
+        overwrite=args.overwrite,
+        timeout=(10.0, args.stall_timeout),
     )
     for note in report.notes:
         print(f"note: {note}")

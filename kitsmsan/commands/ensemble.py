@@ -32,6 +32,8 @@ def register(subparsers) -> None:
                    help="case numbers, e.g. '180-189' (default: the predictions in the first folder)")
     p.add_argument("--postprocess", type=int, default=0, metavar="K",
                    help="keep the K largest kidney-region components of the result (default 0 = off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not this command's output (its files are kept, never deleted)")
     p.set_defaults(func=run)
 
 
@@ -41,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
 
     cases = None if args.cases is None else parse_case_range(args.cases)
     ensemble_folders(args.pred, args.out, method=args.method, rule=args.rule, tie_break=args.tie_break,
-                     cases=cases, postprocess=args.postprocess)
+                     cases=cases, postprocess=args.postprocess, overwrite=args.overwrite)
     return 0

@@ -38,7 +38,21 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the tables")
     p.add_argument("--allow-missing", action="store_true",
                    help="write the tables even if predictions are missing (they are listed; exit 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not this command's output (its files are kept, never deleted)")
     p.set_defaults(func=run)
+
+
+def _check_grids(pred_dir, data_root, case_ids) -> None:
+    """Each prediction present must lie on its ground truth's grid (headers only)."""
+    from kitsmsan.data.kits19 import SEGMENTATION_FILE, check_prediction_grid, normalize_case_id
+    from kitsmsan.metrics import list_predictions, prediction_filename
+
+    ids = list_predictions(pred_dir) if case_ids is None else [normalize_case_id(c) for c in case_ids]
+    for cid in ids:
+        pred, seg = pred_dir / prediction_filename(cid), data_root / cid / SEGMENTATION_FILE
+        if pred.is_file() and seg.is_file():
+            check_prediction_grid(pred, seg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,11 +64,16 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.data.dataset import parse_case_range
     from kitsmsan.errors import ConfigError
     from kitsmsan.metrics import evaluate_folder, summarize, table1_markdown, write_results
+    from kitsmsan.utils.io import claim_output_dir, new_output_dir, only_files
     from kitsmsan.utils.provenance import git_commit
 
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
     case_ids = None if args.cases is None else parse_case_range(args.cases)
+    claim = dict(command="evaluate", overwrite=args.overwrite,
+                 recognize=only_files("per_case.csv", "summary.csv", "summary.json", "summary.md"))
+    claim_output_dir(args.out, "evaluation", create=False, **claim)  # refused before scoring
+    _check_grids(Path(args.pred), Path(args.data), case_ids)  # same grid as the ground truth, or refused
     passes = [0] + ([args.postprocess] if args.postprocess else [])
     tables = [
         evaluate_folder(args.pred, args.data, case_ids, postprocess=k, allow_missing=args.allow_missing)
@@ -68,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     )
     provenance = {"predictions": str(Path(args.pred)), "data": str(Path(args.data)),
                   "cases": int(tables[0].shape[0]), "commit": git_commit()}
-    paths = write_results(args.out, per_case, summary, provenance=provenance)
+    with new_output_dir(args.out, "evaluation", **claim):  # a failed write leaves no new folder
+        paths = write_results(args.out, per_case, summary, provenance=provenance)
     print(table1_markdown(summary), end="")
     missing = per_case.loc[per_case["status"] != "ok", "case_id"].drop_duplicates().tolist()
     print(f"wrote {paths['per_case'].parent}/(per_case.csv, summary.csv, summary.json, summary.md)")

@@ -39,18 +39,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="input shape to count for (default: 1,1,4,512,512, the paper's window)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="only these registered names (default: all five)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output file this command did not write (the old one is kept beside it)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the table (and write ``--json``); returns 0. Bad names/values raise ``ConfigError``."""
-    from kitsmsan.models.report import PAPER_INPUT, format_report, model_report
-    from kitsmsan.utils.io import atomic_write_json
+    import json
 
+    from kitsmsan.models.report import PAPER_INPUT, format_report, model_report
+    from kitsmsan.utils.io import atomic_write_json, claim_output_file
+
+    def ours(path) -> bool:  # the rows this command writes: a list of objects with "name", "parameters"
+        try:
+            rows = json.loads(open(path, encoding="utf-8").read())
+        except (OSError, ValueError):
+            return False
+        return isinstance(rows, list) and all(
+            isinstance(r, dict) and {"name", "parameters"} <= set(r) for r in rows)
+
+    if args.json:
+        claim_output_file(args.json, command="models", overwrite=args.overwrite, recognize=ours, create=False)
     overrides = {} if args.base_channels is None else {"base_channels": args.base_channels}
     rows = model_report(args.variants, args.input_shape or PAPER_INPUT, **overrides)
     print(format_report(rows))
     if args.json:
+        claim_output_file(args.json, command="models", overwrite=args.overwrite, recognize=ours)
         try:
             atomic_write_json(args.json, rows)
         except OSError as exc:  # disk full, no permission: name the file, no traceback

@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cases-range", default=None, metavar="RANGE",
                    help="with --from-labels: which cases, e.g. 0-179,185 (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not a phantom folder (its files are kept; case folders "
+                   "not written by this command are still refused)")
     p.set_defaults(func=run)
 
 
@@ -45,22 +48,38 @@ def run(args: argparse.Namespace) -> int:
     output folder; every file is written atomically, so the cases already written are complete and
     a re-run rewrites the rest.
     """
+    import contextlib
     import os
     from pathlib import Path
 
     from kitsmsan.errors import DataError
+    from kitsmsan.utils.io import MARKER_FILE, claim_output_dir, only_files
 
     out = Path(args.out)
     new_folder = not out.exists()
+
+    def ours(folder: Path) -> bool:  # written before output markers existed: phantoms.json + cases
+        return (folder / "phantoms.json").is_file() and only_files("case_*", "phantoms.json")(folder)
+
+    claim_output_dir(out, "phantoms", command="phantoms", overwrite=args.overwrite, recognize=ours,
+                     create=False)
     try:
+        claim_output_dir(out, "phantoms", command="phantoms", overwrite=args.overwrite, recognize=ours)
         return _run(args)
-    except OSError as exc:
-        if new_folder and out.is_dir():  # drop the empty folders of a new output folder
+    except BaseException as exc:
+        if new_folder and out.is_dir():  # drop the marker and the empty folders of a new output folder
+            with contextlib.suppress(OSError):
+                (out / MARKER_FILE).unlink()
             for folder, _, _ in sorted(os.walk(out), key=lambda t: -len(t[0])):
                 try:
                     os.rmdir(folder)  # only succeeds when empty
                 except OSError:
                     pass
+            if out.is_dir():  # cases were finished: the folder stays this command's
+                with contextlib.suppress(OSError, DataError):
+                    claim_output_dir(out, "phantoms", command="phantoms", recognize=ours)
+        if not isinstance(exc, OSError):
+            raise
         where = exc.filename or args.out
         raise DataError(f"{where}: cannot write the phantoms ({exc.strerror or exc}); cases "
                         "written before it are complete, run the command again when fixed") from exc

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--save-probs", action="store_true",
                    help="also write probs_XXXXX.npy (float16, 3 x Z x Y x X; ~470 MB for 512x512x300)")
     p.add_argument("--progress", action="store_true", help="show a progress bar per case")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not this command's output (its files are kept, never deleted)")
     p.set_defaults(func=run)
 
 
@@ -51,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     predict_folder(args.run, args.data, args.out, cases=cases, checkpoint=args.checkpoint,
                    num_slices=args.num_slices, stride=args.stride, batch_size=args.batch_size,
                    device=args.device, amp=args.amp, postprocess=args.postprocess,
-                   save_probs=args.save_probs, progress=args.progress)
+                   save_probs=args.save_probs, overwrite=args.overwrite, progress=args.progress)
     return 0

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", default=None, metavar="OUT", help="write the per-case table as CSV")
     p.add_argument("--cases-range", default=None, metavar="RANGE", help="e.g. 0-189 (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output file this command did not write (the old one is kept beside it)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +55,14 @@ def _source_comment(root) -> str:
 def run(args: argparse.Namespace) -> int:
     """Compute the table, print a summary, optionally write CSV. Returns 0."""
     from kitsmsan.data import stats
+    from kitsmsan.utils.io import claim_output_file
 
+    def ours(path) -> bool:  # a table this command wrote starts with its comment line
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline().startswith("# kitsmsan stats:")
+
+    if args.csv:
+        claim_output_file(args.csv, command="stats", overwrite=args.overwrite, recognize=ours, create=False)
     ids = None
     if args.cases_range is not None:
         from kitsmsan.data.dataset import parse_case_range
@@ -77,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key}: {value:.4g}")
         what = "per-case label statistics (volumes in ml, 26-connected components)"
     if args.csv:
+        claim_output_file(args.csv, command="stats", overwrite=args.overwrite, recognize=ours)
         try:
             stats.write_table(table, args.csv,
                               comment=[f"kitsmsan stats: {what}", _source_comment(args.data)])

@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "metrics.jsonl, checkpoints/{last,best}.pt and summary.json. The cache is prepared (or "
         "brought up to date) from --data first. Under torchrun, ranks share the work (DDP).",
     )
-    p.add_argument("--preset", default="smoke", choices=("smoke", "paper"),
-                   help="settings preset (default: smoke)")
+    p.add_argument("--preset", default="smoke", choices=("smoke", "paper", "colab"),
+                   help="settings preset (default: smoke; colab: the paper's schedule shortened to one "
+                   "Colab session per network)")
     p.add_argument("--variant", default="msan_v1",
                    help="unet3d, msan_v1, msan_v1_ds, msan_v2 or msan_v2_ds (default: msan_v1)")
     p.add_argument("--data", metavar="ROOT", help="KiTS19-layout data folder (case_XXXXX/...)")
@@ -37,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "see kitsmsan.train.TrainConfig)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint and its own config")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a run folder that is not a kitsmsan run (its files are kept, never deleted)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -49,14 +52,21 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.train import TrainConfig
     from kitsmsan.train.config import parse_overrides
     from kitsmsan.train.loop import resume, run_state, train
+    from kitsmsan.train.runlock import check_bounds, check_resume_overrides, is_run_folder
+    from kitsmsan.utils.io import claim_output_dir
 
     overrides = parse_overrides(args.overrides)
+    for key, flag in (("run_dir", "--out"), ("cache_dir", "--cache"), ("data_root", "--data"),
+                      ("variant", "--variant")):
+        if key in overrides and not args.resume:
+            raise ConfigError(f"--set {key}=...: give {flag} instead")
     if args.no_progress:
         overrides["progress"] = False
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").is_file():
             raise ConfigError(f"--resume {run_dir}: no config.json there (not a kitsmsan run folder)")
+        check_resume_overrides(overrides)  # a setting that would change the run: refused by name
         if run_state(run_dir) == "done" and "num_iters" not in overrides:
             print(f"{run_dir}: already finished (summary.json); nothing to do")
             return 0
@@ -71,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
         args.preset, variant=args.variant, data_root=str(args.data) if args.data else None,
         cache_dir=str(cache), run_dir=str(run_dir), **overrides)
     config.check_model()  # a misspelt model.<key> fails here, before the cache is written
+    check_bounds(config)
+    claim_output_dir(run_dir, "run", command="train", overwrite=args.overwrite, recognize=is_run_folder,
+                     create=False)  # refused before the cache is written
     if args.data:
-        prepare_for(config)
+        prepare_for(config, overwrite=args.overwrite)
+    if args.overwrite:
+        claim_output_dir(run_dir, "run", command="train", overwrite=True, recognize=is_run_folder)
     out = train(config)
     _report(out)
     return 0
@@ -86,7 +101,7 @@ def _report(run_dir) -> None:
         print(f"run folder: {run_dir}")
 
 
-def prepare_for(config) -> None:
+def prepare_for(config, overwrite: bool = False) -> None:
     """Bring the cache up to date for the config's train and test cases present under data_root."""
     import os
 
@@ -98,4 +113,4 @@ def prepare_for(config) -> None:
         return
     split = split_cases(list_cases(config.data_root), train=config.train_cases, test=config.test_cases)
     prepare_cache(config.data_root, config.cache_dir, case_ids=split["train"] + split["test"],
-                  progress=config.progress)
+                  progress=config.progress, overwrite=overwrite)

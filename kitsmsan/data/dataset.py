@@ -37,6 +37,10 @@ PAPER_SPLIT = {"train": "0-179", "test": "180-189"}  # MSAN paper, §2.1
 LABEL_DTYPES = {"int64": np.int64, "int16": np.int16, "uint8": np.uint8}
 
 
+#: the largest number a ``case_XXXXX`` id can hold
+MAX_CASE_NUMBER = 99999
+
+
 def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
     """Parse a case selection like ``"0-179,185"`` into case numbers.
 
@@ -70,6 +74,8 @@ def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
                 raise ConfigError(f"case range {spec!r}: {part!r} is not a number or a-b range") from None
             if lo > hi:
                 raise ConfigError(f"case range {spec!r}: {part!r} runs backwards")
+            if lo < 0 or hi > MAX_CASE_NUMBER:  # checked before the range is built (no MemoryError)
+                raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
             numbers.extend(range(lo, hi + 1))
     else:
         numbers = []
@@ -78,9 +84,36 @@ def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
                 numbers.append(kits19.case_number(kits19.normalize_case_id(item)))
             except DataError as exc:
                 raise ConfigError(f"case range: {exc}") from None
-    if any(n < 0 or n > 99999 for n in numbers):
-        raise ConfigError(f"case range {spec!r}: case numbers must be in 0..99999")
+    if any(n < 0 or n > MAX_CASE_NUMBER for n in numbers):
+        raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
     return list(dict.fromkeys(numbers))
+
+
+def check_window_fits(dataset: "SliceWindowDataset", divisor: tuple[int, int, int]) -> None:
+    """Refuse training windows a network cannot take, with a hint that fits the cached planes.
+
+    Args:
+        dataset: the training windows (``num_slices``, ``plane_size``, ``crop_size``, ``meta``).
+        divisor: ``(d_D, d_H, d_W)`` the network needs the window to be a multiple of
+            (``ModelConfig.divisor``, e.g. ``(4, 16, 16)``).
+
+    Raises:
+        ConfigError: naming ``num_slices`` or ``crop_size``; the suggested size is a multiple of
+            the divisor no larger than the largest cached plane (never larger than the image).
+    """
+    dd, dh, dw = divisor
+    if dataset.num_slices % dd:
+        raise ConfigError(f"num_slices={dataset.num_slices}: the network needs a multiple of {dd}")
+    h, w = dataset.plane_size
+    if h % dh == 0 and w % dw == 0:
+        return
+    largest = tuple(max(m["shape"][i] for m in dataset.meta.values()) for i in (1, 2))
+    fit = [max(d, min(n, p) - min(n, p) % d) for n, p, d in zip((h, w), largest, (dh, dw))]
+    what = f"crop_size={dataset.crop_size!r}" if dataset.crop_size is not None else (
+        f"crop_size=None (the cached plane {h} x {w})")
+    raise ConfigError(f"{what}: the network needs H and W multiples of {dh} x {dw}; the cached planes are at "
+                      f"most {largest[0]} x {largest[1]}, so set crop_size={fit[0]}"
+                      + ("" if fit[0] == fit[1] else f" (or ({fit[0]}, {fit[1]}))"))
 
 
 def split_cases(

@@ -54,6 +54,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import zlib
@@ -70,7 +71,7 @@ from urllib3.util.retry import Retry
 
 from kitsmsan.data import kits19
 from kitsmsan.errors import ConfigError, DataError, DownloadError
-from kitsmsan.utils.io import atomic_write_json, safe_join
+from kitsmsan.utils.io import atomic_write_json, claim_output_dir, keep_aside, only_files, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -642,45 +643,92 @@ def _remove(path: Path) -> None:
         pass
 
 
+#: the size ceiling of a file whose size is not known (no manifest entry, no Content-Length): the
+#: largest KiTS19 imaging file is about 0.9 GB; segmentations are a few MB
+MAX_BYTES = {"imaging": 4 << 30, "segmentation": 256 << 20, "metadata": 64 << 20}
+#: a transfer is stalled when fewer than ``STALL_BYTES`` bytes arrived in ``stall_timeout`` seconds
+STALL_BYTES = 1024
+STALL_TIMEOUT_S = 60.0
+
+
+class _Stalled(Exception):
+    """Fewer than the stall threshold of bytes arrived within the stall timeout."""
+
+
 def fetch_to_part(
     session: requests.Session,
     item: DownloadItem,
     *,
     retries: int = 5,
     backoff_factor: float = 1.0,
-    timeout: tuple[float, float] = (10.0, 60.0),
+    timeout: tuple[float, float] = (10.0, STALL_TIMEOUT_S),
     chunk_size: int = 1 << 20,
     on_bytes=None,
     stop: threading.Event | None = None,
+    max_bytes: int | None = None,
+    stall_bytes: int = STALL_BYTES,
 ) -> int:
     """Fetch ``item.url`` into ``item.part``, resuming what is already there; return bytes received.
 
-    The bounded loop below exists only for bodies that break mid-way (urllib3 does not retry a
-    streamed body): each pass asks for ``Range: bytes=<size of .part>-`` and appends on ``206``,
-    restarts the file on ``200`` (server ignores ``Range``), and treats ``416`` with a total equal
-    to the ``.part`` size as complete. It gives up after ``retries`` consecutive passes
-    after which the ``.part`` did not grow (every other pass adds at least one byte, so the loop
-    is bounded), keeping the ``.part`` for a later run.
+    Three bounds make every download end (the rule: nothing hangs):
+
+    * **Stall timeout** ``timeout[1]`` (default :data:`STALL_TIMEOUT_S`): no byte for that long
+      (the socket's read timeout), or fewer than ``stall_bytes`` (default :data:`STALL_BYTES`) in
+      any window of that length (a server trickling one byte at a time), ends the pass.
+    * **Total bytes**: the expected size (manifest ``size``, else the ``Content-Length`` /
+      ``Content-Range`` total) or, when neither is known, ``max_bytes`` (default
+      :data:`MAX_BYTES` for the item's kind). A body that grows past it is discarded at once.
+    * **Retry budget** ``retries``: each pass that ends without the file spends one, unless it
+      pushed the ``.part`` past the largest size it ever had (a resumed drop that made progress).
+      A stall, and a restart from zero (``200`` to a range request, ``416``, a range that was not
+      asked for), always spend one — so a server whose ``Content-Length`` is larger than its body
+      cannot make the loop download the same bytes forever.
+
+    Each pass asks for ``Range: bytes=<size of .part>-`` and appends on ``206``, restarts the file
+    on ``200``, and treats ``416`` with a total equal to the ``.part`` size as complete. When the
+    budget is spent the ``.part`` is kept for a later run.
 
     Args:
         session: from :func:`make_session` (retries up to the response headers).
         item: the file.
-        retries: consecutive passes without progress before giving up (default 5).
+        retries: the retry budget (default 5).
         backoff_factor: sleep ``backoff_factor * 2**(n-1)`` s before the n-th resume (default 1.0).
-        timeout: ``(connect, read)`` seconds (default ``(10, 60)``).
+        timeout: ``(connect, stall)`` seconds (default ``(10, 60)``).
         chunk_size: bytes per read (default 1 MiB).
         on_bytes: optional callback ``f(n)`` per chunk, or ``f(-n)`` when ``n`` bytes are discarded;
             also called as ``on_bytes(0, total=...)`` when a total size becomes known.
         stop: an event that aborts the transfer between chunks (the ``.part`` is kept).
+        max_bytes: the ceiling when the size is unknown (default None: :data:`MAX_BYTES` of the kind).
+        stall_bytes: bytes that must arrive per stall window (default :data:`STALL_BYTES`).
 
     Raises:
         DownloadError: HTTP error after retries (4xx, persistent 5xx), a connection that could not
-            be established, or too many drops without progress.
+            be established, a body larger than its bound, or a spent retry budget; the message
+            names the URL, the file and the reason.
     """
     where = f"{item.url} -> {item.dest}"
     item.part.parent.mkdir(parents=True, exist_ok=True)
-    received, stalls, announced = 0, 0, False
+    ceiling = max_bytes if max_bytes is not None else MAX_BYTES.get(item.kind, MAX_BYTES["imaging"])
+    stall_s = float(timeout[1])
+    received, spent, announced = 0, 0, False
+    high_water = item.part.stat().st_size if item.part.exists() else 0
+    reasons: list[str] = []
+
+    def spend(reason: str) -> None:
+        nonlocal spent
+        spent += 1
+        reasons.append(reason)
+        if spent > retries:
+            raise DownloadError(
+                f"{where}: gave up after {spent} failed passes (retry budget {retries}; last: {reason}); "
+                f"partial file kept at {item.part} (re-run to resume)" if item.part.exists() else
+                f"{where}: gave up after {spent} failed passes (retry budget {retries}; last: {reason})")
+        if backoff_factor:
+            time.sleep(min(backoff_factor * 2 ** max(spent - 1, 0), 60.0))
+
     while True:
+        if stop is not None and stop.is_set():
+            raise _Stopped
         offset = item.part.stat().st_size if item.part.exists() else 0
         headers = {"Accept-Encoding": "identity"}
         if offset:
@@ -690,6 +738,7 @@ def fetch_to_part(
         except requests.RequestException as exc:
             raise DownloadError(f"{where}: request failed after {retries} retries ({exc})") from None
         got = 0
+        outcome = None  # None: the pass ended without the file
         with resp:
             start, total = _content_range(resp)
             if resp.status_code == 416 and offset and total == offset:
@@ -705,49 +754,61 @@ def fetch_to_part(
             elif resp.status_code in (206, 416):  # a range we did not ask for / stale .part
                 log.info("%s: unexpected %s for offset %d; restarting", where, resp.status_code, offset)
                 _remove(item.part)
-                stalls += 1
-                if stalls > retries:
-                    raise DownloadError(
-                        f"{where}: server keeps answering {resp.status_code} to a range request"
-                    )
+                spend(f"HTTP {resp.status_code} to a range request, restarted from zero")
                 continue
             else:
                 raise DownloadError(f"{where}: HTTP {resp.status_code} {resp.reason}")
+            if item.size is not None and total is not None and total != item.size:
+                raise DownloadError(f"{where}: the server announces size {total}, the manifest says {item.size}")
+            bound = item.size if item.size is not None else (total if total is not None else ceiling)
             if on_bytes and total is not None and not announced:
                 on_bytes(0, total=total - (offset if mode == "ab" else 0))
                 announced = True
             try:
                 with open(item.part, mode) as fh:
+                    size = offset if mode == "ab" else 0
+                    window_t, window_n = time.monotonic(), 0
                     for chunk in _body_chunks(resp, chunk_size):
                         if stop is not None and stop.is_set():
                             raise _Stopped
+                        size += len(chunk)
+                        if size > bound:
+                            fh.close()
+                            _remove(item.part)
+                            what = "the announced/expected size" if bound != ceiling else "the size ceiling"
+                            raise DownloadError(f"{where}: the body exceeds {what} of {bound} bytes; "
+                                                "download discarded")
                         fh.write(chunk)
                         got += len(chunk)
+                        window_n += len(chunk)
                         if on_bytes:
                             on_bytes(len(chunk))
+                        now = time.monotonic()
+                        if now - window_t >= stall_s:
+                            if window_n < stall_bytes:
+                                raise _Stalled(f"{window_n} bytes in {now - window_t:.1f} s")
+                            window_t, window_n = now, 0
                     fh.flush()
                     os.fsync(fh.fileno())
                 size = item.part.stat().st_size
                 if total is None or size == total:
                     return received + got
-                if size > total:
-                    _remove(item.part)
-                    raise DownloadError(
-                        f"{where}: received {size} bytes, more than the announced {total}"
-                    )
                 log.info("%s: body ended at %d of %d bytes; resuming", where, size, total)
+                outcome = f"body ended at {size} of {total} bytes"
+            except _Stalled as exc:
+                outcome = f"stalled ({exc}; stall timeout {stall_s:g} s)"
             except _BODY_ERRORS as exc:
+                timed_out = "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower()
                 log.info("%s: connection dropped after %d new bytes (%s); resuming", where, got, exc)
+                outcome = (f"stalled (no byte for {stall_s:g} s)" if timed_out
+                           else f"connection dropped ({type(exc).__name__})")
         received += got
         size = item.part.stat().st_size if item.part.exists() else 0
-        stalls = 0 if size > offset else stalls + 1  # progress = the .part grew
-        if stalls > retries:
-            raise DownloadError(
-                f"{where}: connection dropped {stalls} times without progress; "
-                f"partial file kept at {item.part} (re-run to resume)"
-            )
-        if backoff_factor:
-            time.sleep(min(backoff_factor * 2 ** max(stalls - 1, 0), 60.0))
+        if size > high_water and not outcome.startswith("stalled"):
+            high_water = size  # a resumed drop that made progress: free
+            continue
+        high_water = max(high_water, size)
+        spend(outcome)
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,6 +840,14 @@ class _State:
             and rec.get("mtime_ns") == st.st_mtime_ns
             and (item.sha256 is None or rec.get("sha256") == item.sha256)
         )
+
+    def owns(self, item: DownloadItem) -> bool:
+        """True if this module placed ``item.dest`` (a record with its size and mtime)."""
+        rec = self.files.get(item.rel)
+        if not isinstance(rec, dict) or not item.dest.exists():
+            return False
+        st = item.dest.stat()
+        return rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
 
     def record(self, item: DownloadItem, sha256: str) -> None:
         st = item.dest.stat()
@@ -832,7 +901,8 @@ class _Progress:
         self.bar.close()
 
 
-def _process_item(item, session, state, report, lock, *, verify_existing, fetch_kw) -> None:
+def _process_item(item, session, state, report, lock, *, verify_existing, fetch_kw,
+                  replace_bad: bool = False) -> None:
     """Skip, or fetch + verify + place one file. Raises DownloadError on failure."""
     if item.dest.is_file():
         if not verify_existing and state.is_current(item):
@@ -842,9 +912,15 @@ def _process_item(item, session, state, report, lock, *, verify_existing, fetch_
         try:
             sha = verify_file(item.dest, item)
         except DataError as exc:
+            if not replace_bad:  # a local data file is never replaced without the flag
+                raise DownloadError(
+                    f"{item.dest}: present but fails verification ({exc}); not replaced. Pass "
+                    "--replace-bad (replace_bad=True) to download it again; the old file is then kept "
+                    f"beside it as {item.dest.name}.kitsmsan-old") from None
             with lock:
                 report.notes.append(
-                    f"{item.rel}: present but failed verification ({exc}); downloading again"
+                    f"{item.rel}: present but failed verification ({exc}); downloading again, the old "
+                    "file is kept beside it (.kitsmsan-old)"
                 )
         else:
             state.record(item, sha)
@@ -866,11 +942,19 @@ def _process_item(item, session, state, report, lock, *, verify_existing, fetch_
                 continue
             raise DownloadError(f"{exc} (download discarded)") from None
         break
+    if item.dest.exists() and not state.owns(item):  # a file this module did not place: kept
+        keep_aside(item.dest)
     os.replace(item.part, item.dest)
     _fsync_dir(item.dest.parent)
     state.record(item, sha)
     with lock:
         report.downloaded.append(item.dest)
+
+
+def is_data_folder(path: Path) -> bool:
+    """True for a KiTS19-layout folder: only ``case_XXXXX`` folders, ``kits.json``, this module's
+    state file and ``.part`` leftovers (the ``recognize`` of the output-folder rule)."""
+    return only_files("case_*", KITS_JSON, STATE_FILE, f"*{PART_SUFFIX}", f".{STATE_FILE}.*")(path)
 
 
 def download_kits19(
@@ -885,9 +969,13 @@ def download_kits19(
     workers: int = 4,
     retries: int = 5,
     backoff_factor: float = 1.0,
-    timeout: tuple[float, float] = (10.0, 60.0),
+    timeout: tuple[float, float] = (10.0, STALL_TIMEOUT_S),
     verify_existing: bool = False,
     progress: bool = True,
+    replace_bad: bool = False,
+    overwrite: bool = False,
+    max_bytes: int | None = None,
+    stall_bytes: int = STALL_BYTES,
 ) -> DownloadReport:
     """Download KiTS19 into ``root`` in the official layout (MSAN paper, §2.1 data).
 
@@ -909,10 +997,17 @@ def download_kits19(
         retries: HTTP retries per request, and mid-body drops without progress per file
             (default 5).
         backoff_factor: exponential backoff base in seconds (default 1.0).
-        timeout: ``(connect, read)`` timeouts in seconds (default ``(10, 60)``).
+        timeout: ``(connect, stall)`` timeouts in seconds (default ``(10, 60)``; see
+            :func:`fetch_to_part` for the stall rule).
         verify_existing: fully re-verify files already in place even if the state file vouches for
             them (default False).
         progress: show a tqdm byte progress bar (default True).
+        replace_bad: download again a file in place that fails verification, keeping the old one
+            beside it as ``NAME.kitsmsan-old`` (default False: that file fails, untouched).
+        overwrite: use a ``root`` that is not a KiTS19 data folder (default False: refused, see
+            :func:`kitsmsan.utils.io.claim_output_dir`); its files are kept.
+        max_bytes: size ceiling of a file whose size is unknown (default None: :data:`MAX_BYTES`).
+        stall_bytes: bytes per stall window (default :data:`STALL_BYTES`).
 
     Returns:
         A :class:`DownloadReport`.
@@ -936,7 +1031,7 @@ def download_kits19(
         root, cases, imaging=imaging, labels=labels,
         imaging_base_url=img_url, labels_base_url=lab_url, manifest=man,
     )
-    root.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(root, "kits19-data", command="download", overwrite=overwrite, recognize=is_data_folder)
     report = DownloadReport(root=root.resolve(), notes=list(notes))
     for note in notes:
         log.info(note)
@@ -944,7 +1039,7 @@ def download_kits19(
     lock, stop = threading.Lock(), threading.Event()
     bar = _Progress(progress)
     fetch_kw = dict(retries=retries, backoff_factor=backoff_factor, timeout=timeout,
-                    on_bytes=bar, stop=stop)
+                    on_bytes=bar, stop=stop, max_bytes=max_bytes, stall_bytes=stall_bytes)
 
     def run_group(group: list[DownloadItem]) -> None:
         session = make_session(retries, backoff_factor)
@@ -953,8 +1048,8 @@ def download_kits19(
                 if stop.is_set():
                     return
                 try:
-                    _process_item(item, session, state, report, lock,
-                                  verify_existing=verify_existing, fetch_kw=fetch_kw)
+                    _process_item(item, session, state, report, lock, verify_existing=verify_existing,
+                                  fetch_kw=fetch_kw, replace_bad=replace_bad)
                 except DownloadError as exc:
                     with lock:
                         report.failed[item.rel] = str(exc)
@@ -974,6 +1069,8 @@ def download_kits19(
             fut.result()
     except BaseException:  # Ctrl-C: stop the workers between chunks, keep the .part files
         stop.set()
+        print("kitsmsan download: stopping after the chunks in flight (partial files are kept)",
+              file=sys.stderr, flush=True)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:

@@ -40,6 +40,12 @@ IMAGING_FILE = "imaging.nii.gz"
 SEGMENTATION_FILE = "segmentation.nii.gz"
 
 _CASE_RE = re.compile(r"^case_(\d{5})$")
+#: the largest volume a header may claim (voxels): 2**30, ~3.9x the largest KiTS19 case (1059 x 512 x 512)
+MAX_VOXELS = 1 << 30
+#: deflate cannot compress better than ~1032:1, so a .nii.gz smaller than nbytes / this is a lie
+MAX_GZIP_RATIO = 1032
+#: largest per-element difference (mm) accepted between a segmentation's affine and its imaging's
+AFFINE_ATOL = 1e-3
 _COMPRESSLEVEL = 1  # gzip level of written files: ~3x faster than 6, a few % larger
 
 
@@ -173,7 +179,10 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: file is missing")
     try:
         img = nib.load(str(path))
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # any failure to parse the input file is the file's fault
+        # (ImageFileError, HeaderDataError, EOFError, zlib.error, ValueError, struct.error ...)
         raise DataError(
             f"{path}: not a readable NIfTI file (not NIfTI, or corrupt/truncated; "
             f"{type(exc).__name__}: {exc})"
@@ -182,7 +191,69 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: not a NIfTI-1/2 image (got {type(img).__name__})")
     if len(img.shape) != 3:
         raise DataError(f"{path}: expected a 3-D (Z, Y, X) array, got shape {tuple(img.shape)}")
+    check_header(img, path)
     return img
+
+
+def check_header(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse, from the header alone (before any voxel is read), what cannot be a KiTS19 volume.
+
+    Raises:
+        DataError: naming the file: a zero-length dimension; more than :data:`MAX_VOXELS` voxels;
+            a claimed size the file cannot hold (uncompressed: smaller than the data; gzip:
+            smaller than data / :data:`MAX_GZIP_RATIO`); a complex, RGB or other non-scalar
+            voxel type; a voxel spacing (pixdim) that is zero, negative or not finite.
+    """
+    shape = tuple(int(n) for n in img.shape)
+    if min(shape) < 1:
+        raise DataError(f"{path}: the header claims a zero-length dimension {shape}")
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise DataError(f"{path}: the header claims {shape} = {voxels} voxels, more than the "
+                        f"{MAX_VOXELS} a CT volume may have here")
+    dtype = img.header.get_data_dtype()
+    if dtype.kind == "c" or dtype.fields is not None or dtype.kind not in "biuf":
+        what = "complex" if dtype.kind == "c" else ("RGB/structured" if dtype.fields else str(dtype))
+        raise DataError(f"{path}: {what} voxels ({dtype}); a CT volume or label map has one real number "
+                        "per voxel")
+    nbytes = voxels * dtype.itemsize
+    size = path.stat().st_size
+    gz = path.name.endswith(".gz")
+    if (gz and size * MAX_GZIP_RATIO < nbytes) or (not gz and size < nbytes):
+        raise DataError(f"{path}: the header claims {shape} {dtype} ({nbytes} bytes), more than this "
+                        f"{size}-byte file can hold (truncated file or a hostile header)")
+    _spacing(img, path)
+    raw = _raw_pixdim(path)  # nibabel silently turns a pixdim of 0 into 1 on load: read it as stored
+    if raw is not None and not all(np.isfinite(z) and z > 0 for z in raw):
+        raise DataError(f"{path}: invalid voxel spacing {tuple(float(z) for z in raw)} in the header "
+                        "(pixdim[1:4] must be positive)")
+
+
+def _raw_pixdim(path: Path) -> tuple[float, float, float] | None:
+    """``pixdim[1:4]`` exactly as stored (None when the header cannot be read raw)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            block = fh.read(348)
+        if 348 not in (int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")):
+            return None  # NIfTI-2 (540-byte header): nibabel's zooms were checked above
+        hdr = nib.Nifti1Header(block, check=False)
+    except (OSError, EOFError, ValueError, zlib.error, nib.spatialimages.HeaderDataError):
+        return None
+    return tuple(float(z) for z in hdr["pixdim"][1:4])
+
+
+def check_same_grid(path: Path, affine: np.ndarray, ref_path: Path, ref_affine: np.ndarray,
+                    atol: float = AFFINE_ATOL) -> None:
+    """Refuse two volumes whose voxel-to-world affines differ by more than ``atol`` mm (per element).
+
+    Raises:
+        DataError: naming both files and the largest difference.
+    """
+    diff = float(np.max(np.abs(np.asarray(affine, np.float64) - np.asarray(ref_affine, np.float64))))
+    if not np.isfinite(diff) or diff > atol:
+        raise DataError(f"{path}: its affine differs from that of {ref_path} by up to {diff:.4g} mm "
+                        f"(tolerance {atol:g} mm): the voxels are not on the same grid")
 
 
 def _read_array(img: nib.Nifti1Image, path: Path, dtype=None) -> np.ndarray:
@@ -191,7 +262,9 @@ def _read_array(img: nib.Nifti1Image, path: Path, dtype=None) -> np.ndarray:
         if dtype is None:
             return np.asanyarray(img.dataobj)
         return np.asarray(img.dataobj, dtype=dtype)
-    except (EOFError, OSError, zlib.error, ValueError, gzip.BadGzipFile) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # EOFError, zlib.error, ValueError, HeaderDataError ...
         raise DataError(f"{path}: truncated or corrupt data ({type(exc).__name__}: {exc})") from exc
 
 
@@ -261,6 +334,21 @@ def read_header(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, fl
     return tuple(int(s) for s in img.shape), _spacing(img, path), np.asarray(img.affine, np.float64)
 
 
+def check_prediction_grid(pred_path: str | Path, seg_path: str | Path) -> None:
+    """Refuse a prediction whose shape or affine (beyond :data:`AFFINE_ATOL`) is not its ground truth's.
+
+    Reads the two headers only. Scoring voxels of two different grids would give a Dice that looks
+    like a result but is not one.
+
+    Raises:
+        DataError: naming the prediction file (and the reference).
+    """
+    (shape, _, affine), (ref_shape, _, ref_affine) = read_header(pred_path), read_header(seg_path)
+    if shape != ref_shape:
+        raise DataError(f"{pred_path}: shape {shape} differs from the ground truth {seg_path} {ref_shape}")
+    check_same_grid(Path(pred_path), affine, Path(seg_path), ref_affine)
+
+
 def load_label(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     """Read a segmentation file.
 
@@ -323,6 +411,8 @@ def load_case(path: str | Path, *, load_image: bool = True, load_label: bool = T
                 raise DataError(
                     f"{seg_path}: label shape {tuple(seg.shape)} differs from image shape {shape}"
                 )
+            if affine is not None:
+                check_same_grid(seg_path, seg.affine, img_path, affine)
             label = check_label_values(_read_array(seg, seg_path), seg_path)
             if header is None:
                 header, affine = seg.header.copy(), np.asarray(seg.affine, dtype=np.float64)

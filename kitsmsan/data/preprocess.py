@@ -38,7 +38,7 @@ import numpy as np
 
 from kitsmsan.data import kits19
 from kitsmsan.errors import DataError
-from kitsmsan.utils.io import atomic_write_json, safe_join
+from kitsmsan.utils.io import MARKER_FILE, atomic_write_json, claim_output_dir, read_marker, safe_join
 
 HU_WINDOW = (-200.0, 500.0)  # MSAN paper, §2.1
 CACHE_VERSION = 1
@@ -47,6 +47,8 @@ META_FILE = "meta.json"
 IMAGE_FILE = "image.npy"
 LABEL_FILE = "label.npy"
 _TMP_PREFIX = ".tmp-"
+#: the files a cache case folder holds; a case folder with anything else is never replaced
+CASE_FILES = frozenset({IMAGE_FILE, LABEL_FILE, META_FILE})
 
 
 class CaseMeta(TypedDict):
@@ -238,25 +240,47 @@ def prepare_case(case_dir: Path, cache_dir: Path, window: tuple[float, float] = 
 
 
 def _refuse_data_folder_as_cache(cache_dir: Path, data_root: Path) -> None:
-    """Refuse a cache folder that is (or holds) a KiTS19 data folder.
+    """Refuse a cache folder that is (or holds) a data folder, or case folders with other files.
 
     Preparing replaces ``cache_dir/case_XXXXX`` as a whole, so a cache pointed at the data folder
-    itself (or at another copy of KiTS19) would delete the source imaging and segmentations.
+    itself (or at another copy of KiTS19, compressed or not) would delete the source imaging and
+    segmentations. The rule is by content, not by file name: a case folder holding anything but
+    :data:`CASE_FILES` is not a cache case, and it is refused even with ``overwrite``.
 
     Raises:
-        DataError: ``cache_dir`` is ``data_root`` or has a case folder holding ``imaging.nii.gz``
-            or ``segmentation.nii.gz``; the message names the folder. Nothing is written.
+        DataError: ``cache_dir`` is ``data_root``, or a case folder holds a file the cache did not
+            write; the message names the folder and the file. Nothing is written.
     """
     if not cache_dir.is_dir():
         return
     if cache_dir.resolve() == data_root.resolve():
         raise DataError(f"{cache_dir}: the cache folder must differ from the data folder "
                         "(preparing replaces each case folder of the cache)")
-    for sub in cache_dir.iterdir():
-        if kits19._CASE_RE.match(sub.name) and any(
-                (sub / name).exists() for name in (kits19.IMAGING_FILE, kits19.SEGMENTATION_FILE)):
-            raise DataError(f"{cache_dir}: holds KiTS19 case folders ({sub.name} has NIfTI files), "
-                            "not a kitsmsan cache; refusing to replace them (choose a new folder)")
+    for sub in sorted(cache_dir.iterdir()):
+        if kits19._CASE_RE.match(sub.name) and sub.is_dir():
+            other = sorted(e.name for e in sub.iterdir() if e.name not in CASE_FILES)
+            if other:
+                raise DataError(f"{cache_dir}: {sub.name}/ holds {other[0]!r}, which is not a file of a "
+                                "kitsmsan cache (a data folder?); refusing to replace it (choose a new folder)")
+
+
+def is_cache_folder(path: Path) -> bool:
+    """True for a cache written before output markers existed: a kitsmsan ``index.json``, case
+    folders holding only :data:`CASE_FILES`, and nothing else but hidden temporary entries."""
+    try:
+        index = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(index, dict) or index.get("version") != CACHE_VERSION or not isinstance(
+            index.get("cases"), dict):
+        return False
+    for e in path.iterdir():
+        if e.name == INDEX_FILE or e.name.startswith(_TMP_PREFIX):
+            continue
+        if not (kits19._CASE_RE.match(e.name) and e.is_dir()
+                and all(f.name in CASE_FILES for f in e.iterdir())):
+            return False
+    return True
 
 
 def _missing_ancestors(path: Path) -> list[Path]:
@@ -305,6 +329,7 @@ def prepare_cache(
     case_ids: Iterable[int | str] | None = None,
     progress: bool = True,
     window: tuple[float, float] = HU_WINDOW,
+    overwrite: bool = False,
 ) -> dict:
     """Convert KiTS19 cases into the memory-mappable cache (incremental and atomic).
 
@@ -315,6 +340,8 @@ def prepare_cache(
             default None = every case with imaging under ``data_root``.
         progress: show a tqdm progress bar (default True).
         window: HU window the stored image is clipped to, default :data:`HU_WINDOW`.
+        overwrite: take over a ``cache_dir`` that is not a kitsmsan cache (default False:
+            refused, see :func:`kitsmsan.utils.io.claim_output_dir`); its files are kept.
 
     Returns:
         The index (see :class:`CacheIndex`), also written to ``cache_dir/index.json``; it lists every
@@ -345,9 +372,11 @@ def prepare_cache(
         raise DataError(f"{cache_dir}: cache path exists and is not a folder")
     _refuse_data_folder_as_cache(cache_dir, data_root)
     created = _missing_ancestors(cache_dir)  # folders this call creates: removed again if it fails
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(cache_dir, "cache", command="prepare", overwrite=overwrite, recognize=is_cache_folder)
+    foreign = set((read_marker(cache_dir) or {}).get("foreign") or [])
     for stale in cache_dir.glob(f"{_TMP_PREFIX}*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+        if stale.name not in foreign:
+            shutil.rmtree(stale, ignore_errors=True)
 
     from tqdm.auto import tqdm
 
@@ -360,7 +389,9 @@ def prepare_cache(
             prepare_case(data_root / cid, cache_dir, window)
             bar.update(1)
     except BaseException:
-        if created and not any(cache_dir.iterdir()):
+        if created and all(e.name == MARKER_FILE for e in cache_dir.iterdir()):
+            with contextlib.suppress(OSError):
+                (cache_dir / MARKER_FILE).unlink()
             _remove_empty(created)  # a new cache folder and no case done: leave no trace
         else:
             with contextlib.suppress(DataError):  # index the cases done so far, if the disk allows

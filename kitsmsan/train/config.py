@@ -379,6 +379,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         log_every=20, projection_after=50, workers=0, device="cpu", fg_fraction=0.8,
         tumor_fraction=0.5, threads=1, model={"base_channels": 8},
     ),
+    # ``colab``: the paper's recipe shortened to fit one Colab GPU session per network. Target: at
+    # most 4 hours per network on Colab's free T4 (fp16 autocast) at the assumed 30 % of its datasheet
+    # peak (kitsmsan.models.memory.EFFICIENCY): 40,000 iterations of the slowest network (MSAN-V2,
+    # 6.84 TFLOP per iteration, counted) are 3.9 h. The learning-rate schedule keeps the paper's
+    # shape, scaled to the length: lr 1e-3 divided by 10 at 1/4, 2/4 and 3/4 of the run.
+    # Deviations from the paper (MSAN paper, §3.1), each also in book/fragments/decisions-performance.md:
+    #   num_iters 400,000 -> 40,000 (1/10: each window is seen ~10x less; expect lower Dice than Table 1);
+    #   lr_step 100,000 -> 10,000 (same 4-step shape);
+    #   ckpt_every 1000 -> 500 (a killed session loses at most ~3 minutes on a T4);
+    #   eval_every 10,000 -> 5,000 (eight validations on 3 test cases per run; 10,000 would give four);
+    #   workers 4 -> 2 (a Colab VM has 2 CPU cores).
+    # Unchanged: batch 2 of 4 x 512 x 512 windows, Dice loss, Adam, lr 1e-3, gamma 0.1, cases 0-179 /
+    # 180-189, amp "auto" (fp16 on a T4, bf16 from compute capability 8.0).
+    "colab": dict(
+        num_slices=4, crop_size=None, batch_size=2, loss="dice", lr=1e-3, lr_step=10_000,
+        lr_gamma=0.1, num_iters=40_000, train_cases="0-179", test_cases="180-189", amp="auto",
+        channels_last=True, compile=False, ckpt_every=500, eval_every=5_000, eval_cases=3,
+        log_every=100, projection_after=200, workers=2, device="auto", model={},
+    ),
 }
 
 #: ``paper`` preset settings the paper states (MSAN paper), with where.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kitsmsan import checkpoint as ckpt
-from kitsmsan.data.dataset import SliceWindowDataset, split_cases
+from kitsmsan.data.dataset import SliceWindowDataset, check_window_fits, split_cases
 from kitsmsan.data.preprocess import IMAGE_FILE, LABEL_FILE, load_cache_index
 from kitsmsan.errors import CheckpointError, ConfigError, DataError, TrainingError
 from kitsmsan.inference import predict_case
@@ -48,6 +49,7 @@ from kitsmsan.metrics import kits_dice
 from kitsmsan.models import build_model
 from kitsmsan.train.config import TrainConfig, validation_cases
 from kitsmsan.train.distributed import WindowBatchSampler, all_reduce_sum, barrier, cleanup, init_distributed
+from kitsmsan.train.runlock import check_bounds, check_resume_overrides, reached_iteration, run_folder
 from kitsmsan.train.step import build_loss, build_optimizer, train_step
 from kitsmsan.utils.amp import resolve_amp
 from kitsmsan.utils.device import resolve_device
@@ -162,6 +164,7 @@ class Trainer:
 
         seed_everything(config.seed)
         net = build_model_for(config)
+        check_window_fits(self.dataset, net.config.divisor)  # a hint that fits the cached planes
         self.loss_fn = build_loss(config, net)
         self.memory_format = (torch.channels_last_3d if config.channels_last else torch.contiguous_format)
         net = net.to(self.device, memory_format=self.memory_format)
@@ -394,11 +397,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         ConfigError, DataError, CheckpointError: bad settings, data or checkpoint (named).
         TrainingError: non-finite loss (last good checkpoint kept) or a failed checkpoint write.
     """
-    trainer = Trainer(config, resume=resume)
-    try:
-        return trainer.fit()
-    finally:
-        cleanup(trainer.dist)
+    check_bounds(config)  # settings past their upper bounds: one line, before anything is written
+    with run_folder(config.run_dir, main=int(os.environ.get("RANK", "0")) == 0):  # claimed + locked
+        trainer = Trainer(config, resume=resume)
+        try:
+            return trainer.fit()
+        finally:
+            cleanup(trainer.dist)
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Path:
@@ -409,6 +414,7 @@ def resume(run_dir: str | Path, **overrides: Any) -> Path:
     """
     run_dir = Path(run_dir)
     config = TrainConfig.from_json(run_dir / CONFIG_FILE)
+    check_resume_overrides(overrides, reached_iteration(run_dir))  # refuse what would change the run
     if overrides:
         config = config.replace(**overrides)
     if Path(config.run_dir or "").resolve() != run_dir.resolve():
