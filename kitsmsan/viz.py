@@ -640,7 +640,7 @@ def plot_hu_histograms(edges: np.ndarray | Mapping[str, np.ndarray],
 
 
 def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
-                       labels: Mapping[str, str] | None = None, bins: int = 20, ncols: int = 3,
+                       labels: Mapping[str, str] | None = None, bins: int = 20, ncols: int = 2,
                        title: str | None = None):
     """Histograms of per-case statistics, one panel per column, one colour per source.
 
@@ -653,7 +653,8 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
         columns: column names to plot.
         labels: column → axis label. Default: the column name.
         bins: histogram bins. Default 20.
-        ncols: panels per row. Default 3.
+        ncols: panels per row. Default 2 (each panel 4.2 × 3.3 in, so the text stays readable when the
+            figure is scaled to the page column).
         title: figure title.
 
     Returns:
