@@ -352,7 +352,7 @@ def _targets_table(files) -> str:
         found = [(path, r) for path, _meta, sections in files for r in sections.get("targets", [])
                  if r.get("id") == spec["id"] or (not r.get("id") and r.get("target") == spec["target"])]
         sign = "≥" if spec["higher"] else "≤"
-        base = {"target": spec["target"], "issue": f"#{spec['issue']}", "required": f"{sign} {_fmt(spec['required'])}"}
+        base = {"target": spec["target"], "required": f"{sign} {_fmt(spec['required'])}"}
         if not found:
             rows.append({**base, "measured": "*pending*", "met": "—",
                          "measured on": f"not yet: needs {spec['needs']}"})
@@ -411,7 +411,7 @@ def render_performance() -> str:
     """The Performance page's generated part: the targets (measured or pending), what the schedule
     target asks of a GPU, then every ``book/data/bench_*.json`` as tables with its provenance."""
     files = _bench_files()
-    out = ["### Targets\n", "Each target of issue #6 (two come from issue #2), with the measurement that speaks to "
+    out = ["### Targets\n", "Each speed target of the project, with the measurement that speaks to "
            "it. *Pending* means no file below has that measurement yet; nothing is filled in by hand.\n",
            _targets_table(files), "### What the 12-hour schedule asks of a GPU\n", _budget_text(files)]
     if not any(_is_gpu(meta, path) for path, meta, _ in files):
@@ -501,7 +501,7 @@ def render_real_anatomy(which: str) -> str:
     return "\n".join(out)
 
 
-#: The reliability tally (issue 7): (group, what goes wrong, tests that try it). Each test is a
+#: The reliability tally: (group, what goes wrong, tests that try it). Each test is a
 #: pytest node id; the book counts its collected cases (parametrisations) at build time and links it
 #: with the {test} role, which fails the build when the test does not exist.
 RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (

@@ -135,3 +135,11 @@ def test_cli_help_shown_in_the_book_has_no_process_words():
         texts += [sub.format_help() for sub in action.choices.values()]
     hits = [w for text in texts for w in find_process_words(text)]
     assert len(texts) > 5 and not hits, f"process words in the CLI help (the API page shows it): {hits}"
+
+
+def test_generated_page_text_speaks_of_the_project_only():
+    """The page text that ``scripts/book_tools.py render`` writes (every string literal of the script)."""
+    source = (REPO / "scripts" / "book_tools.py").read_text(encoding="utf-8")
+    hits = [(node.lineno, node.value) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and PROCESS_WORDS.search(node.value)]
+    assert not hits, f"scripts/book_tools.py: development-process words in page text: {hits}"

@@ -22,19 +22,19 @@ from kitsmsan.utils.provenance import environment
 #: ``needs``: where it can be measured; a target with no row yet is shown as pending, never guessed.
 TARGETS = (
     dict(id="cache_vs_nifti", target="cache windows / .nii.gz windows (x)", required=100, higher=True,
-         needs="any machine", issue=6),
+         needs="any machine"),
     dict(id="cache_per_cpu_s", target="cache windows per CPU-second (one core)", required=1000, higher=True,
-         needs="any machine", issue=2),
+         needs="any machine"),
     dict(id="cache_per_cpu_s_uint8", target="cache windows per CPU-second, uint8 label", required=1000,
-         higher=True, needs="any machine", issue=2),
+         higher=True, needs="any machine"),
     dict(id="smoke_s", target="reproduce --preset smoke (s)", required=SMOKE_TARGET_S, higher=False,
-         needs="2 CPU cores", issue=6),
+         needs="2 CPU cores"),
     dict(id="gpu_fast_path", target="fast path / fp32 eager, slowest-gaining network (x)", required=2.5,
-         higher=True, needs="a GPU", issue=6),
+         higher=True, needs="a GPU"),
     dict(id="gpu_schedule_h", target="five networks x 400,000 iterations (h)", required=SCHEDULE_TARGET_H,
-         higher=False, needs="a GPU", issue=6),
+         higher=False, needs="a GPU"),
     dict(id="gpu_loader", target="DataLoader windows / windows the fastest step consumes (x)", required=5,
-         higher=True, needs="a GPU", issue=6),
+         higher=True, needs="a GPU"),
 )
 
 
