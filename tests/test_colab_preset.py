@@ -9,7 +9,7 @@ import torch
 
 from kitsmsan.commands import train as train_cmd
 from kitsmsan.models import list_models
-from kitsmsan.models.memory import (
+from kitsmsan.bench.memory import (
     EFFICIENCY,
     GPUS,
     projected_hours,

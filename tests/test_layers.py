@@ -43,14 +43,15 @@ def test_each_concept_is_defined_once():
 
 
 def test_the_benchmark_times_the_training_step(monkeypatch):
-    """The step benchmark and the Trainer call the same train_step and build the same loss."""
+    """The step and memory benchmarks and the Trainer call the same train_step and build the same loss."""
     import torch
 
+    from kitsmsan.bench import memory as bench_memory
     from kitsmsan.bench import step as bench_step
     from kitsmsan.train import loop, step
 
-    assert bench_step.train_step is loop.train_step is step.train_step
-    assert bench_step.build_loss is loop.build_loss is step.build_loss
+    assert bench_step.train_step is loop.train_step is step.train_step is bench_memory.train_step
+    assert bench_step.build_loss is loop.build_loss is step.build_loss is bench_memory.build_loss
     seen = []
     monkeypatch.setattr(bench_step, "train_step", lambda *a, **k: seen.append(k) or step.train_step(*a, **k))
     monkeypatch.setattr(bench_step, "build_loss", lambda c, m: seen.append(type(step.build_loss(c, m)).__name__)

@@ -381,7 +381,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # ``colab``: the paper's recipe shortened to fit one Colab GPU session per network. Target: at
     # most 4 hours per network on Colab's free T4 (fp16 autocast) at the assumed 30 % of its datasheet
-    # peak (kitsmsan.models.memory.EFFICIENCY): 40,000 iterations of the slowest network (MSAN-V2,
+    # peak (kitsmsan.bench.memory.EFFICIENCY): 40,000 iterations of the slowest network (MSAN-V2,
     # 6.84 TFLOP per iteration, counted) are 3.9 h. The learning-rate schedule keeps the paper's
     # shape, scaled to the length: lr 1e-3 divided by 10 at 1/4, 2/4 and 3/4 of the run.
     # Deviations from the paper (MSAN paper, §3.1), each also in book/fragments/decisions-performance.md:
