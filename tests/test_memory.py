@@ -10,8 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from kitsmsan.errors import ConfigError
-from kitsmsan.models import build_model, count_parameters
 from kitsmsan.bench import memory
 from kitsmsan.bench.memory import (
     CONTEXT_GIB,
@@ -32,6 +30,8 @@ from kitsmsan.bench.memory import (
     time_rows,
     training_memory,
 )
+from kitsmsan.errors import ConfigError
+from kitsmsan.models import build_model, count_parameters
 from kitsmsan.train import step as train_step_module
 from kitsmsan.utils.amp import mixed_precision_dtype
 

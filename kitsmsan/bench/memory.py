@@ -43,8 +43,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from kitsmsan.bench.common import PAPER_BATCH, PAPER_CASE_SLICES, PAPER_ITERS, PAPER_SIZE, PAPER_SLICES, commit
+from kitsmsan.bench.common import (
+    PAPER_BATCH,
+    PAPER_CASE_SLICES,
+    PAPER_ITERS,
+    PAPER_SIZE,
+    PAPER_SLICES,
+    commit,
+)
 from kitsmsan.errors import ConfigError
 from kitsmsan.models.registry import build_model, list_models, model_config
 from kitsmsan.models.report import count_flops, count_parameters
@@ -120,7 +128,7 @@ def count_peak_memory(setup: Callable[[], tuple[Callable[[], Any], Sequence[Any]
         ``{"total", "parameters", "gradients", "optimizer", "activations", "temporary", "buffers"}``
         in bytes, the breakdown at the moment of the peak.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    # lazy: torch.distributed is slow to import and missing from some builds; only counting needs it
     from torch.distributed._tools.mem_tracker import MemTracker
 
     iters = _check_int("iters", iters, 1)

@@ -172,8 +172,8 @@ def _run_memory(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kitsmsan.bench import format_table
-    from kitsmsan.errors import ConfigError
     from kitsmsan.bench.memory import memory_report
+    from kitsmsan.errors import ConfigError
     from kitsmsan.utils.io import atomic_write_json
 
     paths = args.measured if args.measured is not None else [

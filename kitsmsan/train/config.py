@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kitsmsan.errors import ConfigError
+from kitsmsan.models.registry import model_config
 from kitsmsan.utils.amp import check_amp
 
 #: the five networks of the paper's ensemble (MSAN paper, §3.1); kept here so a config can be
@@ -263,13 +264,11 @@ class TrainConfig:
 
         Resolves the network's config (no weights are allocated) so a misspelt ``model.<key>`` or a
         bad value fails before anything is written (cache, run folder). Kept apart from
-        :meth:`validate` because it imports torch (through :mod:`kitsmsan.models`).
+        :meth:`validate`, which checks the fields alone, without building anything.
 
         Raises:
             ConfigError: naming the unknown or bad ``model.<key>``.
         """
-        from kitsmsan.models.registry import model_config
-
         overrides = dict(self.model)
         if self.deep_supervision is not None:
             overrides["deep_supervision"] = self.deep_supervision

@@ -24,6 +24,7 @@ from typing import Any
 
 from kitsmsan.checkpoint import load_checkpoint
 from kitsmsan.errors import ConfigError
+from kitsmsan.utils.io import MARKER_FILE, claim_output_dir, only_files
 
 LOCK_FILE = ".lock"
 
@@ -85,8 +86,6 @@ def check_bounds(config: Any) -> None:
 
 def is_run_folder(path: Path) -> bool:
     """True for a run folder written by ``kitsmsan train`` (its files only, a ``config.json``)."""
-    from kitsmsan.utils.io import only_files
-
     return (path / "config.json").is_file() and only_files(*RUN_FILES)(path)
 
 
@@ -214,8 +213,6 @@ def run_folder(run_dir: str | os.PathLike | None, *, main: bool = True, overwrit
         OutputFolderError: ``run_dir`` is another command's folder or holds unrelated files.
         ConfigError: another live process holds the run folder's lock.
     """
-    from kitsmsan.utils.io import MARKER_FILE, claim_output_dir
-
     if run_dir is None or not main:
         yield
         return
