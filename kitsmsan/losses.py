@@ -21,7 +21,7 @@ open choices are decided here (see ``book/fragments/decisions-models.md``):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

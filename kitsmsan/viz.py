@@ -22,8 +22,9 @@ import inspect
 import math
 import os
 import textwrap
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -489,9 +490,9 @@ def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
         if not 0 <= c < n:
             raise DataError(f"center: {name}={c} outside 0..{n - 1}")
     planes = [
-        ("axial (z={})".format(z), image[z], None if label is None else label[z], dy / dx),
-        ("coronal (y={})".format(y), image[:, y], None if label is None else label[:, y], dz / dx),
-        ("sagittal (x={})".format(x), image[:, :, x], None if label is None else label[:, :, x], dz / dy),
+        (f"axial (z={z})", image[z], None if label is None else label[z], dy / dx),
+        (f"coronal (y={y})", image[:, y], None if label is None else label[:, y], dz / dx),
+        (f"sagittal (x={x})", image[:, :, x], None if label is None else label[:, :, x], dz / dy),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(3 * size, size), constrained_layout=True)
     for ax, (title, img2d, lab2d, aspect) in zip(axes, planes):

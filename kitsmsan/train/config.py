@@ -132,7 +132,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build a config from a plain dict (e.g. ``config.json``), refusing unknown keys.
 
         Args:
@@ -158,7 +158,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         """The named preset (``"paper"`` or ``"smoke"``) with ``overrides`` applied.
 
         A ``model`` override is merged into the preset's ``model`` dict, so ``--set
@@ -177,7 +177,7 @@ class TrainConfig:
         return cls.from_dict(data, source=f"preset {name!r}")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "TrainConfig":
+    def from_json(cls, path: str | Path) -> TrainConfig:
         """Read a config from a JSON file (a run folder's ``config.json``).
 
         Raises:
@@ -200,7 +200,7 @@ class TrainConfig:
         """The config as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes`` applied (unknown keys refused)."""
         data = self.to_dict()
         data.update(changes)

@@ -167,7 +167,7 @@ class RunLock:
                 if not self._stale(info):
                     who = f"pid {info.get('pid')} on {info.get('hostname')}" if info else "another process"
                     raise ConfigError(f"{self.path.parent}: run folder is in use by {who} ({self.path}); "
-                                      "wait for it to finish, or remove the lock if that process is gone")
+                                      "wait for it to finish, or remove the lock if that process is gone") from None
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()  # stale: its process was killed
                 continue
