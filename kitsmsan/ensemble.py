@@ -35,8 +35,8 @@ the plurality rule), never an ``(N, Z, Y, X)`` or int64 array.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np

@@ -21,7 +21,7 @@ open choices are decided here (see ``book/fragments/decisions-models.md``):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,9 @@ class DiceLoss(nn.Module):
                 raise DataError(f"DiceLoss: target of dtype {target.dtype}: expected integer labels")
             # The range check reads two values back to the host: done on CPU tensors only, so a
             # CUDA training step has no host synchronisation here (one_hot still fails loudly);
-            # skipped for fake tensors, which hold no values (kitsmsan.models.memory counts a step).
+            # skipped for fake tensors, which hold no values: kitsmsan.bench.memory counts the training
+            # step under FakeTensorMode on the CPU device, where reading one raises
+            # DataDependentOutputException.
             if target.device.type == "cpu" and target.numel() and not is_fake(target) and (
                 int(target.min()) < 0 or int(target.max()) >= num_classes
             ):

@@ -25,13 +25,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from kitsmsan.data.kits19 import prediction_filename, probs_filename  # noqa: F401 (re-exported)
+from kitsmsan.data.kits19 import (  # noqa: F401 (re-exported)
+    SEGMENTATION_FILE,
+    case_id,
+    load_label,
+    normalize_case_id,
+    prediction_filename,
+    probs_filename,
+)
 from kitsmsan.errors import DataError
+from kitsmsan.postprocess import keep_largest_components
+from kitsmsan.utils.io import atomic_write_text
 
 #: the region columns of a per-case table, in order
 REGIONS = ("kidney", "tumor")
@@ -129,8 +141,6 @@ def dice_table(rows: Iterable[Mapping[str, Any]]):
     Raises:
         DataError: if a row lacks ``case_id`` or a score key.
     """
-    import pandas as pd
-
     records = []
     for i, row in enumerate(rows):
         missing = [k for k in ("case_id", *SCORE_COLUMNS) if k not in row]
@@ -162,8 +172,6 @@ def summarize(df, by: str | Sequence[str] | None = None):
         n_missing`` (fractions in [0, 1], not percent), indexed by the group key(s) (``"all"``
         when ``by`` is None).
     """
-    import pandas as pd
-
     def one(sub) -> dict[str, Any]:
         ok = sub
         n_missing = 0
@@ -244,10 +252,6 @@ def list_predictions(pred_dir: str | os.PathLike) -> list[str]:
     Raises:
         DataError: if ``pred_dir`` is not a folder.
     """
-    import re
-
-    from kitsmsan.data.kits19 import case_id
-
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(f"{pred_dir}: prediction folder does not exist or is not a folder")
@@ -285,8 +289,6 @@ def evaluate_folder(
         DataError: missing predictions (listed by name) unless ``allow_missing``; a missing or bad
             ground truth; a prediction whose shape differs from its ground truth.
     """
-    from kitsmsan.data.kits19 import SEGMENTATION_FILE, load_label, normalize_case_id
-
     pred_dir, data_root = Path(pred_dir), Path(data_root)
     if not pred_dir.is_dir():
         raise DataError(f"{pred_dir}: prediction folder does not exist or is not a folder")
@@ -311,9 +313,6 @@ def evaluate_folder(
         raise DataError(
             f"{data_root}: no ground truth ({SEGMENTATION_FILE}) for {', '.join(no_gt)}"
         )
-    if k:
-        from kitsmsan.postprocess import keep_largest_components
-
     rows = []
     for cid in ids:
         pred_path = pred_dir / prediction_filename(cid)
@@ -357,8 +356,6 @@ def write_results(
             and the files written before it. Each file is replaced atomically, so none is ever
             half-written; an output folder this call created is removed again if still empty.
     """
-    from kitsmsan.utils.io import atomic_write_text
-
     out_dir = Path(out_dir)
     paths = {
         "per_case": out_dir / "per_case.csv",

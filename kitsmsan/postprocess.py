@@ -20,6 +20,7 @@ pipeline (``kitsmsan reproduce``, ``kitsmsan evaluate``) passes ``num_components
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from kitsmsan.errors import ConfigError, DataError
 
@@ -50,8 +51,6 @@ def keep_largest_components(
         ConfigError: if ``num_components`` < 1 or ``connectivity`` is not in 1..ndim.
         DataError: if ``label`` is not an integer array with values in {0, 1, 2}.
     """
-    from scipy import ndimage
-
     if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)) \
             or num_components < 1:
         raise ConfigError(f"num_components={num_components!r}: expected an integer >= 1")

@@ -35,11 +35,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import torch
+
+from kitsmsan.data import phantom
+from kitsmsan.data.dataset import split_cases
+from kitsmsan.data.kits19 import case_id, list_cases, parse_case_range
+from kitsmsan.data.preprocess import prepare_cache
 from kitsmsan.ensemble import ensemble_folders
 from kitsmsan.errors import ConfigError, DataError
+from kitsmsan.metrics import evaluate_folder, summarize
 from kitsmsan.predict import predict_folder
+from kitsmsan.train import TrainConfig
 from kitsmsan.train.config import VARIANTS
+from kitsmsan.train.loop import SUMMARY_FILE, run_state, train
+from kitsmsan.train.loop import resume as resume_run
 from kitsmsan.utils.io import atomic_write_json, atomic_write_text, claim_output_dir, only_files
+from kitsmsan.utils.provenance import environment
 
 #: the paper's five networks in Table 1 order, with their display names (MSAN paper, §3.1)
 MODEL_NAMES = {
@@ -117,9 +129,6 @@ def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
     Args:
         spec: the data settings; default ``REPRODUCE_DATA[preset]``.
     """
-    from kitsmsan.data.dataset import parse_case_range
-    from kitsmsan.data.kits19 import case_id, list_cases
-
     spec = spec or REPRODUCE_DATA[preset]
     if data is not None:
         cases = list_cases(data)
@@ -130,8 +139,6 @@ def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
         return {"kind": kind, "root": Path(data), "train": train, "test": test, "num_cases": len(cases)}
     if preset == "paper":
         raise ConfigError("reproduce --preset paper needs --data KITS19_ROOT (the KiTS19 data folder)")
-
-    from kitsmsan.data import phantom
 
     root = out / "data"
     marker = out / "data.json"
@@ -218,8 +225,6 @@ def table1_scores(per_case, *, headline_k: int = POSTPROCESS_K) -> dict[str, dic
     Raises:
         DataError: a model lacks the rows of one of the post-processing levels 0, 1, 2.
     """
-    from kitsmsan.metrics import summarize
-
     scores = {}
     for key in dict.fromkeys(per_case["model"]):
         scored = {}
@@ -369,17 +374,6 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
         ConfigError: unknown preset/variant or bad overrides. DataError: missing data.
         TrainingError: a run diverged (its last good checkpoint is kept; re-run to resume).
     """
-    import pandas as pd
-
-    from kitsmsan.data.dataset import split_cases
-    from kitsmsan.data.kits19 import list_cases
-    from kitsmsan.data.preprocess import prepare_cache
-    from kitsmsan.metrics import evaluate_folder
-    from kitsmsan.train import TrainConfig
-    from kitsmsan.train.loop import SUMMARY_FILE, run_state, train
-    from kitsmsan.train.loop import resume as resume_run
-    from kitsmsan.utils.provenance import environment
-
     if preset not in REPRODUCE_DATA:
         raise ConfigError(f"preset={preset!r}: choose 'smoke' or 'paper'")
     variants = VARIANTS if variants is None else tuple(variants)
@@ -478,6 +472,4 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()

@@ -18,12 +18,19 @@ Conventions (as everywhere in the package):
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
+import matplotlib
 import numpy as np
+from matplotlib import animation
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from kitsmsan.data.kits19 import BACKGROUND, KIDNEY, TUMOR
 from kitsmsan.data.preprocess import HU_WINDOW, normalize
@@ -57,7 +64,7 @@ FONT_LEGEND = 10
 
 def _pyplot():
     """Import pyplot lazily (so importing kitsmsan.viz never picks a GUI backend by itself)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: importing pyplot can select a GUI backend
 
     return plt
 
@@ -151,8 +158,6 @@ def compose_rgb(image2d: np.ndarray, label2d: np.ndarray | None = None, *,
     grey = normalize(image2d, window)                                  # (H, W) in [0, 1]
     rgb = np.repeat(grey[..., None], 3, axis=-1)                       # (H, W, 3)
     if heat is not None:
-        import matplotlib
-
         heat = _check_volume(heat, "heat", 2)
         _check_same_shape(image2d, heat, "heat", "image2d")
         lo, hi = heat_range
@@ -253,10 +258,6 @@ def label_key_handles(*, filled: bool = True, contour: bool = False, heat: tuple
     Returns:
         A list of matplotlib artists for ``legend(handles=...)``.
     """
-    import matplotlib
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     handles: list = []
     if filled:
         handles += [Patch(facecolor=colors[KIDNEY], label=f"{what}kidney"),
@@ -420,8 +421,6 @@ def plot_attention(image2d: np.ndarray, weights: np.ndarray, *, label2d: np.ndar
     bar.set_label("weight w", fontsize=FONT_LABEL)
     bar.ax.tick_params(labelsize=FONT_TICK)
     if label2d is not None:
-        from matplotlib.lines import Line2D
-
         add_label_key(fig, [*label_key_handles(filled=False, contour=True),
                             Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)")])
     if title:
@@ -491,9 +490,9 @@ def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
         if not 0 <= c < n:
             raise DataError(f"center: {name}={c} outside 0..{n - 1}")
     planes = [
-        ("axial (z={})".format(z), image[z], None if label is None else label[z], dy / dx),
-        ("coronal (y={})".format(y), image[:, y], None if label is None else label[:, y], dz / dx),
-        ("sagittal (x={})".format(x), image[:, :, x], None if label is None else label[:, :, x], dz / dy),
+        (f"axial (z={z})", image[z], None if label is None else label[z], dy / dx),
+        (f"coronal (y={y})", image[:, y], None if label is None else label[:, y], dz / dx),
+        (f"sagittal (x={x})", image[:, :, x], None if label is None else label[:, :, x], dz / dy),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(3 * size, size), constrained_layout=True)
     for ax, (title, img2d, lab2d, aspect) in zip(axes, planes):
@@ -557,9 +556,6 @@ def source_markdown(obj: Any) -> str:
     Returns:
         Markdown text: a header line naming ``module.qualname`` and the source in a code fence.
     """
-    import inspect
-    import textwrap
-
     try:
         src = inspect.getsource(obj)
     except (TypeError, OSError) as exc:
@@ -570,7 +566,7 @@ def source_markdown(obj: Any) -> str:
 
 def show_source(obj: Any):
     """:func:`source_markdown` as an IPython Markdown object, for the last line of a notebook cell."""
-    from IPython.display import Markdown
+    from IPython.display import Markdown  # lazy: IPython is there in notebooks only, not a dependency
 
     return Markdown(source_markdown(obj))
 
@@ -903,8 +899,6 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], *,
             if np.isfinite(y):
                 ax.annotate(f"{y:.2f}", (rect.get_x() + rect.get_width() / 2, y), ha="center",
                             va="bottom", fontsize=FONT_TICK)
-    import textwrap
-
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([textwrap.fill(str(g), 18) for g in groups], fontsize=FONT_TICK)
     ax.tick_params(axis="y", labelsize=FONT_TICK)
@@ -951,8 +945,6 @@ def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
         carries a colour key (kidney, tumour).
     """
     plt = _pyplot()
-    from matplotlib import animation
-
     image = _check_volume(image, "image")
     layers = [("image" if label is None else "ground truth", None if label is None else _check_volume(label, "label"))]
     for name, p in (preds or {}).items():

@@ -22,15 +22,22 @@ show the same colours.
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
+import matplotlib
 import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import image as mpimg
 
 from kitsmsan.data.kits19 import TUMOR
-from kitsmsan.data.preprocess import HU_WINDOW
+from kitsmsan.data.preprocess import HU_WINDOW, normalize
 from kitsmsan.errors import DataError
-from kitsmsan.viz import compose_rgb, disagreement_map, window_from_level
+from kitsmsan.inference import window_starts
+from kitsmsan.viz import LABEL_COLORS, compose_rgb, disagreement_map, window_from_level
 
 #: layer names that are not models
 IMAGE_LAYER = "image"
@@ -50,7 +57,7 @@ AUTO_PRECOMPUTE_PIXELS = 20_000_000
 
 def _ipywidgets():
     """Import ipywidgets, or fail with the install command."""
-    try:
+    try:  # lazy: ipywidgets is an optional extra (kitsmsan[widgets]); the static viewer works without it
         import ipywidgets
     except ImportError as exc:  # pragma: no cover - exercised only without ipywidgets
         raise ImportError("kitsmsan.widgets needs ipywidgets: pip install 'kitsmsan[widgets]' "
@@ -152,8 +159,6 @@ def render_frame(case: ViewerCase, layer: str, z: int, *, window: tuple[float, f
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     """Encode a uint8 ``(H, W, 3)`` image as PNG bytes."""
-    from matplotlib import image as mpimg
-
     buf = io.BytesIO()
     mpimg.imsave(buf, np.ascontiguousarray(rgb), format="png")
     return buf.getvalue()
@@ -181,8 +186,6 @@ def key_html(case: ViewerCase) -> str:
     The disagreement scale runs from 0 (every model agrees with the majority) to ``N − 1`` with the
     colour map and range :func:`render_frame` uses; the attention scale from 0 to 1.
     """
-    import matplotlib
-
     def swatch(colour: str, text: str) -> str:
         return (f'<span style="display:inline-block;width:14px;height:14px;background:{colour};'
                 f'vertical-align:middle;margin:0 4px 0 10px;border:1px solid #555"></span>{text}')
@@ -192,8 +195,6 @@ def key_html(case: ViewerCase) -> str:
         return (f'<span style="margin-left:10px">{what}: {low} '
                 f'<span style="display:inline-block;width:120px;height:12px;vertical-align:middle;'
                 f'background:linear-gradient(to right, {stops});border:1px solid #555"></span> {high}</span>')
-
-    from kitsmsan.viz import LABEL_COLORS
 
     parts = []
     layers = case.layers()
@@ -514,14 +515,6 @@ def attention_volume(model, image_hu: np.ndarray, *, level: int = 0, num_slices:
         DataError: ``image_hu`` not a non-empty 3D array, or ``level`` not a layer of the model.
         ConfigError: the model has no attention layers (raised by ``attention_maps``).
     """
-    import math
-
-    import torch
-    import torch.nn.functional as F
-
-    from kitsmsan.data.preprocess import normalize
-    from kitsmsan.inference import window_starts
-
     image_hu = np.asarray(image_hu)
     if image_hu.ndim != 3 or image_hu.size == 0:
         raise DataError(f"image_hu: expected a non-empty (Z, Y, X) volume, got shape {image_hu.shape}")

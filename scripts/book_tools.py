@@ -668,7 +668,7 @@ API_ORDER = (
     "kitsmsan.train.distributed", "kitsmsan.inference", "kitsmsan.postprocess", "kitsmsan.ensemble",
     "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench.common", "kitsmsan.bench.data",
     "kitsmsan.bench.step", "kitsmsan.bench.budget", "kitsmsan.bench.inference", "kitsmsan.bench.smoke",
-    "kitsmsan.bench.report", "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io",
+    "kitsmsan.bench.report", "kitsmsan.bench.memory", "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io",
     "kitsmsan.utils.provenance", "kitsmsan.utils.amp", "kitsmsan.utils.device",
     "kitsmsan.utils.torch_state", "kitsmsan.utils.metrics_log", "kitsmsan.cli",
 )
@@ -714,7 +714,7 @@ def render_memory() -> dict[str, str]:
     """``memory_{memory,fit,time,inference}.md`` from ``book/data/memory.json`` (``kitsmsan bench memory``)
     with the GPU rows of ``book/data/bench_gpu.json`` where it exists, and ``colab_sizes.md`` from
     ``book/data/colab_sizes.json`` (``scripts/colab_sizes.py``)."""
-    from kitsmsan.models.memory import memory_markdown
+    from kitsmsan.bench.memory import memory_markdown
     from kitsmsan.train.config import PRESETS
 
     path, gpu = DATA / "memory.json", DATA / "bench_gpu.json"

@@ -14,7 +14,7 @@ What it measures (nothing is guessed; where a figure is scaled or quoted, the JS
   (:mod:`kitsmsan.data.preprocess`: ``image.npy`` int16 + ``label.npy`` uint8, each with a 128-byte
   ``.npy`` header, plus JSON), for cases 0–189; and the same for a cache that would keep only the
   kidney z-range plus a margin (evaluated, not implemented).
-* **run folder**: a real checkpoint of each network written with :mod:`kitsmsan.train.checkpoint`
+* **run folder**: a real checkpoint of each network written with :mod:`kitsmsan.checkpoint`
   (weights, Adam state after one step, scheduler, scaler, RNG states, config) and its file size.
 """
 
@@ -29,10 +29,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from kitsmsan.checkpoint import make_checkpoint, save_checkpoint
 from kitsmsan.data.kits19 import case_number, list_cases, read_header
 from kitsmsan.data.preprocess import IMAGE_FILE, LABEL_FILE
 from kitsmsan.models import build_model, list_models
-from kitsmsan.train.checkpoint import make_checkpoint, save_checkpoint
 from kitsmsan.train.config import TrainConfig
 from kitsmsan.utils.provenance import git_commit
 

@@ -25,7 +25,6 @@ import re
 import shutil
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 

@@ -7,9 +7,7 @@ import argparse
 import pytest
 import torch
 
-from kitsmsan.commands import train as train_cmd
-from kitsmsan.models import list_models
-from kitsmsan.models.memory import (
+from kitsmsan.bench.memory import (
     EFFICIENCY,
     GPUS,
     projected_hours,
@@ -17,6 +15,8 @@ from kitsmsan.models.memory import (
     train_flops_per_iter,
     training_memory,
 )
+from kitsmsan.commands import train as train_cmd
+from kitsmsan.models import list_models
 from kitsmsan.train.config import PRESETS, TrainConfig
 
 #: what the colab preset promises: every network within this many hours on a T4 at EFFICIENCY

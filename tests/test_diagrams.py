@@ -189,7 +189,8 @@ def test_figures_show_as_png_without_a_pyplot_backend():
     fig = draw_vote()
     png = fig._repr_png_()
     assert png[:4] == b"\x89PNG"
-    from matplotlib import image as mpimg
     import io
+
+    from matplotlib import image as mpimg
 
     assert mpimg.imread(io.BytesIO(png), format="png").shape[1] == 1280

@@ -20,13 +20,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_tiny_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli_errors import tiny_checkpoint, tree
 
+from conftest import make_tiny_case
 from kitsmsan.data.kits19 import save_case
 from kitsmsan.errors import KitsmsanError
+from test_cli_errors import tiny_checkpoint, tree
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

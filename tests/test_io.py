@@ -7,9 +7,9 @@ import os
 import stat
 
 import pytest
-from test_train import data  # noqa: F401  (module-scoped fixture: tiny cases + cache)
 
 from kitsmsan.utils.io import atomic_write_text
+from test_train import data  # noqa: F401  (module-scoped fixture: tiny cases + cache)
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:

@@ -15,8 +15,20 @@ import pytest
 from conftest import TINY_CASES, make_tiny_case
 from kitsmsan.data import kits19
 from kitsmsan.data.kits19 import (
-    AFFINE_ATOL, BACKGROUND, KIDNEY, LABEL_NAMES, TUMOR, case_id, case_number, kits_affine, list_cases,
-    load_case, load_label, read_header, save_case, save_prediction,
+    AFFINE_ATOL,
+    BACKGROUND,
+    KIDNEY,
+    LABEL_NAMES,
+    TUMOR,
+    case_id,
+    case_number,
+    kits_affine,
+    list_cases,
+    load_case,
+    load_label,
+    read_header,
+    save_case,
+    save_prediction,
 )
 from kitsmsan.errors import DataError
 

@@ -1,4 +1,4 @@
-"""Counted GPU memory and projected time (kitsmsan.models.memory): small sizes, hand-checkable bounds."""
+"""Counted GPU memory and projected time (kitsmsan.bench.memory): small sizes, hand-checkable bounds."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from kitsmsan.errors import ConfigError
-from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
-from kitsmsan.models import build_model, count_parameters, memory
-from kitsmsan.models.memory import (
+from kitsmsan.bench import memory
+from kitsmsan.bench.memory import (
     CONTEXT_GIB,
     GIB,
     GPUS,
@@ -30,11 +28,11 @@ from kitsmsan.models.memory import (
     projected_hours,
     required_gib,
     time_rows,
-    training_loss,
     training_memory,
 )
-from kitsmsan.train.config import TrainConfig
-from kitsmsan.train.loop import build_loss
+from kitsmsan.errors import ConfigError
+from kitsmsan.models import build_model, count_parameters
+from kitsmsan.train import step as train_step_module
 from kitsmsan.utils.amp import mixed_precision_dtype
 
 SMALL = dict(size=32, base_channels=4)
@@ -100,17 +98,24 @@ def test_deep_supervision_and_res2net_cost_memory():
     assert v2 > v1
 
 
-def test_training_loss_is_the_loss_training_builds():
-    config = TrainConfig()
-    for name in ("msan_v1", "msan_v1_ds"):
-        model = build_model(name, base_channels=4)
-        ours, theirs = training_loss(model), build_loss(config, model)
-        assert type(ours) is type(theirs)
-        base_ours = ours.base_loss if isinstance(ours, DeepSupervisionLoss) else ours
-        base_theirs = theirs.base_loss if isinstance(theirs, DeepSupervisionLoss) else theirs
-        assert isinstance(base_ours, DiceLoss)
-        assert base_ours.include_background == base_theirs.include_background
-        assert base_ours.include_background == config.dice_include_background
+def test_the_counted_step_is_the_training_step(monkeypatch):
+    """The count runs the training loop's own train_step with the loss build_loss makes (no copy)."""
+    assert memory.train_step is train_step_module.train_step
+    assert memory.build_loss is train_step_module.build_loss
+    seen = []
+
+    def build_loss(config, model):
+        loss = train_step_module.build_loss(config, model)
+        seen.append((type(loss).__name__, config.dice_include_background, config.ds_weights))
+        return loss
+
+    monkeypatch.setattr(memory, "build_loss", build_loss)
+    monkeypatch.setattr(memory, "train_step",
+                        lambda *a, **k: seen.append(k) or train_step_module.train_step(*a, **k))
+    training_memory("msan_v1_ds", precision="bf16", dice_include_background=False, ds_weights=(1, 0, 0),
+                    **SMALL)
+    assert seen == [("DeepSupervisionLoss", False, [1, 0, 0]), {"amp_dtype": torch.bfloat16},
+                    {"amp_dtype": torch.bfloat16}]
 
 
 def test_margin_rule():

@@ -233,6 +233,7 @@ def test_same_seed_same_weights_and_output_other_seed_differs():
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert torch.equal(y1, y2)
     assert not torch.equal(y1, y3)
+    assert any(not torch.equal(w1[k], w3[k]) for k in w1)
 
 
 # --------------------------------------------------------------------------------------------- blocks

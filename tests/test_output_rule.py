@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli_errors import tree
-from test_reliability import assert_one_line_error, make_predictions, run_cli
-from test_reliability import world as world  # noqa: PLC0414 - the fixture, by its name
 
 from kitsmsan.errors import OutputFolderError
 from kitsmsan.utils.io import MARKER_FILE, claim_output_dir, claim_output_file, distinct_dirs, read_marker
+from test_cli_errors import tree
+from test_reliability import assert_one_line_error, make_predictions, run_cli
+from test_reliability import world as world  # noqa: PLC0414 - the fixture, by its name
 
 NO_SERVER = "http://127.0.0.1:9/x"  # refused before any request: nothing listens there
 

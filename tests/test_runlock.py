@@ -11,12 +11,12 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO
-from test_train import data, tiny_config  # noqa: F401  (the module-scoped fixture)
 
+from conftest import REPO
 from kitsmsan.errors import ConfigError
 from kitsmsan.train import TrainConfig, train
 from kitsmsan.train.runlock import LOCK_FILE, RESUME_RULES, RunLock, check_resume_overrides
+from test_train import data, tiny_config  # noqa: F401  (the module-scoped fixture)
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:

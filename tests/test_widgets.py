@@ -53,8 +53,9 @@ def test_render_frame_matches_compose_rgb(case):
 
 
 def test_png_bytes_roundtrip(case):
-    from matplotlib import image as mpimg
     import io
+
+    from matplotlib import image as mpimg
 
     rgb = widgets.render_frame(case, "ground truth", 2)
     back = mpimg.imread(io.BytesIO(widgets.png_bytes(rgb)), format="png")
@@ -62,7 +63,7 @@ def test_png_bytes_roundtrip(case):
 
 
 def _link_pairs(viewer):
-    return [((l.source[0], l.source[1]), (l.target[0], l.target[1])) for l in viewer._links]
+    return [((link.source[0], link.source[1]), (link.target[0], link.target[1])) for link in viewer._links]
 
 
 def _controls(widget):

@@ -24,7 +24,8 @@ call. Nothing here asserts a speed: the speed targets are reported as rows of
 
 One module per benchmark (:mod:`~kitsmsan.bench.data`, :mod:`~kitsmsan.bench.step`,
 :mod:`~kitsmsan.bench.inference`, :mod:`~kitsmsan.bench.smoke`), plus :mod:`~kitsmsan.bench.budget`
-(the schedule, projected and counted), :mod:`~kitsmsan.bench.report` (targets, the JSON report) and
+(the schedule, projected and counted), :mod:`~kitsmsan.bench.memory` (``kitsmsan bench memory``: the
+GPU memory of a training step counted without a GPU, what fits which GPU, projected hours), :mod:`~kitsmsan.bench.report` (targets, the JSON report) and
 :mod:`~kitsmsan.bench.common` (provenance, checks, the table). Everything public is importable from
 ``kitsmsan.bench`` itself. The names are loaded on first use, so that ``kitsmsan bench step`` runs
 where nibabel (needed by the data and inference benchmarks only) is missing. A benchmark is listed in
@@ -55,6 +56,11 @@ _EXPORTS = {
     "INFERENCE_DEFAULTS": "inference", "bench_inference": "inference",
     "SMOKE_TARGET_S": "smoke", "bench_smoke": "smoke",
     "TARGETS": "report", "target_rows": "report", "make_report": "report", "merge_reports": "report",
+    **dict.fromkeys((
+        "CONTEXT_GIB", "EFFICIENCY", "GPUS", "MARGIN_FRACTION", "PRECISIONS", "affine_fit", "amp_precision",
+        "count_peak_memory", "cuda_training_peak", "fit_rows", "gpu_key", "inference_memory",
+        "largest_that_fits", "memory_markdown", "memory_report", "projected_hours", "required_gib",
+        "time_rows", "train_flops_per_iter", "training_memory"), "memory"),
 }
 
 

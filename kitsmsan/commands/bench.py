@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--smoke-out", default=None, help="keep the reproduction in this new folder")
     m.add_argument("--smoke-timeout", type=float, default=3600.0, help="seconds (default 3600)")
     m.add_argument("--inputs", nargs="+", default=[], metavar="JSON", help="reports to merge")
-    mem = p.add_argument_group("memory (counted without a GPU; see kitsmsan.models.memory)")
+    mem = p.add_argument_group("memory (counted without a GPU; see kitsmsan.bench.memory)")
     mem.add_argument("--precisions", default="fp32,bf16,fp16", help="comma-separated (default fp32,bf16,fp16)")
     mem.add_argument("--counts-only", action="store_true",
                      help="only the memory rows: no per-GPU fit search (minutes) and no time estimates")
@@ -167,13 +167,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_memory(args: argparse.Namespace) -> int:
-    """``kitsmsan bench memory``: :func:`kitsmsan.models.memory.memory_report`, printed and saved."""
+    """``kitsmsan bench memory``: :func:`kitsmsan.bench.memory.memory_report`, printed and saved."""
     import json
     from pathlib import Path
 
     from kitsmsan.bench import format_table
+    from kitsmsan.bench.memory import memory_report
     from kitsmsan.errors import ConfigError
-    from kitsmsan.models.memory import memory_report
     from kitsmsan.utils.io import atomic_write_json
 
     paths = args.measured if args.measured is not None else [

@@ -59,8 +59,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the download; print a one-paragraph summary. Errors propagate as KitsmsanError."""
-    from kitsmsan.data.dataset import parse_case_range
     from kitsmsan.data.download import download_kits19
+    from kitsmsan.data.kits19 import parse_case_range
 
     report = download_kits19(
         args.root,

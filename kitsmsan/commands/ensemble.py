@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kitsmsan.data.dataset import parse_case_range
+    from kitsmsan.data.kits19 import parse_case_range
     from kitsmsan.ensemble import ensemble_folders
 
     cases = None if args.cases is None else parse_case_range(args.cases)

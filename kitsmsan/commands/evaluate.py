@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from kitsmsan.data.dataset import parse_case_range
+    from kitsmsan.data.kits19 import parse_case_range
     from kitsmsan.errors import ConfigError
     from kitsmsan.metrics import evaluate_folder, summarize, table1_markdown, write_results
     from kitsmsan.utils.io import claim_output_dir, new_output_dir, only_files

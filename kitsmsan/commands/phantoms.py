@@ -101,8 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {len(ids)} pure phantoms ({size} x {size}) to {args.out}")
         return 0
 
-    from kitsmsan.data.dataset import parse_case_range
-    from kitsmsan.data.kits19 import case_id, list_cases
+    from kitsmsan.data.kits19 import case_id, list_cases, parse_case_range
     from kitsmsan.data.phantom import write_label_conditioned_dataset
 
     if args.slices is not None:

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kitsmsan.data.dataset import parse_case_range
+    from kitsmsan.data.kits19 import parse_case_range
     from kitsmsan.predict import predict_folder
 
     cases = None if args.cases is None else parse_case_range(args.cases)

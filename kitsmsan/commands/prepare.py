@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``prepare``; returns 0 (errors raise :class:`kitsmsan.errors.DataError`)."""
-    from kitsmsan.data.dataset import parse_case_range
+    from kitsmsan.data.kits19 import parse_case_range
     from kitsmsan.data.preprocess import prepare_cache
 
     case_ids = None if args.cases is None else parse_case_range(args.cases)

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         claim_output_file(args.csv, command="stats", overwrite=args.overwrite, recognize=ours, create=False)
     ids = None
     if args.cases_range is not None:
-        from kitsmsan.data.dataset import parse_case_range
+        from kitsmsan.data.kits19 import parse_case_range
 
         ids = parse_case_range(args.cases_range)
     progress = not args.no_progress

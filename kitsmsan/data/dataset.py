@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kitsmsan.data import kits19
+from kitsmsan.data.kits19 import MAX_CASE_NUMBER, parse_case_range  # noqa: F401 (re-exported)
 from kitsmsan.data.preprocess import HU_WINDOW, IMAGE_FILE, LABEL_FILE, load_cache_index, normalize
 from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.utils.io import safe_join
@@ -35,58 +36,6 @@ PAPER_SPLIT = {"train": "0-179", "test": "180-189"}  # MSAN paper, §2.1
 
 #: accepted ``label_dtype`` of :class:`SliceWindowDataset` -> the numpy dtype of the returned label
 LABEL_DTYPES = {"int64": np.int64, "int16": np.int16, "uint8": np.uint8}
-
-
-#: the largest number a ``case_XXXXX`` id can hold
-MAX_CASE_NUMBER = 99999
-
-
-def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
-    """Parse a case selection like ``"0-179,185"`` into case numbers.
-
-    Args:
-        spec: comma-separated numbers and inclusive ranges (``"0-179,185"``), a single int, or an
-            iterable of ints / ``"case_XXXXX"`` ids. Order is kept, duplicates dropped.
-
-    Returns:
-        e.g. ``[0, 1, ..., 179, 185]``.
-
-    Raises:
-        ConfigError: naming the bad part (empty, not a number, reversed range).
-    """
-    if spec is None:
-        raise ConfigError("case range: None given (expected e.g. '0-179,185')")
-    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        numbers = [int(spec)]
-    elif isinstance(spec, str):
-        numbers = []
-        parts = [p.strip() for p in spec.split(",")]
-        if not any(parts):
-            raise ConfigError(f"case range {spec!r}: empty")
-        for part in parts:
-            a, sep, b = part.partition("-")
-            try:
-                if not sep:
-                    numbers.append(int(a))
-                    continue
-                lo, hi = int(a), int(b)
-            except ValueError:
-                raise ConfigError(f"case range {spec!r}: {part!r} is not a number or a-b range") from None
-            if lo > hi:
-                raise ConfigError(f"case range {spec!r}: {part!r} runs backwards")
-            if lo < 0 or hi > MAX_CASE_NUMBER:  # checked before the range is built (no MemoryError)
-                raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
-            numbers.extend(range(lo, hi + 1))
-    else:
-        numbers = []
-        for item in spec:
-            try:
-                numbers.append(kits19.case_number(kits19.normalize_case_id(item)))
-            except DataError as exc:
-                raise ConfigError(f"case range: {exc}") from None
-    if any(n < 0 or n > MAX_CASE_NUMBER for n in numbers):
-        raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
-    return list(dict.fromkeys(numbers))
 
 
 def check_window_fits(dataset: "SliceWindowDataset", divisor: tuple[int, int, int]) -> None:

@@ -63,10 +63,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import nibabel as nib
 import numpy as np
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from tqdm.auto import tqdm
 from urllib3.util.retry import Retry
 
 from kitsmsan.data import kits19
@@ -398,8 +400,6 @@ def read_nifti_header(fh, source: str | os.PathLike):
     Raises:
         DataError: naming ``source``, if the bytes are not a single-file NIfTI header.
     """
-    import nibabel as nib
-
     first = _read_exact(fh, 4, f"{source}: NIfTI header")
     sizes = {int.from_bytes(first, "little"), int.from_bytes(first, "big")}
     klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header if 348 in sizes else None
@@ -878,8 +878,6 @@ class _Progress:
     """One thread-safe tqdm byte counter for all workers (its total grows as sizes become known)."""
 
     def __init__(self, enabled: bool):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="KiTS19",
                         disable=not enabled, dynamic_ncols=True)
         self.lock = threading.Lock()

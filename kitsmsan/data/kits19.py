@@ -23,13 +23,14 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from kitsmsan.errors import DataError
+from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.utils.io import atomic_write, safe_join
 
 BACKGROUND, KIDNEY, TUMOR = 0, 1, 2
@@ -114,6 +115,58 @@ def normalize_case_id(case: int | str) -> str:
         return case_id(int(text))
     case_number(text)
     return text
+
+
+#: the largest number a ``case_XXXXX`` id can hold
+MAX_CASE_NUMBER = 99999
+
+
+def parse_case_range(spec: str | int | Iterable[int | str] | None) -> list[int]:
+    """Parse a case selection like ``"0-179,185"`` into case numbers.
+
+    Args:
+        spec: comma-separated numbers and inclusive ranges (``"0-179,185"``), a single int, or an
+            iterable of ints / ``"case_XXXXX"`` ids. Order is kept, duplicates dropped.
+
+    Returns:
+        e.g. ``[0, 1, ..., 179, 185]``.
+
+    Raises:
+        ConfigError: naming the bad part (empty, not a number, reversed range).
+    """
+    if spec is None:
+        raise ConfigError("case range: None given (expected e.g. '0-179,185')")
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        numbers = [int(spec)]
+    elif isinstance(spec, str):
+        numbers = []
+        parts = [p.strip() for p in spec.split(",")]
+        if not any(parts):
+            raise ConfigError(f"case range {spec!r}: empty")
+        for part in parts:
+            a, sep, b = part.partition("-")
+            try:
+                if not sep:
+                    numbers.append(int(a))
+                    continue
+                lo, hi = int(a), int(b)
+            except ValueError:
+                raise ConfigError(f"case range {spec!r}: {part!r} is not a number or a-b range") from None
+            if lo > hi:
+                raise ConfigError(f"case range {spec!r}: {part!r} runs backwards")
+            if lo < 0 or hi > MAX_CASE_NUMBER:  # checked before the range is built (no MemoryError)
+                raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
+            numbers.extend(range(lo, hi + 1))
+    else:
+        numbers = []
+        for item in spec:
+            try:
+                numbers.append(case_number(normalize_case_id(item)))
+            except DataError as exc:
+                raise ConfigError(f"case range: {exc}") from None
+    if any(n < 0 or n > MAX_CASE_NUMBER for n in numbers):
+        raise ConfigError(f"case range {spec!r}: case numbers must be in 0..{MAX_CASE_NUMBER}")
+    return list(dict.fromkeys(numbers))
 
 
 def prediction_filename(case: int | str) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, TypedDict
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from kitsmsan.data import kits19
 from kitsmsan.errors import DataError
@@ -358,9 +359,7 @@ def prepare_cache(
         wanted = available
     else:
         if isinstance(case_ids, str):  # a range like "0-179,185"
-            from kitsmsan.data.dataset import parse_case_range
-
-            case_ids = parse_case_range(case_ids)
+            case_ids = kits19.parse_case_range(case_ids)
         wanted = [kits19.normalize_case_id(c) for c in case_ids]
         missing = sorted(set(wanted) - set(available))
         if missing:
@@ -377,8 +376,6 @@ def prepare_cache(
     for stale in cache_dir.glob(f"{_TMP_PREFIX}*"):  # left by a killed run
         if stale.name not in foreign:
             shutil.rmtree(stale, ignore_errors=True)
-
-    from tqdm.auto import tqdm
 
     todo = [c for c in wanted if not _up_to_date(_read_meta(cache_dir / c), data_root / c, window)]
     bar = tqdm(total=len(wanted), initial=len(wanted) - len(todo), desc="prepare", unit="case",

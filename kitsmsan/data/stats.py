@@ -26,9 +26,14 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+import pandas as pd
+from scipy import ndimage
+from tqdm.auto import tqdm
 
 from kitsmsan.data.kits19 import KIDNEY, TUMOR, Case, list_cases, load_case, normalize_case_id
 from kitsmsan.errors import DataError
+from kitsmsan.metrics import kits_dice
+from kitsmsan.postprocess import keep_largest_components
 from kitsmsan.utils.io import atomic_write_text
 
 __all__ = [
@@ -91,8 +96,6 @@ def _foreground_box(mask: np.ndarray):
 
 def _component_sizes(mask: np.ndarray) -> np.ndarray:
     """Voxel counts of the 26-connected components of ``mask``, largest first."""
-    from scipy import ndimage
-
     box = _foreground_box(mask)
     if box is None:
         return np.zeros(0, dtype=np.int64)
@@ -158,8 +161,6 @@ def case_statistics(case: Case | str | os.PathLike) -> dict:
 def _progress(iterable, total, desc, enabled):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit="case")
 
 
@@ -201,8 +202,6 @@ def dataset_statistics(root: str | os.PathLike, labels_only: bool = False, *,
         case = load_case(root / cid, load_image=not labels_only)
         if case.label is not None:
             rows.append(case_statistics(case))
-    import pandas as pd
-
     return pd.DataFrame(rows, columns=None if rows else list(STAT_COLUMNS))
 
 
@@ -262,8 +261,6 @@ def hu_histograms(cases, bins: int | np.ndarray = 200, *, hu_range: tuple[float,
 
 
 def _keep_largest(label, k):
-    from kitsmsan.postprocess import keep_largest_components
-
     return keep_largest_components(label, num_components=k)
 
 
@@ -291,8 +288,6 @@ def postprocess_ceiling(label: np.ndarray, spacing=None, *, min_kidney_fraction:
     Raises:
         DataError: if ``label`` is not an integer 3-D array with values in {0, 1, 2}.
     """
-    from kitsmsan.metrics import kits_dice
-
     label = np.asarray(label)
     if label.ndim != 3:
         raise DataError(f"label: expected a 3-D (Z, Y, X) array, got shape {label.shape}")
@@ -328,8 +323,6 @@ def ceiling_table(root: str | os.PathLike, *, case_ids: Iterable[str | int] | No
     Returns:
         pandas DataFrame, one row per case: ``case_id`` then :data:`CEILING_COLUMNS`.
     """
-    import pandas as pd
-
     root = Path(root)
     rows = []
     ids = _select(root, True, case_ids)
@@ -363,8 +356,6 @@ def write_table(table, path: str | os.PathLike, *, comment: str | Iterable[str] 
 
 def read_table(path: str | os.PathLike):
     """Read a table written by :func:`write_table` (comment lines skipped)."""
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: table file does not exist")

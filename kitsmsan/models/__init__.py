@@ -7,8 +7,8 @@
 
 Modules: :mod:`~kitsmsan.models.blocks` (``ConvBlock``, ``MultiScaleAttention``, ``Res2NetBlock3d``),
 :mod:`~kitsmsan.models.msan` (``ModelConfig``, ``MSAN``), :mod:`~kitsmsan.models.registry` (the five
-names), :mod:`~kitsmsan.models.report` (parameters, FLOPs, output shapes), :mod:`~kitsmsan.models.memory`
-(counted GPU memory of a training step, what fits which GPU, projected hours).
+names), :mod:`~kitsmsan.models.report` (parameters, FLOPs, output shapes). The counted GPU memory of a training
+step (what fits which GPU, projected hours) is a benchmark: :mod:`kitsmsan.bench.memory`.
 """
 
 from kitsmsan.models.blocks import ConvBlock, MultiScaleAttention, Res2NetBlock3d
@@ -22,8 +22,6 @@ from kitsmsan.models.registry import (
     list_models,
     model_config,
 )
-from kitsmsan.models import memory
-from kitsmsan.models.memory import inference_memory, training_memory
 from kitsmsan.models.report import PAPER_INPUT, count_flops, count_parameters, count_train_flops, model_report
 
 __all__ = [
@@ -42,9 +40,6 @@ __all__ = [
     "count_train_flops",
     "count_parameters",
     "describe",
-    "inference_memory",
-    "memory",
-    "training_memory",
     "list_models",
     "model_config",
     "model_report",

@@ -10,6 +10,8 @@ All tensors are ``(B, C, D, H, W)``: batch, channels, slices (z), rows, columns.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,8 +40,6 @@ def make_norm(kind: str, channels: int, num_groups: int = 8) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=True)
     if kind == "group":
-        import math
-
         return nn.GroupNorm(math.gcd(num_groups, channels), channels, affine=True)
     if kind == "batch":
         return nn.BatchNorm3d(channels)

@@ -31,8 +31,9 @@ H and W divisible by 16; D divisible by ``2**pool_depth`` (see :meth:`MSAN.check
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,7 +165,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Rebuild a config from :meth:`to_dict` output.
 
         Raises:

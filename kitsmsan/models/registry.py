@@ -7,8 +7,9 @@ its default unless overridden: ``build_model("msan_v2_ds", base_channels=16)``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from kitsmsan.errors import ConfigError
 from kitsmsan.models.msan import MSAN, ModelConfig

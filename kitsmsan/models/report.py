@@ -10,10 +10,13 @@ percent at most). ``MACs = FLOPs / 2``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import copy
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from kitsmsan.errors import ConfigError
 from kitsmsan.models.registry import build_model, describe, list_models, model_config
@@ -49,8 +52,6 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = PAPER_INPUT, *, b
     Returns:
         FLOPs (``2 ×`` multiply–accumulates of convolutions and matrix products).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     meta_model = model if _is_meta(model) else _to_meta(model)
     was_training = meta_model.training
     meta_model.train(backward)
@@ -78,8 +79,6 @@ def _is_meta(model: nn.Module) -> bool:
 
 
 def _to_meta(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to("meta")
 
 

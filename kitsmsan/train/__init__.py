@@ -14,6 +14,8 @@ Public API::
 
 from __future__ import annotations
 
+import importlib
+
 from kitsmsan.train.config import PRESETS, VARIANTS, TrainConfig
 from kitsmsan.utils.amp import AMP_MODES
 
@@ -25,8 +27,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"kitsmsan.train.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'kitsmsan.train' has no attribute {name!r}")
 

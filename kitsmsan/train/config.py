@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kitsmsan.errors import ConfigError
+from kitsmsan.models.registry import model_config
 from kitsmsan.utils.amp import check_amp
 
 #: the five networks of the paper's ensemble (MSAN paper, §3.1); kept here so a config can be
@@ -131,7 +132,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build a config from a plain dict (e.g. ``config.json``), refusing unknown keys.
 
         Args:
@@ -157,7 +158,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         """The named preset (``"paper"`` or ``"smoke"``) with ``overrides`` applied.
 
         A ``model`` override is merged into the preset's ``model`` dict, so ``--set
@@ -176,7 +177,7 @@ class TrainConfig:
         return cls.from_dict(data, source=f"preset {name!r}")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "TrainConfig":
+    def from_json(cls, path: str | Path) -> TrainConfig:
         """Read a config from a JSON file (a run folder's ``config.json``).
 
         Raises:
@@ -199,7 +200,7 @@ class TrainConfig:
         """The config as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes`` applied (unknown keys refused)."""
         data = self.to_dict()
         data.update(changes)
@@ -263,13 +264,11 @@ class TrainConfig:
 
         Resolves the network's config (no weights are allocated) so a misspelt ``model.<key>`` or a
         bad value fails before anything is written (cache, run folder). Kept apart from
-        :meth:`validate` because it imports torch (through :mod:`kitsmsan.models`).
+        :meth:`validate`, which checks the fields alone, without building anything.
 
         Raises:
             ConfigError: naming the unknown or bad ``model.<key>``.
         """
-        from kitsmsan.models.registry import model_config
-
         overrides = dict(self.model)
         if self.deep_supervision is not None:
             overrides["deep_supervision"] = self.deep_supervision
@@ -381,7 +380,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # ``colab``: the paper's recipe shortened to fit one Colab GPU session per network. Target: at
     # most 4 hours per network on Colab's free T4 (fp16 autocast) at the assumed 30 % of its datasheet
-    # peak (kitsmsan.models.memory.EFFICIENCY): 40,000 iterations of the slowest network (MSAN-V2,
+    # peak (kitsmsan.bench.memory.EFFICIENCY): 40,000 iterations of the slowest network (MSAN-V2,
     # 6.84 TFLOP per iteration, counted) are 3.9 h. The learning-rate schedule keeps the paper's
     # shape, scaled to the length: lr 1e-3 divided by 10 at 1/4, 2/4 and 3/4 of the run.
     # Deviations from the paper (MSAN paper, §3.1), each also in book/fragments/decisions-performance.md:

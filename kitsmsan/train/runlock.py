@@ -24,6 +24,7 @@ from typing import Any
 
 from kitsmsan.checkpoint import load_checkpoint
 from kitsmsan.errors import ConfigError
+from kitsmsan.utils.io import MARKER_FILE, claim_output_dir, only_files
 
 LOCK_FILE = ".lock"
 
@@ -85,8 +86,6 @@ def check_bounds(config: Any) -> None:
 
 def is_run_folder(path: Path) -> bool:
     """True for a run folder written by ``kitsmsan train`` (its files only, a ``config.json``)."""
-    from kitsmsan.utils.io import only_files
-
     return (path / "config.json").is_file() and only_files(*RUN_FILES)(path)
 
 
@@ -168,7 +167,7 @@ class RunLock:
                 if not self._stale(info):
                     who = f"pid {info.get('pid')} on {info.get('hostname')}" if info else "another process"
                     raise ConfigError(f"{self.path.parent}: run folder is in use by {who} ({self.path}); "
-                                      "wait for it to finish, or remove the lock if that process is gone")
+                                      "wait for it to finish, or remove the lock if that process is gone") from None
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()  # stale: its process was killed
                 continue
@@ -214,8 +213,6 @@ def run_folder(run_dir: str | os.PathLike | None, *, main: bool = True, overwrit
         OutputFolderError: ``run_dir`` is another command's folder or holds unrelated files.
         ConfigError: another live process holds the run folder's lock.
     """
-    from kitsmsan.utils.io import MARKER_FILE, claim_output_dir
-
     if run_dir is None or not main:
         yield
         return

@@ -1,7 +1,8 @@
 """Will it fit, and how long will it take? GPU memory and time of the paper's training, counted on a CPU.
 
-**Memory** (`kitsmsan bench memory`). One training step (forward under autocast where asked, outputs to
-float32, the Dice loss of training, backward, Adam) runs inside
+**Memory** (`kitsmsan bench memory`). One training step — the training loop's own
+:func:`~kitsmsan.train.step.train_step` with the loss of :func:`~kitsmsan.train.step.build_loss` (forward
+under autocast where asked, outputs to float32, Dice loss, backward, Adam) — runs inside
 :class:`torch._subclasses.fake_tensor.FakeTensorMode`: every tensor has its shape, dtype and device
 but no storage, so nothing is computed and the paper's batch (2 × 1 × 4 × 512 × 512, MSAN paper, §3.1)
 is counted in seconds on a laptop. :class:`torch.distributed._tools.mem_tracker.MemTracker` records
@@ -36,27 +37,34 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import torch
-from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+from kitsmsan.bench.common import (
+    PAPER_BATCH,
+    PAPER_CASE_SLICES,
+    PAPER_ITERS,
+    PAPER_SIZE,
+    PAPER_SLICES,
+    commit,
+)
 from kitsmsan.errors import ConfigError
-from kitsmsan.losses import DeepSupervisionLoss, DiceLoss
 from kitsmsan.models.registry import build_model, list_models, model_config
 from kitsmsan.models.report import count_flops, count_parameters
-from kitsmsan.utils.provenance import git_commit
+from kitsmsan.train.config import TrainConfig
+from kitsmsan.train.step import build_loss, build_optimizer, train_step
 
 GIB = 2**30
-#: the paper's training step (MSAN paper, §3.1): batch 2 of 4 slices of 512 × 512
-PAPER_BATCH, PAPER_SLICES, PAPER_SIZE, PAPER_ITERS = 2, 4, 512, 400_000
+#: the paper's training step (MSAN paper, §3.1) is ``kitsmsan.bench.common``'s: batch 2 (PAPER_BATCH) of
+#: 4 slices (PAPER_SLICES) of 512 × 512 (PAPER_SIZE), 400,000 iterations (PAPER_ITERS).
 #: the inference test case: 300 slices of 512 × 512, windows of 4 every 2 slices, 4 windows per pass
 #: (the defaults of :func:`kitsmsan.inference.predict_case`)
-CASE_SLICES, INFER_STRIDE, INFER_BATCH = 300, 2, 4
+CASE_SLICES, INFER_STRIDE, INFER_BATCH = PAPER_CASE_SLICES, 2, 4
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -120,7 +128,7 @@ def count_peak_memory(setup: Callable[[], tuple[Callable[[], Any], Sequence[Any]
         ``{"total", "parameters", "gradients", "optimizer", "activations", "temporary", "buffers"}``
         in bytes, the breakdown at the moment of the peak.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    # lazy: torch.distributed is slow to import and missing from some builds; only counting needs it
     from torch.distributed._tools.mem_tracker import MemTracker
 
     iters = _check_int("iters", iters, 1)
@@ -141,54 +149,18 @@ def count_peak_memory(setup: Callable[[], tuple[Callable[[], Any], Sequence[Any]
             "temporary": by.get("Temp", 0), "buffers": by.get("Buffer", 0)}
 
 
-def training_loss(model: nn.Module, *, dice_include_background: bool = True,
-                  ds_weights: Sequence[float] | None = None) -> nn.Module:
-    """The loss training uses for ``model`` (as ``kitsmsan.train``'s ``build_loss``): Dice (§3.1),
-    wrapped for deep supervision when the model has auxiliary heads. Defaults are
-    :class:`~kitsmsan.train.TrainConfig`'s (background in the Dice mean, the loss module's weights)."""
-    base = DiceLoss(include_background=dice_include_background)
-    if model.config.deep_supervision:
-        return DeepSupervisionLoss(base, weights=None if ds_weights is None else list(ds_weights))
-    return base
-
-
-def training_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler, image: torch.Tensor, label: torch.Tensor, *,
-                  amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One optimizer step exactly as the training loop orders it (MSAN paper, §3.1).
-
-    Forward under autocast (when ``amp_dtype``), outputs to float32, loss, ``zero_grad(set_to_none)``,
-    backward through ``scaler`` (enabled for fp16 only; a disabled scaler passes the loss through),
-    optimizer step. Same signature as the training loop's step.
-
-    Args:
-        image: ``(B, 1, D, H, W)`` float32. label: ``(B, D, H, W)`` int64.
-
-    Returns:
-        The loss (detached).
-    """
-    autocast = (torch.autocast(image.device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
-    with autocast:
-        outputs = model(image)
-    outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
-    loss = loss_fn(outputs, label)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
-
-
 def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_dtype, overrides: dict,
                  dice_include_background: bool, ds_weights, device: str | torch.device = "cpu",
-                 fused: bool | None = None, grad_scaler: bool = False):
+                 grad_scaler: bool = False):
+    config = TrainConfig(dice_include_background=dice_include_background,
+                         ds_weights=None if ds_weights is None else list(ds_weights))
+
     def setup():
         with torch.device(device):  # built where it runs: fake parameters cannot be moved
             model = build_model(variant, **overrides)
         model.train()
-        loss_fn = training_loss(model, dice_include_background=dice_include_background, ds_weights=ds_weights)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+        loss_fn = build_loss(config, model)
+        opt = build_optimizer(config, model, torch.device(device))  # fused Adam on CUDA, as in training
         image = torch.rand((batch_size, 1, num_slices, size, size), device=device)
         label = torch.randint(0, model.config.num_classes, (batch_size, num_slices, size, size),
                               device=device)
@@ -199,7 +171,7 @@ def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_
                                       enabled=grad_scaler and amp_dtype == torch.float16)
 
         def step():
-            return training_step(model, loss_fn, opt, scaler, image, label, amp_dtype=amp_dtype)
+            return train_step(model, loss_fn, opt, scaler, image, label, amp_dtype=amp_dtype)
 
         return step, (model, opt)
 
@@ -316,7 +288,7 @@ def cuda_training_peak(variant: str, *, batch_size: int = PAPER_BATCH, num_slice
                        device: str | torch.device | None = None, iters: int = 2) -> dict[str, Any] | None:
     """``torch.cuda.max_memory_allocated`` (and ``max_memory_reserved``) of real training steps.
 
-    The same :func:`training_step` as :func:`training_memory`, on a CUDA device, with the grad scaler
+    The same :func:`~kitsmsan.train.step.train_step` as :func:`training_memory`, on a CUDA device, with the grad scaler
     for fp16 and fused Adam as in training. Returns None when CUDA is not available (nothing is run).
     """
     if not torch.cuda.is_available():
@@ -327,7 +299,7 @@ def cuda_training_peak(variant: str, *, batch_size: int = PAPER_BATCH, num_slice
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
     step, tracked = _train_setup(variant, batch_size, num_slices, size, amp_dtype, _overrides(base_channels),
-                                 True, None, device=dev, fused=True, grad_scaler=True)()
+                                 True, None, device=dev, grad_scaler=True)()
     for _ in range(iters):
         step()
     torch.cuda.synchronize(dev)
@@ -560,12 +532,12 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
     for p in precisions:
         _check_precision(p)
     results: list[dict] = []
-    commit = os.environ.get("KITSMSAN_COMMIT", "").strip() or git_commit()
+    commit_id = commit()
 
     def emit(row: dict) -> None:
         # the provenance keys every bench row has (so GPU reports merge with `kitsmsan bench merge`)
         row.update(device=row.get("cuda_device") or "none: counted under FakeTensorMode, not measured",
-                   torch=torch.__version__, commit=commit)
+                   torch=torch.__version__, commit=commit_id)
         results.append(row)
         if on_row:
             on_row(row)
@@ -602,7 +574,7 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
         "gpus": GPUS,
         "flops_per_iter": {k: int(v) for k, v in flops.items()},
         "torch": torch.__version__,
-        "commit": commit,
+        "commit": commit_id,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "results": results,
     }
@@ -730,6 +702,5 @@ __all__ = [
     "CONTEXT_GIB", "EFFICIENCY", "GPUS", "MARGIN_FRACTION", "PRECISIONS", "affine_fit", "amp_precision",
     "count_peak_memory", "cuda_training_peak", "fit_rows", "gpu_key", "inference_memory",
     "largest_that_fits", "memory_markdown", "memory_report", "projected_hours", "required_gib", "time_rows",
-    "train_flops_per_iter",
-    "training_loss", "training_memory", "training_step",
+    "train_flops_per_iter", "training_memory",
 ]
