@@ -378,7 +378,7 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
         raise ConfigError(f"preset={preset!r}: choose 'smoke' or 'paper'")
     variants = VARIANTS if variants is None else tuple(variants)
     if not variants:
-        raise ConfigError("variants: empty selection; name at least one network (or None for all five)")
+        raise ConfigError("variants: empty selection (e.g. --variants \"\"); name at least one network, or leave it out for all five")
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ConfigError(f"variants: unknown {bad[0]!r} (choose from {', '.join(VARIANTS)})")

@@ -44,7 +44,7 @@ def test_a_refused_setting_leaves_no_run_folder(data, tmp_path, capsys, setting,
 
 def test_reproduce_with_an_empty_variant_list_is_an_error(tmp_path, capsys):
     rc, err = _cli(capsys, "reproduce", "--out", tmp_path / "r", "--variants", "", "--no-progress")
-    assert rc == 2 and "--variants '': empty selection" in err
+    assert rc == 2 and "variants: empty selection" in err
     rc, err = _cli(capsys, "reproduce", "--out", tmp_path / "r", "--variants", " , ", "--no-progress")
     assert rc == 2 and "empty selection" in err
     assert not (tmp_path / "r").exists()
