@@ -270,6 +270,8 @@ def test_03_training_trains_then_resumes(tiny_book):
     assert {"config.json", "env.json", "metrics.jsonl", "summary.json"} <= {p.name for p in run.iterdir()}
     assert (run / "checkpoints" / "last.pt").is_file()
     assert "pending" in _text(nb)                       # no benchmark JSON: says so
+    # validation on the last training cases (smoke: eval_cases 2 of 0-3), never on the test cases 4-5
+    assert "Validation cases of this run:** case_00002, case_00003 — the last 2 of its 4 training cases" in _text(nb)
     assert len(_outputs(nb, "image/png")) >= 2          # curves and the test case
     # re-running with more iterations continues the same run; with the same, it does nothing
     _execute(tiny_book, "03_training.ipynb", "03b.ipynb", variant="msan_v1_ds", runs_dir=str(runs), num_iters=4)
@@ -287,6 +289,7 @@ def test_03_training_compared_reads_the_runs_and_trains_only_a_missing_one(tiny_
     for v in VARIANTS:
         assert v in text
     assert "the highest final validation composite Dice" in text
+    assert "msan_v2_ds: case_00003 (test cases: case_00004, case_00005)" in text  # fixture: eval_cases=1
     assert len(_outputs(nb, "image/png")) >= 2               # curves overlaid, final Dice bars
     runs = tiny_book["root"] / "runs03d"
     nb = _execute(tiny_book, "03_training_compared.ipynb", "03e.ipynb", runs_dir=str(runs), variants="msan_v2",
