@@ -384,3 +384,12 @@ def test_06_slice_viewer(tiny_book):
     assert len(_outputs(nb, "image/png")) >= 1
     tags = {t for c in nb.cells for t in c.metadata.get("tags", [])}
     assert "nbval-ignore-output" in tags
+
+
+@pytest.mark.slow
+def test_07_how_sure(tiny_book):
+    nb = _execute(tiny_book, "07_how_sure.ipynb", "07.ipynb", runs_dir="absent")
+    text = _text(nb)
+    assert "absent/evaluation/per_case.csv: not there" in text      # says where the measured spread comes from
+    assert "MSAN-V1 over 3D U-Net" in text and "on 10 cases" in text   # the paper's claim beside ten cases
+    assert len(_outputs(nb, "image/png")) >= 1                       # the resolvable-difference plot
