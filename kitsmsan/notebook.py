@@ -7,6 +7,8 @@ steps live here, once, so each notebook cell shows what its page teaches::
     page = page_data(smoke=True, work_dir="data/book")            # phantoms, split, cache
     runs = load_runs("runs/book", "unet3d,msan_v1", page)          # {variant: config, summary, env}
     config = train_config(page, "msan_v1", "runs/book/msan_v1")    # the TrainConfig a page trains with
+    preds = predict_cases(runs.models["msan_v1"], cases)            # {case_id: label map}
+    compare_arms({"a": preds_a, "b": preds_b}, cases, [("a", "b")])  # paired bootstrap, with sentences
 
 The data comes from :func:`kitsmsan.reproduce.make_data`, the same data as ``kitsmsan reproduce``:
 pure phantoms, label-conditioned phantoms when real KiTS19 segmentations are available
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,11 @@ from kitsmsan.postprocess import keep_largest_components
 from kitsmsan.reproduce import labels_root_from_env, make_data
 from kitsmsan.train import TrainConfig, train
 from kitsmsan.train.loop import run_state
+from kitsmsan.uncertainty import paired_table
 
-__all__ = ["PageData", "TrainedRuns", "load_runs", "mean_dice", "page_data", "page_root", "postprocess",
-           "score_model", "to_plain", "train_config", "train_once"]
+__all__ = ["PageData", "TrainedRuns", "bullets", "case_scores", "ci_points", "compare_arms", "load_runs",
+           "mean_dice", "page_data", "page_root", "postprocess", "predict_cases", "score_model", "to_plain",
+           "train_config", "train_once"]
 
 
 def page_root(cwd: str | os.PathLike | None = None) -> Path:
@@ -307,6 +311,48 @@ def postprocess(label: np.ndarray, k: int | None) -> np.ndarray:
     return label if k is None else keep_largest_components(label, num_components=k)
 
 
+def predict_cases(model: torch.nn.Module, cases: Mapping[str, Any], num_slices: int = 4, *,
+                  return_probs: bool = False) -> dict[str, np.ndarray]:
+    """Predict every case with ``model`` (no post-processing), as the results pages do (§3.1).
+
+    Args:
+        model: a network mapping ``(B, 1, num_slices, H, W)`` to logits.
+        cases: ``{case_id: Case}`` (:func:`kitsmsan.data.kits19.load_case`); only ``.image`` is read.
+        num_slices: the window depth the model was trained with (default 4, §3.1); windows overlap
+            by half (stride ``min(2, num_slices)``).
+        return_probs: return softmax probabilities ``(C, D, H, W)`` instead of label maps (default
+            ``False``), for probability averaging.
+
+    Returns:
+        ``{case_id: label map (D, H, W)}`` (uint8) in the order of ``cases``, or probabilities.
+    """
+    return {cid: predict_case(model, c.image, num_slices=num_slices, stride=min(2, num_slices),
+                              return_probs=return_probs) for cid, c in cases.items()}
+
+
+def case_scores(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any], **columns: Any) -> pd.DataFrame:
+    """The per-case KiTS19 Dice table of ``{case_id: label map}`` (kidney region, tumour, composite).
+
+    Args:
+        preds: ``{case_id: predicted label map (D, H, W)}``.
+        truth: ``{case_id: ground truth}``; each value a label map or a :class:`kitsmsan.data.kits19.Case`.
+        **columns: constant columns added to every row (``model="msan_v1"``, ``postprocess=2``,
+            ``arm="vote"``).
+
+    Returns:
+        :func:`kitsmsan.metrics.dice_table` of :func:`kitsmsan.metrics.kits_dice` per case, one row per
+        case of ``preds`` in its order.
+
+    Raises:
+        DataError: a case of ``preds`` has no ground truth in ``truth``.
+    """
+    missing = [cid for cid in preds if cid not in truth]
+    if missing:
+        raise DataError(f"case_scores: no ground truth for {', '.join(missing)}")
+    return dice_table([{"case_id": cid, **kits_dice(p, getattr(truth[cid], "label", truth[cid])), **columns}
+                       for cid, p in preds.items()])
+
+
 def mean_dice(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any]) -> dict[str, float]:
     """Mean kidney and tumour Dice (KiTS19 regions) of ``{case_id: label map}`` over the cases.
 
@@ -315,11 +361,10 @@ def mean_dice(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any]) -> dict
         truth: ``{case_id: ground truth}``; each value a label map or a :class:`kitsmsan.data.kits19.Case`.
 
     Returns:
-        ``{"kidney": mean Dice, "tumor": mean Dice}`` as :func:`kitsmsan.metrics.summarize` averages them.
+        ``{"kidney": mean Dice, "tumor": mean Dice}`` of :func:`case_scores`, as
+        :func:`kitsmsan.metrics.summarize` averages them (NaN cases skipped).
     """
-    rows = [{"case_id": cid, **kits_dice(p, getattr(truth[cid], "label", truth[cid]))}
-            for cid, p in preds.items()]
-    s = summarize(dice_table(rows))
+    s = summarize(case_scores(preds, truth))
     return {"kidney": float(s["kidney"].iloc[0]), "tumor": float(s["tumor"].iloc[0])}
 
 
@@ -329,15 +374,60 @@ def score_model(model: torch.nn.Module, cases: Mapping[str, Any], *, num_slices:
     Args:
         model: a network mapping ``(B, 1, num_slices, H, W)`` to logits.
         cases: ``{case_id: Case}`` with image and label.
-        num_slices: the window depth the model was trained with (default 4, §3.1); windows overlap
-            by half (stride ``min(2, num_slices)``).
+        num_slices: the window depth the model was trained with (default 4, §3.1).
 
     Returns:
-        :func:`mean_dice` of the predictions.
+        :func:`mean_dice` of :func:`predict_cases`.
     """
-    preds = {cid: predict_case(model, c.image, num_slices=num_slices, stride=min(2, num_slices))
-             for cid, c in cases.items()}
-    return mean_dice(preds, cases)
+    return mean_dice(predict_cases(model, cases, num_slices), cases)
+
+
+def compare_arms(arms: Mapping[str, Mapping[str, np.ndarray]], truth: Mapping[str, Any],
+                 pairs: Sequence[tuple[str, str]], **options: Any) -> pd.DataFrame:
+    """Paired bootstrap intervals of ``a − b`` for pairs of arms predicted on the same cases.
+
+    Args:
+        arms: ``{arm name: {case_id: label map}}``, every arm on the same cases.
+        truth: ``{case_id: ground truth}`` (label maps or cases).
+        pairs: ``[(a, b), ...]`` arm names; each gives ``a − b`` per region.
+        **options: passed to :func:`kitsmsan.uncertainty.paired_table` (``names``, ``n_resamples``
+            (default 10,000), ``seed`` (default 0), ...).
+
+    Returns:
+        :func:`kitsmsan.uncertainty.paired_table` of the per-case tables (:func:`case_scores`) with
+        ``by="arm"``: columns ``a, b, region, difference, low, high, n, verdict, sentence``.
+
+    Raises:
+        DataError: a pair names an arm not in ``arms``, or two arms were scored on different cases.
+    """
+    table = pd.concat([case_scores(preds, truth, arm=name) for name, preds in arms.items()], ignore_index=True)
+    return paired_table(table, pairs, by="arm", **options)
+
+
+def ci_points(row: Mapping[str, Any], digits: int = 1) -> str:
+    """A difference with its interval in Dice points: ``"+2.8 [+1.1, +4.6]"``.
+
+    Args:
+        row: a row of :func:`kitsmsan.uncertainty.paired_table` (``difference``, ``low``, ``high``
+            as fractions).
+        digits: decimals (default 1).
+    """
+    return (f"{100 * row['difference']:+.{digits}f} "
+            f"[{100 * row['low']:+.{digits}f}, {100 * row['high']:+.{digits}f}]")
+
+
+def bullets(sentences: Any) -> str:
+    """A Markdown bullet list, one item per sentence.
+
+    Args:
+        sentences: strings, or a :func:`kitsmsan.uncertainty.paired_table` (its ``sentence`` column).
+
+    Returns:
+        ``"* first\\n* second"`` (empty for no sentences).
+    """
+    if isinstance(sentences, pd.DataFrame):
+        sentences = sentences["sentence"]
+    return "\n".join(f"* {s}" for s in sentences)
 
 
 def to_plain(obj: Any) -> Any:

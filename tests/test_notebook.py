@@ -9,14 +9,20 @@ import pytest
 import torch
 
 from kitsmsan.errors import ConfigError, DataError
+from kitsmsan.inference import predict_case
 from kitsmsan.notebook import (
     PageData,
     TrainedRuns,
+    bullets,
+    case_scores,
+    ci_points,
+    compare_arms,
     load_runs,
     mean_dice,
     page_data,
     page_root,
     postprocess,
+    predict_cases,
     score_model,
     to_plain,
     train_config,
@@ -131,6 +137,77 @@ def test_mean_dice_averages_cases_and_takes_arrays_or_cases():
         label = truth
 
     assert mean_dice({"a": truth}, {"a": Case()}) == perfect
+
+
+def _truth_cases(n=6):
+    """``n`` label maps (2, 8, 8) with a kidney of 4 voxels and a tumour of 1, each slightly shifted."""
+    out = {}
+    for i in range(n):
+        label = np.zeros((2, 8, 8), np.uint8)
+        label[0, i % 4:i % 4 + 2, 1:3] = 1
+        label[0, i % 4, 1] = 2
+        out[f"case_{i:05d}"] = label
+    return out
+
+
+def test_case_scores_is_one_row_per_case_with_constant_columns():
+    truth = _truth_cases(3)
+    preds = {**truth, "case_00001": np.zeros_like(truth["case_00001"])}
+    table = case_scores(preds, truth, model="m", postprocess=2)
+    assert list(table.columns) == ["case_id", "kidney", "tumor", "composite", "model", "postprocess"]
+    assert table["case_id"].tolist() == list(truth) and set(table["model"]) == {"m"}
+    assert table["kidney"].tolist() == [1.0, 0.0, 1.0] and table["tumor"].tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(DataError, match="no ground truth for case_00009"):
+        case_scores({"case_00009": truth["case_00000"]}, truth)
+    # mean_dice is the mean of these rows (one implementation)
+    assert mean_dice(preds, truth) == {"kidney": pytest.approx(2 / 3), "tumor": pytest.approx(2 / 3)}
+
+
+class _Case:
+    def __init__(self, image, label):
+        self.image, self.label = image, label
+
+
+def test_predict_cases_is_predict_case_per_case_and_score_model_scores_it():
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, kernel_size=1).eval()      # (B, 1, S, H, W) -> (B, 3, S, H, W) logits
+    rng = np.random.default_rng(0)
+    cases = {f"c{i}": _Case(rng.uniform(-200, 500, (5, 16, 16)).astype(np.float32),
+                            np.zeros((5, 16, 16), np.uint8)) for i in range(2)}
+    preds = predict_cases(net, cases, 4)
+    assert list(preds) == ["c0", "c1"] and preds["c0"].shape == (5, 16, 16) and preds["c0"].dtype == np.uint8
+    for cid, c in cases.items():
+        assert np.array_equal(preds[cid], predict_case(net, c.image, num_slices=4, stride=2))
+    one = predict_cases(net, cases, 1)                     # stride min(2, num_slices) = 1
+    assert np.array_equal(one["c1"], predict_case(net, cases["c1"].image, num_slices=1, stride=1))
+    probs = predict_cases(net, cases, 4, return_probs=True)
+    assert probs["c0"].shape == (3, 5, 16, 16) and np.allclose(probs["c0"].sum(0), 1.0, atol=1e-5)
+    assert score_model(net, cases, num_slices=4) == mean_dice(preds, cases)
+
+
+def test_compare_arms_pairs_the_arms_on_the_same_cases():
+    truth = _truth_cases(6)
+    empty = {cid: np.zeros_like(t) for cid, t in truth.items()}
+    half = {cid: (t if i % 2 else empty[cid]) for i, (cid, t) in enumerate(truth.items())}
+    table = compare_arms({"good": truth, "bad": empty, "half": half}, truth,
+                         [("good", "bad"), ("half", "half")], names={"good": "Good", "bad": "Bad"},
+                         n_resamples=500)
+    assert list(table.columns) == ["a", "b", "region", "difference", "low", "high", "n", "verdict", "sentence"]
+    kidney = table.iloc[0]
+    assert (kidney["a"], kidney["b"], kidney["region"], kidney["n"]) == ("good", "bad", "kidney", 6)
+    assert kidney["difference"] == kidney["low"] == kidney["high"] == 1.0 and kidney["verdict"] == "better"
+    assert kidney["sentence"].startswith("Good is better than Bad on kidney Dice: +100.0 points")
+    assert table.iloc[1]["sentence"].startswith("Good is better than Bad on tumour Dice")
+    assert table.iloc[2]["sentence"] == "half and half give the same kidney Dice on every one of the 6 cases."
+    assert ci_points(kidney) == "+100.0 [+100.0, +100.0]"
+    assert ci_points({"difference": 0.0123, "low": -0.004, "high": 0.03}, digits=2) == "+1.23 [-0.40, +3.00]"
+    assert bullets(table.iloc[:2]) == f"* {table.iloc[0]['sentence']}\n* {table.iloc[1]['sentence']}"
+    assert bullets(["a", "b"]) == "* a\n* b" and bullets([]) == ""
+    with pytest.raises(DataError, match="no rows with arm = 'nope'"):
+        compare_arms({"good": truth}, truth, [("good", "nope")])
+    fewer = {cid: truth[cid] for cid in list(truth)[:5]}
+    with pytest.raises(DataError):
+        compare_arms({"good": truth, "fewer": fewer}, truth, [("good", "fewer")])
 
 
 def test_to_plain_makes_json_ready_floats():

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from kitsmsan.reproduce import MODEL_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 PARAMS_JSON = ROOT / "scripts" / "notebook_params.json"
@@ -213,6 +215,15 @@ def _outputs(nb, mime: str) -> list:
             if o.get("output_type") in ("display_data", "execute_result") and mime in o.get("data", {})]
 
 
+def _glued(nb, name: str) -> str:
+    """The Markdown a page glues under ``name`` (myst-nb ``glue(..., display=False)``)."""
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            if o.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+                return next(v for k, v in o["data"].items() if k.endswith("text/markdown"))
+    raise AssertionError(f"nothing glued under {name!r}")
+
+
 def _text(nb) -> str:
     parts = []
     for c in nb.cells:
@@ -265,6 +276,8 @@ def test_03_training_trains_then_resumes(tiny_book):
     assert {"config.json", "env.json", "metrics.jsonl", "summary.json"} <= {p.name for p in run.iterdir()}
     assert (run / "checkpoints" / "last.pt").is_file()
     assert "pending" in _text(nb)                       # no benchmark JSON: says so
+    # validation on the last training cases (smoke: eval_cases 2 of 0-3), never on the test cases 4-5
+    assert "Validation cases of this run:** case_00002, case_00003 — the last 2 of its 4 training cases" in _text(nb)
     assert len(_outputs(nb, "image/png")) >= 2          # curves and the test case
     # re-running with more iterations continues the same run; with the same, it does nothing
     _execute(tiny_book, "03_training.ipynb", "03b.ipynb", variant="msan_v1_ds", runs_dir=str(runs), num_iters=4)
@@ -282,6 +295,7 @@ def test_03_training_compared_reads_the_runs_and_trains_only_a_missing_one(tiny_
     for v in VARIANTS:
         assert v in text
     assert "the highest final validation composite Dice" in text
+    assert "msan_v2_ds: case_00003 (test cases: case_00004, case_00005)" in text  # fixture: eval_cases=1
     assert len(_outputs(nb, "image/png")) >= 2               # curves overlaid, final Dice bars
     runs = tiny_book["root"] / "runs03d"
     nb = _execute(tiny_book, "03_training_compared.ipynb", "03e.ipynb", runs_dir=str(runs), variants="msan_v2",
@@ -310,6 +324,17 @@ def test_04_evaluation_writes_table1(tiny_book):
     assert set(per_case["model"]) == {*VARIANTS, "ensemble"} and set(per_case["postprocess"]) == {0, 1, 2}
     assert len(per_case) == 6 * 2 * 3                                # models x cases x post-processing
     assert len(_outputs(nb, "image/png")) >= 2                       # per-case Dice, worst case
+    assert "nested-region majority vote" in provenance["ensemble"] and "rule='nested'" in provenance["ensemble"]
+    text = _text(nb)
+    # every comparison has its interval and a computed sentence; 2 test cases are too few for a verdict
+    assert "95 % bootstrap intervals" in text and "Kidney (95 % CI)" in text
+    for v in VARIANTS[1:]:
+        assert f"No verdict on kidney Dice for {MODEL_NAMES[v]} vs 3D U-Net" in text, v
+    assert "No verdict on tumour Dice for The ensemble with k = 2 vs with k = 1" in text
+    assert "paper, KiTS19 (points)" in text and "+2.77" in text      # MSAN-V1 − U-Net kidney in Table 1
+    opening = _glued(nb, "evaluation_opening")
+    assert opening.startswith(f"Our numbers come from {provenance['data']}: 2 test cases, 3 training iterations")
+    assert "no verdict in 5 of 5" in opening                         # computed, not written by hand
 
 
 @pytest.mark.slow
@@ -339,6 +364,17 @@ def test_05_ablations(tiny_book):
     for name in ("msan_v1", "msan_v1_ds", "msan_v1_ds_alt", "msan_v1_depth1"):
         assert (runs / "ablations" / name / "summary.json").is_file(), name
     assert len(_outputs(nb, "image/png")) >= 7          # one figure per ablation (window: two)
+    assert {"nested vote, k=2", "plurality vote, k=2", "average, k=2"} <= set(results["results"]["ensemble"])
+    text = _text(nb)
+    # each ablation's comparison is a paired interval with a computed sentence (2 cases: no verdict)
+    for a, b in (("ensemble, k=2", "ensemble, k=1"), ("ensemble, k=2", "ensemble, none"),
+                 ("nested vote", "plurality vote"), ("nested vote", "average"), ("1 slice", "4 slices")):
+        assert f"No verdict on kidney Dice for {a} vs {b}: " in text, (a, b)
+    assert "vs msan_v1, 2 it: " in text                 # deep supervision against the run without it
+    assert "points [95 % CI]" in text and "in Table 1: kidney" in text     # the paper's claims beside ours
+    opening = _glued(nb, "ablations_opening")
+    assert opening.startswith(f"These are {results['data']}, 2 test cases, one training seed, 2 iterations")
+    assert "Over the 8 comparisons of this page" in opening and "no verdict in 8 of 8" in opening
 
 
 @pytest.mark.slow
@@ -354,3 +390,12 @@ def test_06_slice_viewer(tiny_book):
     assert len(_outputs(nb, "image/png")) >= 1
     tags = {t for c in nb.cells for t in c.metadata.get("tags", [])}
     assert "nbval-ignore-output" in tags
+
+
+@pytest.mark.slow
+def test_07_how_sure(tiny_book):
+    nb = _execute(tiny_book, "07_how_sure.ipynb", "07.ipynb", runs_dir="absent")
+    text = _text(nb)
+    assert "absent/evaluation/per_case.csv: not there" in text      # says where the measured spread comes from
+    assert "MSAN-V1 over 3D U-Net" in text and "on 10 cases" in text   # the paper's claim beside ten cases
+    assert len(_outputs(nb, "image/png")) >= 1                       # the resolvable-difference plot
