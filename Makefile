@@ -61,4 +61,4 @@ bench: $(STAMP)
 	$(VENV)/bin/kitsmsan bench all
 
 clean:
-	rm -rf _build runs/book runs/notebooks data/book book/generated
+	rm -rf _build runs/book data/book book/generated

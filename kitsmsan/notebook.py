@@ -39,6 +39,7 @@ from kitsmsan.postprocess import keep_largest_components
 from kitsmsan.reproduce import labels_root_from_env, make_data
 from kitsmsan.train import TrainConfig, train
 from kitsmsan.train.loop import run_state
+from kitsmsan.train.runlock import changed_run_settings
 from kitsmsan.uncertainty import paired_table
 
 __all__ = ["PageData", "TrainedRuns", "bullets", "case_scores", "ci_points", "compare_arms", "load_runs",
@@ -275,6 +276,9 @@ def train_once(config: TrainConfig, run_dir: str | os.PathLike | None = None, *,
                root: str | os.PathLike | None = None, **changes: Any) -> torch.nn.Module:
     """Train a run unless it is finished (an interrupted run continues); return its model.
 
+    A run folder that holds a run of other settings (a different learning rate, length, network ...,
+    :func:`kitsmsan.train.runlock.changed_run_settings`) is refused, never silently reused.
+
     Re-running a page therefore reuses its extra runs (the ablations) instead of training them again.
 
     Args:
@@ -290,6 +294,12 @@ def train_once(config: TrainConfig, run_dir: str | os.PathLike | None = None, *,
         changes["run_dir"] = str(run_dir)
     config = config.replace(**changes) if changes else config
     run = Path(config.run_dir)
+    recorded = run / "config.json"
+    if recorded.is_file():  # a run of other settings is never reused (nor resumed) in its place
+        changed = changed_run_settings(json.loads(recorded.read_text(encoding="utf-8")), config)
+        if changed:
+            raise ConfigError(f"{run}: this run was made with other settings ({'; '.join(changed)}); "
+                              "choose another runs_dir (or remove that run folder) to train these")
     if run_state(run) != "done":
         print(f"training {os.path.relpath(run, root if root is not None else page_root())} "
               f"({config.num_iters} iterations)")

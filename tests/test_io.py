@@ -74,3 +74,17 @@ def test_an_unexpected_error_keeps_its_traceback(monkeypatch, capsys):
     monkeypatch.setattr(models, "run", lambda args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         _cli(capsys, "models")
+
+
+@pytest.mark.parametrize("eval_cases, refused", [(3, True), (0, False)])
+def test_eval_stride_above_the_window_is_refused_only_when_the_run_validates(eval_cases, refused):
+    from kitsmsan.errors import ConfigError
+    from kitsmsan.train.config import TrainConfig
+    from kitsmsan.train.runlock import check_bounds
+
+    config = TrainConfig.from_preset("smoke", num_slices=1, eval_stride=2, eval_cases=eval_cases)
+    if refused:
+        with pytest.raises(ConfigError, match="eval_stride=2 is larger than num_slices=1"):
+            check_bounds(config)
+    else:
+        check_bounds(config)  # no validation: the stride is never used

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,11 @@ def test_load_runs_trains_once_then_reads_files(page, tmp_path, capsys):
     train_once(config, root=tmp_path)
     assert summary.stat().st_mtime_ns == stamp
     train_once(config, tmp_path / "other", root=tmp_path, num_iters=1)
+    assert json.loads((tmp_path / "other" / "summary.json").read_text())["iterations"] == 1
+    # ... and a finished run of other settings is refused, naming them, never reused in their place
+    expected = re.escape(f"other settings (lr: {config.lr!r} -> 0.01; num_iters: 1 -> 2)")
+    with pytest.raises(ConfigError, match=expected):
+        train_once(config, tmp_path / "other", root=tmp_path, lr=0.01)
     assert json.loads((tmp_path / "other" / "summary.json").read_text())["iterations"] == 1
 
 

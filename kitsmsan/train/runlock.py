@@ -68,7 +68,8 @@ SETTING_BOUNDS: dict[str, Any] = {
 
 
 def check_bounds(config: Any) -> None:
-    """Refuse settings past :data:`SETTING_BOUNDS`, and an ``eval_stride`` above ``num_slices``.
+    """Refuse settings past :data:`SETTING_BOUNDS`, and an ``eval_stride`` above ``num_slices`` when the
+    run validates (``eval_cases > 0``; without validation the stride is never used).
 
     Raises:
         ConfigError: naming the setting, its value and the bound.
@@ -79,7 +80,8 @@ def check_bounds(config: Any) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
             raise ConfigError(f"config: {key}={value!r} is above the largest accepted value {limit}")
     stride, depth = getattr(config, "eval_stride", None), getattr(config, "num_slices", None)
-    if isinstance(stride, int) and isinstance(depth, int) and stride > depth:
+    validates = bool(getattr(config, "eval_cases", 0))
+    if validates and isinstance(stride, int) and isinstance(depth, int) and stride > depth:
         raise ConfigError(f"config: eval_stride={stride} is larger than num_slices={depth}: validation "
                           "windows would skip slices")
 
@@ -114,6 +116,29 @@ def check_resume_overrides(overrides: dict[str, Any], iteration: int | None = No
             if not ok:
                 raise ConfigError(f"--set num_iters={value!r}: below the iteration the run reached "
                                   f"({iteration}); give num_iters >= {iteration}")
+
+
+def changed_run_settings(recorded: dict[str, Any], config: Any) -> list[str]:
+    """The settings of ``config`` that differ from a run's recorded ``config.json`` and define the run.
+
+    A setting defines the run when :data:`RESUME_RULES` refuses to change it on resume, and
+    ``num_iters`` always does here (a finished run of another length is another run).
+
+    Args:
+        recorded: the run's ``config.json`` as a dict.
+        config: the requested :class:`~kitsmsan.train.TrainConfig`.
+
+    Returns:
+        ``"field: recorded -> requested"`` for each difference, in field order (empty: the same run).
+    """
+    requested = config.to_dict()
+    out = []
+    for key, value in requested.items():
+        if key == "run_dir" or (RESUME_RULES.get(key, "refuse") != "refuse" and key != "num_iters"):
+            continue
+        if key in recorded and recorded[key] != value:
+            out.append(f"{key}: {recorded[key]!r} -> {value!r}")
+    return out
 
 
 def _alive(pid: int) -> bool:
