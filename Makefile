@@ -38,6 +38,7 @@ LINT_PATHS ?= kitsmsan tests scripts notebooks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/lint-imports
 
 format-check: $(STAMP)

@@ -57,9 +57,13 @@ def get_rng_state() -> dict[str, Any]:
     py_version, py_internal, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -70,8 +74,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the RNG states saved by :func:`get_rng_state`."""
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if state.get("cuda") and torch.cuda.is_available():
@@ -91,9 +96,16 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def make_checkpoint(model: torch.nn.Module, *, optimizer=None, scheduler=None, scaler=None,
-                    iteration: int = 0, train_config: dict | None = None,
-                    best_score: float | None = None) -> dict[str, Any]:
+def make_checkpoint(
+    model: torch.nn.Module,
+    *,
+    optimizer=None,
+    scheduler=None,
+    scaler=None,
+    iteration: int = 0,
+    train_config: dict | None = None,
+    best_score: float | None = None,
+) -> dict[str, Any]:
     """Assemble the checkpoint dict described in the module docstring.
 
     Args:
@@ -156,8 +168,10 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         with atomic_write(path, "wb") as fh:
             torch.save(checkpoint, fh)
     except (OSError, RuntimeError) as exc:
-        raise TrainingError(f"{path}: could not write checkpoint ({getattr(exc, 'strerror', None) or exc}); "
-                            f"the previous checkpoint at this path is kept") from None
+        raise TrainingError(
+            f"{path}: could not write checkpoint ({getattr(exc, 'strerror', None) or exc}); "
+            f"the previous checkpoint at this path is kept"
+        ) from None
     return path
 
 
@@ -202,23 +216,38 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _holds_pickled_objects(path):  # random bytes, a truncated or foreign file
-            raise CheckpointError(f"{path}: corrupt or not a checkpoint (neither a torch archive nor a "
-                                  f"well-formed pickle)") from None
+            raise CheckpointError(
+                f"{path}: corrupt or not a checkpoint (neither a torch archive nor a well-formed pickle)"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: refused — the file holds pickled objects that are not plain weights (possibly "
             f"code that would run on load); only tensors and plain containers are accepted "
-            f"[{first[:200]}]") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
-            AttributeError, TypeError, IndexError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
-                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
+            f"[{first[:200]}]"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        IndexError,
+        UnicodeDecodeError,
+    ) as exc:
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a kitsmsan checkpoint (no 'format': {FORMAT!r} entry)")
     version = checkpoint.get("version")
     if version != VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not supported "
-                              f"(this kitsmsan reads version {VERSION})")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is not supported "
+            f"(this kitsmsan reads version {VERSION})"
+        )
     for key in ("model", "model_config", "iteration"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
@@ -236,23 +265,30 @@ def _check_content(checkpoint: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: the 'model' entry is not a state dict of tensors")
     expected = checkpoint.get("model_sha256")
     if expected is not None and weights_digest(weights) != expected:
-        raise CheckpointError(f"{path}: the weights do not match the checkpoint's checksum (model_sha256): "
-                              "the file was corrupted after it was written; use another checkpoint")
+        raise CheckpointError(
+            f"{path}: the weights do not match the checkpoint's checksum (model_sha256): "
+            "the file was corrupted after it was written; use another checkpoint"
+        )
     for name, t in weights.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{path}: weight {name!r} holds NaN or infinite values; refused "
-                                  "(a model with non-finite weights predicts nonsense)")
+            raise CheckpointError(
+                f"{path}: weight {name!r} holds NaN or infinite values; refused "
+                "(a model with non-finite weights predicts nonsense)"
+            )
     rng = checkpoint.get("rng", {})
-    if "rng" in checkpoint and not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
-                                    and rng["torch"].numel() > 0):
+    if "rng" in checkpoint and not (
+        isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].numel() > 0
+    ):
         raise CheckpointError(f"{path}: the RNG state ('rng') is empty or malformed; cannot resume exactly")
     if "rng" in checkpoint:  # the full state must restore: try it, then put the current one back
         current = get_rng_state()
         try:
             set_rng_state(rng)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-            raise CheckpointError(f"{path}: the RNG state ('rng') is malformed ({type(exc).__name__}: "
-                                  f"{str(exc)[:120]}); cannot resume exactly") from None
+            raise CheckpointError(
+                f"{path}: the RNG state ('rng') is malformed ({type(exc).__name__}: "
+                f"{str(exc)[:120]}); cannot resume exactly"
+            ) from None
         finally:
             set_rng_state(current)
 
@@ -294,8 +330,13 @@ def _state_mismatch(net: torch.nn.Module, weights: Any) -> str:
     expected = net.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in weights
+        and hasattr(weights[k], "shape")
+        and tuple(weights[k].shape) != tuple(expected[k].shape)
+    ]
 
     def few(items: list[str]) -> str:
         return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
@@ -310,7 +351,9 @@ def _state_mismatch(net: torch.nn.Module, weights: Any) -> str:
     return "; ".join(parts)
 
 
-def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> None:
+def load_model_state(
+    model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path = "checkpoint"
+) -> None:
     """Load the checkpoint's weights into ``model``, refusing another architecture.
 
     Raises:
@@ -327,14 +370,16 @@ def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any], path: s
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise CheckpointError(
             f"{path}: architecture mismatch — the checkpoint holds {saved_name!r}, the model is "
-            f"{current_name!r} (differing settings: {', '.join(diff)})")
+            f"{current_name!r} (differing settings: {', '.join(diff)})"
+        )
     try:
         net.load_state_dict(checkpoint["model"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         detail = _state_mismatch(net, checkpoint["model"]) or str(exc).strip().splitlines()[0][:300]
         raise CheckpointError(
             f"{path}: architecture mismatch — the checkpoint's weights do not fit its own model config "
-            f"{saved_name!r} (damaged or edited checkpoint?): {detail}") from None
+            f"{saved_name!r} (damaged or edited checkpoint?): {detail}"
+        ) from None
 
 
 def _variant_name(model_config: dict) -> str:
@@ -356,7 +401,7 @@ def resolve_checkpoint(run_dir_or_checkpoint: str | Path, which: str = "best") -
         raise CheckpointError(f"which={which!r}: choose 'best' or 'last'")
     p = Path(run_dir_or_checkpoint)
     if p.is_dir():
-        for name in ((which, "last") if which == "best" else (which,)):
+        for name in (which, "last") if which == "best" else (which,):
             candidate = p / "checkpoints" / f"{name}.pt"
             if candidate.is_file():
                 return candidate
@@ -366,8 +411,9 @@ def resolve_checkpoint(run_dir_or_checkpoint: str | Path, which: str = "best") -
     return p
 
 
-def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "cpu",
-               which: str = "best") -> torch.nn.Module:
+def load_model(
+    run_dir_or_checkpoint: str | Path, device: str | torch.device = "cpu", which: str = "best"
+) -> torch.nn.Module:
     """Rebuild a trained network from a run folder or checkpoint file, in eval mode.
 
     The architecture comes from the checkpoint's own ``model_config``, so no code or settings
@@ -396,7 +442,16 @@ def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
 
 
 __all__ = [
-    "FORMAT", "VERSION", "get_rng_state", "set_rng_state", "unwrap_model", "make_checkpoint",
-    "save_checkpoint", "remove_partial_writes", "load_checkpoint", "load_model_state",
-    "resolve_checkpoint", "load_model",
+    "FORMAT",
+    "VERSION",
+    "get_rng_state",
+    "set_rng_state",
+    "unwrap_model",
+    "make_checkpoint",
+    "save_checkpoint",
+    "remove_partial_writes",
+    "load_checkpoint",
+    "load_model_state",
+    "resolve_checkpoint",
+    "load_model",
 ]

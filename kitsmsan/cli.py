@@ -61,14 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kitsmsan {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except MemoryError:  # a safety net: inputs are bounded before they are read, so this is the machine
-        print(f"kitsmsan {args.command}: error: out of memory (the input is larger than this machine can "
-              "hold; try a smaller --cases selection or batch size)", file=sys.stderr)
+        print(
+            f"kitsmsan {args.command}: error: out of memory (the input is larger than this machine can "
+            "hold; try a smaller --cases selection or batch size)",
+            file=sys.stderr,
+        )
         return 2
     except RuntimeError as exc:  # the accelerator running out of memory: one line too
         if type(exc).__name__ != "OutOfMemoryError":
             raise
-        print(f"kitsmsan {args.command}: error: the device ran out of memory ({str(exc).splitlines()[0][:160]}); "
-              "lower batch_size / crop_size or use --set amp=on", file=sys.stderr)
+        print(
+            f"kitsmsan {args.command}: error: the device ran out of memory ({str(exc).splitlines()[0][:160]}); "
+            "lower batch_size / crop_size or use --set amp=on",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"kitsmsan {args.command}: interrupted", file=sys.stderr)

@@ -216,7 +216,9 @@ def trace_network(config: ModelConfig, input_shape: Sequence[int] | None = None)
         source = next((n for n, t in produced if t is fed and n != name), None)
         level = _level_of(fed.shape, input_shape)
         if source is None:
-            stage, source = ("bottleneck", f"x{NUM_POOLS}") if level == NUM_POOLS else ("decoder", f"u{level}")
+            stage, source = (
+                ("bottleneck", f"x{NUM_POOLS}") if level == NUM_POOLS else ("decoder", f"u{level}")
+            )
         elif source.startswith("enc"):
             stage = "bottleneck" if level == NUM_POOLS else "encoder"
         else:
@@ -247,16 +249,36 @@ class _Canvas:
         self.fig.suptitle(title, fontsize=FONT + 3, y=0.985)
         self.labels: list[str] = [title]
 
-    def box(self, x: float, y: float, w: float, h: float, text: str, kind: str = "op", fontsize: float = FONT,
-            dashed: bool = False) -> tuple[float, float, float, float]:
-        self.ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
-                                         facecolor=_COLORS[kind], edgecolor="#333333", linewidth=1.2,
-                                         linestyle="--" if dashed else "-"))
+    def box(
+        self,
+        x: float,
+        y: float,
+        w: float,
+        h: float,
+        text: str,
+        kind: str = "op",
+        fontsize: float = FONT,
+        dashed: bool = False,
+    ) -> tuple[float, float, float, float]:
+        self.ax.add_patch(
+            FancyBboxPatch(
+                (x - w / 2, y - h / 2),
+                w,
+                h,
+                boxstyle="round,pad=0.02,rounding_size=0.08",
+                facecolor=_COLORS[kind],
+                edgecolor="#333333",
+                linewidth=1.2,
+                linestyle="--" if dashed else "-",
+            )
+        )
         self.ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
         self.labels.append(text)
         return (x, y, w, h)
 
-    def circle(self, x: float, y: float, symbol: str, r: float = 0.22, kind: str = "op") -> tuple[float, float, float, float]:
+    def circle(
+        self, x: float, y: float, symbol: str, r: float = 0.22, kind: str = "op"
+    ) -> tuple[float, float, float, float]:
         self.ax.add_patch(Circle((x, y), r, facecolor=_COLORS[kind], edgecolor="#333333", linewidth=1.2))
         self.ax.text(x, y, symbol, ha="center", va="center", fontsize=FONT + 3)
         self.labels.append(symbol)
@@ -266,16 +288,44 @@ class _Canvas:
         self.ax.text(x, y, text, fontsize=fontsize, **kw)
         self.labels.append(text)
 
-    def arrow(self, p: tuple[float, float], q: tuple[float, float], label: str | None = None, *,
-              color: str = "#333333", dashed: bool = False, rad: float = 0.0, offset: tuple[float, float] = (0, 0.12),
-              ha: str = "center") -> None:
-        self.ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=14, color=color, linewidth=1.4,
-                                          linestyle="--" if dashed else "-", connectionstyle=f"arc3,rad={rad}",
-                                          shrinkA=0, shrinkB=0))
+    def arrow(
+        self,
+        p: tuple[float, float],
+        q: tuple[float, float],
+        label: str | None = None,
+        *,
+        color: str = "#333333",
+        dashed: bool = False,
+        rad: float = 0.0,
+        offset: tuple[float, float] = (0, 0.12),
+        ha: str = "center",
+    ) -> None:
+        self.ax.add_patch(
+            FancyArrowPatch(
+                p,
+                q,
+                arrowstyle="-|>",
+                mutation_scale=14,
+                color=color,
+                linewidth=1.4,
+                linestyle="--" if dashed else "-",
+                connectionstyle=f"arc3,rad={rad}",
+                shrinkA=0,
+                shrinkB=0,
+            )
+        )
         if label:
             mx, my = (p[0] + q[0]) / 2 + offset[0], (p[1] + q[1]) / 2 + offset[1]
-            self.ax.text(mx, my, label, ha=ha, va="bottom", fontsize=FONT - 1, color=color,
-                         bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.5})
+            self.ax.text(
+                mx,
+                my,
+                label,
+                ha=ha,
+                va="bottom",
+                fontsize=FONT - 1,
+                color=color,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.5},
+            )
             self.labels.append(label)
 
     def done(self) -> Figure:
@@ -298,8 +348,13 @@ def _chw(shape: Sequence[int]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence[int] | None = None,
-                   trace: NetworkTrace | None = None) -> Figure:
+def draw_attention(
+    config: ModelConfig,
+    level: int = 0,
+    *,
+    input_shape: Sequence[int] | None = None,
+    trace: NetworkTrace | None = None,
+) -> Figure:
     r"""The multi-scale attention layer at one skip connection (MSAN paper, §2.2, Fig. 1).
 
     It draws :class:`~kitsmsan.models.blocks.MultiScaleAttention`,
@@ -324,7 +379,9 @@ def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence
         ConfigError: without attention, or for a level outside 0 … 3.
     """
     if not config.attention:
-        raise ConfigError(f"model {config.name!r}: has no attention layers (attention=False); nothing to draw")
+        raise ConfigError(
+            f"model {config.name!r}: has no attention layers (attention=False); nothing to draw"
+        )
     if level not in range(NUM_POOLS):
         raise ConfigError(f"level={level!r}: expected 0 … {NUM_POOLS - 1}")
     t = trace or trace_network(config, input_shape)
@@ -336,8 +393,14 @@ def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence
     up_shape = t.outputs[f"up{level}"]
     cat_shape = t.inputs[f"dec{level}"][0]
     coarse = f"u{level + 1}" if level + 1 < NUM_POOLS else f"x{NUM_POOLS}"
-    c = _Canvas(FIG_WIDTH, 5.2, 16, 6.5, f"Multi-scale attention at skip level {level} "
-                f"({MODEL_REGISTRY[config.name].title if config.name in MODEL_REGISTRY else config.name})")
+    c = _Canvas(
+        FIG_WIDTH,
+        5.2,
+        16,
+        6.5,
+        f"Multi-scale attention at skip level {level} "
+        f"({MODEL_REGISTRY[config.name].title if config.name in MODEL_REGISTRY else config.name})",
+    )
     bx = c.box(1.2, 4.9, 2.2, 0.9, f"x = enc{level} output\n(finer skip map)", "encoder")
     bg = c.box(1.2, 2.4, 2.2, 0.9, f"g = {coarse}\n(coarser gating map)", "decoder")
     bp = c.box(4.9, 2.4, 1.8, 0.8, "P: 1×1×1 conv", "attention")
@@ -346,24 +409,48 @@ def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence
     sig = c.box(10.5, 4.9, 0.9, 0.7, "σ", "attention", fontsize=FONT + 4)
     mul = c.circle(12.4, 4.9, "⊙", kind="attention")
     cat = c.box(13.3, 2.4, 1.5, 0.8, "concat\n(channels)", "op")
-    dec = c.box(14.75, 0.8, 2.4, 1.1, f"dec{level}: ConvBlock\nin {_chw(cat_shape)}", "decoder",
-                fontsize=FONT - 1.5)
+    dec = c.box(
+        14.75, 0.8, 2.4, 1.1, f"dec{level}: ConvBlock\nin {_chw(cat_shape)}", "decoder", fontsize=FONT - 1.5
+    )
     bt = c.box(5.0, 0.8, 2.4, 0.8, f"up{level}: transposed conv", "decoder")
     c.arrow(_edge(bx, "r"), _edge(plus, "l"), f"x: {format_shape(x_shape)}")
     c.arrow(_edge(bg, "r"), _edge(bp, "l"), f"g: {format_shape(g_shape)}", offset=(0, -0.62))
     c.arrow(_edge(bp, "r"), _edge(bu, "l"), f"P g: {format_shape(p_shape)}", offset=(0, -0.62))
-    c.arrow(_edge(bu, "t"), _edge(plus, "b"), f"Up(P g): {format_shape(x_shape)}", offset=(0.1, 0.0), ha="left")
+    c.arrow(
+        _edge(bu, "t"), _edge(plus, "b"), f"Up(P g): {format_shape(x_shape)}", offset=(0.1, 0.0), ha="left"
+    )
     c.arrow(_edge(plus, "r"), _edge(sig, "l"))
     c.arrow(_edge(sig, "r"), _edge(mul, "l"), f"w: {format_shape(w_shape)}", offset=(0, -0.55))
-    c.arrow((bx[0], bx[1] + bx[3] / 2), (mul[0], mul[1] + mul[3] / 2), "x (unchanged)", rad=-0.12,
-            offset=(0, 0.62))
-    c.arrow(_edge(mul, "b"), _edge(cat, "t"), f"x̂ = x ⊙ w:\n{format_shape(xhat_shape)}", offset=(0.25, 0.0),
-            ha="left")
+    c.arrow(
+        (bx[0], bx[1] + bx[3] / 2),
+        (mul[0], mul[1] + mul[3] / 2),
+        "x (unchanged)",
+        rad=-0.12,
+        offset=(0, 0.62),
+    )
+    c.arrow(
+        _edge(mul, "b"),
+        _edge(cat, "t"),
+        f"x̂ = x ⊙ w:\n{format_shape(xhat_shape)}",
+        offset=(0.25, 0.0),
+        ha="left",
+    )
     c.arrow((1.2, bg[1] - bg[3] / 2), _edge(bt, "l"), rad=0.25)
-    c.arrow(_edge(bt, "r"), _edge(cat, "b"), f"up{level}(g): {format_shape(up_shape)}", rad=0.15, offset=(0.8, -0.05))
+    c.arrow(
+        _edge(bt, "r"),
+        _edge(cat, "b"),
+        f"up{level}(g): {format_shape(up_shape)}",
+        rad=0.15,
+        offset=(0.8, -0.05),
+    )
     c.arrow(_edge(cat, "b"), _edge(dec, "t"))
-    c.text(0.2, 0.05, f"shapes (B, C, D, H, W) traced for input {format_shape(t.input_shape)}; "
-           f"w = σ(x + Up(P g)),  x̂ = x ⊙ w", fontsize=FONT - 1)
+    c.text(
+        0.2,
+        0.05,
+        f"shapes (B, C, D, H, W) traced for input {format_shape(t.input_shape)}; "
+        f"w = σ(x + Up(P g)),  x̂ = x ⊙ w",
+        fontsize=FONT - 1,
+    )
     return c.done()
 
 
@@ -372,8 +459,9 @@ def draw_attention(config: ModelConfig, level: int = 0, *, input_shape: Sequence
 # --------------------------------------------------------------------------------------------
 
 
-def draw_network(config: ModelConfig, *, input_shape: Sequence[int] | None = None,
-                 trace: NetworkTrace | None = None) -> Figure:
+def draw_network(
+    config: ModelConfig, *, input_shape: Sequence[int] | None = None, trace: NetworkTrace | None = None
+) -> Figure:
     """The whole U of one variant (MSAN paper, §2.2, Fig. 1–2), from a forward on the ``meta`` device.
 
     Encoder stages ``enc0 … enc3`` down the left, the bottleneck ``enc4`` at the bottom (with the
@@ -399,16 +487,30 @@ def draw_network(config: ModelConfig, *, input_shape: Sequence[int] | None = Non
     w, h = 2.3, 0.95
     mid = 6.6
     for level in range(NUM_POOLS):
-        enc[level] = c.box(1.3 + 0.8 * level, ys[level], w, h, f"enc{level}\n{_chw(t.outputs[f'enc{level}'])}",
-                           "encoder")
-        dec[level] = c.box(11.9 - 0.8 * level, ys[level], w, h, f"dec{level}\n{_chw(t.outputs[f'dec{level}'])}",
-                           "decoder")
-    bottom = c.box(mid - 1.6 if config.res2net else mid, ys[NUM_POOLS], w, h,
-                   f"enc{NUM_POOLS} (bottleneck)\n{_chw(t.outputs[f'enc{NUM_POOLS}'])}", "bottleneck")
+        enc[level] = c.box(
+            1.3 + 0.8 * level, ys[level], w, h, f"enc{level}\n{_chw(t.outputs[f'enc{level}'])}", "encoder"
+        )
+        dec[level] = c.box(
+            11.9 - 0.8 * level, ys[level], w, h, f"dec{level}\n{_chw(t.outputs[f'dec{level}'])}", "decoder"
+        )
+    bottom = c.box(
+        mid - 1.6 if config.res2net else mid,
+        ys[NUM_POOLS],
+        w,
+        h,
+        f"enc{NUM_POOLS} (bottleneck)\n{_chw(t.outputs[f'enc{NUM_POOLS}'])}",
+        "bottleneck",
+    )
     x4_box = bottom
     if config.res2net:
-        r2 = c.box(mid + 1.7, ys[NUM_POOLS], w + 0.3, h,
-                   f"3D Res2Net, s = {config.res2net_scale}\n{_chw(t.outputs['res2net'])}", "res2net")
+        r2 = c.box(
+            mid + 1.7,
+            ys[NUM_POOLS],
+            w + 0.3,
+            h,
+            f"3D Res2Net, s = {config.res2net_scale}\n{_chw(t.outputs['res2net'])}",
+            "res2net",
+        )
         fuse = c.circle(mid, ys[NUM_POOLS] + 0.95, "+", kind="res2net")
         c.arrow(_edge(bottom, "t"), _edge(fuse, "l"), rad=-0.3)
         c.arrow(_edge(r2, "t"), _edge(fuse, "r"), rad=0.3)
@@ -416,18 +518,32 @@ def draw_network(config: ModelConfig, *, input_shape: Sequence[int] | None = Non
         x4_box = fuse
         p3 = t.outputs["pool3"]
         c.arrow(_edge(enc[NUM_POOLS - 1], "b"), _edge(r2, "b"), None, rad=0.45, color="#1e8449")
-        c.text(mid + 3.15, ys[NUM_POOLS] - 0.35, f"p3 = pool3(x3), {_chw(p3)},\nalso feeds the Res2Net branch",
-               fontsize=FONT - 1.5, color="#1e8449")
+        c.text(
+            mid + 3.15,
+            ys[NUM_POOLS] - 0.35,
+            f"p3 = pool3(x3), {_chw(p3)},\nalso feeds the Res2Net branch",
+            fontsize=FONT - 1.5,
+            color="#1e8449",
+        )
     c.text(0.05, ys[0] + 0.75, f"image {_chw(t.input_shape)}", fontsize=FONT - 1)
     for level in range(NUM_POOLS):
         pool = t.config.pool_sizes[level]
         lower = enc[level + 1] if level + 1 < NUM_POOLS else bottom
-        c.arrow(_edge(enc[level], "b"), _edge(lower, "t" if level + 1 < NUM_POOLS else "l"),
-                f"max-pool {format_shape(pool)}", offset=(-0.95, -0.1), color="#1f4e79")
+        c.arrow(
+            _edge(enc[level], "b"),
+            _edge(lower, "t" if level + 1 < NUM_POOLS else "l"),
+            f"max-pool {format_shape(pool)}",
+            offset=(-0.95, -0.1),
+            color="#1f4e79",
+        )
         upper_src = dec[level + 1] if level + 1 < NUM_POOLS else x4_box
-        c.arrow(_edge(upper_src, "t" if level + 1 < NUM_POOLS else "r"), _edge(dec[level], "b"),
-                f"up{level}: ConvT {format_shape(pool)}", offset=(0.95, -0.1) if level + 1 < NUM_POOLS else (0.4, -0.5),
-                color="#a04000")
+        c.arrow(
+            _edge(upper_src, "t" if level + 1 < NUM_POOLS else "r"),
+            _edge(dec[level], "b"),
+            f"up{level}: ConvT {format_shape(pool)}",
+            offset=(0.95, -0.1) if level + 1 < NUM_POOLS else (0.4, -0.5),
+            color="#a04000",
+        )
         y = ys[level]
         skip = f"x{level} {format_shape(t.outputs[f'enc{level}'][2:])}"
         if config.attention:
@@ -435,8 +551,14 @@ def draw_network(config: ModelConfig, *, input_shape: Sequence[int] | None = Non
             c.arrow(_edge(enc[level], "r"), _edge(node, "l"), skip)
             c.arrow(_edge(node, "r"), _edge(dec[level], "l"), f"x̂{level} (concatenated)")
             if level + 1 < NUM_POOLS:
-                c.arrow(_edge(dec[level + 1], "l"), (mid + 0.27, y - 0.27), f"g = u{level + 1}", dashed=True,
-                        color="#922b21", offset=(0.3, -0.35))
+                c.arrow(
+                    _edge(dec[level + 1], "l"),
+                    (mid + 0.27, y - 0.27),
+                    f"g = u{level + 1}",
+                    dashed=True,
+                    color="#922b21",
+                    offset=(0.3, -0.35),
+                )
             else:
                 c.arrow(_edge(x4_box, "t"), _edge(node, "b"), dashed=True, color="#922b21")
         else:
@@ -455,13 +577,20 @@ def draw_network(config: ModelConfig, *, input_shape: Sequence[int] | None = Non
         hb = c.box(14.55, y, 2.8, 0.85, text, "head", fontsize=FONT - 1.5)
         c.arrow(_edge(src, "r"), _edge(hb, "l"))
     legend = "widths c_l = min(base·2^l, max) = " + ", ".join(str(w_) for w_ in config.channels)
-    legend += f";  attention {'on' if config.attention else 'off'}, Res2Net {'on' if config.res2net else 'off'}"
+    legend += (
+        f";  attention {'on' if config.attention else 'off'}, Res2Net {'on' if config.res2net else 'off'}"
+    )
     legend += " (x4 = enc4(p3) + Res2Net(p3))" if config.res2net else ""
     legend += f", deep supervision {'on' if config.deep_supervision else 'off'} ({len(t.aux_heads)} auxiliary heads)"
     c.text(0.1, 0.05, legend, fontsize=FONT - 1)
     if config.attention:
-        c.text(0.1, 0.4, "MSA: multi-scale attention, x̂ = x ⊙ σ(x + Up(P g)); dashed: the coarser gating map g",
-               fontsize=FONT - 1, color="#922b21")
+        c.text(
+            0.1,
+            0.4,
+            "MSA: multi-scale attention, x̂ = x ⊙ σ(x + Up(P g)); dashed: the coarser gating map g",
+            fontsize=FONT - 1,
+            color="#922b21",
+        )
     return c.done()
 
 
@@ -496,8 +625,11 @@ def draw_res2net_block(config: ModelConfig, *, input_shape: Sequence[int] | None
     with torch.device("meta"):
         block = Res2NetBlock3d(c3, c4, config.res2net_scale, **kw)
     seen: dict[str, tuple[int, ...]] = {}
-    handles = [m.register_forward_hook(lambda mod, a, o, n=n: seen.__setitem__(n, _shape(o)))
-               for n, m in block.named_modules() if n and "." not in n or re.fullmatch(r"convs\.\d+", n or "")]
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, n=n: seen.__setitem__(n, _shape(o)))
+        for n, m in block.named_modules()
+        if n and "." not in n or re.fullmatch(r"convs\.\d+", n or "")
+    ]
     try:
         with torch.no_grad():
             out = block(torch.empty(p3, device="meta"))
@@ -508,14 +640,17 @@ def draw_res2net_block(config: ModelConfig, *, input_shape: Sequence[int] | None
     split = (p3[0], block.width, *p3[2:])
     row = 1.05
     height = 2.4 + row * s
-    c = _Canvas(FIG_WIDTH, 1.0 + 0.75 * height, 16, height,
-                f"3D Res2Net block, s = {s} (input p3 {format_shape(p3)})")
+    c = _Canvas(
+        FIG_WIDTH, 1.0 + 0.75 * height, 16, height, f"3D Res2Net block, s = {s} (input p3 {format_shape(p3)})"
+    )
     ys = [height - 0.9 - row * i for i in range(s)]
     mid = (ys[0] + ys[-1]) / 2
     bin_ = c.box(1.2, mid, 2.25, 0.9, f"p3\n{_chw(p3)}", "data")
     red = c.box(3.75, mid, 2.45, 0.9, f"1×1×1 conv\n→ {_chw(seen['reduce'])}", "res2net")
     c.arrow(_edge(bin_, "r"), _edge(red, "l"))
-    catb = c.box(11.2, mid, 1.4, row * (s - 1) + 0.7, f"concat\n{_chw(seen['expand'])}".replace(" · ", "\n"), "op")
+    catb = c.box(
+        11.2, mid, 1.4, row * (s - 1) + 0.7, f"concat\n{_chw(seen['expand'])}".replace(" · ", "\n"), "op"
+    )
     cat_left = catb[0] - catb[2] / 2
     prev = None
     for i in range(s):
@@ -544,8 +679,12 @@ def draw_res2net_block(config: ModelConfig, *, input_shape: Sequence[int] | None
     shortcut = "identity" if c3 == c4 else "1×1×1 conv projection"
     c.arrow(_edge(bin_, "b"), _edge(add, "b"), None, rad=0.1, color="#1e8449")
     c.text(3.0, ys[-1] - 0.8, f"shortcut ({shortcut}): {format_shape(seen['shortcut'])}", color="#1e8449")
-    c.text(0.1, 0.05, f"each y_i: {format_shape(seen['convs.0'])};  y1 = x1,  y2 = K2(x2),  yi = Ki(xi + y(i-1)) "
-           f"for 2 < i ≤ s;  out = act(conv1x1(concat(y1 … y{s})) + shortcut(p3)) → {format_shape(tuple(out.shape))}")
+    c.text(
+        0.1,
+        0.05,
+        f"each y_i: {format_shape(seen['convs.0'])};  y1 = x1,  y2 = K2(x2),  yi = Ki(xi + y(i-1)) "
+        f"for 2 < i ≤ s;  out = act(conv1x1(concat(y1 … y{s})) + shortcut(p3)) → {format_shape(tuple(out.shape))}",
+    )
     return c.done()
 
 
@@ -594,8 +733,12 @@ def majority_needed(n: int) -> int:
     return math.ceil((n + 1) / 2)
 
 
-def draw_vote(models: Sequence[str] | None = None, *, example: np.ndarray = VOTE_EXAMPLE,
-              num_components: int = POSTPROCESS_K) -> Figure:
+def draw_vote(
+    models: Sequence[str] | None = None,
+    *,
+    example: np.ndarray = VOTE_EXAMPLE,
+    num_components: int = POSTPROCESS_K,
+) -> Figure:
     """The ensemble vote over the nested regions and the post-processing, with a worked example.
 
     Left: one row of voxels per model (``example[i]`` is model ``i``'s labels). Middle: how many models
@@ -629,8 +772,17 @@ def draw_vote(models: Sequence[str] | None = None, *, example: np.ndarray = VOTE
     fig.suptitle(f"Vote of {n} models over the nested regions, then post-processing", fontsize=FONT + 3)
     labels = [f"Vote of {n} models over the nested regions, then post-processing"]
     rows = max(n, 8)
-    grid = fig.add_gridspec(rows, 3, width_ratios=[1.25, 1.0, 1.1], left=0.13, right=0.99, top=0.9,
-                            bottom=0.1, hspace=1.1, wspace=0.25)
+    grid = fig.add_gridspec(
+        rows,
+        3,
+        width_ratios=[1.25, 1.0, 1.1],
+        left=0.13,
+        right=0.99,
+        top=0.9,
+        bottom=0.1,
+        hspace=1.1,
+        wspace=0.25,
+    )
     for i, name in enumerate(models):
         ax = fig.add_subplot(grid[i, 0])
         ax.imshow(_rgb(example[i : i + 1]), aspect="auto", interpolation="nearest")
@@ -639,8 +791,9 @@ def draw_vote(models: Sequence[str] | None = None, *, example: np.ndarray = VOTE
         labels.append(name)
     kidney_votes = (example >= 1).sum(axis=0)
     tumour_votes = (example == 2).sum(axis=0)
-    for row, (votes, region) in enumerate(((kidney_votes, "kidney region (label ≥ 1)"),
-                                           (tumour_votes, "tumour (label 2)"))):
+    for row, (votes, region) in enumerate(
+        ((kidney_votes, "kidney region (label ≥ 1)"), (tumour_votes, "tumour (label 2)"))
+    ):
         ax = fig.add_subplot(grid[row * 3 : row * 3 + 2, 1])
         ax.bar(np.arange(votes.size), votes, color="#2e86c1" if row == 0 else "#e74c3c")
         ax.axhline(k - 0.5, color="black", linestyle="--", linewidth=1.2)
@@ -656,17 +809,26 @@ def draw_vote(models: Sequence[str] | None = None, *, example: np.ndarray = VOTE
     rule = f"kidney region where ≥ {k} of {n} say label ≥ 1;\ntumour where ≥ {k} of {n} say label 2"
     ax.text(0.5, -0.5, rule, transform=ax.transAxes, ha="center", va="top", fontsize=FONT - 1)
     labels += ["voted labels (kitsmsan.ensemble.majority_vote)", rule]
-    ax_before = fig.add_subplot(grid[0:rows // 2 - 1, 2])
+    ax_before = fig.add_subplot(grid[0 : rows // 2 - 1, 2])
     ax_after = fig.add_subplot(grid[rows // 2 : rows - 1, 2])
-    for ax, arr, title in ((ax_before, POSTPROCESS_EXAMPLE, "a prediction before post-processing"),
-                           (ax_after, kept, f"after keep_largest_components(k = {num_components})")):
+    for ax, arr, title in (
+        (ax_before, POSTPROCESS_EXAMPLE, "a prediction before post-processing"),
+        (ax_after, kept, f"after keep_largest_components(k = {num_components})"),
+    ):
         ax.imshow(_rgb(arr), interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_title(title, fontsize=FONT - 1)
         labels.append(title)
-    fig.legend(handles=[Patch(color=_LABEL_RGB[v], label=t) for v, t in
-                        ((0, "background"), (1, "kidney"), (2, "tumour"))],
-               loc="lower left", fontsize=FONT - 1, ncol=3, frameon=False, bbox_to_anchor=(0.01, 0.0))
+    fig.legend(
+        handles=[
+            Patch(color=_LABEL_RGB[v], label=t) for v, t in ((0, "background"), (1, "kidney"), (2, "tumour"))
+        ],
+        loc="lower left",
+        fontsize=FONT - 1,
+        ncol=3,
+        frameon=False,
+        bbox_to_anchor=(0.01, 0.0),
+    )
     fig.kitsmsan_labels = labels
     fig.kitsmsan_vote = voted
     fig.kitsmsan_postprocessed = kept

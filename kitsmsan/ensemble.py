@@ -71,8 +71,7 @@ TIE_BREAKS = ("highest", "lowest", "first")
 
 def _check_label_maps(label_maps: Sequence[np.ndarray], num_classes: int) -> list[np.ndarray]:
     if isinstance(label_maps, np.ndarray):
-        raise DataError("label_maps: pass a sequence of label volumes (one per model), "
-                        "not a single array")
+        raise DataError("label_maps: pass a sequence of label volumes (one per model), not a single array")
     maps = [np.asarray(m) for m in label_maps]
     if not maps:
         raise DataError("label_maps: empty; need at least one model's labels")
@@ -85,8 +84,9 @@ def _check_label_maps(label_maps: Sequence[np.ndarray], num_classes: int) -> lis
         if not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool):
             raise DataError(f"label_maps[{i}]: expected integer labels, got dtype {m.dtype}")
         if m.size and (int(m.min()) < 0 or int(m.max()) >= num_classes):
-            raise DataError(f"label_maps[{i}]: values outside 0..{num_classes - 1} "
-                            f"(min {m.min()}, max {m.max()})")
+            raise DataError(
+                f"label_maps[{i}]: values outside 0..{num_classes - 1} (min {m.min()}, max {m.max()})"
+            )
     return maps
 
 
@@ -99,7 +99,10 @@ def _count(maps: list[np.ndarray], c: int) -> np.ndarray:
 
 
 def majority_vote(
-    label_maps: Sequence[np.ndarray], *, rule: str = "nested", num_classes: int = 3,
+    label_maps: Sequence[np.ndarray],
+    *,
+    rule: str = "nested",
+    num_classes: int = 3,
     tie_break: str | None = None,
 ) -> np.ndarray:
     """Per-voxel vote over N models' label volumes (MSAN paper, §2.2 and §3.1).
@@ -127,8 +130,10 @@ def majority_vote(
     if rule not in VOTE_RULES:
         raise ConfigError(f"rule={rule!r}: expected one of {', '.join(VOTE_RULES)}")
     if rule == "nested" and tie_break is not None:
-        raise ConfigError(f"tie_break={tie_break!r}: only rule='plurality' has ties to break "
-                          "(rule='nested' needs a strict majority)")
+        raise ConfigError(
+            f"tie_break={tie_break!r}: only rule='plurality' has ties to break "
+            "(rule='nested' needs a strict majority)"
+        )
     tie_break = "highest" if tie_break is None else tie_break
     if tie_break not in TIE_BREAKS:
         raise ConfigError(f"tie_break={tie_break!r}: expected one of {', '.join(TIE_BREAKS)}")
@@ -244,11 +249,15 @@ def load_probs(path: str | os.PathLike) -> np.ndarray:
     try:
         probs = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable probability array (a .npy of floats written by "
-                        f"'kitsmsan predict --save-probs'; pickled objects are refused): {exc}") from None
+        raise DataError(
+            f"{path}: not a readable probability array (a .npy of floats written by "
+            f"'kitsmsan predict --save-probs'; pickled objects are refused): {exc}"
+        ) from None
     if not isinstance(probs, np.ndarray) or probs.dtype.kind != "f" or probs.ndim != 4:
-        raise DataError(f"{path}: expected a float (3, Z, Y, X) array, got "
-                        f"{getattr(probs, 'dtype', type(probs).__name__)} {getattr(probs, 'shape', '')}")
+        raise DataError(
+            f"{path}: expected a float (3, Z, Y, X) array, got "
+            f"{getattr(probs, 'dtype', type(probs).__name__)} {getattr(probs, 'shape', '')}"
+        )
     if not np.isfinite(probs).all():  # named here, not as a list position later
         raise DataError(f"{path}: holds NaN or infinite probabilities")
     return probs
@@ -321,30 +330,48 @@ def ensemble_folders(
         raise DataError(f"{len(missing)} input files missing{hint}: {', '.join(missing)}")
 
     recognize = only_files("prediction_*.nii.gz", "ensemble.json")
-    claim_output_dir(out_dir, "predictions", command="ensemble", overwrite=overwrite, recognize=recognize,
-                     create=False)
-    with new_output_dir(out_dir, "predictions", command="ensemble", overwrite=overwrite,
-                        recognize=recognize):  # a failure before any file is written leaves no folder
+    claim_output_dir(
+        out_dir, "predictions", command="ensemble", overwrite=overwrite, recognize=recognize, create=False
+    )
+    with new_output_dir(
+        out_dir, "predictions", command="ensemble", overwrite=overwrite, recognize=recognize
+    ):  # a failure before any file is written leaves no folder
         for cid in ids:
-            _combine_case(cid, dirs, out_dir, method=method, rule=rule, tie_break=tie_break,
-                          postprocess=postprocess)
+            _combine_case(
+                cid, dirs, out_dir, method=method, rule=rule, tie_break=tie_break, postprocess=postprocess
+            )
             if log is not None:
                 log(f"{cid}: {method} of {len(dirs)} -> {prediction_filename(cid)}")
     try:
-        atomic_write_json(out_dir / "ensemble.json", {
-            "inputs": [str(d) for d in dirs], "method": method,
-            "rule": rule if method == "vote" else None,
-            "tie_break": (tie_break or "highest") if method == "vote" and rule == "plurality" else None,
-            "cases": ids, "postprocess": postprocess,
-        })
+        atomic_write_json(
+            out_dir / "ensemble.json",
+            {
+                "inputs": [str(d) for d in dirs],
+                "method": method,
+                "rule": rule if method == "vote" else None,
+                "tie_break": (tie_break or "highest") if method == "vote" and rule == "plurality" else None,
+                "cases": ids,
+                "postprocess": postprocess,
+            },
+        )
     except OSError as exc:
-        raise DataError(f"{out_dir / 'ensemble.json'}: cannot write ({exc.strerror or exc}); "
-                        "the combined predictions themselves are complete") from exc
+        raise DataError(
+            f"{out_dir / 'ensemble.json'}: cannot write ({exc.strerror or exc}); "
+            "the combined predictions themselves are complete"
+        ) from exc
     return ids
 
 
-def _combine_case(cid: str, dirs: list[Path], out_dir: Path, *, method: str, rule: str,
-                  tie_break: str | None, postprocess: int) -> None:
+def _combine_case(
+    cid: str,
+    dirs: list[Path],
+    out_dir: Path,
+    *,
+    method: str,
+    rule: str,
+    tie_break: str | None,
+    postprocess: int,
+) -> None:
     """Vote (or average) one case over ``dirs`` and write it to ``out_dir``."""
     first = dirs[0] / prediction_filename(cid)
     labels, affines = [], []
@@ -361,17 +388,28 @@ def _combine_case(cid: str, dirs: list[Path], out_dir: Path, *, method: str, rul
         probs = [load_probs(d / probs_filename(cid)) for d in dirs]
         for d, pr in zip(dirs, probs):
             if pr.shape[1:] != labels[0].shape:
-                raise DataError(f"{d / probs_filename(cid)}: shape {pr.shape} does not match "
-                                f"the prediction {labels[0].shape}")
+                raise DataError(
+                    f"{d / probs_filename(cid)}: shape {pr.shape} does not match "
+                    f"the prediction {labels[0].shape}"
+                )
         pred = argmax_label(average_probabilities([np.asarray(pr, np.float32) for pr in probs]))
     if postprocess:
         pred = keep_largest_components(pred, postprocess)
     img = nib.load(str(first))
-    reference = Case(cid, None, labels[0], tuple(float(s) for s in img.header.get_zooms()[:3]),
-                     affines[0], first.parent, img.header)
+    reference = Case(
+        cid,
+        None,
+        labels[0],
+        tuple(float(s) for s in img.header.get_zooms()[:3]),
+        affines[0],
+        first.parent,
+        img.header,
+    )
     target = safe_join(out_dir, prediction_filename(cid))
     try:
         save_prediction(pred, reference, target)
     except OSError as exc:  # disk full, no permission: name the file, no traceback
-        raise DataError(f"{target}: cannot write ({exc.strerror or exc}); the files written "
-                        f"before it are complete, this one was not written") from exc
+        raise DataError(
+            f"{target}: cannot write ({exc.strerror or exc}); the files written "
+            f"before it are complete, this one was not written"
+        ) from exc

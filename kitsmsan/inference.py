@@ -74,8 +74,12 @@ def _check_inputs(image_hu, *, num_slices: int, stride: int, batch_size: int, di
         ConfigError: a count that is not a positive integer, or ``stride > num_slices``.
         DataError: ``image_hu`` not a non-empty 3-D array of finite real numbers.
     """
-    for name, v, lo in (("num_slices", num_slices, 1), ("stride", stride, 1),
-                        ("batch_size", batch_size, 1), ("divisor", divisor, 1)):
+    for name, v, lo in (
+        ("num_slices", num_slices, 1),
+        ("stride", stride, 1),
+        ("batch_size", batch_size, 1),
+        ("divisor", divisor, 1),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ConfigError(f"{name}={v!r}: expected an integer >= {lo}")
     if stride > num_slices:
@@ -100,10 +104,16 @@ def _window_probs(model: torch.nn.Module, x: torch.Tensor, amp_dtype: torch.dtyp
         logits = model(x)
     if isinstance(logits, (list, tuple)):  # deep supervision: full-res output first
         logits = logits[0]
-    if logits.ndim != 5 or logits.shape[0] != x.shape[0] \
-            or tuple(logits.shape[2:]) != tuple(x.shape[2:]) or logits.shape[1] < 2:
-        raise DataError(f"model output shape {tuple(logits.shape)} for input {tuple(x.shape)}: "
-                        f"expected (B, C, {x.shape[2]}, {x.shape[3]}, {x.shape[4]}) logits with C >= 2")
+    if (
+        logits.ndim != 5
+        or logits.shape[0] != x.shape[0]
+        or tuple(logits.shape[2:]) != tuple(x.shape[2:])
+        or logits.shape[1] < 2
+    ):
+        raise DataError(
+            f"model output shape {tuple(logits.shape)} for input {tuple(x.shape)}: "
+            f"expected (B, C, {x.shape[2]}, {x.shape[3]}, {x.shape[4]}) logits with C >= 2"
+        )
     return torch.softmax(logits.float(), dim=1)
 
 
@@ -151,8 +161,9 @@ def predict_case(
     models = [model_or_models] if isinstance(model_or_models, torch.nn.Module) else list(model_or_models)
     if not models or not all(isinstance(m, torch.nn.Module) for m in models):
         raise ConfigError("model_or_models: expected an nn.Module or a non-empty sequence of them")
-    image_hu = _check_inputs(image_hu, num_slices=num_slices, stride=stride, batch_size=batch_size,
-                             divisor=divisor)
+    image_hu = _check_inputs(
+        image_hu, num_slices=num_slices, stride=stride, batch_size=batch_size, divisor=divisor
+    )
 
     dev = model_device(models[0]) if device is None else resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
@@ -168,14 +179,14 @@ def predict_case(
     starts = window_starts(Zp, num_slices, stride)
     coverage = np.zeros(Zp, dtype=np.float32)  # windows covering each slice
     for s in starts:
-        coverage[s:s + num_slices] += 1
+        coverage[s : s + num_slices] += 1
     acc = None  # float32 (C, Zp, Y, X), allocated once C is known
 
     was_training = [m.training for m in models]
     if device is not None:
         for m in models:
             m.to(dev)
-    batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+    batches = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
     if progress:
         batches = tqdm(batches, desc="windows", unit="batch")
     try:
@@ -183,13 +194,13 @@ def predict_case(
             m.eval()
         with torch.inference_mode():
             for batch_starts in batches:
-                x = torch.stack([volume[s:s + num_slices] for s in batch_starts])[:, None]
+                x = torch.stack([volume[s : s + num_slices] for s in batch_starts])[:, None]
                 x = x.to(dev, non_blocking=True)  # (B, 1, num_slices, Hp, Wp)
                 probs_np = sum(_window_probs(m, x, amp_dtype)[..., :Y, :X] for m in models).cpu().numpy()
                 if acc is None:
                     acc = np.zeros((probs_np.shape[1], Zp, Y, X), dtype=np.float32)
                 for j, s in enumerate(batch_starts):
-                    acc[:, s:s + num_slices] += probs_np[j]
+                    acc[:, s : s + num_slices] += probs_np[j]
     finally:
         for m, t in zip(models, was_training):
             m.train(t)

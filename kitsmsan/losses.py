@@ -99,8 +99,11 @@ class DiceLoss(nn.Module):
             # skipped for fake tensors, which hold no values: kitsmsan.bench.memory counts the training
             # step under FakeTensorMode on the CPU device, where reading one raises
             # DataDependentOutputException.
-            if target.device.type == "cpu" and target.numel() and not is_fake(target) and (
-                int(target.min()) < 0 or int(target.max()) >= num_classes
+            if (
+                target.device.type == "cpu"
+                and target.numel()
+                and not is_fake(target)
+                and (int(target.min()) < 0 or int(target.max()) >= num_classes)
             ):
                 raise DataError(
                     f"DiceLoss: target labels span [{int(target.min())}, {int(target.max())}], "
@@ -187,10 +190,14 @@ class DeepSupervisionLoss(nn.Module):
         if weights is not None:
             weights = [float(w) for w in weights]
             if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ConfigError(f"DeepSupervisionLoss: weights={weights}: need non-negative weights with a positive sum")
+                raise ConfigError(
+                    f"DeepSupervisionLoss: weights={weights}: need non-negative weights with a positive sum"
+                )
         self.weights = weights
         if target_mode not in TARGET_MODES:
-            raise ConfigError(f"DeepSupervisionLoss: target_mode={target_mode!r}: expected one of {TARGET_MODES}")
+            raise ConfigError(
+                f"DeepSupervisionLoss: target_mode={target_mode!r}: expected one of {TARGET_MODES}"
+            )
         self.target_mode = target_mode
 
     def resize_target(self, target: torch.Tensor, size: Sequence[int], num_classes: int) -> torch.Tensor:

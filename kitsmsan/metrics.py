@@ -172,6 +172,7 @@ def summarize(df, by: str | Sequence[str] | None = None):
         n_missing`` (fractions in [0, 1], not percent), indexed by the group key(s) (``"all"``
         when ``by`` is None).
     """
+
     def one(sub) -> dict[str, Any]:
         ok = sub
         n_missing = 0
@@ -202,11 +203,7 @@ def summarize(df, by: str | Sequence[str] | None = None):
     for key, sub in df.groupby(keys, sort=False):
         out.append(one(sub))
         index.append(key[0] if isinstance(key, tuple) and len(keys) == 1 else key)
-    idx = (
-        pd.Index(index, name=keys[0])
-        if len(keys) == 1
-        else pd.MultiIndex.from_tuples(index, names=keys)
-    )
+    idx = pd.Index(index, name=keys[0]) if len(keys) == 1 else pd.MultiIndex.from_tuples(index, names=keys)
     return pd.DataFrame(out, index=idx)
 
 
@@ -221,6 +218,7 @@ def table1_markdown(summary, *, title: str | None = None, digits: int = 2) -> st
     Returns:
         Markdown text ending with a newline.
     """
+
     def pct(v: float) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}"
 
@@ -305,20 +303,24 @@ def evaluate_folder(
         ids = [normalize_case_id(c) for c in case_ids]
     missing = [prediction_filename(c) for c in ids if not (pred_dir / prediction_filename(c)).is_file()]
     if missing and not allow_missing:
-        raise DataError(
-            f"{pred_dir}: {len(missing)} of {len(ids)} predictions missing: {', '.join(missing)}"
-        )
+        raise DataError(f"{pred_dir}: {len(missing)} of {len(ids)} predictions missing: {', '.join(missing)}")
     no_gt = [c for c in ids if not (data_root / c / SEGMENTATION_FILE).is_file()]
     if no_gt:
-        raise DataError(
-            f"{data_root}: no ground truth ({SEGMENTATION_FILE}) for {', '.join(no_gt)}"
-        )
+        raise DataError(f"{data_root}: no ground truth ({SEGMENTATION_FILE}) for {', '.join(no_gt)}")
     rows = []
     for cid in ids:
         pred_path = pred_dir / prediction_filename(cid)
         if not pred_path.is_file():
-            rows.append({"case_id": cid, "kidney": math.nan, "tumor": math.nan,
-                         "composite": math.nan, "postprocess": k, "status": "missing"})
+            rows.append(
+                {
+                    "case_id": cid,
+                    "kidney": math.nan,
+                    "tumor": math.nan,
+                    "composite": math.nan,
+                    "postprocess": k,
+                    "status": "missing",
+                }
+            )
             continue
         gt, _, _ = load_label(data_root / cid / SEGMENTATION_FILE)
         pred, _, _ = load_label(pred_path)
@@ -374,15 +376,16 @@ def write_results(
         return v
 
     summary_rows = [
-        {"group": (list(map(clean, key)) if isinstance(key, tuple) else clean(key)),
-         **{c: clean(row[c]) for c in summary.columns}}
+        {
+            "group": (list(map(clean, key)) if isinstance(key, tuple) else clean(key)),
+            **{c: clean(row[c]) for c in summary.columns},
+        }
         for key, row in summary.iterrows()
     ]
     missing = []
     if "status" in per_case.columns:
         missing = per_case.loc[per_case["status"] != "ok", "case_id"].drop_duplicates().tolist()
-    summary_json = {"summary": summary_rows, "missing_cases": missing,
-                    "provenance": dict(provenance or {})}
+    summary_json = {"summary": summary_rows, "missing_cases": missing, "provenance": dict(provenance or {})}
     md = table1_markdown(summary, title=f"## {title}")
     if missing:
         md += f"\nMissing predictions (excluded from the means): {', '.join(missing)}\n"

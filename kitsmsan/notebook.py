@@ -42,9 +42,24 @@ from kitsmsan.train.loop import run_state
 from kitsmsan.train.runlock import changed_run_settings
 from kitsmsan.uncertainty import paired_table
 
-__all__ = ["PageData", "TrainedRuns", "bullets", "case_scores", "ci_points", "compare_arms", "load_runs",
-           "mean_dice", "page_data", "page_root", "postprocess", "predict_cases", "score_model", "to_plain",
-           "train_config", "train_once"]
+__all__ = [
+    "PageData",
+    "TrainedRuns",
+    "bullets",
+    "case_scores",
+    "ci_points",
+    "compare_arms",
+    "load_runs",
+    "mean_dice",
+    "page_data",
+    "page_root",
+    "postprocess",
+    "predict_cases",
+    "score_model",
+    "to_plain",
+    "train_config",
+    "train_once",
+]
 
 
 def page_root(cwd: str | os.PathLike | None = None) -> Path:
@@ -101,16 +116,27 @@ class PageData:
 
     def describe(self) -> str:
         """One Markdown line: what the data is, where, and its split."""
-        return (f"**Data on this page: {self.kind}** (`{self.rel(self.data)}`): {len(self.split['train'])} "
-                f"training cases, {len(self.split['test'])} test cases ({', '.join(self.split['test'])}).")
+        return (
+            f"**Data on this page: {self.kind}** (`{self.rel(self.data)}`): {len(self.split['train'])} "
+            f"training cases, {len(self.split['test'])} test cases ({', '.join(self.split['test'])})."
+        )
 
     def _repr_markdown_(self) -> str:
         return self.describe()
 
 
-def page_data(*, smoke: bool = True, work_dir: str = "data/book", data_root: str = "", labels_dir: str = "",
-              cache_dir: str = "", train_cases: str = "", test_cases: str = "", seed: int = 0,
-              root: str | os.PathLike | None = None) -> PageData:
+def page_data(
+    *,
+    smoke: bool = True,
+    work_dir: str = "data/book",
+    data_root: str = "",
+    labels_dir: str = "",
+    cache_dir: str = "",
+    train_cases: str = "",
+    test_cases: str = "",
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+) -> PageData:
     """Write or find a page's data, split it, build its cache and seed torch.
 
     The arguments are the notebooks' parameters of the same names (all strings: papermill passes
@@ -139,20 +165,43 @@ def page_data(*, smoke: bool = True, work_dir: str = "data/book", data_root: str
     """
     base = Path(root) if root is not None else page_root()
     work = base / work_dir
-    info = make_data("smoke" if smoke else "paper", work, data=base / data_root if data_root else None,
-                     labels=None if data_root else labels_root_from_env(labels_dir or None), progress=False)
+    info = make_data(
+        "smoke" if smoke else "paper",
+        work,
+        data=base / data_root if data_root else None,
+        labels=None if data_root else labels_root_from_env(labels_dir or None),
+        progress=False,
+    )
     data = Path(info["root"])
     cache = base / cache_dir if cache_dir else work / "cache"
     train_range, test_range = train_cases or info["train"], test_cases or info["test"]
     split = split_cases(list_cases(data), train=train_range, test=test_range)
     index = prepare_cache(data, cache, case_ids=split["train"] + split["test"], progress=False)
     torch.manual_seed(seed)
-    return PageData(root=base, data=data, cache=cache, kind=info["kind"], train_cases=train_range,
-                    test_cases=test_range, split=split, index=index, smoke=smoke, seed=seed)
+    return PageData(
+        root=base,
+        data=data,
+        cache=cache,
+        kind=info["kind"],
+        train_cases=train_range,
+        test_cases=test_range,
+        split=split,
+        index=index,
+        smoke=smoke,
+        seed=seed,
+    )
 
 
-def train_config(page: PageData, variant: str, run_dir: str | os.PathLike, *, num_iters: int = 0,
-                 eval_every: int = 0, device: str = "", **overrides: Any) -> TrainConfig:
+def train_config(
+    page: PageData,
+    variant: str,
+    run_dir: str | os.PathLike,
+    *,
+    num_iters: int = 0,
+    eval_every: int = 0,
+    device: str = "",
+    **overrides: Any,
+) -> TrainConfig:
     """The :class:`TrainConfig` a page trains ``variant`` with: its preset on its data and split.
 
     Args:
@@ -167,12 +216,21 @@ def train_config(page: PageData, variant: str, run_dir: str | os.PathLike, *, nu
     Returns:
         ``TrainConfig.from_preset(page.preset, ...)``.
     """
-    chosen = {k: v for k, v in (("num_iters", num_iters), ("eval_every", eval_every), ("device", device))
-              if v}
-    return TrainConfig.from_preset(page.preset, variant=variant, data_root=str(page.data),
-                                   cache_dir=str(page.cache), run_dir=str(run_dir),
-                                   train_cases=page.train_cases, test_cases=page.test_cases, seed=page.seed,
-                                   **chosen, **overrides)
+    chosen = {
+        k: v for k, v in (("num_iters", num_iters), ("eval_every", eval_every), ("device", device)) if v
+    }
+    return TrainConfig.from_preset(
+        page.preset,
+        variant=variant,
+        data_root=str(page.data),
+        cache_dir=str(page.cache),
+        run_dir=str(run_dir),
+        train_cases=page.train_cases,
+        test_cases=page.test_cases,
+        seed=page.seed,
+        **chosen,
+        **overrides,
+    )
 
 
 class TrainedRuns(Mapping):
@@ -206,11 +264,19 @@ class TrainedRuns(Mapping):
     def table(self, root: str | os.PathLike | None = None) -> pd.DataFrame:
         """One row per run: iterations, training seconds, device, commit and folder (relative to ``root``)."""
         start = root if root is not None else self.root
-        return pd.DataFrame([{"variant": v, "iterations": r["summary"]["iterations"],
-                              "train seconds": r["summary"]["seconds"], "device": r["env"].get("device"),
-                              "commit": r["env"].get("commit"),
-                              "run folder": os.path.relpath(self.root / v, start)}
-                             for v, r in self.items()]).set_index("variant")
+        return pd.DataFrame(
+            [
+                {
+                    "variant": v,
+                    "iterations": r["summary"]["iterations"],
+                    "train seconds": r["summary"]["seconds"],
+                    "device": r["env"].get("device"),
+                    "commit": r["env"].get("commit"),
+                    "run folder": os.path.relpath(self.root / v, start),
+                }
+                for v, r in self.items()
+            ]
+        ).set_index("variant")
 
 
 def _read_run(run: Path) -> dict[str, Any]:
@@ -224,9 +290,17 @@ def _read_run(run: Path) -> dict[str, Any]:
     return out
 
 
-def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, train_missing: bool = True,
-              missing_iters: int = 0, eval_every: int = 0, device: str = "cpu",
-              models: bool = True) -> TrainedRuns:
+def load_runs(
+    runs_dir: str | os.PathLike,
+    variants: str,
+    page: PageData,
+    *,
+    train_missing: bool = True,
+    missing_iters: int = 0,
+    eval_every: int = 0,
+    device: str = "cpu",
+    models: bool = True,
+) -> TrainedRuns:
     """The finished runs ``<runs_dir>/<variant>`` of a results page, trained first where missing if allowed.
 
     Args:
@@ -259,12 +333,16 @@ def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, tra
             f"{root}: no finished run for {', '.join(missing)}. Make them with the training notebook "
             f"(03_training_compared.ipynb trains all five), `make book`, or for each variant: "
             f"kitsmsan train --variant VARIANT --data {page.rel(page.data)} --cache {page.rel(page.cache)} "
-            f"--out {runs_dir}")
+            f"--out {runs_dir}"
+        )
     for v in missing:
-        config = train_config(page, v, root / v, num_iters=missing_iters, eval_every=eval_every,
-                              device=device, progress=False)
-        print(f"{page.rel(root / v)}: no finished run; training it now ({config.num_iters} iterations, "
-              "train_missing=True)")
+        config = train_config(
+            page, v, root / v, num_iters=missing_iters, eval_every=eval_every, device=device, progress=False
+        )
+        print(
+            f"{page.rel(root / v)}: no finished run; training it now ({config.num_iters} iterations, "
+            "train_missing=True)"
+        )
         train(config, resume=True)
     info = {v: _read_run(root / v) for v in names}
     where = device if device not in ("", "auto") else "cpu"
@@ -272,8 +350,13 @@ def load_runs(runs_dir: str | os.PathLike, variants: str, page: PageData, *, tra
     return TrainedRuns(root, info, loaded)
 
 
-def train_once(config: TrainConfig, run_dir: str | os.PathLike | None = None, *,
-               root: str | os.PathLike | None = None, **changes: Any) -> torch.nn.Module:
+def train_once(
+    config: TrainConfig,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    root: str | os.PathLike | None = None,
+    **changes: Any,
+) -> torch.nn.Module:
     """Train a run unless it is finished (an interrupted run continues); return its model.
 
     A run folder that holds a run of other settings (a different learning rate, length, network ...,
@@ -298,11 +381,15 @@ def train_once(config: TrainConfig, run_dir: str | os.PathLike | None = None, *,
     if recorded.is_file():  # a run of other settings is never reused (nor resumed) in its place
         changed = changed_run_settings(json.loads(recorded.read_text(encoding="utf-8")), config)
         if changed:
-            raise ConfigError(f"{run}: this run was made with other settings ({'; '.join(changed)}); "
-                              "choose another runs_dir (or remove that run folder) to train these")
+            raise ConfigError(
+                f"{run}: this run was made with other settings ({'; '.join(changed)}); "
+                "choose another runs_dir (or remove that run folder) to train these"
+            )
     if run_state(run) != "done":
-        print(f"training {os.path.relpath(run, root if root is not None else page_root())} "
-              f"({config.num_iters} iterations)")
+        print(
+            f"training {os.path.relpath(run, root if root is not None else page_root())} "
+            f"({config.num_iters} iterations)"
+        )
         train(config, resume=True)
     return load_model(run, checkpoint="last")
 
@@ -321,8 +408,9 @@ def postprocess(label: np.ndarray, k: int | None) -> np.ndarray:
     return label if k is None else keep_largest_components(label, num_components=k)
 
 
-def predict_cases(model: torch.nn.Module, cases: Mapping[str, Any], num_slices: int = 4, *,
-                  return_probs: bool = False) -> dict[str, np.ndarray]:
+def predict_cases(
+    model: torch.nn.Module, cases: Mapping[str, Any], num_slices: int = 4, *, return_probs: bool = False
+) -> dict[str, np.ndarray]:
     """Predict every case with ``model`` (no post-processing), as the results pages do (§3.1).
 
     Args:
@@ -336,8 +424,12 @@ def predict_cases(model: torch.nn.Module, cases: Mapping[str, Any], num_slices: 
     Returns:
         ``{case_id: label map (D, H, W)}`` (uint8) in the order of ``cases``, or probabilities.
     """
-    return {cid: predict_case(model, c.image, num_slices=num_slices, stride=min(2, num_slices),
-                              return_probs=return_probs) for cid, c in cases.items()}
+    return {
+        cid: predict_case(
+            model, c.image, num_slices=num_slices, stride=min(2, num_slices), return_probs=return_probs
+        )
+        for cid, c in cases.items()
+    }
 
 
 def case_scores(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any], **columns: Any) -> pd.DataFrame:
@@ -359,8 +451,12 @@ def case_scores(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any], **col
     missing = [cid for cid in preds if cid not in truth]
     if missing:
         raise DataError(f"case_scores: no ground truth for {', '.join(missing)}")
-    return dice_table([{"case_id": cid, **kits_dice(p, getattr(truth[cid], "label", truth[cid])), **columns}
-                       for cid, p in preds.items()])
+    return dice_table(
+        [
+            {"case_id": cid, **kits_dice(p, getattr(truth[cid], "label", truth[cid])), **columns}
+            for cid, p in preds.items()
+        ]
+    )
 
 
 def mean_dice(preds: Mapping[str, np.ndarray], truth: Mapping[str, Any]) -> dict[str, float]:
@@ -392,8 +488,12 @@ def score_model(model: torch.nn.Module, cases: Mapping[str, Any], *, num_slices:
     return mean_dice(predict_cases(model, cases, num_slices), cases)
 
 
-def compare_arms(arms: Mapping[str, Mapping[str, np.ndarray]], truth: Mapping[str, Any],
-                 pairs: Sequence[tuple[str, str]], **options: Any) -> pd.DataFrame:
+def compare_arms(
+    arms: Mapping[str, Mapping[str, np.ndarray]],
+    truth: Mapping[str, Any],
+    pairs: Sequence[tuple[str, str]],
+    **options: Any,
+) -> pd.DataFrame:
     """Paired bootstrap intervals of ``a − b`` for pairs of arms predicted on the same cases.
 
     Args:
@@ -410,7 +510,9 @@ def compare_arms(arms: Mapping[str, Mapping[str, np.ndarray]], truth: Mapping[st
     Raises:
         DataError: a pair names an arm not in ``arms``, or two arms were scored on different cases.
     """
-    table = pd.concat([case_scores(preds, truth, arm=name) for name, preds in arms.items()], ignore_index=True)
+    table = pd.concat(
+        [case_scores(preds, truth, arm=name) for name, preds in arms.items()], ignore_index=True
+    )
     return paired_table(table, pairs, by="arm", **options)
 
 
@@ -422,8 +524,10 @@ def ci_points(row: Mapping[str, Any], digits: int = 1) -> str:
             as fractions).
         digits: decimals (default 1).
     """
-    return (f"{100 * row['difference']:+.{digits}f} "
-            f"[{100 * row['low']:+.{digits}f}, {100 * row['high']:+.{digits}f}]")
+    return (
+        f"{100 * row['difference']:+.{digits}f} "
+        f"[{100 * row['low']:+.{digits}f}, {100 * row['high']:+.{digits}f}]"
+    )
 
 
 def bullets(sentences: Any) -> str:

@@ -25,9 +25,7 @@ from scipy import ndimage
 from kitsmsan.errors import ConfigError, DataError
 
 
-def keep_largest_components(
-    label: np.ndarray, num_components: int = 1, connectivity: int = 3
-) -> np.ndarray:
+def keep_largest_components(label: np.ndarray, num_components: int = 1, connectivity: int = 3) -> np.ndarray:
     """Keep the ``num_components`` largest connected components of the kidney region (§3.1).
 
     Components are found with :func:`scipy.ndimage.label` on ``label > 0``. Voxels of the
@@ -51,13 +49,17 @@ def keep_largest_components(
         ConfigError: if ``num_components`` < 1 or ``connectivity`` is not in 1..ndim.
         DataError: if ``label`` is not an integer array with values in {0, 1, 2}.
     """
-    if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)) \
-            or num_components < 1:
+    if (
+        isinstance(num_components, bool)
+        or not isinstance(num_components, (int, np.integer))
+        or num_components < 1
+    ):
         raise ConfigError(f"num_components={num_components!r}: expected an integer >= 1")
     label = np.asarray(label)
     if not np.issubdtype(label.dtype, np.integer) or label.ndim == 0:
-        raise DataError(f"label: expected an integer label array, got dtype {label.dtype} "
-                        f"and shape {label.shape}")
+        raise DataError(
+            f"label: expected an integer label array, got dtype {label.dtype} and shape {label.shape}"
+        )
     if not 1 <= int(connectivity) <= label.ndim:
         raise ConfigError(f"connectivity={connectivity!r}: expected 1..{label.ndim}")
     if label.size and (int(label.min()) < 0 or int(label.max()) > 2):
@@ -71,8 +73,10 @@ def keep_largest_components(
     # 512 x 512 x 300 volume is 300 MB, while kidneys usually fill a small box.
     box = tuple(
         slice(int(idx[0]), int(idx[-1]) + 1)
-        for idx in (np.flatnonzero(region.any(axis=tuple(a for a in range(label.ndim) if a != ax)))
-                    for ax in range(label.ndim))
+        for idx in (
+            np.flatnonzero(region.any(axis=tuple(a for a in range(label.ndim) if a != ax)))
+            for ax in range(label.ndim)
+        )
     )
     structure = ndimage.generate_binary_structure(label.ndim, int(connectivity))
     components, n = ndimage.label(region[box], structure=structure)  # int32, 0 = background

@@ -112,22 +112,35 @@ def predict_folder(
     if missing:
         raise DataError(f"{data_root}: no imaging for {', '.join(missing)}")
     recognize = only_files("prediction_*.nii.gz", "probs_*.npy", "predict.json")
-    claim_output_dir(out_dir, "predictions", command="predict", overwrite=overwrite, recognize=recognize,
-                     create=False)  # refused before any model is loaded
+    claim_output_dir(
+        out_dir, "predictions", command="predict", overwrite=overwrite, recognize=recognize, create=False
+    )  # refused before any model is loaded
     todo = [c for c in ids if not (skip_existing and (out_dir / prediction_filename(c)).is_file())]
 
     dev = resolve_device(device)
-    models = [r if isinstance(r, torch.nn.Module) else load_model(r, dev, checkpoint=checkpoint)
-              for r in runs] if todo else []
+    models = (
+        [r if isinstance(r, torch.nn.Module) else load_model(r, dev, checkpoint=checkpoint) for r in runs]
+        if todo
+        else []
+    )
     timings: dict[str, float] = {}
-    with new_output_dir(out_dir, "predictions", command="predict", overwrite=overwrite,
-                        recognize=recognize):  # a failure before any file is written leaves no folder
+    with new_output_dir(
+        out_dir, "predictions", command="predict", overwrite=overwrite, recognize=recognize
+    ):  # a failure before any file is written leaves no folder
         for cid in todo:
             t0 = time.perf_counter()
             case = load_case(data_root / cid, load_label=False)
-            probs = predict_case(models, case.image, num_slices=num_slices, stride=stride,
-                                 batch_size=batch_size, device=dev, amp=amp, return_probs=True,
-                                 progress=progress)
+            probs = predict_case(
+                models,
+                case.image,
+                num_slices=num_slices,
+                stride=stride,
+                batch_size=batch_size,
+                device=dev,
+                amp=amp,
+                return_probs=True,
+                progress=progress,
+            )
             pred = np.argmax(probs, axis=0).astype(np.uint8)
             if postprocess:
                 pred = keep_largest_components(pred, postprocess)
@@ -139,23 +152,35 @@ def predict_folder(
                     with atomic_write(target) as fh:
                         np.save(fh, probs.astype(np.float16))
             except OSError as exc:  # disk full, no permission: name the file, no traceback
-                raise DataError(f"{target}: cannot write ({exc.strerror or exc}); the files written "
-                                f"before it are complete, this one was not written") from exc
+                raise DataError(
+                    f"{target}: cannot write ({exc.strerror or exc}); the files written "
+                    f"before it are complete, this one was not written"
+                ) from exc
             timings[cid] = round(time.perf_counter() - t0, 3)
             if log is not None:
                 log(f"{cid}: {case.image.shape} -> {prediction_filename(cid)} ({timings[cid]:.1f} s)")
     record = {
         "runs": [_name(r) for r in runs],
         "combination": "probability average" if len(runs) > 1 else "single model",
-        "checkpoint": checkpoint, "data": str(data_root), "cases": ids, "num_slices": num_slices,
-        "stride": stride, "batch_size": batch_size, "device": str(dev), "amp": str(amp),
-        "postprocess": postprocess, "save_probs": save_probs, "seconds": timings,
+        "checkpoint": checkpoint,
+        "data": str(data_root),
+        "cases": ids,
+        "num_slices": num_slices,
+        "stride": stride,
+        "batch_size": batch_size,
+        "device": str(dev),
+        "amp": str(amp),
+        "postprocess": postprocess,
+        "save_probs": save_probs,
+        "seconds": timings,
     }
     try:
         atomic_write_json(out_dir / "predict.json", record)
     except OSError as exc:
-        raise DataError(f"{out_dir / 'predict.json'}: cannot write ({exc.strerror or exc}); "
-                        "the predictions themselves are complete") from exc
+        raise DataError(
+            f"{out_dir / 'predict.json'}: cannot write ({exc.strerror or exc}); "
+            "the predictions themselves are complete"
+        ) from exc
     return record
 
 

@@ -97,9 +97,19 @@ DATA_KITS = "KiTS19 imaging"
 #: tumour then spans ~5 pixels instead of ~3. Measured on 6 test phantoms, MSAN-V2, 400 iterations:
 #: tumour Dice 0.25 vs 0.09 and kidney 0.87 vs 0.82 (k = 2).
 REPRODUCE_DATA: dict[str, dict[str, Any]] = {
-    "smoke": dict(size=64, num_slices=24, pixel_spacing=3.2, seed=0, pure_cases=20, pure_train="0-13",
-                  pure_test="14-19",
-                  anatomy_train="0-13", anatomy_test="180-189", slice_thickness=5.0, z_margin_mm=20.0),
+    "smoke": dict(
+        size=64,
+        num_slices=24,
+        pixel_spacing=3.2,
+        seed=0,
+        pure_cases=20,
+        pure_train="0-13",
+        pure_test="14-19",
+        anatomy_train="0-13",
+        anatomy_test="180-189",
+        slice_thickness=5.0,
+        z_margin_mm=20.0,
+    ),
     "paper": dict(train="0-179", test="180-189"),
 }
 
@@ -119,8 +129,15 @@ def labels_root_from_env(labels: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
-              progress: bool = True, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_data(
+    preset: str,
+    out: Path,
+    *,
+    labels: Path | None,
+    data: Path | None,
+    progress: bool = True,
+    spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Find or write the data of the run; returns ``{"kind", "root", "train", "test", "num_cases"}``.
 
     Phantoms are written once; a ``data.json`` marker beside them records what was written so a
@@ -147,33 +164,77 @@ def make_data(preset: str, out: Path, *, labels: Path | None, data: Path | None,
         available = {int(p.name[5:]) for p in labels.glob("case_*") if (p / "segmentation.nii.gz").is_file()}
         missing = [n for n in parse_case_range(spec["anatomy_test"]) if n not in available]
         if missing:
-            raise DataError(f"{labels}: the paper's test cases need segmentations; missing "
-                            f"{', '.join(case_id(n) for n in missing[:5])}")
+            raise DataError(
+                f"{labels}: the paper's test cases need segmentations; missing "
+                f"{', '.join(case_id(n) for n in missing[:5])}"
+            )
         wanted = [n for n in wanted if n in available]
-        info = {"kind": DATA_ANATOMY, "labels": str(labels), "cases": wanted, "size": spec["size"],
-                "seed": spec["seed"], "train": spec["anatomy_train"], "test": spec["anatomy_test"],
-                "slice_thickness": spec.get("slice_thickness"), "z_margin_mm": spec.get("z_margin_mm")}
+        info = {
+            "kind": DATA_ANATOMY,
+            "labels": str(labels),
+            "cases": wanted,
+            "size": spec["size"],
+            "seed": spec["seed"],
+            "train": spec["anatomy_train"],
+            "test": spec["anatomy_test"],
+            "slice_thickness": spec.get("slice_thickness"),
+            "z_margin_mm": spec.get("z_margin_mm"),
+        }
     else:
-        info = {"kind": DATA_PURE, "cases": spec["pure_cases"], "size": spec["size"],
-                "num_slices": spec["num_slices"], "pixel_spacing": spec.get("pixel_spacing"),
-                "seed": spec["seed"], "train": spec["pure_train"], "test": spec["pure_test"]}
+        info = {
+            "kind": DATA_PURE,
+            "cases": spec["pure_cases"],
+            "size": spec["size"],
+            "num_slices": spec["num_slices"],
+            "pixel_spacing": spec.get("pixel_spacing"),
+            "seed": spec["seed"],
+            "train": spec["pure_train"],
+            "test": spec["pure_test"],
+        }
     done = json.loads(marker.read_text()) if marker.is_file() else None
     if done != info:
         if labels is not None:
-            phantom.write_label_conditioned_dataset(labels, root, size=spec["size"],
-                                 case_ids=info["cases"], seed=spec["seed"], progress=progress,
-                                 slice_thickness=info["slice_thickness"], z_margin_mm=info["z_margin_mm"])
+            phantom.write_label_conditioned_dataset(
+                labels,
+                root,
+                size=spec["size"],
+                case_ids=info["cases"],
+                seed=spec["seed"],
+                progress=progress,
+                slice_thickness=info["slice_thickness"],
+                z_margin_mm=info["z_margin_mm"],
+            )
         else:
-            phantom.write_phantom_dataset(root, spec["pure_cases"], spec["seed"],
-                                 size=spec["size"], num_slices=spec["num_slices"],
-                                 pixel_spacing=info["pixel_spacing"], progress=progress)
+            phantom.write_phantom_dataset(
+                root,
+                spec["pure_cases"],
+                spec["seed"],
+                size=spec["size"],
+                num_slices=spec["num_slices"],
+                pixel_spacing=info["pixel_spacing"],
+                progress=progress,
+            )
         atomic_write_json(marker, info)
-    return {"kind": info["kind"], "root": root, "train": info["train"], "test": info["test"],
-            "num_cases": len(list_cases(root))}
+    return {
+        "kind": info["kind"],
+        "root": root,
+        "train": info["train"],
+        "test": info["test"],
+        "num_cases": len(list_cases(root)),
+    }
 
 
-def predict_and_vote(variants, runs: Path, preds: Path, data_root: Path, test_ids: list[str], *,
-                     num_slices: int, device: str, progress: bool) -> str | None:
+def predict_and_vote(
+    variants,
+    runs: Path,
+    preds: Path,
+    data_root: Path,
+    test_ids: list[str],
+    *,
+    num_slices: int,
+    device: str,
+    progress: bool,
+) -> str | None:
     """Each network's raw prediction, then the vote over those raw predictions (§2.2, §3.1).
 
     Every variant's run is predicted into ``preds/<variant>/`` by
@@ -189,14 +250,30 @@ def predict_and_vote(variants, runs: Path, preds: Path, data_root: Path, test_id
         The key of the vote's folder (``"ensemble"`` or ``"vote"``), or None for a single variant.
     """
     for variant in variants:
-        predict_folder([runs / variant], data_root, preds / variant, cases=test_ids, checkpoint="last",
-                       num_slices=num_slices, device=device, skip_existing=True, progress=False,
-                       log=print if progress else None)
+        predict_folder(
+            [runs / variant],
+            data_root,
+            preds / variant,
+            cases=test_ids,
+            checkpoint="last",
+            num_slices=num_slices,
+            device=device,
+            skip_existing=True,
+            progress=False,
+            log=print if progress else None,
+        )
     if len(variants) < 2:
         return None
     key = vote_key(variants)
-    ensemble_folders([preds / v for v in variants], preds / key, method="vote", rule="nested",
-                     cases=test_ids, postprocess=0, log=print if progress else None)
+    ensemble_folders(
+        [preds / v for v in variants],
+        preds / key,
+        method="vote",
+        rule="nested",
+        cases=test_ids,
+        postprocess=0,
+        log=print if progress else None,
+    )
     return key
 
 
@@ -234,15 +311,26 @@ def table1_scores(per_case, *, headline_k: int = POSTPROCESS_K) -> dict[str, dic
                 raise DataError(f"table1_scores: no per-case rows for model {key!r} with postprocess={k}")
             scored[k] = summarize(rows).iloc[0]
         head = scored[headline_k]
-        scores[key] = {"kidney": float(head["kidney"]), "tumor": float(head["tumor"]),
-                       "averaged": float(head["averaged"]),
-                       "kidney_k1": float(scored[1]["kidney"]), "averaged_k1": float(scored[1]["averaged"]),
-                       "averaged_k2": float(scored[2]["averaged"]), "averaged_raw": float(scored[0]["averaged"])}
+        scores[key] = {
+            "kidney": float(head["kidney"]),
+            "tumor": float(head["tumor"]),
+            "averaged": float(head["averaged"]),
+            "kidney_k1": float(scored[1]["kidney"]),
+            "averaged_k1": float(scored[1]["averaged"]),
+            "averaged_k2": float(scored[2]["averaged"]),
+            "averaged_raw": float(scored[0]["averaged"]),
+        }
     return scores
 
 
-def table1(per_model: dict[str, dict[str, float]], *, data_kind: str, iterations: dict[str, int],
-           preset: str, headline_k: int = 1) -> tuple[str, list[dict[str, Any]]]:
+def table1(
+    per_model: dict[str, dict[str, float]],
+    *,
+    data_kind: str,
+    iterations: dict[str, int],
+    preset: str,
+    headline_k: int = 1,
+) -> tuple[str, list[dict[str, Any]]]:
     """The Table 1 analogue: our Dice (%) beside the paper's KiTS19 Dice (%).
 
     Args:
@@ -281,31 +369,42 @@ def table1(per_model: dict[str, dict[str, float]], *, data_kind: str, iterations
         ours = per_model[key]
         paper = PAPER_TABLE1.get(key) or {}
         by_k = {headline_k: ours["averaged"], other: ours.get(f"averaged_k{other}")}
-        rows.append({
-            "model": name, "key": key, "postprocess_k": headline_k,
-            "ours_kidney": 100 * ours["kidney"], "ours_tumor": 100 * ours["tumor"],
-            "ours_averaged": 100 * ours["averaged"],
-            "ours_averaged_k1": pct(by_k[1]), "ours_averaged_k2": pct(by_k[2]),
-            **({"ours_kidney_k1": pct(ours.get("kidney_k1"))} if headline_k == 2 else {}),
-            "ours_averaged_no_postprocess": 100 * ours["averaged_raw"],
-            "paper_kits19_kidney": paper.get("kidney"), "paper_kits19_tumor": paper.get("tumor"),
-            "paper_kits19_averaged": paper.get("averaged"),
-        })
+        rows.append(
+            {
+                "model": name,
+                "key": key,
+                "postprocess_k": headline_k,
+                "ours_kidney": 100 * ours["kidney"],
+                "ours_tumor": 100 * ours["tumor"],
+                "ours_averaged": 100 * ours["averaged"],
+                "ours_averaged_k1": pct(by_k[1]),
+                "ours_averaged_k2": pct(by_k[2]),
+                **({"ours_kidney_k1": pct(ours.get("kidney_k1"))} if headline_k == 2 else {}),
+                "ours_averaged_no_postprocess": 100 * ours["averaged_raw"],
+                "paper_kits19_kidney": paper.get("kidney"),
+                "paper_kits19_tumor": paper.get("tumor"),
+                "paper_kits19_averaged": paper.get("averaged"),
+            }
+        )
     iters = sorted(set(iterations.values()))
     iters_text = ", ".join(str(i) for i in iters)
     kits = data_kind == DATA_KITS
     ours_label = "Ours, KiTS19" if kits else f"Ours, {data_kind.split(' (')[0]} — not KiTS19"
     if headline_k == 1:
-        how = ("after keeping the largest connected component (k = 1, the paper's step; two more columns "
-               "give the average with k = 2 — both kidneys — and without post-processing)")
+        how = (
+            "after keeping the largest connected component (k = 1, the paper's step; two more columns "
+            "give the average with k = 2 — both kidneys — and without post-processing)"
+        )
         extra_head = "Averaged, k = 2 | Averaged, no post-proc."
         extra_align = "---:|---:|"
     else:
-        how = ("after keeping the two largest connected components of the kidney region (k = 2, one per "
-               "kidney; the paper's literal k = 1 would delete a whole kidney in 187 of 190 real KiTS19 "
-               "cases and cap even a perfect prediction at a kidney Dice of 0.73, below every kidney "
-               "number of the paper's Table 1). Beside it: kidney and average with k = 1 (paper, "
-               "literal) and the average without post-processing")
+        how = (
+            "after keeping the two largest connected components of the kidney region (k = 2, one per "
+            "kidney; the paper's literal k = 1 would delete a whole kidney in 187 of 190 real KiTS19 "
+            "cases and cap even a perfect prediction at a kidney Dice of 0.73, below every kidney "
+            "number of the paper's Table 1). Beside it: kidney and average with k = 1 (paper, "
+            "literal) and the average without post-processing"
+        )
         extra_head = "Kidney, k = 1 (paper, literal) | Averaged, k = 1 | Averaged, no post-proc."
         extra_align = "---:|---:|---:|"
     lines = [
@@ -320,26 +419,42 @@ def table1(per_model: dict[str, dict[str, float]], *, data_kind: str, iterations
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     # the post-processing columns in a table of their own, so ours and the paper's fit side by side
-    post = ["", f"Post-processing, ours (Dice %, {data_kind.split(' (')[0]}):", "",
-            f"| Model | Averaged, k = {headline_k} (above) | {extra_head} |", f"|---|---:|{extra_align}"]
+    post = [
+        "",
+        f"Post-processing, ours (Dice %, {data_kind.split(' (')[0]}):",
+        "",
+        f"| Model | Averaged, k = {headline_k} (above) | {extra_head} |",
+        f"|---|---:|{extra_align}",
+    ]
     for r in rows:
         if headline_k == 1:
             extra = f"| {_fmt(r['ours_averaged_k2'])} | {_fmt(r['ours_averaged_no_postprocess'])} |"
         else:
-            extra = (f"| {_fmt(r['ours_kidney_k1'])} | {_fmt(r['ours_averaged_k1'])} "
-                     f"| {_fmt(r['ours_averaged_no_postprocess'])} |")
+            extra = (
+                f"| {_fmt(r['ours_kidney_k1'])} | {_fmt(r['ours_averaged_k1'])} "
+                f"| {_fmt(r['ours_averaged_no_postprocess'])} |"
+            )
         lines.append(
             f"| {r['model']} | {_fmt(r['ours_kidney'])} | {_fmt(r['ours_tumor'])} | {_fmt(r['ours_averaged'])} "
             f"| {_fmt(r['paper_kits19_kidney'])} "
-            f"| {_fmt(r['paper_kits19_tumor'])} | {_fmt(r['paper_kits19_averaged'])} |")
+            f"| {_fmt(r['paper_kits19_tumor'])} | {_fmt(r['paper_kits19_averaged'])} |"
+        )
         post.append(f"| {r['model']} | {_fmt(r['ours_averaged'])} {extra}")
     return "\n".join(lines + post) + "\n", rows
 
 
-def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, data: str | os.PathLike | None = None,
-              labels: str | os.PathLike | None = None, variants: tuple[str, ...] | None = None,
-              overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
-              progress: bool = True, overwrite: bool = False) -> dict[str, Path]:
+def reproduce(
+    preset: str = "smoke",
+    out: str | os.PathLike = "reproduce",
+    *,
+    data: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    variants: tuple[str, ...] | None = None,
+    overrides: dict[str, Any] | None = None,
+    data_options: dict[str, Any] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Path]:
     """Run the paper's pipeline end to end and write the Table 1 analogue.
 
     Steps (MSAN paper, §2.1–§3.2): data (phantoms for ``smoke``: label-conditioned on the real KiTS19
@@ -378,41 +493,60 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
         raise ConfigError(f"preset={preset!r}: choose 'smoke' or 'paper'")
     variants = VARIANTS if variants is None else tuple(variants)
     if not variants:
-        raise ConfigError("variants: empty selection (e.g. --variants \"\"); name at least one network, or leave it out for all five")
+        raise ConfigError(
+            'variants: empty selection (e.g. --variants ""); name at least one network, or leave it out for all five'
+        )
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ConfigError(f"variants: unknown {bad[0]!r} (choose from {', '.join(VARIANTS)})")
     t_start = time.perf_counter()
     settings = dict(overrides or {})
     for variant in variants:  # bad overrides (model.<typo>=...) fail before any data is written
-        TrainConfig.from_preset(preset, variant=variant, **{k: v for k, v in settings.items()
-                                                           if k not in ("train_cases", "test_cases")}
-                                ).check_model()
-    out = claim_output_dir(out, "reproduce", command="reproduce", overwrite=overwrite, recognize=only_files(
-        "data", "data.json", "cache", "runs", "predictions", "table1.*", "per_case.csv"))
+        TrainConfig.from_preset(
+            preset,
+            variant=variant,
+            **{k: v for k, v in settings.items() if k not in ("train_cases", "test_cases")},
+        ).check_model()
+    out = claim_output_dir(
+        out,
+        "reproduce",
+        command="reproduce",
+        overwrite=overwrite,
+        recognize=only_files("data", "data.json", "cache", "runs", "predictions", "table1.*", "per_case.csv"),
+    )
     labels_root = labels_root_from_env(labels) if data is None else None
     unknown = sorted(set(data_options or {}) - set(REPRODUCE_DATA[preset]))
     if unknown:
-        raise ConfigError(f"data_options: unknown key {unknown[0]!r} "
-                          f"(known: {', '.join(REPRODUCE_DATA[preset])})")
+        raise ConfigError(
+            f"data_options: unknown key {unknown[0]!r} (known: {', '.join(REPRODUCE_DATA[preset])})"
+        )
     spec = {**REPRODUCE_DATA[preset], **(data_options or {})}
-    info = make_data(preset, out, labels=labels_root, data=Path(data) if data else None, progress=progress,
-                     spec=spec)
+    info = make_data(
+        preset, out, labels=labels_root, data=Path(data) if data else None, progress=progress, spec=spec
+    )
     info["train"] = str(settings.pop("train_cases", info["train"]))
     info["test"] = str(settings.pop("test_cases", info["test"]))
     data_root = Path(info["root"])
     split = split_cases(list_cases(data_root), train=info["train"], test=info["test"])
     if not split["train"] or not split["test"]:
-        raise DataError(f"{data_root}: need cases in train {info['train']!r} and test {info['test']!r}; "
-                        f"found {len(split['train'])} and {len(split['test'])}")
+        raise DataError(
+            f"{data_root}: need cases in train {info['train']!r} and test {info['test']!r}; "
+            f"found {len(split['train'])} and {len(split['test'])}"
+        )
     cache = out / "cache"
     prepare_cache(data_root, cache, case_ids=split["train"] + split["test"], progress=progress)
     t_data = time.perf_counter() - t_start
 
     runs, preds = out / "runs", out / "predictions"
-    base = TrainConfig.from_preset(preset, data_root=str(data_root), cache_dir=str(cache),
-                                   train_cases=info["train"], test_cases=info["test"],
-                                   progress=progress, **settings)
+    base = TrainConfig.from_preset(
+        preset,
+        data_root=str(data_root),
+        cache_dir=str(cache),
+        train_cases=info["train"],
+        test_cases=info["test"],
+        progress=progress,
+        **settings,
+    )
     iterations, train_seconds = {}, {}
     for variant in variants:
         config = base.replace(variant=variant, run_dir=str(runs / variant))
@@ -428,8 +562,16 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
     t_pred = time.perf_counter()
     test_ids = split["test"]
     device = "cuda" if base.device in ("auto", "cuda") and _cuda() else "cpu"
-    vote = predict_and_vote(variants, runs, preds, data_root, test_ids, num_slices=base.num_slices,
-                            device=device, progress=progress)
+    vote = predict_and_vote(
+        variants,
+        runs,
+        preds,
+        data_root,
+        test_ids,
+        num_slices=base.num_slices,
+        device=device,
+        progress=progress,
+    )
     t_pred = time.perf_counter() - t_pred
 
     frames = []
@@ -440,30 +582,54 @@ def reproduce(preset: str = "smoke", out: str | os.PathLike = "reproduce", *, da
             frames.append(df)
     per_case = pd.concat(frames, ignore_index=True)
     per_model = table1_scores(per_case, headline_k=POSTPROCESS_K)
-    markdown, rows = table1(per_model, data_kind=info["kind"], iterations=iterations, preset=preset,
-                            headline_k=POSTPROCESS_K)
+    markdown, rows = table1(
+        per_model, data_kind=info["kind"], iterations=iterations, preset=preset, headline_k=POSTPROCESS_K
+    )
     env = environment(device)
     wall = time.perf_counter() - t_start
     provenance = {
-        "data_kind": info["kind"], "data_root": str(data_root), "labels": str(labels_root) if labels_root else None,
-        "train_cases": info["train"], "test_cases": info["test"], "num_train_cases": len(split["train"]),
-        "num_test_cases": len(test_ids), "preset": preset, "iterations": iterations,
+        "data_kind": info["kind"],
+        "data_root": str(data_root),
+        "labels": str(labels_root) if labels_root else None,
+        "train_cases": info["train"],
+        "test_cases": info["test"],
+        "num_train_cases": len(split["train"]),
+        "num_test_cases": len(test_ids),
+        "preset": preset,
+        "iterations": iterations,
         "train_seconds": {k: round(v, 1) for k, v in train_seconds.items()},
-        "data_seconds": round(t_data, 1), "predict_seconds": round(t_pred, 1),
-        "wall_seconds": round(wall, 1), "hardware": env["device"], "commit": env["commit"],
-        "torch": env["torch"], "kitsmsan": env["kitsmsan"],
-        "postprocess": (f"largest connected components of the kidney region, k={POSTPROCESS_K} "
-                        "(headline; k=1 'paper, literal' and none reported beside it)"),
-        "ensemble": (("Ensembled Model: " if vote == "ensemble" else f"{vote}: ") + "nested-region vote "
-                     f"(kidney region and tumour each by a strict majority) of the raw predictions of "
-                     f"{', '.join(variants)}, post-processed like the rest") if vote else None,
+        "data_seconds": round(t_data, 1),
+        "predict_seconds": round(t_pred, 1),
+        "wall_seconds": round(wall, 1),
+        "hardware": env["device"],
+        "commit": env["commit"],
+        "torch": env["torch"],
+        "kitsmsan": env["kitsmsan"],
+        "postprocess": (
+            f"largest connected components of the kidney region, k={POSTPROCESS_K} "
+            "(headline; k=1 'paper, literal' and none reported beside it)"
+        ),
+        "ensemble": (
+            ("Ensembled Model: " if vote == "ensemble" else f"{vote}: ") + "nested-region vote "
+            f"(kidney region and tumour each by a strict majority) of the raw predictions of "
+            f"{', '.join(variants)}, post-processed like the rest"
+        )
+        if vote
+        else None,
         "checkpoint": "last (no checkpoint, threshold or setting is chosen on the test cases)",
         "train_config": base.to_dict(),
     }
-    markdown += "\n" + "\n".join(
-        f"- {k.replace('_', ' ')}: {v}" for k, v in provenance.items() if k != "train_config") + "\n"
-    paths = {"table_md": out / "table1.md", "table_csv": out / "table1.csv", "table_json": out / "table1.json",
-             "per_case": out / "per_case.csv"}
+    markdown += (
+        "\n"
+        + "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in provenance.items() if k != "train_config")
+        + "\n"
+    )
+    paths = {
+        "table_md": out / "table1.md",
+        "table_csv": out / "table1.csv",
+        "table_json": out / "table1.json",
+        "per_case": out / "per_case.csv",
+    }
     atomic_write_text(paths["table_md"], markdown)
     atomic_write_text(paths["table_csv"], pd.DataFrame(rows).to_csv(index=False, float_format="%.2f"))
     atomic_write_json(paths["table_json"], {"rows": rows, "provenance": provenance})

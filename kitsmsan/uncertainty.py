@@ -84,7 +84,12 @@ PAPER_COMPARISONS: tuple[tuple[str, str], ...] = (
 
 #: verdicts of :func:`verdict`
 BETTER, WORSE, UNRESOLVED, IDENTICAL, NO_VERDICT = (
-    "better", "worse", "not distinguishable", "identical", "no verdict")
+    "better",
+    "worse",
+    "not distinguishable",
+    "identical",
+    "no verdict",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,8 +186,9 @@ def percentile_interval(distribution: np.ndarray, confidence: float = CONFIDENCE
     return float(low), float(high)
 
 
-def bootstrap_ci(values: Any, *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                 seed: int | None = SEED) -> Interval:
+def bootstrap_ci(
+    values: Any, *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int | None = SEED
+) -> Interval:
     """Case-level percentile bootstrap interval of a mean Dice (one region, one model).
 
     Args:
@@ -203,13 +209,19 @@ def bootstrap_ci(values: Any, *, confidence: float = CONFIDENCE, n_resamples: in
     x = _values(values, "values")
     keep = x[~np.isnan(x)]
     dropped = int(x.size - keep.size)
-    common = {"kind": "mean", "confidence": confidence, "n_resamples": int(n_resamples), "seed": seed,
-              "n_dropped": dropped}
+    common = {
+        "kind": "mean",
+        "confidence": confidence,
+        "n_resamples": int(n_resamples),
+        "seed": seed,
+        "n_dropped": dropped,
+    }
     if keep.size == 0:
         return Interval(math.nan, math.nan, math.nan, 0, degenerate="no case defines this region", **common)
     if keep.size == 1:
-        return Interval(float(keep[0]), math.nan, math.nan, 1, degenerate="one case gives no interval",
-                        **common)
+        return Interval(
+            float(keep[0]), math.nan, math.nan, 1, degenerate="one case gives no interval", **common
+        )
     boot = keep[resample_indices(keep.size, n_resamples, seed)].mean(axis=1)
     low, high = percentile_interval(boot, confidence)
     return Interval(float(keep.mean()), low, high, int(keep.size), **common)
@@ -221,13 +233,17 @@ def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
         if set(a.index) != set(b.index):
             only_a = sorted(map(str, set(a.index) - set(b.index)))
             only_b = sorted(map(str, set(b.index) - set(a.index)))
-            raise DataError(f"paired comparison: the two models were scored on different cases "
-                            f"(only in the first: {only_a or 'none'}; only in the second: {only_b or 'none'})")
+            raise DataError(
+                f"paired comparison: the two models were scored on different cases "
+                f"(only in the first: {only_a or 'none'}; only in the second: {only_b or 'none'})"
+            )
         b = b.reindex(a.index)
     x, y = _values(a, "a"), _values(b, "b")
     if x.shape != y.shape:
-        raise DataError(f"paired comparison: {x.size} cases in the first model, {y.size} in the second; "
-                        "a paired comparison needs the same cases")
+        raise DataError(
+            f"paired comparison: {x.size} cases in the first model, {y.size} in the second; "
+            "a paired comparison needs the same cases"
+        )
     return x, y
 
 
@@ -239,16 +255,25 @@ def _degenerate_pair(x: np.ndarray, y: np.ndarray, floor: float, min_cases: int)
     if n == 1:
         return "one case gives no interval"
     if np.all(x < floor) and np.all(y < floor):
-        return (f"both score below {100 * floor:g} % Dice on every one of the {n} cases, "
-                "so the run is too short to compare")
+        return (
+            f"both score below {100 * floor:g} % Dice on every one of the {n} cases, "
+            "so the run is too short to compare"
+        )
     if n < min_cases:
         return f"{n} cases are too few for a bootstrap verdict (it needs at least {min_cases})"
     return None
 
 
-def paired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                        seed: int | None = SEED, floor: float = DEGENERATE_FLOOR,
-                        min_cases: int = MIN_CASES) -> Interval:
+def paired_bootstrap_ci(
+    a: Any,
+    b: Any,
+    *,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int | None = SEED,
+    floor: float = DEGENERATE_FLOOR,
+    min_cases: int = MIN_CASES,
+) -> Interval:
     """Paired case-level bootstrap interval of ``mean(a - b)``: two models scored on the same cases.
 
     The cases are resampled together (one index draws case ``i`` of both models), which is
@@ -277,21 +302,35 @@ def paired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_res
     ok = ~(np.isnan(x) | np.isnan(y))
     x, y = x[ok], y[ok]
     d = x - y
-    common = {"kind": "paired difference", "confidence": confidence, "n_resamples": int(n_resamples),
-              "seed": seed, "n_dropped": int(ok.size - ok.sum()), "floor": floor}
+    common = {
+        "kind": "paired difference",
+        "confidence": confidence,
+        "n_resamples": int(n_resamples),
+        "seed": seed,
+        "n_dropped": int(ok.size - ok.sum()),
+        "floor": floor,
+    }
     why = _degenerate_pair(x, y, floor, min_cases)
     if d.size < 2:
         est = float(d.mean()) if d.size else math.nan
         return Interval(est, math.nan, math.nan, int(d.size), degenerate=why, **common)
     boot = d[resample_indices(d.size, n_resamples, seed)].mean(axis=1)
     low, high = percentile_interval(boot, confidence)
-    return Interval(float(d.mean()), low, high, int(d.size), degenerate=why,
-                    identical=bool(np.all(d == 0)), **common)
+    return Interval(
+        float(d.mean()), low, high, int(d.size), degenerate=why, identical=bool(np.all(d == 0)), **common
+    )
 
 
-def unpaired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                          seed: int | None = SEED, floor: float = DEGENERATE_FLOOR,
-                          min_cases: int = MIN_CASES) -> Interval:
+def unpaired_bootstrap_ci(
+    a: Any,
+    b: Any,
+    *,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int | None = SEED,
+    floor: float = DEGENERATE_FLOOR,
+    min_cases: int = MIN_CASES,
+) -> Interval:
     """Bootstrap interval of ``mean(a) - mean(b)`` resampling the two groups independently.
 
     This ignores that the two models saw the same cases; it is here to show what pairing buys
@@ -310,14 +349,20 @@ def unpaired_bootstrap_ci(a: Any, b: Any, *, confidence: float = CONFIDENCE, n_r
     _check_options(confidence, n_resamples)
     x, y = _values(a, "a"), _values(b, "b")
     xd, yd = x[~np.isnan(x)], y[~np.isnan(y)]
-    common = {"kind": "unpaired difference", "confidence": confidence, "n_resamples": int(n_resamples),
-              "seed": seed, "n_dropped": int(x.size - xd.size + y.size - yd.size), "floor": floor}
+    common = {
+        "kind": "unpaired difference",
+        "confidence": confidence,
+        "n_resamples": int(n_resamples),
+        "seed": seed,
+        "n_dropped": int(x.size - xd.size + y.size - yd.size),
+        "floor": floor,
+    }
     n = int(min(xd.size, yd.size))
     why = None
     if n < 2:
         why = "fewer than two defined cases in a group"
     elif np.all(xd < floor) and np.all(yd < floor):
-        why = (f"both score below {100 * floor:g} % Dice on every case, so the run is too short to compare")
+        why = f"both score below {100 * floor:g} % Dice on every case, so the run is too short to compare"
     elif n < min_cases:
         why = f"{n} cases are too few for a bootstrap verdict (it needs at least {min_cases})"
     if n < 2:
@@ -355,8 +400,15 @@ def verdict(interval: Interval) -> str:
     return UNRESOLVED
 
 
-def compare_sentence(interval: Interval, a: str = "A", b: str = "B", region: str = "kidney", *,
-                     scale: float = 100.0, digits: int = 1) -> str:
+def compare_sentence(
+    interval: Interval,
+    a: str = "A",
+    b: str = "B",
+    region: str = "kidney",
+    *,
+    scale: float = 100.0,
+    digits: int = 1,
+) -> str:
     """The sentence that compares model ``a`` with model ``b``, computed from the interval of ``a − b``.
 
     Args:
@@ -388,10 +440,14 @@ def compare_sentence(interval: Interval, a: str = "A", b: str = "B", region: str
     ci = f"{conf} CI {pts(interval.low)} to {pts(interval.high)}"
     if v in (BETTER, WORSE):
         word = "better" if v == BETTER else "worse"
-        return (f"{a} is {word} than {b} on {region} Dice: {pts(interval.estimate)} points ({ci}, {how} "
-                f"over {n} cases); the interval excludes 0.")
-    return (f"{a} and {b} are not distinguishable on {region} Dice on these {n} cases: "
-            f"{pts(interval.estimate)} points ({ci}, {how}) includes 0.")
+        return (
+            f"{a} is {word} than {b} on {region} Dice: {pts(interval.estimate)} points ({ci}, {how} "
+            f"over {n} cases); the interval excludes 0."
+        )
+    return (
+        f"{a} and {b} are not distinguishable on {region} Dice on these {n} cases: "
+        f"{pts(interval.estimate)} points ({ci}, {how}) includes 0."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,8 +462,15 @@ def _ok_rows(per_case):
     return per_case
 
 
-def ci_table(per_case, *, by: str | Sequence[str] = "model", regions: Sequence[str] = REGIONS,
-             confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int | None = SEED):
+def ci_table(
+    per_case,
+    *,
+    by: str | Sequence[str] = "model",
+    regions: Sequence[str] = REGIONS,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int | None = SEED,
+):
     """Mean Dice with its bootstrap interval per group and region.
 
     Args:
@@ -434,21 +497,35 @@ def ci_table(per_case, *, by: str | Sequence[str] = "model", regions: Sequence[s
             sub = sub.sort_values("case_id", kind="stable")
         row: dict[str, Any] = {}
         for region in regions:
-            iv = bootstrap_ci(pd.to_numeric(sub[region], errors="coerce").to_numpy(), confidence=confidence,
-                              n_resamples=n_resamples, seed=seed)
-            row.update({region: iv.estimate, f"{region}_low": iv.low, f"{region}_high": iv.high,
-                        f"{region}_n": iv.n})
+            iv = bootstrap_ci(
+                pd.to_numeric(sub[region], errors="coerce").to_numpy(),
+                confidence=confidence,
+                n_resamples=n_resamples,
+                seed=seed,
+            )
+            row.update(
+                {region: iv.estimate, f"{region}_low": iv.low, f"{region}_high": iv.high, f"{region}_n": iv.n}
+            )
         out.append(row)
         index.append(key)
     idx = pd.Index(index, name=keys[0]) if len(keys) == 1 else pd.MultiIndex.from_tuples(index, names=keys)
     return pd.DataFrame(out, index=idx)
 
 
-def paired_table(per_case, pairs: Sequence[tuple[str, str]], *, by: str = "model",
-                 regions: Sequence[str] = REGIONS, names: Mapping[str, str] | None = None,
-                 region_names: Mapping[str, str] | None = None, confidence: float = CONFIDENCE,
-                 n_resamples: int = N_RESAMPLES, seed: int | None = SEED, floor: float = DEGENERATE_FLOOR,
-                 min_cases: int = MIN_CASES):
+def paired_table(
+    per_case,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    by: str = "model",
+    regions: Sequence[str] = REGIONS,
+    names: Mapping[str, str] | None = None,
+    region_names: Mapping[str, str] | None = None,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int | None = SEED,
+    floor: float = DEGENERATE_FLOOR,
+    min_cases: int = MIN_CASES,
+):
     """Paired bootstrap comparisons ``a − b`` from a per-case table, with their verdicts and sentences.
 
     Args:
@@ -481,28 +558,56 @@ def paired_table(per_case, pairs: Sequence[tuple[str, str]], *, by: str = "model
     for a, b in pairs:
         for key in (a, b):
             if key not in groups:
-                raise DataError(f"paired_table: no rows with {by} = {key!r} (present: {sorted(map(str, groups))})")
+                raise DataError(
+                    f"paired_table: no rows with {by} = {key!r} (present: {sorted(map(str, groups))})"
+                )
         # cases in case-id order, so the resamples do not depend on the row order of the table
         sa = df[df[by] == a].set_index("case_id").sort_index()
         sb = df[df[by] == b].set_index("case_id").sort_index()
         for key, s in ((a, sa), (b, sb)):
             if s.index.has_duplicates:
-                raise DataError(f"paired_table: a case appears twice for {by} = {key!r}; filter the table "
-                                "(e.g. one post-processing setting) first")
+                raise DataError(
+                    f"paired_table: a case appears twice for {by} = {key!r}; filter the table "
+                    "(e.g. one post-processing setting) first"
+                )
         for region in regions:
-            iv = paired_bootstrap_ci(pd.to_numeric(sa[region], errors="coerce"),
-                                     pd.to_numeric(sb[region], errors="coerce"), confidence=confidence,
-                                     n_resamples=n_resamples, seed=seed, floor=floor, min_cases=min_cases)
-            rows.append({"a": a, "b": b, "region": region, "difference": iv.estimate, "low": iv.low,
-                         "high": iv.high, "n": iv.n, "verdict": verdict(iv),
-                         "sentence": compare_sentence(iv, names.get(a, str(a)), names.get(b, str(b)),
-                                                      region_names.get(region, region))})
-    return pd.DataFrame(rows, columns=["a", "b", "region", "difference", "low", "high", "n", "verdict",
-                                       "sentence"])
+            iv = paired_bootstrap_ci(
+                pd.to_numeric(sa[region], errors="coerce"),
+                pd.to_numeric(sb[region], errors="coerce"),
+                confidence=confidence,
+                n_resamples=n_resamples,
+                seed=seed,
+                floor=floor,
+                min_cases=min_cases,
+            )
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "region": region,
+                    "difference": iv.estimate,
+                    "low": iv.low,
+                    "high": iv.high,
+                    "n": iv.n,
+                    "verdict": verdict(iv),
+                    "sentence": compare_sentence(
+                        iv, names.get(a, str(a)), names.get(b, str(b)), region_names.get(region, region)
+                    ),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["a", "b", "region", "difference", "low", "high", "n", "verdict", "sentence"]
+    )
 
 
-def ci_markdown(ci, *, names: Mapping[str, str] | None = None, regions: Sequence[str] = REGIONS,
-                digits: int = 1, scale: float = 100.0) -> str:
+def ci_markdown(
+    ci,
+    *,
+    names: Mapping[str, str] | None = None,
+    regions: Sequence[str] = REGIONS,
+    digits: int = 1,
+    scale: float = 100.0,
+) -> str:
     """Render a :func:`ci_table` as Markdown: ``mean [low, high]`` per region, in percent.
 
     Args:
@@ -526,8 +631,7 @@ def ci_markdown(ci, *, names: Mapping[str, str] | None = None, regions: Sequence
     label = {"tumor": "Tumour"}
     head = " | ".join(f"{label.get(r, r.capitalize())} (95 % CI)" for r in regions)
     index_name = ", ".join(n for n in ci.index.names if n) or "group"
-    lines = [f"| {index_name} | {head} | cases |",
-             "|---|" + "---:|" * len(regions) + "---:|"]
+    lines = [f"| {index_name} | {head} | cases |", "|---|" + "---:|" * len(regions) + "---:|"]
     for key, row in ci.iterrows():
         cells = [f"{pct(row[r])} [{pct(row[f'{r}_low'])}, {pct(row[f'{r}_high'])}]" for r in regions]
         n = max(int(row[f"{r}_n"]) for r in regions)
@@ -552,8 +656,10 @@ def summarize_verdicts(comparisons, *, region_names: Mapping[str, str] | None = 
         counts = sub["verdict"].value_counts()
         total = len(sub)
         if counts.get(NO_VERDICT, 0) == total:
-            parts.append(f"{region_names.get(region, region)}: no verdict in {total} of {total} "
-                         "(too few cases, or runs too short to compare)")
+            parts.append(
+                f"{region_names.get(region, region)}: no verdict in {total} of {total} "
+                "(too few cases, or runs too short to compare)"
+            )
             continue
         words = [f"{int(counts[v])} {v}" for v in order if counts.get(v, 0)]
         words[0] = words[0].replace(" ", f" of {total} comparisons ", 1)
@@ -582,8 +688,10 @@ class SeedSpread:
             return "n/a"
         if self.n_seeds == 1:
             return f"{scale * self.mean:.{digits}f} (1 seed, no spread)"
-        return (f"{scale * self.mean:.{digits}f} ± {scale * self.sd:.{digits}f} ({self.n_seeds} seeds, "
-                f"{scale * self.min:.{digits}f}–{scale * self.max:.{digits}f})")
+        return (
+            f"{scale * self.mean:.{digits}f} ± {scale * self.sd:.{digits}f} ({self.n_seeds} seeds, "
+            f"{scale * self.min:.{digits}f}–{scale * self.max:.{digits}f})"
+        )
 
 
 def across_seeds(values: Any) -> SeedSpread:
@@ -626,8 +734,14 @@ def seed_table(summaries, *, by: str = "model", seed_column: str = "seed", regio
         row: dict[str, Any] = {}
         for region in regions:
             s = across_seeds(pd.to_numeric(sub[region], errors="coerce").to_numpy())
-            row.update({f"{region}_mean": s.mean, f"{region}_sd": s.sd, f"{region}_min": s.min,
-                        f"{region}_max": s.max})
+            row.update(
+                {
+                    f"{region}_mean": s.mean,
+                    f"{region}_sd": s.sd,
+                    f"{region}_min": s.min,
+                    f"{region}_max": s.max,
+                }
+            )
         row["n_seeds"] = int(sub[seed_column].nunique())
         out.append(row)
         index.append(key)
@@ -665,8 +779,10 @@ def measured_spread(per_case, *, by: str = "model", regions: Sequence[str] = REG
         if col not in df.columns:
             raise DataError(f"measured_spread: per-case table has no column {col!r}")
     if df.duplicated(["case_id", by]).any():
-        raise DataError(f"measured_spread: a case appears twice for one {by}; filter the table (e.g. one "
-                        "post-processing setting) first")
+        raise DataError(
+            f"measured_spread: a case appears twice for one {by}; filter the table (e.g. one "
+            "post-processing setting) first"
+        )
     out, index = [], []
     for region in regions:
         wide = df.pivot(index="case_id", columns=by, values=region).apply(pd.to_numeric, errors="coerce")
@@ -675,18 +791,23 @@ def measured_spread(per_case, *, by: str = "model", regions: Sequence[str] = REG
         sds = [float(wide[m].std(ddof=1)) for m in models] if len(wide) > 1 else []
         rhos, dsds = [], []
         for i, ma in enumerate(models):
-            for mb in models[i + 1:]:
+            for mb in models[i + 1 :]:
                 if len(wide) > 1:
                     dsds.append(float((wide[ma] - wide[mb]).std(ddof=1)))
                 if len(wide) > 2 and wide[ma].std() > 0 and wide[mb].std() > 0:
                     rhos.append(float(np.corrcoef(wide[ma], wide[mb])[0, 1]))
-        out.append({"n_models": len(models), "n_cases": len(wide),
-                    "mean": float(np.nanmean(wide.to_numpy())) if wide.size else math.nan,
-                    "sd": float(np.mean(sds)) if sds else math.nan,
-                    "sd_min": float(np.min(sds)) if sds else math.nan,
-                    "sd_max": float(np.max(sds)) if sds else math.nan,
-                    "rho": float(np.mean(rhos)) if rhos else math.nan,
-                    "sd_diff": float(np.mean(dsds)) if dsds else math.nan})
+        out.append(
+            {
+                "n_models": len(models),
+                "n_cases": len(wide),
+                "mean": float(np.nanmean(wide.to_numpy())) if wide.size else math.nan,
+                "sd": float(np.mean(sds)) if sds else math.nan,
+                "sd_min": float(np.min(sds)) if sds else math.nan,
+                "sd_max": float(np.max(sds)) if sds else math.nan,
+                "rho": float(np.mean(rhos)) if rhos else math.nan,
+                "sd_diff": float(np.mean(dsds)) if dsds else math.nan,
+            }
+        )
         index.append(region)
     return pd.DataFrame(out, index=pd.Index(index, name="region"))
 
@@ -753,8 +874,11 @@ def min_detectable_difference(sd_diff: float, n: int, *, power: float = POWER, a
         return 0.0
     df = n - 1  # the normal-theory guess, doubled, brackets the root
     hi = 2.0 * (sps.t.ppf(1.0 - alpha / 2.0, df) + sps.t.ppf(power, df)) * sd_diff / math.sqrt(n)
-    return float(optimize.brentq(lambda d: paired_power(d, sd_diff, n, alpha=alpha) - power, 0.0, hi,
-                                 xtol=1e-10 * sd_diff))
+    return float(
+        optimize.brentq(
+            lambda d: paired_power(d, sd_diff, n, alpha=alpha) - power, 0.0, hi, xtol=1e-10 * sd_diff
+        )
+    )
 
 
 def ci_half_width(sd_diff: float, n: int, *, confidence: float = CONFIDENCE) -> float:
@@ -764,8 +888,9 @@ def ci_half_width(sd_diff: float, n: int, *, confidence: float = CONFIDENCE) -> 
     return float(sps.t.ppf((1.0 + confidence) / 2.0, n - 1) * sd_diff / math.sqrt(n))
 
 
-def cases_needed(delta: float, sd_diff: float, *, power: float = POWER, alpha: float = ALPHA,
-                 max_n: int = 100_000) -> int | None:
+def cases_needed(
+    delta: float, sd_diff: float, *, power: float = POWER, alpha: float = ALPHA, max_n: int = 100_000
+) -> int | None:
     """The fewest cases with which a paired t-test detects ``delta`` with the given power (defaults
     0.80, 0.05); None when even ``max_n`` (default 100,000) does not suffice or ``delta`` is 0."""
     if delta == 0:
@@ -786,8 +911,17 @@ def cases_needed(delta: float, sd_diff: float, *, power: float = POWER, alpha: f
     return hi
 
 
-def simulate_power(delta: float, sd_diff: float, n: int, *, test: str = "t", alpha: float = ALPHA,
-                   n_sims: int = 20_000, n_resamples: int = 2_000, seed: int = SEED) -> float:
+def simulate_power(
+    delta: float,
+    sd_diff: float,
+    n: int,
+    *,
+    test: str = "t",
+    alpha: float = ALPHA,
+    n_sims: int = 20_000,
+    n_resamples: int = 2_000,
+    seed: int = SEED,
+) -> float:
     """Brute force: the fraction of simulated paired comparisons that find a difference.
 
     Each simulation draws ``n`` per-case differences ``N(delta, sd_diff²)`` and asks either the
@@ -827,9 +961,11 @@ def simulate_power(delta: float, sd_diff: float, n: int, *, test: str = "t", alp
     raise DataError(f"simulate_power: test={test!r}; expected 't' or 'bootstrap'")
 
 
-def paper_differences(table: Mapping[str, Mapping[str, float] | None],
-                      pairs: Sequence[tuple[str, str]] = PAPER_COMPARISONS,
-                      regions: Sequence[str] = REGIONS):
+def paper_differences(
+    table: Mapping[str, Mapping[str, float] | None],
+    pairs: Sequence[tuple[str, str]] = PAPER_COMPARISONS,
+    regions: Sequence[str] = REGIONS,
+):
     """The differences between rows of a Table 1 (in its unit, percent for the paper's).
 
     Args:
@@ -847,13 +983,29 @@ def paper_differences(table: Mapping[str, Mapping[str, float] | None],
         if ra is None or rb is None:
             continue
         for region in regions:
-            rows.append({"a": a, "b": b, "region": region, "a_value": float(ra[region]),
-                         "b_value": float(rb[region]), "difference": float(ra[region]) - float(rb[region])})
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "region": region,
+                    "a_value": float(ra[region]),
+                    "b_value": float(rb[region]),
+                    "difference": float(ra[region]) - float(rb[region]),
+                }
+            )
     return pd.DataFrame(rows, columns=["a", "b", "region", "a_value", "b_value", "difference"])
 
 
-def resolvable_table(differences, sd_per_case: Mapping[str, float], *, rho: float = 0.7, n: int = 10,
-                     power: float = POWER, alpha: float = ALPHA, scale: float = 100.0):
+def resolvable_table(
+    differences,
+    sd_per_case: Mapping[str, float],
+    *,
+    rho: float = 0.7,
+    n: int = 10,
+    power: float = POWER,
+    alpha: float = ALPHA,
+    scale: float = 100.0,
+):
     """Set observed differences against what a paired comparison on ``n`` cases can resolve.
 
     Args:
@@ -877,16 +1029,27 @@ def resolvable_table(differences, sd_per_case: Mapping[str, float], *, rho: floa
     out["ci_half_width"] = [scale * ci_half_width(s, n, confidence=1.0 - alpha) for s in sds]
     out["mdd"] = [scale * min_detectable_difference(s, n, power=power, alpha=alpha) for s in sds]
     out["power"] = [paired_power(d / scale, s, n, alpha=alpha) for d, s in zip(out["difference"], sds)]
-    out["cases_needed"] = [cases_needed(d / scale, s, power=power, alpha=alpha)
-                           for d, s in zip(out["difference"], sds)]
+    out["cases_needed"] = [
+        cases_needed(d / scale, s, power=power, alpha=alpha) for d, s in zip(out["difference"], sds)
+    ]
     out["resolvable"] = out["difference"].abs() >= out["mdd"]
     return out
 
 
-def plot_resolvable(differences, sd_range: Mapping[str, Sequence[float]], *, rho_range: Sequence[float] = (0.5, 0.9),
-                    n_max: int = 60, n_paper: int = 10, power: float = POWER, alpha: float = ALPHA,
-                    scale: float = 100.0, labels: Mapping[str, str] | None = None,
-                    region_names: Mapping[str, str] | None = None, title: str | None = None):
+def plot_resolvable(
+    differences,
+    sd_range: Mapping[str, Sequence[float]],
+    *,
+    rho_range: Sequence[float] = (0.5, 0.9),
+    n_max: int = 60,
+    n_paper: int = 10,
+    power: float = POWER,
+    alpha: float = ALPHA,
+    scale: float = 100.0,
+    labels: Mapping[str, str] | None = None,
+    region_names: Mapping[str, str] | None = None,
+    title: str | None = None,
+):
     """The smallest resolvable difference against the number of test cases, one panel per region,
     with observed differences marked at ``n_paper`` cases (a simulation under assumed spreads).
 
@@ -912,20 +1075,37 @@ def plot_resolvable(differences, sd_range: Mapping[str, Sequence[float]], *, rho
     region_names = {"tumor": "tumour", **dict(region_names or {})}
     regions = list(sd_range)
     ns = np.arange(3, int(n_max) + 1)
-    fig, axes = plt.subplots(1, len(regions), figsize=(5.2 * len(regions), 4.0), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(regions), figsize=(5.2 * len(regions), 4.0), squeeze=False, constrained_layout=True
+    )
     rho_lo, rho_hi = min(rho_range), max(rho_range)
     for ax, region in zip(axes[0], regions):
         sd_lo, sd_mid, sd_hi = sd_range[region]
         color = REGION_COLORS.get(region, "C0")
-        mid = [scale * min_detectable_difference(difference_sd(sd_mid, rho=(rho_lo + rho_hi) / 2), n,
-                                                 power=power, alpha=alpha) for n in ns]
-        best = [scale * min_detectable_difference(difference_sd(sd_lo, rho=rho_hi), n, power=power, alpha=alpha)
-                for n in ns]
-        worst = [scale * min_detectable_difference(difference_sd(sd_hi, rho=rho_lo), n, power=power,
-                                                   alpha=alpha) for n in ns]
-        ax.fill_between(ns, best, worst, color=color, alpha=0.2, lw=0,
-                        label=f"SD {sd_lo:g}–{sd_hi:g}, ρ {rho_lo:g}–{rho_hi:g}")
+        mid = [
+            scale
+            * min_detectable_difference(
+                difference_sd(sd_mid, rho=(rho_lo + rho_hi) / 2), n, power=power, alpha=alpha
+            )
+            for n in ns
+        ]
+        best = [
+            scale * min_detectable_difference(difference_sd(sd_lo, rho=rho_hi), n, power=power, alpha=alpha)
+            for n in ns
+        ]
+        worst = [
+            scale * min_detectable_difference(difference_sd(sd_hi, rho=rho_lo), n, power=power, alpha=alpha)
+            for n in ns
+        ]
+        ax.fill_between(
+            ns,
+            best,
+            worst,
+            color=color,
+            alpha=0.2,
+            lw=0,
+            label=f"SD {sd_lo:g}–{sd_hi:g}, ρ {rho_lo:g}–{rho_hi:g}",
+        )
         ax.plot(ns, mid, color=color, lw=2, label=f"SD {sd_mid:g}, ρ {(rho_lo + rho_hi) / 2:g}")
         ax.axvline(n_paper, color="0.4", ls="--", lw=1)
         sub = differences[differences["region"] == region].copy()
@@ -938,9 +1118,15 @@ def plot_resolvable(differences, sd_range: Mapping[str, Sequence[float]], *, rho
         for (_, row), ty in zip(sub.iterrows(), text_y):
             ax.scatter([n_paper], [row["y"]], color="k", zorder=3, s=18)
             name = f"{labels.get(row['a'], row['a'])} − {labels.get(row['b'], row['b'])}: {row['difference']:+.2f}"
-            ax.annotate(name, (n_paper, row["y"]), xytext=(n_paper + 0.12 * (n_max - n_paper), 10 ** ty),
-                        textcoords="data", fontsize=7, va="center",
-                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+            ax.annotate(
+                name,
+                (n_paper, row["y"]),
+                xytext=(n_paper + 0.12 * (n_max - n_paper), 10**ty),
+                textcoords="data",
+                fontsize=7,
+                va="center",
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6},
+            )
         ax.set_yscale("log")
         ax.set_xlabel("test cases in a paired comparison")
         ax.set_ylabel(f"difference resolved with {100 * power:g} % power (Dice points)")

@@ -106,8 +106,9 @@ def window_from_level(level: float, width: float) -> tuple[float, float]:
     return (float(level) - float(width) / 2.0, float(level) + float(width) / 2.0)
 
 
-def label_rgba(label2d: np.ndarray, *, alpha: float = 0.45,
-               colors: Mapping[int, Sequence[float]] = LABEL_COLORS) -> np.ndarray:
+def label_rgba(
+    label2d: np.ndarray, *, alpha: float = 0.45, colors: Mapping[int, Sequence[float]] = LABEL_COLORS
+) -> np.ndarray:
     """RGBA overlay of a 2D label map: each foreground label in its colour, background transparent.
 
     Args:
@@ -129,11 +130,18 @@ def label_rgba(label2d: np.ndarray, *, alpha: float = 0.45,
     return out
 
 
-def compose_rgb(image2d: np.ndarray, label2d: np.ndarray | None = None, *,
-                window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
-                heat: np.ndarray | None = None, heat_alpha: float = 0.5,
-                heat_range: tuple[float, float] = (0.0, 1.0), cmap: str = "magma",
-                colors: Mapping[int, Sequence[float]] = LABEL_COLORS) -> np.ndarray:
+def compose_rgb(
+    image2d: np.ndarray,
+    label2d: np.ndarray | None = None,
+    *,
+    window: tuple[float, float] = HU_WINDOW,
+    alpha: float = 0.45,
+    heat: np.ndarray | None = None,
+    heat_alpha: float = 0.5,
+    heat_range: tuple[float, float] = (0.0, 1.0),
+    cmap: str = "magma",
+    colors: Mapping[int, Sequence[float]] = LABEL_COLORS,
+) -> np.ndarray:
     """One display frame: a windowed CT slice with a label overlay and/or a heat map blended on top.
 
     This is the pixel recipe shared by :func:`overlay`, :func:`slice_animation` and the slice viewer
@@ -155,8 +163,8 @@ def compose_rgb(image2d: np.ndarray, label2d: np.ndarray | None = None, *,
         uint8 ``(H, W, 3)`` RGB image.
     """
     image2d = _check_volume(image2d, "image2d", 2)
-    grey = normalize(image2d, window)                                  # (H, W) in [0, 1]
-    rgb = np.repeat(grey[..., None], 3, axis=-1)                       # (H, W, 3)
+    grey = normalize(image2d, window)  # (H, W) in [0, 1]
+    rgb = np.repeat(grey[..., None], 3, axis=-1)  # (H, W, 3)
     if heat is not None:
         heat = _check_volume(heat, "heat", 2)
         _check_same_shape(image2d, heat, "heat", "image2d")
@@ -164,7 +172,7 @@ def compose_rgb(image2d: np.ndarray, label2d: np.ndarray | None = None, *,
         if not hi > lo:
             raise DataError(f"heat_range={heat_range!r}: high must be above low")
         h = np.clip((np.asarray(heat, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
-        colour = matplotlib.colormaps[cmap](h)[..., :3].astype(np.float32)   # (H, W, 3)
+        colour = matplotlib.colormaps[cmap](h)[..., :3].astype(np.float32)  # (H, W, 3)
         a = (heat_alpha * h)[..., None]
         rgb = (1 - a) * rgb + a * colour
     if label2d is not None:
@@ -176,8 +184,9 @@ def compose_rgb(image2d: np.ndarray, label2d: np.ndarray | None = None, *,
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = None,
-                prefer: int | None = None) -> list[int]:
+def pick_slices(
+    label: np.ndarray | None, num: int = 5, *, depth: int | None = None, prefer: int | None = None
+) -> list[int]:
     """``num`` axial slice indices spread evenly over the labelled extent (or the whole volume).
 
     Args:
@@ -213,7 +222,7 @@ def pick_slices(label: np.ndarray | None, num: int = 5, *, depth: int | None = N
     else:
         raise DataError("pick_slices: give a label volume or a positive depth")
     if num == 1:
-        return [(lo + hi) // 2]                                           # the middle of the extent
+        return [(lo + hi) // 2]  # the middle of the extent
     return sorted({int(round(v)) for v in np.linspace(lo, hi, num)})
 
 
@@ -239,13 +248,19 @@ def disagreement_map(preds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> 
     ref = np.asarray(maps[0])
     for i, m in enumerate(maps[1:], 1):
         _check_same_shape(ref, np.asarray(m), f"preds[{i}]", "preds[0]")
-    stack = np.stack([np.asarray(m) for m in maps])                      # (M, ...)
+    stack = np.stack([np.asarray(m) for m in maps])  # (M, ...)
     counts = np.stack([(stack == v).sum(axis=0) for v in (BACKGROUND, KIDNEY, TUMOR)])
     return (len(maps) - counts.max(axis=0)).astype(np.uint8)
 
 
-def label_key_handles(*, filled: bool = True, contour: bool = False, heat: tuple[str, str] | None = None,
-                      colors: Mapping[int, Sequence[float]] = LABEL_COLORS, what: str = "") -> list:
+def label_key_handles(
+    *,
+    filled: bool = True,
+    contour: bool = False,
+    heat: tuple[str, str] | None = None,
+    colors: Mapping[int, Sequence[float]] = LABEL_COLORS,
+    what: str = "",
+) -> list:
     """Legend handles that say what the colours of an overlay mean.
 
     Args:
@@ -260,12 +275,21 @@ def label_key_handles(*, filled: bool = True, contour: bool = False, heat: tuple
     """
     handles: list = []
     if filled:
-        handles += [Patch(facecolor=colors[KIDNEY], label=f"{what}kidney"),
-                    Patch(facecolor=colors[TUMOR], label=f"{what}tumour")]
+        handles += [
+            Patch(facecolor=colors[KIDNEY], label=f"{what}kidney"),
+            Patch(facecolor=colors[TUMOR], label=f"{what}tumour"),
+        ]
     if contour:
-        handles += [Line2D([], [], color=CONTOUR_COLORS["kidney region"], lw=2.5,
-                           label="ground truth: kidney region (outline)"),
-                    Line2D([], [], color=CONTOUR_COLORS["tumor"], lw=2.5, label="ground truth: tumour (outline)")]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color=CONTOUR_COLORS["kidney region"],
+                lw=2.5,
+                label="ground truth: kidney region (outline)",
+            ),
+            Line2D([], [], color=CONTOUR_COLORS["tumor"], lw=2.5, label="ground truth: tumour (outline)"),
+        ]
     if heat is not None:
         cmap, meaning = heat
         handles += [Patch(facecolor=matplotlib.colormaps[cmap](0.85), label=f"{meaning} (brighter = more)")]
@@ -280,8 +304,16 @@ def add_label_key(fig, handles: Sequence, *, ncol: int | None = None):
     """
     if not handles:
         return None
-    legend = fig.legend(handles=list(handles), loc="outside lower center", ncol=ncol or (2 if len(handles) > 3 else len(handles)),
-                        fontsize=FONT_LEGEND, frameon=True, facecolor="0.25", edgecolor="0.25", labelcolor="white")
+    legend = fig.legend(
+        handles=list(handles),
+        loc="outside lower center",
+        ncol=ncol or (2 if len(handles) > 3 else len(handles)),
+        fontsize=FONT_LEGEND,
+        frameon=True,
+        facecolor="0.25",
+        edgecolor="0.25",
+        labelcolor="white",
+    )
     return legend
 
 
@@ -290,9 +322,16 @@ def add_label_key(fig, handles: Sequence, *, ncol: int | None = None):
 # --------------------------------------------------------------------------------------------
 
 
-def overlay(ax, image2d: np.ndarray, label2d: np.ndarray | None = None, *,
-            window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
-            contour: np.ndarray | None = None, title: str | None = None):
+def overlay(
+    ax,
+    image2d: np.ndarray,
+    label2d: np.ndarray | None = None,
+    *,
+    window: tuple[float, float] = HU_WINDOW,
+    alpha: float = 0.45,
+    contour: np.ndarray | None = None,
+    title: str | None = None,
+):
     """Draw a windowed slice with a filled label overlay (and an optional contour) on ``ax``.
 
     Args:
@@ -312,7 +351,10 @@ def overlay(ax, image2d: np.ndarray, label2d: np.ndarray | None = None, *,
     if contour is not None:
         contour = _check_volume(contour, "contour", 2)
         _check_same_shape(np.asarray(image2d), contour, "contour", "image2d")
-        for mask, colour in ((contour > 0, CONTOUR_COLORS["kidney region"]), (contour == TUMOR, CONTOUR_COLORS["tumor"])):
+        for mask, colour in (
+            (contour > 0, CONTOUR_COLORS["kidney region"]),
+            (contour == TUMOR, CONTOUR_COLORS["tumor"]),
+        ):
             if mask.any() and not mask.all():
                 ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.8)
     ax.set_axis_off()
@@ -321,11 +363,18 @@ def overlay(ax, image2d: np.ndarray, label2d: np.ndarray | None = None, *,
     return ax
 
 
-def show_slices(image: np.ndarray, label: np.ndarray | None = None,
-                preds: Mapping[str, np.ndarray] | None = None, *,
-                slices: Sequence[int] | None = None, num_slices: int = 5,
-                window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
-                size: float = 2.2, title: str | None = None):
+def show_slices(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    preds: Mapping[str, np.ndarray] | None = None,
+    *,
+    slices: Sequence[int] | None = None,
+    num_slices: int = 5,
+    window: tuple[float, float] = HU_WINDOW,
+    alpha: float = 0.45,
+    size: float = 2.2,
+    title: str | None = None,
+):
     """Small multiples: a row per layer (image + ground truth, then each prediction), a column per slice.
 
     With ``preds`` each prediction is drawn filled with the ground truth outlined on top, so errors
@@ -364,23 +413,46 @@ def show_slices(image: np.ndarray, label: np.ndarray | None = None,
             raise DataError(f"slices: index {z} outside 0..{image.shape[0] - 1}")
     rows = [("ground truth" if label is not None else "image", label, None)]
     rows += [(name, p, label) for name, p in preds.items()]
-    fig, axes = plt.subplots(len(rows), len(slices), figsize=(size * len(slices), size * len(rows)),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(rows),
+        len(slices),
+        figsize=(size * len(slices), size * len(rows)),
+        squeeze=False,
+        constrained_layout=True,
+    )
     for r, (name, lab, gt) in enumerate(rows):
         for c, z in enumerate(slices):
-            overlay(axes[r, c], image[z], None if lab is None else lab[z], window=window, alpha=alpha,
-                    contour=None if gt is None else gt[z],
-                    title=f"{name}, z={z}" if r == 0 or c == 0 else f"z={z}")
-    add_label_key(fig, label_key_handles(filled=label is not None or bool(preds), contour=bool(preds) and label is not None,
-                                         what="filled: " if preds else ""))
+            overlay(
+                axes[r, c],
+                image[z],
+                None if lab is None else lab[z],
+                window=window,
+                alpha=alpha,
+                contour=None if gt is None else gt[z],
+                title=f"{name}, z={z}" if r == 0 or c == 0 else f"z={z}",
+            )
+    add_label_key(
+        fig,
+        label_key_handles(
+            filled=label is not None or bool(preds),
+            contour=bool(preds) and label is not None,
+            what="filled: " if preds else "",
+        ),
+    )
     if title:
         fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
-def plot_attention(image2d: np.ndarray, weights: np.ndarray, *, label2d: np.ndarray | None = None,
-                   window: tuple[float, float] = HU_WINDOW, title: str | None = None,
-                   cmap: str = "magma"):
+def plot_attention(
+    image2d: np.ndarray,
+    weights: np.ndarray,
+    *,
+    label2d: np.ndarray | None = None,
+    window: tuple[float, float] = HU_WINDOW,
+    title: str | None = None,
+    cmap: str = "magma",
+):
     """The multi-scale attention weights of one slice beside the slice itself (MSAN paper, §2.2).
 
     The weights are the sigmoid outputs of the attention layer (values in [0, 1]); a 3D weight
@@ -403,7 +475,7 @@ def plot_attention(image2d: np.ndarray, weights: np.ndarray, *, label2d: np.ndar
     image2d = _check_volume(image2d, "image2d", 2)
     w = np.asarray(weights, dtype=np.float32)
     if w.ndim == 3:
-        w = w.mean(axis=0)                                              # (C, h, w) -> (h, w)
+        w = w.mean(axis=0)  # (C, h, w) -> (h, w)
     w = _check_volume(w, "weights", 2)
     w = upsample_nearest(w, image2d.shape)
     fig, axes = plt.subplots(1, 3, figsize=(9.5, 3.4), constrained_layout=True)
@@ -412,8 +484,9 @@ def plot_attention(image2d: np.ndarray, weights: np.ndarray, *, label2d: np.ndar
     axes[1].set_axis_off()
     axes[1].set_title("attention weights (sigmoid)", fontsize=FONT_LABEL)
     if label2d is not None:
-        axes[1].contour((np.asarray(label2d) > 0).astype(np.float32), levels=[0.5], colors="cyan",
-                        linewidths=0.8)
+        axes[1].contour(
+            (np.asarray(label2d) > 0).astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8
+        )
     axes[2].imshow(compose_rgb(image2d, None, window=window, heat=w, cmap=cmap, heat_alpha=0.7))
     axes[2].set_axis_off()
     axes[2].set_title("weights over the slice", fontsize=FONT_LABEL)
@@ -421,8 +494,13 @@ def plot_attention(image2d: np.ndarray, weights: np.ndarray, *, label2d: np.ndar
     bar.set_label("weight w", fontsize=FONT_LABEL)
     bar.ax.tick_params(labelsize=FONT_TICK)
     if label2d is not None:
-        add_label_key(fig, [*label_key_handles(filled=False, contour=True),
-                            Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)")])
+        add_label_key(
+            fig,
+            [
+                *label_key_handles(filled=False, contour=True),
+                Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)"),
+            ],
+        )
     if title:
         fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
@@ -443,10 +521,16 @@ def upsample_nearest(array2d: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(array2d, H // h, axis=0), W // w, axis=1)
 
 
-def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
-                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                    center: tuple[int, int, int] | None = None,
-                    window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45, size: float = 3.2):
+def show_orthogonal(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    *,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    center: tuple[int, int, int] | None = None,
+    window: tuple[float, float] = HU_WINDOW,
+    alpha: float = 0.45,
+    size: float = 3.2,
+):
     """Axial, coronal and sagittal planes through one voxel, drawn at their true aspect ratio.
 
     KiTS19 arrays are ``(Z, Y, X)`` with axis 0 axial (orientation IPL: z runs inferiorly, y
@@ -496,7 +580,9 @@ def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
     ]
     fig, axes = plt.subplots(1, 3, figsize=(3 * size, size), constrained_layout=True)
     for ax, (title, img2d, lab2d, aspect) in zip(axes, planes):
-        ax.imshow(compose_rgb(img2d, lab2d, window=window, alpha=alpha), aspect=aspect, interpolation="nearest")
+        ax.imshow(
+            compose_rgb(img2d, lab2d, window=window, alpha=alpha), aspect=aspect, interpolation="nearest"
+        )
         ax.set_title(title, fontsize=FONT_LABEL)
         ax.set_axis_off()
     if label is not None:
@@ -504,9 +590,18 @@ def show_orthogonal(image: np.ndarray, label: np.ndarray | None = None, *,
     return fig
 
 
-def plot_maps(maps: Mapping[str, np.ndarray], *, cmap: str = "viridis", vmin: float | None = None,
-              vmax: float | None = None, ncols: int = 4, size: float = 2.4, colorbar: bool = True,
-              title: str | None = None, colorbar_label: str | None = None):
+def plot_maps(
+    maps: Mapping[str, np.ndarray],
+    *,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    ncols: int = 4,
+    size: float = 2.4,
+    colorbar: bool = True,
+    title: str | None = None,
+    colorbar_label: str | None = None,
+):
     """Small multiples of 2D maps (attention weights per level, receptive fields, auxiliary outputs).
 
     Args:
@@ -529,8 +624,9 @@ def plot_maps(maps: Mapping[str, np.ndarray], *, cmap: str = "viridis", vmin: fl
     arrays = {k: _check_volume(np.asarray(v, dtype=np.float32), f"maps[{k!r}]", 2) for k, v in maps.items()}
     ncols = min(ncols, len(arrays))
     nrows = math.ceil(len(arrays) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, constrained_layout=True
+    )
     for ax, (name, arr) in zip(axes.flat, arrays.items()):
         im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(name, fontsize=FONT_LABEL)
@@ -540,7 +636,7 @@ def plot_maps(maps: Mapping[str, np.ndarray], *, cmap: str = "viridis", vmin: fl
             bar.ax.tick_params(labelsize=FONT_TICK)
             if colorbar_label:
                 bar.set_label(colorbar_label, fontsize=FONT_TICK)
-    for ax in list(axes.flat)[len(arrays):]:
+    for ax in list(axes.flat)[len(arrays) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=FONT_TITLE)
@@ -576,10 +672,14 @@ def show_source(obj: Any):
 # --------------------------------------------------------------------------------------------
 
 
-def plot_hu_histograms(edges: np.ndarray | Mapping[str, np.ndarray],
-                       counts: Mapping[str, np.ndarray] | None = None, *,
-                       window: tuple[float, float] = HU_WINDOW, density: bool = True,
-                       title: str | None = None):
+def plot_hu_histograms(
+    edges: np.ndarray | Mapping[str, np.ndarray],
+    counts: Mapping[str, np.ndarray] | None = None,
+    *,
+    window: tuple[float, float] = HU_WINDOW,
+    density: bool = True,
+    title: str | None = None,
+):
     """HU histograms per label with the paper's clipping window shaded (MSAN paper, §2.1).
 
     The shaded band is the window kept by :func:`kitsmsan.data.preprocess.clip_hu`; the legend
@@ -635,9 +735,15 @@ def plot_hu_histograms(edges: np.ndarray | Mapping[str, np.ndarray],
     return fig
 
 
-def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
-                       labels: Mapping[str, str] | None = None, bins: int = 20, ncols: int = 2,
-                       title: str | None = None):
+def plot_distributions(
+    frames: Mapping[str, Any],
+    columns: Sequence[str],
+    *,
+    labels: Mapping[str, str] | None = None,
+    bins: int = 20,
+    ncols: int = 2,
+    title: str | None = None,
+):
     """Histograms of per-case statistics, one panel per column, one colour per source.
 
     Used to put the phantoms beside the real KiTS19 statistics: each source is
@@ -668,8 +774,9 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
             raise DataError(f"plot_distributions: table {name!r} has no column {missing[0]!r}")
     ncols = min(ncols, len(columns))
     nrows = math.ceil(len(columns) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False, constrained_layout=True
+    )
     for ax, col in zip(axes.flat, columns):
         values = {n: np.asarray(df[col], dtype=np.float64) for n, df in frames.items() if col in df.columns}
         values = {n: v[np.isfinite(v)] for n, v in values.items()}
@@ -686,7 +793,7 @@ def plot_distributions(frames: Mapping[str, Any], columns: Sequence[str], *,
         ax.set_xlabel((labels or {}).get(col, col), fontsize=FONT_LABEL)
         ax.set_ylabel("share of cases (density)", fontsize=FONT_TICK)
         ax.tick_params(labelsize=FONT_TICK)
-    for ax in list(axes.flat)[len(columns):]:
+    for ax in list(axes.flat)[len(columns) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=FONT_LEGEND)
     if title:
@@ -718,16 +825,25 @@ def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np
 def _as_runs(metrics: Any) -> dict[str, list[dict[str, Any]]]:
     """Normalise the accepted inputs of :func:`plot_training_curves` to name → rows."""
     if isinstance(metrics, (str, os.PathLike)):
-        return {Path(metrics).name if Path(metrics).is_dir() else Path(metrics).parent.name: read_metrics(metrics)}
+        return {
+            Path(metrics).name if Path(metrics).is_dir() else Path(metrics).parent.name: read_metrics(metrics)
+        }
     if isinstance(metrics, Mapping):
-        return {str(k): (read_metrics(v) if isinstance(v, (str, os.PathLike)) else list(v))
-                for k, v in metrics.items()}
+        return {
+            str(k): (read_metrics(v) if isinstance(v, (str, os.PathLike)) else list(v))
+            for k, v in metrics.items()
+        }
     return {"run": list(metrics)}
 
 
-def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None,
-                         val_keys: Sequence[str] | None = None, smooth: int = 1,
-                         title: str | None = None):
+def plot_training_curves(
+    metrics: Any,
+    *,
+    loss_keys: Sequence[str] | None = None,
+    val_keys: Sequence[str] | None = None,
+    smooth: int = 1,
+    title: str | None = None,
+):
     """Training loss and validation Dice against iterations, from ``metrics.jsonl`` rows.
 
     Rows need an ``iteration`` counter (as training writes them). By default the loss
@@ -757,11 +873,20 @@ def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None
     styles = ["-", "--", ":", "-."]
     any_loss = any_val = False
     for r, (name, rows) in enumerate(runs.items()):
-        keys = sorted({k for row in rows for k, v in row.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        keys = sorted(
+            {
+                k
+                for row in rows
+                for k, v in row.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
         lk = list(loss_keys) if loss_keys is not None else [k for k in keys if "loss" in k]
-        vk = list(val_keys) if val_keys is not None else [
-            k for k in keys if k.startswith("val_") or k.startswith("dice")]
+        vk = (
+            list(val_keys)
+            if val_keys is not None
+            else [k for k in keys if k.startswith("val_") or k.startswith("dice")]
+        )
         colour = f"C{r % 10}"
         for i, k in enumerate(lk):
             x, y = _series(rows, k)
@@ -769,7 +894,7 @@ def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None
                 continue
             if smooth > 1 and y.size >= smooth:
                 y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-                x = x[smooth - 1:]
+                x = x[smooth - 1 :]
             lab = k if len(runs) == 1 else f"{name}: {k}"
             ax_l.plot(x, y, styles[i % len(styles)], color=colour if len(runs) > 1 else f"C{i}", label=lab)
             any_loss = True
@@ -778,8 +903,15 @@ def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None
             if not x.size:
                 continue
             lab = k if len(runs) == 1 else f"{name}: {k}"
-            ax_v.plot(x, y, styles[i % len(styles)], marker="o", ms=3,
-                      color=colour if len(runs) > 1 else f"C{i}", label=lab)
+            ax_v.plot(
+                x,
+                y,
+                styles[i % len(styles)],
+                marker="o",
+                ms=3,
+                color=colour if len(runs) > 1 else f"C{i}",
+                label=lab,
+            )
             any_val = True
     if not any_loss:
         plt.close(fig)
@@ -795,8 +927,15 @@ def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None
     if any_val:
         ax_v.legend(fontsize=FONT_LEGEND)
     else:
-        ax_v.text(0.5, 0.5, "no validation rows yet", ha="center", va="center", transform=ax_v.transAxes,
-                  fontsize=FONT_LABEL)
+        ax_v.text(
+            0.5,
+            0.5,
+            "no validation rows yet",
+            ha="center",
+            va="center",
+            transform=ax_v.transAxes,
+            fontsize=FONT_LABEL,
+        )
     if title:
         fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
@@ -807,8 +946,13 @@ def plot_training_curves(metrics: Any, *, loss_keys: Sequence[str] | None = None
 # --------------------------------------------------------------------------------------------
 
 
-def plot_dice_per_case(table, *, group: str | None = "model",
-                       regions: Sequence[str] = ("kidney", "tumor"), title: str | None = None):
+def plot_dice_per_case(
+    table,
+    *,
+    group: str | None = "model",
+    regions: Sequence[str] = ("kidney", "tumor"),
+    title: str | None = None,
+):
     """Per-case Dice as dots, one panel per region, one column of dots per group (model).
 
     Args:
@@ -831,8 +975,13 @@ def plot_dice_per_case(table, *, group: str | None = "model",
     else:
         group, names = None, ["all"]
     cases = list(dict.fromkeys(table["case_id"].tolist()))
-    fig, axes = plt.subplots(1, len(regions), figsize=(max(4.0, 1.1 * len(names) + 2) * len(regions) / 1.6 + 1.5, 4.0),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(regions),
+        figsize=(max(4.0, 1.1 * len(names) + 2) * len(regions) / 1.6 + 1.5, 4.0),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, region in zip(axes[0], regions):
         for ci, case in enumerate(cases):
             rows = table[table["case_id"] == case]
@@ -857,17 +1006,26 @@ def plot_dice_per_case(table, *, group: str | None = "model",
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{region} Dice (bar = mean)", fontsize=FONT_LABEL)
     if len(cases) <= 12:
-        fig.legend(*axes[0, -1].get_legend_handles_labels(), title="case", fontsize=FONT_LEGEND,
-                   title_fontsize=FONT_LEGEND, loc="outside right center")
+        fig.legend(
+            *axes[0, -1].get_legend_handles_labels(),
+            title="case",
+            fontsize=FONT_LEGEND,
+            title_fontsize=FONT_LEGEND,
+            loc="outside right center",
+        )
     if title:
         fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
 
 
-def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], *,
-                      errors: Mapping[str, Mapping[str, float]] | None = None,
-                      ylabel: str = "Dice", ylim: tuple[float, float] | None = (0.0, 1.0),
-                      title: str | None = None):
+def plot_grouped_bars(
+    values: Mapping[str, Mapping[str, float]],
+    *,
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+    ylabel: str = "Dice",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+    title: str | None = None,
+):
     """Grouped bars: one group per outer key, one bar per inner key (e.g. setting → region → Dice).
 
     Args:
@@ -893,12 +1051,25 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], *,
         err = None
         if errors is not None:
             err = [float(errors.get(g, {}).get(bar, 0.0)) for g in groups]
-        rects = ax.bar(xs, ys, width, yerr=err, capsize=3, label=bar,
-                       color=REGION_COLORS.get(bar, f"C{b % 10}"), alpha=0.85)
+        rects = ax.bar(
+            xs,
+            ys,
+            width,
+            yerr=err,
+            capsize=3,
+            label=bar,
+            color=REGION_COLORS.get(bar, f"C{b % 10}"),
+            alpha=0.85,
+        )
         for rect, y in zip(rects, ys):
             if np.isfinite(y):
-                ax.annotate(f"{y:.2f}", (rect.get_x() + rect.get_width() / 2, y), ha="center",
-                            va="bottom", fontsize=FONT_TICK)
+                ax.annotate(
+                    f"{y:.2f}",
+                    (rect.get_x() + rect.get_width() / 2, y),
+                    ha="center",
+                    va="bottom",
+                    fontsize=FONT_TICK,
+                )
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([textwrap.fill(str(g), 18) for g in groups], fontsize=FONT_TICK)
     ax.tick_params(axis="y", labelsize=FONT_TICK)
@@ -916,11 +1087,18 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]], *,
 # --------------------------------------------------------------------------------------------
 
 
-def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
-                    preds: Mapping[str, np.ndarray] | None = None, *,
-                    window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
-                    slices: Sequence[int] | None = None, max_frames: int = 48, interval: int = 150,
-                    size: float = 2.4):
+def slice_animation(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    preds: Mapping[str, np.ndarray] | None = None,
+    *,
+    window: tuple[float, float] = HU_WINDOW,
+    alpha: float = 0.45,
+    slices: Sequence[int] | None = None,
+    max_frames: int = 48,
+    interval: int = 150,
+    size: float = 2.4,
+):
     """An axial fly-through: one panel per layer (ground truth, each prediction), one frame per slice.
 
     ``anim.to_jshtml()`` (see :func:`animation_html`) gives self-contained HTML with play/step
@@ -946,7 +1124,12 @@ def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
     """
     plt = _pyplot()
     image = _check_volume(image, "image")
-    layers = [("image" if label is None else "ground truth", None if label is None else _check_volume(label, "label"))]
+    layers = [
+        (
+            "image" if label is None else "ground truth",
+            None if label is None else _check_volume(label, "label"),
+        )
+    ]
     for name, p in (preds or {}).items():
         layers.append((name, _check_volume(p, f"preds[{name!r}]")))
     for name, lab in layers:
@@ -964,13 +1147,18 @@ def slice_animation(image: np.ndarray, label: np.ndarray | None = None,
             slices = slices[start:] + slices[:start]
     if not slices:
         raise DataError("slice_animation: no slices to show")
-    fig, axes = plt.subplots(1, len(layers), figsize=(size * len(layers), size + 0.3), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(layers), figsize=(size * len(layers), size + 0.3), squeeze=False, constrained_layout=True
+    )
     artists = []
     for ax, (name, lab) in zip(axes[0], layers):
         z = slices[0]
-        artists.append(ax.imshow(compose_rgb(image[z], None if lab is None else lab[z], window=window,
-                                             alpha=alpha), interpolation="nearest"))
+        artists.append(
+            ax.imshow(
+                compose_rgb(image[z], None if lab is None else lab[z], window=window, alpha=alpha),
+                interpolation="nearest",
+            )
+        )
         ax.set_axis_off()
         ax.set_title(name, fontsize=FONT_LABEL)
     caption = fig.suptitle(f"slice {slices[0]}", fontsize=FONT_LABEL)

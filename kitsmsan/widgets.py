@@ -60,8 +60,9 @@ def _ipywidgets():
     try:  # lazy: ipywidgets is an optional extra (kitsmsan[widgets]); the static viewer works without it
         import ipywidgets
     except ImportError as exc:  # pragma: no cover - exercised only without ipywidgets
-        raise ImportError("kitsmsan.widgets needs ipywidgets: pip install 'kitsmsan[widgets]' "
-                          "(or pip install ipywidgets)") from exc
+        raise ImportError(
+            "kitsmsan.widgets needs ipywidgets: pip install 'kitsmsan[widgets]' (or pip install ipywidgets)"
+        ) from exc
     return ipywidgets
 
 
@@ -119,8 +120,15 @@ class ViewerCase:
         return names
 
 
-def render_frame(case: ViewerCase, layer: str, z: int, *, window: tuple[float, float] = HU_WINDOW,
-                 alpha: float = 0.45, disagreement: np.ndarray | None = None) -> np.ndarray:
+def render_frame(
+    case: ViewerCase,
+    layer: str,
+    z: int,
+    *,
+    window: tuple[float, float] = HU_WINDOW,
+    alpha: float = 0.45,
+    disagreement: np.ndarray | None = None,
+) -> np.ndarray:
     """One viewer frame as RGB pixels.
 
     Args:
@@ -150,8 +158,14 @@ def render_frame(case: ViewerCase, layer: str, z: int, *, window: tuple[float, f
         if disagreement is None:
             disagreement = disagreement_map(case.model_preds)
         top = max(1, len(case.model_preds) - 1)
-        return compose_rgb(image, window=window, heat=disagreement[z].astype(np.float32),
-                           heat_range=(0.0, float(top)), heat_alpha=0.85, cmap=DISAGREEMENT_CMAP)
+        return compose_rgb(
+            image,
+            window=window,
+            heat=disagreement[z].astype(np.float32),
+            heat_range=(0.0, float(top)),
+            heat_alpha=0.85,
+            cmap=DISAGREEMENT_CMAP,
+        )
     if layer == ATTENTION_LAYER:
         return compose_rgb(image, window=window, heat=case.attention[z], heat_alpha=0.7, cmap=ATTENTION_CMAP)
     return compose_rgb(image, case.preds[layer][z], window=window, alpha=alpha)
@@ -186,26 +200,35 @@ def key_html(case: ViewerCase) -> str:
     The disagreement scale runs from 0 (every model agrees with the majority) to ``N − 1`` with the
     colour map and range :func:`render_frame` uses; the attention scale from 0 to 1.
     """
+
     def swatch(colour: str, text: str) -> str:
-        return (f'<span style="display:inline-block;width:14px;height:14px;background:{colour};'
-                f'vertical-align:middle;margin:0 4px 0 10px;border:1px solid #555"></span>{text}')
+        return (
+            f'<span style="display:inline-block;width:14px;height:14px;background:{colour};'
+            f'vertical-align:middle;margin:0 4px 0 10px;border:1px solid #555"></span>{text}'
+        )
 
     def scale(cmap: str, low: str, high: str, what: str) -> str:
         stops = ", ".join(_hex(matplotlib.colormaps[cmap](v)) for v in np.linspace(0.0, 1.0, 6))
-        return (f'<span style="margin-left:10px">{what}: {low} '
-                f'<span style="display:inline-block;width:120px;height:12px;vertical-align:middle;'
-                f'background:linear-gradient(to right, {stops});border:1px solid #555"></span> {high}</span>')
+        return (
+            f'<span style="margin-left:10px">{what}: {low} '
+            f'<span style="display:inline-block;width:120px;height:12px;vertical-align:middle;'
+            f'background:linear-gradient(to right, {stops});border:1px solid #555"></span> {high}</span>'
+        )
 
     parts = []
     layers = case.layers()
     if GT_LAYER in layers or case.preds:
         kidney, tumor = (_hex(LABEL_COLORS[k]) for k in sorted(LABEL_COLORS))
-        parts.append(swatch(kidney, "kidney") + swatch(tumor, "tumour")
-                     + '<span style="margin-left:6px">(ground truth, or the chosen model\'s prediction)</span>')
+        parts.append(
+            swatch(kidney, "kidney")
+            + swatch(tumor, "tumour")
+            + '<span style="margin-left:6px">(ground truth, or the chosen model\'s prediction)</span>'
+        )
     if DISAGREEMENT_LAYER in layers:
         top = max(1, len(case.model_preds) - 1)
-        parts.append(scale(DISAGREEMENT_CMAP, "0 (all agree)", f"{top} models against the majority",
-                           "disagreement"))
+        parts.append(
+            scale(DISAGREEMENT_CMAP, "0 (all agree)", f"{top} models against the majority", "disagreement")
+        )
     if ATTENTION_LAYER in layers:
         parts.append(scale(ATTENTION_CMAP, "0", "1", "attention weight"))
     items = "".join(f'<div style="white-space:nowrap">{part}</div>' for part in parts)
@@ -242,12 +265,15 @@ class _Panel:
     def __init__(self, zs: list[int], layers: list[str], start: int, widgets: Any) -> None:
         self.zs, self.layers = zs, layers
         opening = GT_LAYER if GT_LAYER in layers else layers[0]  # the tumour slice, with its labels
-        self.layer_tb = widgets.ToggleButtons(options=layers, value=opening, description="layer",
-                                              style={"button_width": "auto"})
-        self.slider = widgets.SelectionSlider(options=[str(z) for z in zs], value=str(start), description="slice",
-                                              continuous_update=True)
-        self.play = widgets.Play(min=0, max=len(zs) - 1, value=zs.index(start), step=1, interval=200,
-                                 description="play")
+        self.layer_tb = widgets.ToggleButtons(
+            options=layers, value=opening, description="layer", style={"button_width": "auto"}
+        )
+        self.slider = widgets.SelectionSlider(
+            options=[str(z) for z in zs], value=str(start), description="slice", continuous_update=True
+        )
+        self.play = widgets.Play(
+            min=0, max=len(zs) - 1, value=zs.index(start), step=1, interval=200, description="play"
+        )
         self.images: dict[str, list[Any]] = {}
         self.links: list[Any] = []
 
@@ -291,10 +317,17 @@ class SliceViewer:
         ImportError: ipywidgets is not installed.
     """
 
-    def __init__(self, cases: Mapping[str, ViewerCase | Mapping[str, Any]], *,
-                 window: tuple[float, float] = HU_WINDOW, alpha: float = 0.45,
-                 precompute: bool | str = "auto", max_slices: int = 48, image_width: int = 360,
-                 budget_bytes: int = STATIC_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        cases: Mapping[str, ViewerCase | Mapping[str, Any]],
+        *,
+        window: tuple[float, float] = HU_WINDOW,
+        alpha: float = 0.45,
+        precompute: bool | str = "auto",
+        max_slices: int = 48,
+        image_width: int = 360,
+        budget_bytes: int = STATIC_BUDGET_BYTES,
+    ) -> None:
         if not cases:
             raise DataError("SliceViewer: cases is empty")
         if max_slices < 1:
@@ -305,13 +338,16 @@ class SliceViewer:
         if not high > low:
             raise DataError(f"window={window!r}: high must be above low")
         self.cases: dict[str, ViewerCase] = {
-            str(k): v if isinstance(v, ViewerCase) else ViewerCase(**dict(v)) for k, v in cases.items()}
+            str(k): v if isinstance(v, ViewerCase) else ViewerCase(**dict(v)) for k, v in cases.items()
+        }
         self.max_slices = int(max_slices)
         self.image_width = int(image_width)
         self.budget_bytes = int(budget_bytes)
         if precompute == "auto":
-            need = max(len(c.layers()) * min(c.image.shape[0], max_slices) * c.image.shape[1] * c.image.shape[2]
-                       for c in self.cases.values())
+            need = max(
+                len(c.layers()) * min(c.image.shape[0], max_slices) * c.image.shape[1] * c.image.shape[2]
+                for c in self.cases.values()
+            )
             precompute = need <= AUTO_PRECOMPUTE_PIXELS
         self.precompute = bool(precompute)
         self.payload_bytes = 0
@@ -368,7 +404,9 @@ class SliceViewer:
         """The slice indices the slider offers for the current case."""
         return list(self._panels[self.case_id].zs) if self.precompute else list(self._zs)
 
-    def frame(self, layer: str | None = None, z: int | None = None, *, case_id: str | None = None) -> np.ndarray:
+    def frame(
+        self, layer: str | None = None, z: int | None = None, *, case_id: str | None = None
+    ) -> np.ndarray:
         """RGB pixels of a frame (default: the case, layer and slice on show)."""
         cid = self.case_id if case_id is None else case_id
         if layer is None or z is None:
@@ -376,8 +414,14 @@ class SliceViewer:
                 raise DataError("frame: give layer and z for a case that is not on show")
             layer = self.layer if layer is None else layer
             z = self.slice_index if z is None else z
-        return render_frame(self.cases[cid], layer, int(z), window=self.window, alpha=self.alpha,
-                            disagreement=self._disagreement_of(cid))
+        return render_frame(
+            self.cases[cid],
+            layer,
+            int(z),
+            window=self.window,
+            alpha=self.alpha,
+            disagreement=self._disagreement_of(cid),
+        )
 
     def _disagreement_of(self, case_id: str) -> np.ndarray | None:
         case = self.cases[case_id]
@@ -410,17 +454,25 @@ class SliceViewer:
                         raise DataError(
                             f"SliceViewer: the pre-rendered frames pass the budget of {self.budget_bytes:,} "
                             f"bytes at case {cid!r}, layer {layer!r}; lower max_slices (now {self.max_slices}), "
-                            "show fewer cases, or use precompute=False with a running kernel")
+                            "show fewer cases, or use precompute=False with a running kernel"
+                        )
                     panel.images[layer].append(w.Image(value=data, format="png", layout=layout))
                 inner[layer] = w.Stack(children=panel.images[layer], selected_index=zs.index(start))
-            outer = w.Stack(children=[inner[layer] for layer in panel.layers],
-                            selected_index=panel.layers.index(panel.layer_tb.value))
-            panel.links = [w.jslink((panel.play, "value"), (panel.slider, "index")),
-                           w.jslink((panel.layer_tb, "index"), (outer, "selected_index"))]
-            panel.links += [w.jslink((panel.slider, "index"), (stack, "selected_index")) for stack in inner.values()]
+            outer = w.Stack(
+                children=[inner[layer] for layer in panel.layers],
+                selected_index=panel.layers.index(panel.layer_tb.value),
+            )
+            panel.links = [
+                w.jslink((panel.play, "value"), (panel.slider, "index")),
+                w.jslink((panel.layer_tb, "index"), (outer, "selected_index")),
+            ]
+            panel.links += [
+                w.jslink((panel.slider, "index"), (stack, "selected_index")) for stack in inner.values()
+            ]
             self._panels[cid] = panel
-            boxes.append(w.VBox([panel.layer_tb, w.HBox([panel.play, panel.slider]), outer,
-                                 w.HTML(key_html(case))]))
+            boxes.append(
+                w.VBox([panel.layer_tb, w.HBox([panel.play, panel.slider]), outer, w.HTML(key_html(case))])
+            )
         self._cases_stack = w.Stack(children=boxes, selected_index=0)
         self._links = [w.jslink((self._case_dd, "index"), (self._cases_stack, "selected_index"))]
         self._links += [link for panel in self._panels.values() for link in panel.links]
@@ -430,7 +482,8 @@ class SliceViewer:
             f"<small>Every control works on this page without a kernel: {frames} frames "
             f"({self.payload_bytes / 1e6:.1f} MB of PNG) are pre-rendered with the window "
             f"[{low:g}, {high:g}] HU and opacity {self._alpha_value:g}. To change those, run the notebook "
-            "with a kernel and <code>precompute=False</code>.</small>")
+            "with a kernel and <code>precompute=False</code>.</small>"
+        )
         self.widget = w.VBox([self._case_dd, self._cases_stack, self._note])
 
     # ------------------------------------------------------------------ live (kernel)
@@ -440,16 +493,30 @@ class SliceViewer:
         level, width = (low + high) / 2.0, high - low
         first = next(iter(self.cases))
         self._case_dd = w.Dropdown(options=list(self.cases), value=first, description="case")
-        self._live_layer_tb = w.ToggleButtons(options=self.cases[first].layers(), description="layer",
-                                              style={"button_width": "auto"})
+        self._live_layer_tb = w.ToggleButtons(
+            options=self.cases[first].layers(), description="layer", style={"button_width": "auto"}
+        )
         self._live_slice = w.SelectionSlider(options=["0"], description="slice", continuous_update=True)
         self._play = w.Play(min=0, max=0, step=1, interval=200, description="play")
-        self._level = w.IntSlider(value=int(round(level)), min=-1000, max=1500, step=10, description="level",
-                                  continuous_update=False)
-        self._width = w.IntSlider(value=int(round(width)), min=10, max=3000, step=10, description="width",
-                                  continuous_update=False)
-        self._alpha = w.FloatSlider(value=self._alpha_value, min=0.0, max=1.0, step=0.05, description="opacity",
-                                    continuous_update=False)
+        self._level = w.IntSlider(
+            value=int(round(level)),
+            min=-1000,
+            max=1500,
+            step=10,
+            description="level",
+            continuous_update=False,
+        )
+        self._width = w.IntSlider(
+            value=int(round(width)), min=10, max=3000, step=10, description="width", continuous_update=False
+        )
+        self._alpha = w.FloatSlider(
+            value=self._alpha_value,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="opacity",
+            continuous_update=False,
+        )
         self._note = w.HTML("<small>live mode: every control re-renders in the kernel</small>")
         self._key = w.HTML()
         self._links = [w.jslink((self._play, "value"), (self._live_slice, "index"))]
@@ -458,12 +525,17 @@ class SliceViewer:
         self._case_dd.observe(lambda ch: self._load_case(ch["new"]), names="value")
         for control in (self._level, self._width, self._alpha, self._live_slice, self._live_layer_tb):
             control.observe(lambda ch: self._render_live(), names="value")
-        self.widget = w.VBox([
-            self._case_dd, self._live_layer_tb,
-            w.HBox([self._play, self._live_slice]),
-            w.HBox([self._level, self._width, self._alpha]),
-            self._live_image, self._key, self._note,
-        ])
+        self.widget = w.VBox(
+            [
+                self._case_dd,
+                self._live_layer_tb,
+                w.HBox([self._play, self._live_slice]),
+                w.HBox([self._level, self._width, self._alpha]),
+                self._live_image,
+                self._key,
+                self._note,
+            ]
+        )
 
     def _load_case(self, case_id: str) -> None:
         """Live mode: set up slider and layers for ``case_id`` and render its opening frame."""
@@ -488,8 +560,15 @@ class SliceViewer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-def attention_volume(model, image_hu: np.ndarray, *, level: int = 0, num_slices: int = 4,
-                     divisor: int = 16, device: str = "cpu") -> np.ndarray:
+def attention_volume(
+    model,
+    image_hu: np.ndarray,
+    *,
+    level: int = 0,
+    num_slices: int = 4,
+    divisor: int = 16,
+    device: str = "cpu",
+) -> np.ndarray:
     """The multi-scale attention weights of a whole volume, for the viewer's attention layer (§2.2).
 
     The volume is normalised like training and inference (:func:`kitsmsan.data.preprocess.normalize`),
@@ -521,30 +600,36 @@ def attention_volume(model, image_hu: np.ndarray, *, level: int = 0, num_slices:
     Z, Y, X = image_hu.shape
     Zp = max(Z, num_slices)
     Hp, Wp = math.ceil(Y / divisor) * divisor, math.ceil(X / divisor) * divisor
-    volume = torch.from_numpy(normalize(image_hu))                       # (Z, Y, X) in [0, 1]
-    if Zp > Z:                                                            # too few slices: repeat the last
+    volume = torch.from_numpy(normalize(image_hu))  # (Z, Y, X) in [0, 1]
+    if Zp > Z:  # too few slices: repeat the last
         volume = torch.cat([volume, volume[-1:].expand(Zp - Z, Y, X)], dim=0)
-    volume = F.pad(volume, (0, Wp - X, 0, Hp - Y))                       # (Zp, Hp, Wp)
+    volume = F.pad(volume, (0, Wp - X, 0, Hp - Y))  # (Zp, Hp, Wp)
     out = np.zeros((Zp, Hp, Wp), dtype=np.float32)
     was_training = model.training
     model.to(device).eval()
     try:
         for start in window_starts(Zp, num_slices, num_slices):
-            x = volume[start:start + num_slices][None, None].to(device)  # (1, 1, D, Hp, Wp)
+            x = volume[start : start + num_slices][None, None].to(device)  # (1, 1, D, Hp, Wp)
             maps = model.attention_maps(x)
             if level not in maps:
                 raise DataError(f"level={level!r}: the model's attention levels are {sorted(maps)}")
-            w = maps[level][0].float().mean(dim=0).cpu().numpy()          # (D, Hp / 2**level, Wp / 2**level)
+            w = maps[level][0].float().mean(dim=0).cpu().numpy()  # (D, Hp / 2**level, Wp / 2**level)
             factor = (Hp // w.shape[1], Wp // w.shape[2])
-            w = np.repeat(np.repeat(w, factor[0], axis=1), factor[1], axis=2)   # (D, Hp, Wp)
-            out[start:start + num_slices] = w
+            w = np.repeat(np.repeat(w, factor[0], axis=1), factor[1], axis=2)  # (D, Hp, Wp)
+            out[start : start + num_slices] = w
     finally:
         model.train(was_training)
     return np.ascontiguousarray(out[:Z, :Y, :X])
 
 
-def viewer_from_arrays(image: np.ndarray, label: np.ndarray | None = None,
-                       preds: Mapping[str, np.ndarray] | None = None,
-                       attention: np.ndarray | None = None, *, case_id: str = "case", **kwargs) -> SliceViewer:
+def viewer_from_arrays(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    preds: Mapping[str, np.ndarray] | None = None,
+    attention: np.ndarray | None = None,
+    *,
+    case_id: str = "case",
+    **kwargs,
+) -> SliceViewer:
     """A :class:`SliceViewer` of a single case given as arrays (keyword arguments go to the viewer)."""
     return SliceViewer({case_id: ViewerCase(image, label, dict(preds or {}), attention)}, **kwargs)

@@ -176,16 +176,25 @@ def run_notebooks(only: list[str] | None = None, reuse: bool = False, params: Pa
         print(f"  > {entry['notebook']} -> {entry['output']} {json.dumps(entry['parameters'])}", flush=True)
         try:
             papermill.execute_notebook(
-                str(ROOT / entry["notebook"]), str(tmp), parameters=entry["parameters"],
-                kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False,
+                str(ROOT / entry["notebook"]),
+                str(tmp),
+                parameters=entry["parameters"],
+                kernel_name="python3",
+                cwd=str(ROOT),
+                progress_bar=False,
+                log_output=False,
             )
         except Exception as exc:  # papermill raises PapermillExecutionError and kernel errors
             FAILED.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 os.replace(tmp, FAILED / out.name)
-            print(f"  ! {entry['notebook']} FAILED after {time.perf_counter() - start:.0f} s: "
-                  f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}\n"
-                  f"    executed copy with the error: {FAILED / out.name}", file=sys.stderr, flush=True)
+            print(
+                f"  ! {entry['notebook']} FAILED after {time.perf_counter() - start:.0f} s: "
+                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}\n"
+                f"    executed copy with the error: {FAILED / out.name}",
+                file=sys.stderr,
+                flush=True,
+            )
             failures.append(entry["output"])
             continue
         if entry.get("title"):
@@ -248,28 +257,51 @@ def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
 
 
 #: order of the fragments by area (the pipeline's order); areas not listed follow alphabetically
-FRAGMENT_ORDER = ("data", "phantoms", "models", "training", "train", "pipeline", "download", "performance",
-                  "notebooks", "book")
+FRAGMENT_ORDER = (
+    "data",
+    "phantoms",
+    "models",
+    "training",
+    "train",
+    "pipeline",
+    "download",
+    "performance",
+    "notebooks",
+    "book",
+)
 
 
 def render_fragments(kind: str) -> str:
     """Concatenate ``book/fragments/<kind>-<area>.md`` in :data:`FRAGMENT_ORDER` (a note when there is none)."""
     parts = []
     rank = {area: i for i, area in enumerate(FRAGMENT_ORDER)}
-    paths = sorted(FRAGMENTS.glob(f"{kind}-*.md"),
-                   key=lambda p: (rank.get(p.stem.split("-", 1)[1], len(rank)), p.name))
+    paths = sorted(
+        FRAGMENTS.glob(f"{kind}-*.md"), key=lambda p: (rank.get(p.stem.split("-", 1)[1], len(rank)), p.name)
+    )
     for path in paths:
         text = path.read_text(encoding="utf-8").strip()
         if text:
             parts.append(f"<!-- from book/fragments/{path.name} -->\n\n{text}\n")
     if not parts:
-        return (f":::{{note}}\nNo `book/fragments/{kind}-*.md` fragment has been written yet.\n:::\n")
+        return f":::{{note}}\nNo `book/fragments/{kind}-*.md` fragment has been written yet.\n:::\n"
     return "\n".join(parts)
 
 
 #: metadata keys of a benchmark JSON shown above its tables (whichever are present)
-BENCH_META = ("device", "torch", "torch_version", "cuda", "commit", "python", "date", "timestamp", "host",
-              "threads", "num_threads", "note")
+BENCH_META = (
+    "device",
+    "torch",
+    "torch_version",
+    "cuda",
+    "commit",
+    "python",
+    "date",
+    "timestamp",
+    "host",
+    "threads",
+    "num_threads",
+    "note",
+)
 
 
 def split_constant_columns(rows: list[dict]) -> tuple[list[dict], dict]:
@@ -283,8 +315,11 @@ def split_constant_columns(rows: list[dict]) -> tuple[list[dict], dict]:
     columns = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    constant = {c: rows[0].get(c) for c in columns
-                if all(c in r for r in rows) and all(_fmt(r[c]) == _fmt(rows[0][c]) for r in rows)}
+    constant = {
+        c: rows[0].get(c)
+        for c in columns
+        if all(c in r for r in rows) and all(_fmt(r[c]) == _fmt(rows[0][c]) for r in rows)
+    }
     if len(constant) == len(columns):  # nothing would be left: keep the table as it is
         return rows, {}
     return [{k: v for k, v in r.items() if k not in constant} for r in rows], constant
@@ -313,14 +348,33 @@ def _bench_sections(data) -> tuple[dict, dict[str, list[dict]]]:
         for row in data:
             if isinstance(row, dict):
                 sections.setdefault(str(row.get("benchmark", "results")), []).append(
-                    {k: v for k, v in row.items() if k != "benchmark"})
+                    {k: v for k, v in row.items() if k != "benchmark"}
+                )
     return meta, {k: v for k, v in sections.items() if v}
 
 
 #: columns of the benchmark rows that the book's tables leave out (they stay in the JSON files)
-PERF_HIDDEN = ("params", "isolated", "s_per_it", "run_iters", "mem_measure", "loss_finite", "warmup", "iters",
-               "precision", "channels_last", "compile", "write_nifti_s", "batches", "cudnn_benchmark",
-               "tf32_conv", "tf32_matmul", "command", "onednn_isa", "id")
+PERF_HIDDEN = (
+    "params",
+    "isolated",
+    "s_per_it",
+    "run_iters",
+    "mem_measure",
+    "loss_finite",
+    "warmup",
+    "iters",
+    "precision",
+    "channels_last",
+    "compile",
+    "write_nifti_s",
+    "batches",
+    "cudnn_benchmark",
+    "tf32_conv",
+    "tf32_matmul",
+    "command",
+    "onednn_isa",
+    "id",
+)
 #: a datasheet figure, quoted for scale only (NVIDIA H100 SXM5, dense bf16 tensor-core peak)
 H100_BF16_PEAK_TFLOPS = 989.4
 
@@ -349,17 +403,33 @@ def _targets_table(files) -> str:
 
     rows = []
     for spec in TARGETS:
-        found = [(path, r) for path, _meta, sections in files for r in sections.get("targets", [])
-                 if r.get("id") == spec["id"] or (not r.get("id") and r.get("target") == spec["target"])]
+        found = [
+            (path, r)
+            for path, _meta, sections in files
+            for r in sections.get("targets", [])
+            if r.get("id") == spec["id"] or (not r.get("id") and r.get("target") == spec["target"])
+        ]
         sign = "≥" if spec["higher"] else "≤"
         base = {"target": spec["target"], "required": f"{sign} {_fmt(spec['required'])}"}
         if not found:
-            rows.append({**base, "measured": "*pending*", "met": "—",
-                         "measured on": f"not yet: needs {spec['needs']}"})
+            rows.append(
+                {
+                    **base,
+                    "measured": "*pending*",
+                    "met": "—",
+                    "measured on": f"not yet: needs {spec['needs']}",
+                }
+            )
         for path, r in found:
             extra = f" ({r['network']})" if r.get("network") else ""
-            rows.append({**base, "measured": f"{_fmt(r.get('measured'))}{extra}", "met": _fmt(r.get("met")),
-                         "measured on": f"{_fmt(r.get('device'))}, commit {_fmt(r.get('commit'))} (`{path.name}`)"})
+            rows.append(
+                {
+                    **base,
+                    "measured": f"{_fmt(r.get('measured'))}{extra}",
+                    "met": _fmt(r.get("met")),
+                    "measured on": f"{_fmt(r.get('device'))}, commit {_fmt(r.get('commit'))} (`{path.name}`)",
+                }
+            )
     return markdown_table(rows)
 
 
@@ -368,8 +438,11 @@ def _budget_text(files) -> str:
     from kitsmsan.bench import SCHEDULE_TARGET_H, schedule_budget
 
     b = schedule_budget()
-    per = [{"network": k.removeprefix("tflop_per_iter_"), "TFLOP per iteration": v}
-           for k, v in b.items() if k.startswith("tflop_per_iter_")]
+    per = [
+        {"network": k.removeprefix("tflop_per_iter_"), "TFLOP per iteration": v}
+        for k, v in b.items()
+        if k.startswith("tflop_per_iter_")
+    ]
     need = b["required_tflop_per_s"]
     text = [
         f"One training iteration at the paper's batch ({b['input'].replace('x', ' × ')}) costs, counted "
@@ -384,25 +457,38 @@ def _budget_text(files) -> str:
         "throughput, sustained. This is arithmetic, not a measurement; the step rows' `tflop_per_s` column "
         "(the same count times the measured iterations per second) says what a device actually achieves.\n",
     ]
-    gpu = [r for path, meta, sections in files if _is_gpu(meta, path) for r in sections.get("step", [])
-           if r.get("tflop_per_s") and r.get("input") == b["input"]]
+    gpu = [
+        r
+        for path, meta, sections in files
+        if _is_gpu(meta, path)
+        for r in sections.get("step", [])
+        if r.get("tflop_per_s") and r.get("input") == b["input"]
+    ]
     if gpu:
         best = max(gpu, key=lambda r: r["tflop_per_s"])
-        text.append(f"\nThe best measured GPU step reached {_fmt(best['tflop_per_s'])} TFLOP/s "
-                    f"({best['variant']}, {best['mode']}, {_fmt(best.get('device'))}).\n")
+        text.append(
+            f"\nThe best measured GPU step reached {_fmt(best['tflop_per_s'])} TFLOP/s "
+            f"({best['variant']}, {best['mode']}, {_fmt(best.get('device'))}).\n"
+        )
     return "".join(text)
 
 
 def _bench_section_md(name: str, rows: list[dict]) -> str:
     """One benchmark's rows as a table; the oneDNN ISA fallback becomes a † footnote, not a column."""
     isa = sorted({str(r["onednn_isa"]) for r in rows if r.get("onednn_isa")})
-    rows = [{k: v for k, v in r.items() if k not in PERF_HIDDEN} | (
-        {"mode": f"{r['mode']} †"} if r.get("onednn_isa") and "mode" in r else {}) for r in rows]
+    rows = [
+        {k: v for k, v in r.items() if k not in PERF_HIDDEN}
+        | ({"mode": f"{r['mode']} †"} if r.get("onednn_isa") and "mode" in r else {})
+        for r in rows
+    ]
     if len(rows) == 1:  # one result: a two-column key / value table reads better
         return f"**{name}**\n\n" + markdown_table([{"quantity": k, "value": v} for k, v in rows[0].items()])
     rows, constant = split_constant_columns(rows)
-    same = ("*In every row: " + "; ".join(f"{k} = {_fmt(v)}" for k, v in constant.items()) + ".*\n\n"
-            if constant else "")
+    same = (
+        "*In every row: " + "; ".join(f"{k} = {_fmt(v)}" for k, v in constant.items()) + ".*\n\n"
+        if constant
+        else ""
+    )
     notes = "".join(f"\n† run with `ONEDNN_MAX_CPU_ISA` = {text}\n" for text in isa)
     return f"**{name}**\n\n{same}{markdown_table(rows)}{notes}"
 
@@ -411,16 +497,25 @@ def render_performance() -> str:
     """The Performance page's generated part: the targets (measured or pending), what the schedule
     target asks of a GPU, then every ``book/data/bench_*.json`` as tables with its provenance."""
     files = _bench_files()
-    out = ["### Targets\n", "Each speed target of the project, with the measurement that speaks to "
-           "it. *Pending* means no file below has that measurement yet; nothing is filled in by hand.\n",
-           _targets_table(files), "### What the 12-hour schedule asks of a GPU\n", _budget_text(files)]
+    out = [
+        "### Targets\n",
+        "Each speed target of the project, with the measurement that speaks to "
+        "it. *Pending* means no file below has that measurement yet; nothing is filled in by hand.\n",
+        _targets_table(files),
+        "### What the 12-hour schedule asks of a GPU\n",
+        _budget_text(files),
+    ]
     if not any(_is_gpu(meta, path) for path, meta, _ in files):
-        out.append(":::{important}\n**GPU: pending.** No GPU measurement has been recorded yet, so this page "
-                   "shows none — in particular no measured time for the paper's schedule on a GPU. "
-                   "`scripts/gpu_bench.sh` on a GPU machine writes `book/data/bench_gpu.json`, which fills it in.\n:::\n")
+        out.append(
+            ":::{important}\n**GPU: pending.** No GPU measurement has been recorded yet, so this page "
+            "shows none — in particular no measured time for the paper's schedule on a GPU. "
+            "`scripts/gpu_bench.sh` on a GPU machine writes `book/data/bench_gpu.json`, which fills it in.\n:::\n"
+        )
     if not files:
-        out.append(":::{note}\nNo benchmark has been recorded yet. `kitsmsan bench all --json "
-                   "book/data/bench_cpu.json` writes the file this page shows.\n:::\n")
+        out.append(
+            ":::{note}\nNo benchmark has been recorded yet. `kitsmsan bench all --json "
+            "book/data/bench_cpu.json` writes the file this page shows.\n:::\n"
+        )
     for path, meta, sections in files:
         out.append(f"### Measurements: `{path.name}`\n")
         if meta:
@@ -431,8 +526,10 @@ def render_performance() -> str:
             if name in ("targets", "budget"):  # shown above
                 continue
             out.append(_bench_section_md(name, rows))
-        out.append(f"*Columns left out here ({', '.join(c for c in PERF_HIDDEN if c != 'id')}) are in "
-                   f"`book/data/{path.name}`.*\n")
+        out.append(
+            f"*Columns left out here ({', '.join(c for c in PERF_HIDDEN if c != 'id')}) are in "
+            f"`book/data/{path.name}`.*\n"
+        )
     return "\n".join(out)
 
 
@@ -450,8 +547,16 @@ def _numeric_summary(rows: list[dict]) -> list[dict]:
         vals.sort()
         mid = len(vals) // 2
         median = vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
-        summary.append({"quantity": col, "cases": len(vals), "mean": sum(vals) / len(vals),
-                        "median": median, "min": vals[0], "max": vals[-1]})
+        summary.append(
+            {
+                "quantity": col,
+                "cases": len(vals),
+                "mean": sum(vals) / len(vals),
+                "median": median,
+                "min": vals[0],
+                "max": vals[-1],
+            }
+        )
     return summary
 
 
@@ -461,6 +566,7 @@ PAPER_LOWEST_KIDNEY_DICE = 89.70
 
 def _ceiling_finding(rows: list[dict]) -> str:
     """One admonition stating the k = 1 / k = 2 kidney ceilings computed from the rows (if present)."""
+
     def mean(col):
         vals = [r[col] for r in rows if isinstance(r.get(col), float) and not math.isnan(r[col])]
         return 100 * sum(vals) / len(vals) if vals else None
@@ -469,11 +575,13 @@ def _ceiling_finding(rows: list[dict]) -> str:
     if k1 is None or k2 is None:
         return ""
     deleted = sum(1 for r in rows if r.get("kidney_deleted_k1") is True)
-    verdict = ("below" if k1 < PAPER_LOWEST_KIDNEY_DICE else "not below")
-    return (f":::{{important}}\nComputed from this file: keeping **one** component leaves even a perfect "
-            f"prediction a mean kidney Dice of **{k1:.2f}** over these {len(rows)} cases (a whole kidney is "
-            f"deleted in {deleted} of them); keeping **two** leaves {k2:.2f}. The k = 1 ceiling is {verdict} "
-            f"the lowest kidney Dice of the paper's Table 1 ({PAPER_LOWEST_KIDNEY_DICE:.2f}, 3D U-Net).\n:::\n")
+    verdict = "below" if k1 < PAPER_LOWEST_KIDNEY_DICE else "not below"
+    return (
+        f":::{{important}}\nComputed from this file: keeping **one** component leaves even a perfect "
+        f"prediction a mean kidney Dice of **{k1:.2f}** over these {len(rows)} cases (a whole kidney is "
+        f"deleted in {deleted} of them); keeping **two** leaves {k2:.2f}. The k = 1 ceiling is {verdict} "
+        f"the lowest kidney Dice of the paper's Table 1 ({PAPER_LOWEST_KIDNEY_DICE:.2f}, 3D U-Net).\n:::\n"
+    )
 
 
 REAL_ANATOMY_TABLES = {
@@ -487,8 +595,10 @@ def render_real_anatomy(which: str) -> str:
     name, command = REAL_ANATOMY_TABLES[which]
     path = DATA / name
     if not path.is_file():
-        return (f":::{{note}}\n`book/data/{name}` has not been generated yet (`{command}` on the KiTS19 "
-                f"segmentations writes it; see the end of this page).\n:::\n")
+        return (
+            f":::{{note}}\n`book/data/{name}` has not been generated yet (`{command}` on the KiTS19 "
+            f"segmentations writes it; see the end of this page).\n:::\n"
+        )
     rows, comments = _read_csv(path)
     if not rows:
         return f"`book/data/{name}` is empty.\n"
@@ -505,111 +615,221 @@ def render_real_anatomy(which: str) -> str:
 #: pytest node id; the book counts its collected cases (parametrisations) at build time and links it
 #: with the {test} role, which fails the build when the test does not exist.
 RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("Bad input", "A damaged case folder: missing imaging, truncated or corrupt gzip, not a NIfTI, a 2-D or "
-     "4-D array, image/label shape mismatch, labels outside {0, 1, 2} or non-integer, NaN/inf voxels",
-     ("tests/test_kits19.py::test_bad_case_raises_named_error",)),
-    ("Bad input", "An empty or wrong data folder, a malformed or unknown case id",
-     ("tests/test_kits19.py::test_list_cases_empty_and_wrong_folder", "tests/test_kits19.py::test_unknown_case_folder",
-      "tests/test_kits19.py::test_case_number_malformed")),
-    ("Bad input", "A configuration with an unknown key, a wrong type, a negative or zero iteration count, "
-     "an unknown preset, bad JSON",
-     ("tests/test_train_config.py::test_bad_settings_raise_config_error_naming_key_and_value",
-      "tests/test_train_config.py::test_unknown_preset_and_bad_json")),
-    ("Bad input", "A model input of the wrong shape, dtype or type",
-     ("tests/test_models.py::test_rejected_shapes_raise_value_error_naming_the_shape",
-      "tests/test_models.py::test_rejects_integer_input_and_non_tensors")),
-    ("Bad input", "A checkpoint of another variant (architecture mismatch)",
-     ("tests/test_checkpoint.py::test_architecture_mismatch_names_both_variants",
-      "tests/test_train.py::test_resume_with_a_checkpoint_of_another_variant_is_refused")),
-    ("Bad input", "A corrupt checkpoint (truncated, garbage, empty) or a file that is no kitsmsan checkpoint",
-     ("tests/test_checkpoint.py::test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file",
-      "tests/test_checkpoint.py::test_not_a_kitsmsan_checkpoint")),
-    ("Bad input", "A prediction folder missing cases (evaluate, ensemble)",
-     ("tests/test_metrics.py::test_evaluate_folder_missing_is_named", "tests/test_metrics.py::test_evaluate_cli_missing_case",
-      "tests/test_ensemble.py::test_ensemble_cli_missing_inputs")),
-    ("Bad input", "A NaN loss during training: stop with a clear message, keep the last good checkpoint",
-     ("tests/test_train.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",)),
-    ("Bad input", "Disk full while preparing the cache, checkpointing or writing a case",
-     ("tests/test_preprocess.py::test_disk_full_while_preparing",
-      "tests/test_checkpoint.py::test_disk_full_while_checkpointing_keeps_the_previous_file",
-      "tests/test_kits19.py::test_disk_full_leaves_old_file")),
-    ("Bad input", "Bad arguments to the writers: nothing is written",
-     ("tests/test_kits19.py::test_save_case_rejects_bad_input_and_writes_nothing",
-      "tests/test_preprocess.py::test_prepare_bad_inputs_write_nothing")),
-    ("Crash", "kill -9 of training at random points, then resume: the final weights equal an uninterrupted run's",
-     ("tests/test_train.py::test_kill_9_at_random_points_then_resume_gives_identical_weights",
-      "tests/test_train.py::test_resume_equals_uninterrupted_run")),
-    ("Crash", "Killed during a checkpoint write: the last good checkpoint still loads",
-     ("tests/test_checkpoint.py::test_kill_during_checkpoint_write_leaves_the_last_good_one",)),
-    ("Crash", "Killed during prepare: re-running completes, the result equals a clean run",
-     ("tests/test_preprocess.py::test_killed_prepare_resumes_to_a_clean_result",
-      "tests/test_preprocess.py::test_interrupted_case_is_not_complete")),
-    ("Crash", "Killed (or Ctrl-C) during download: re-running completes, files equal a clean run's",
-     ("tests/test_download.py::test_kill_during_download_then_rerun_equals_clean",
-      "tests/test_download.py::test_ctrl_c_stops_cleanly_and_keeps_partials")),
-    ("Network", "Dropped connections, a server ignoring Range, 5xx then OK, persistent 5xx, 404, refused, endless drops",
-     ("tests/test_download.py::test_resume_after_dropped_connection",
-      "tests/test_download.py::test_server_ignoring_range_restarts_cleanly",
-      "tests/test_download.py::test_500_then_ok_is_retried_by_urllib3",
-      "tests/test_download.py::test_persistent_500_fails_naming_url_and_file",
-      "tests/test_download.py::test_missing_file_404", "tests/test_download.py::test_connection_refused",
-      "tests/test_download.py::test_endless_drops_give_up_and_keep_the_partial")),
-    ("Network", "A server sending garbage imaging or bad segmentations; a wrong hash",
-     ("tests/test_download.py::test_garbage_imaging_is_refused", "tests/test_download.py::test_bad_segmentation_is_refused",
-      "tests/test_download.py::test_manifest_hash_checked")),
-    ("Untrusted file", "A checkpoint carrying a malicious pickle: refused, runs nothing",
-     ("tests/test_checkpoint.py::test_malicious_pickle_is_refused_and_runs_nothing",
-      "tests/test_train.py::test_resume_refuses_a_malicious_checkpoint_and_runs_nothing")),
-    ("Untrusted file", "Paths from metadata or the command line that would write outside the output folder",
-     ("tests/test_paths.py::test_escapes_are_refused", "tests/test_paths.py::test_symlink_pointing_out_is_refused",
-      "tests/test_kits19.py::test_save_case_refuses_path_escape",
-      "tests/test_download.py::test_kits_json_with_hostile_case_id_is_refused",
-      "tests/test_download.py::test_manifest_path_traversal_refused",
-      "tests/test_download.py::test_case_folder_symlinked_outside_refused")),
-    ("Data loss", "An output folder that is not the command's own (unrelated files, a data folder, another "
-     "command's output, an unrelated index.json or summary.json), for every command that writes: refused; "
-     "with --overwrite every file found is kept; a bad local data file is replaced only with --replace-bad "
-     "and kept beside it",
-     ("tests/test_output_rule.py::test_a_foreign_output_folder_is_refused",
-      "tests/test_output_rule.py::test_overwrite_runs_and_keeps_every_file_it_found",
-      "tests/test_output_rule.py::test_a_rerun_into_its_own_folder_is_accepted",
-      "tests/test_output_rule.py::test_an_unrelated_index_json_in_a_cache_folder_is_not_overwritten",
-      "tests/test_output_rule.py::test_a_training_run_folder_is_not_an_evaluation_folder",
-      "tests/test_output_rule.py::test_atomic_write_keeps_a_foreign_file_beside_its_replacement",
-      "tests/test_download.py::test_corrupt_file_in_place_is_replaced_only_with_the_flag",
-      "tests/test_download.py::test_cli_download_refuses_a_bad_local_file_without_the_flag")),
-    ("Hang", "A download server whose Content-Length is too large, one that trickles bytes, one that goes "
-     "silent, an endless chunked body: each ends within its retry budget, stall timeout or size bound",
-     ("tests/test_download.py::test_content_length_larger_than_the_body_spends_the_retry_budget",
-      "tests/test_download.py::test_a_trickling_server_is_a_stall",
-      "tests/test_download.py::test_a_silent_server_is_a_stall",
-      "tests/test_download.py::test_an_endless_body_is_cut_at_the_ceiling",
-      "tests/test_download.py::test_a_body_longer_than_the_manifest_size_is_cut_there")),
-    ("Silently wrong", "A resume that changes a setting, two writers in one run folder, a stale lock, a "
-     "flipped bit or NaN in a checkpoint, a segmentation or prediction on another grid, a folder given "
-     "twice to ensemble, an empty variant selection: refused, named",
-     ("tests/test_runlock.py::test_resume_rule_per_setting", "tests/test_runlock.py::test_every_setting_has_a_resume_rule",
-      "tests/test_runlock.py::test_a_second_writer_is_refused_with_one_line",
-      "tests/test_runlock.py::test_the_lock_of_a_killed_process_is_stale",
-      "tests/test_checkpoint.py::test_a_flipped_bit_in_a_weight_is_refused",
-      "tests/test_checkpoint.py::test_non_finite_weights_are_refused",
-      "tests/test_kits19.py::test_segmentation_affine_must_match_the_imaging",
-      "tests/test_kits19.py::test_evaluate_refuses_a_prediction_on_another_grid",
-      "tests/test_output_rule.py::test_ensemble_refuses_a_folder_given_twice",
-      "tests/test_reliability.py::test_probability_file_with_nan_is_named_in_ensemble",
-      "tests/test_io.py::test_reproduce_with_an_empty_variant_list_is_an_error")),
-    ("Traceback", "Hostile NIfTI headers (huge, zero-length, complex, RGB, pixdim 0), malformed checkpoint "
-     "values, settings past their bounds, huge case ranges, a torch error on a full disk, out of memory: one "
-     "line; fuzzed headers, settings and ranges (hypothesis) give no traceback and change nothing",
-     ("tests/test_kits19.py::test_hostile_headers_are_refused_before_reading",
-      "tests/test_kits19.py::test_rgb_imaging_is_refused_naming_the_file",
-      "tests/test_checkpoint.py::test_malformed_values_are_refused_naming_the_file",
-      "tests/test_checkpoint.py::test_torch_runtime_error_while_writing_is_a_training_error",
-      "tests/test_io.py::test_a_refused_setting_leaves_no_run_folder",
-      "tests/test_io.py::test_expected_machine_failures_are_one_line",
-      "tests/test_fuzz.py::test_hostile_headers_give_one_line_and_change_nothing",
-      "tests/test_fuzz.py::test_hostile_settings_are_refused_or_usable",
-      "tests/test_fuzz.py::test_hostile_case_ranges")),
+    (
+        "Bad input",
+        "A damaged case folder: missing imaging, truncated or corrupt gzip, not a NIfTI, a 2-D or "
+        "4-D array, image/label shape mismatch, labels outside {0, 1, 2} or non-integer, NaN/inf voxels",
+        ("tests/test_kits19.py::test_bad_case_raises_named_error",),
+    ),
+    (
+        "Bad input",
+        "An empty or wrong data folder, a malformed or unknown case id",
+        (
+            "tests/test_kits19.py::test_list_cases_empty_and_wrong_folder",
+            "tests/test_kits19.py::test_unknown_case_folder",
+            "tests/test_kits19.py::test_case_number_malformed",
+        ),
+    ),
+    (
+        "Bad input",
+        "A configuration with an unknown key, a wrong type, a negative or zero iteration count, "
+        "an unknown preset, bad JSON",
+        (
+            "tests/test_train_config.py::test_bad_settings_raise_config_error_naming_key_and_value",
+            "tests/test_train_config.py::test_unknown_preset_and_bad_json",
+        ),
+    ),
+    (
+        "Bad input",
+        "A model input of the wrong shape, dtype or type",
+        (
+            "tests/test_models.py::test_rejected_shapes_raise_value_error_naming_the_shape",
+            "tests/test_models.py::test_rejects_integer_input_and_non_tensors",
+        ),
+    ),
+    (
+        "Bad input",
+        "A checkpoint of another variant (architecture mismatch)",
+        (
+            "tests/test_checkpoint.py::test_architecture_mismatch_names_both_variants",
+            "tests/test_train.py::test_resume_with_a_checkpoint_of_another_variant_is_refused",
+        ),
+    ),
+    (
+        "Bad input",
+        "A corrupt checkpoint (truncated, garbage, empty) or a file that is no kitsmsan checkpoint",
+        (
+            "tests/test_checkpoint.py::test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file",
+            "tests/test_checkpoint.py::test_not_a_kitsmsan_checkpoint",
+        ),
+    ),
+    (
+        "Bad input",
+        "A prediction folder missing cases (evaluate, ensemble)",
+        (
+            "tests/test_metrics.py::test_evaluate_folder_missing_is_named",
+            "tests/test_metrics.py::test_evaluate_cli_missing_case",
+            "tests/test_ensemble.py::test_ensemble_cli_missing_inputs",
+        ),
+    ),
+    (
+        "Bad input",
+        "A NaN loss during training: stop with a clear message, keep the last good checkpoint",
+        ("tests/test_train.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",),
+    ),
+    (
+        "Bad input",
+        "Disk full while preparing the cache, checkpointing or writing a case",
+        (
+            "tests/test_preprocess.py::test_disk_full_while_preparing",
+            "tests/test_checkpoint.py::test_disk_full_while_checkpointing_keeps_the_previous_file",
+            "tests/test_kits19.py::test_disk_full_leaves_old_file",
+        ),
+    ),
+    (
+        "Bad input",
+        "Bad arguments to the writers: nothing is written",
+        (
+            "tests/test_kits19.py::test_save_case_rejects_bad_input_and_writes_nothing",
+            "tests/test_preprocess.py::test_prepare_bad_inputs_write_nothing",
+        ),
+    ),
+    (
+        "Crash",
+        "kill -9 of training at random points, then resume: the final weights equal an uninterrupted run's",
+        (
+            "tests/test_train.py::test_kill_9_at_random_points_then_resume_gives_identical_weights",
+            "tests/test_train.py::test_resume_equals_uninterrupted_run",
+        ),
+    ),
+    (
+        "Crash",
+        "Killed during a checkpoint write: the last good checkpoint still loads",
+        ("tests/test_checkpoint.py::test_kill_during_checkpoint_write_leaves_the_last_good_one",),
+    ),
+    (
+        "Crash",
+        "Killed during prepare: re-running completes, the result equals a clean run",
+        (
+            "tests/test_preprocess.py::test_killed_prepare_resumes_to_a_clean_result",
+            "tests/test_preprocess.py::test_interrupted_case_is_not_complete",
+        ),
+    ),
+    (
+        "Crash",
+        "Killed (or Ctrl-C) during download: re-running completes, files equal a clean run's",
+        (
+            "tests/test_download.py::test_kill_during_download_then_rerun_equals_clean",
+            "tests/test_download.py::test_ctrl_c_stops_cleanly_and_keeps_partials",
+        ),
+    ),
+    (
+        "Network",
+        "Dropped connections, a server ignoring Range, 5xx then OK, persistent 5xx, 404, refused, endless drops",
+        (
+            "tests/test_download.py::test_resume_after_dropped_connection",
+            "tests/test_download.py::test_server_ignoring_range_restarts_cleanly",
+            "tests/test_download.py::test_500_then_ok_is_retried_by_urllib3",
+            "tests/test_download.py::test_persistent_500_fails_naming_url_and_file",
+            "tests/test_download.py::test_missing_file_404",
+            "tests/test_download.py::test_connection_refused",
+            "tests/test_download.py::test_endless_drops_give_up_and_keep_the_partial",
+        ),
+    ),
+    (
+        "Network",
+        "A server sending garbage imaging or bad segmentations; a wrong hash",
+        (
+            "tests/test_download.py::test_garbage_imaging_is_refused",
+            "tests/test_download.py::test_bad_segmentation_is_refused",
+            "tests/test_download.py::test_manifest_hash_checked",
+        ),
+    ),
+    (
+        "Untrusted file",
+        "A checkpoint carrying a malicious pickle: refused, runs nothing",
+        (
+            "tests/test_checkpoint.py::test_malicious_pickle_is_refused_and_runs_nothing",
+            "tests/test_train.py::test_resume_refuses_a_malicious_checkpoint_and_runs_nothing",
+        ),
+    ),
+    (
+        "Untrusted file",
+        "Paths from metadata or the command line that would write outside the output folder",
+        (
+            "tests/test_paths.py::test_escapes_are_refused",
+            "tests/test_paths.py::test_symlink_pointing_out_is_refused",
+            "tests/test_kits19.py::test_save_case_refuses_path_escape",
+            "tests/test_download.py::test_kits_json_with_hostile_case_id_is_refused",
+            "tests/test_download.py::test_manifest_path_traversal_refused",
+            "tests/test_download.py::test_case_folder_symlinked_outside_refused",
+        ),
+    ),
+    (
+        "Data loss",
+        "An output folder that is not the command's own (unrelated files, a data folder, another "
+        "command's output, an unrelated index.json or summary.json), for every command that writes: refused; "
+        "with --overwrite every file found is kept; a bad local data file is replaced only with --replace-bad "
+        "and kept beside it",
+        (
+            "tests/test_output_rule.py::test_a_foreign_output_folder_is_refused",
+            "tests/test_output_rule.py::test_overwrite_runs_and_keeps_every_file_it_found",
+            "tests/test_output_rule.py::test_a_rerun_into_its_own_folder_is_accepted",
+            "tests/test_output_rule.py::test_an_unrelated_index_json_in_a_cache_folder_is_not_overwritten",
+            "tests/test_output_rule.py::test_a_training_run_folder_is_not_an_evaluation_folder",
+            "tests/test_output_rule.py::test_atomic_write_keeps_a_foreign_file_beside_its_replacement",
+            "tests/test_download.py::test_corrupt_file_in_place_is_replaced_only_with_the_flag",
+            "tests/test_download.py::test_cli_download_refuses_a_bad_local_file_without_the_flag",
+        ),
+    ),
+    (
+        "Hang",
+        "A download server whose Content-Length is too large, one that trickles bytes, one that goes "
+        "silent, an endless chunked body: each ends within its retry budget, stall timeout or size bound",
+        (
+            "tests/test_download.py::test_content_length_larger_than_the_body_spends_the_retry_budget",
+            "tests/test_download.py::test_a_trickling_server_is_a_stall",
+            "tests/test_download.py::test_a_silent_server_is_a_stall",
+            "tests/test_download.py::test_an_endless_body_is_cut_at_the_ceiling",
+            "tests/test_download.py::test_a_body_longer_than_the_manifest_size_is_cut_there",
+        ),
+    ),
+    (
+        "Silently wrong",
+        "A resume that changes a setting, two writers in one run folder, a stale lock, a "
+        "flipped bit or NaN in a checkpoint, a segmentation or prediction on another grid, a folder given "
+        "twice to ensemble, an empty variant selection: refused, named",
+        (
+            "tests/test_runlock.py::test_resume_rule_per_setting",
+            "tests/test_runlock.py::test_every_setting_has_a_resume_rule",
+            "tests/test_runlock.py::test_a_second_writer_is_refused_with_one_line",
+            "tests/test_runlock.py::test_the_lock_of_a_killed_process_is_stale",
+            "tests/test_checkpoint.py::test_a_flipped_bit_in_a_weight_is_refused",
+            "tests/test_checkpoint.py::test_non_finite_weights_are_refused",
+            "tests/test_kits19.py::test_segmentation_affine_must_match_the_imaging",
+            "tests/test_kits19.py::test_evaluate_refuses_a_prediction_on_another_grid",
+            "tests/test_output_rule.py::test_ensemble_refuses_a_folder_given_twice",
+            "tests/test_reliability.py::test_probability_file_with_nan_is_named_in_ensemble",
+            "tests/test_io.py::test_reproduce_with_an_empty_variant_list_is_an_error",
+        ),
+    ),
+    (
+        "Traceback",
+        "Hostile NIfTI headers (huge, zero-length, complex, RGB, pixdim 0), malformed checkpoint "
+        "values, settings past their bounds, huge case ranges, a torch error on a full disk, out of memory: one "
+        "line; fuzzed headers, settings and ranges (hypothesis) give no traceback and change nothing",
+        (
+            "tests/test_kits19.py::test_hostile_headers_are_refused_before_reading",
+            "tests/test_kits19.py::test_rgb_imaging_is_refused_naming_the_file",
+            "tests/test_checkpoint.py::test_malformed_values_are_refused_naming_the_file",
+            "tests/test_checkpoint.py::test_torch_runtime_error_while_writing_is_a_training_error",
+            "tests/test_io.py::test_a_refused_setting_leaves_no_run_folder",
+            "tests/test_io.py::test_expected_machine_failures_are_one_line",
+            "tests/test_fuzz.py::test_hostile_headers_give_one_line_and_change_nothing",
+            "tests/test_fuzz.py::test_hostile_settings_are_refused_or_usable",
+            "tests/test_fuzz.py::test_hostile_case_ranges",
+        ),
+    ),
 )
 
 
@@ -620,11 +840,18 @@ def collect_counts(node_ids: list[str]) -> dict[str, int] | None:
     files = sorted({n.split("::")[0] for n in node_ids if (ROOT / n.split("::")[0]).is_file()})
     if not files:
         return None
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     items = [ln.strip() for ln in proc.stdout.splitlines() if "::" in ln]
     if not items:
-        print(f"  warning: pytest --collect-only found no tests ({proc.stderr.strip()[-300:]})", file=sys.stderr)
+        print(
+            f"  warning: pytest --collect-only found no tests ({proc.stderr.strip()[-300:]})", file=sys.stderr
+        )
         return None
     return {n: sum(1 for it in items if it == n or it.startswith(n + "[")) for n in node_ids}
 
@@ -648,29 +875,68 @@ def render_reliability_tally() -> str:
         kinds: dict[str, int] = {}
         for group, _, tests in RELIABILITY_TALLY:
             kinds[group] = kinds.get(group, 0) + sum(counts[t] for t in tests)
-        head = ["Cases per kind: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
-                + ". Every one passes in CI: **0 losses, 0 hangs**.", "", *head]
-    foot = (f"\n*{total} test cases in {len(node_ids)} tests, counted by `pytest --collect-only` when the "
-            f"book was built. Each bad-input test asserts the error type and that its message names the file "
-            f"or value; the crash, disk-full and writer tests also check that nothing was lost or left "
-            f"half-written.*\n" if counts else "\n*(test cases could not be counted: pytest "
-            "collection failed when the book was built)*\n")
+        head = [
+            "Cases per kind: "
+            + ", ".join(f"{k} {n}" for k, n in kinds.items())
+            + ". Every one passes in CI: **0 losses, 0 hangs**.",
+            "",
+            *head,
+        ]
+    foot = (
+        f"\n*{total} test cases in {len(node_ids)} tests, counted by `pytest --collect-only` when the "
+        f"book was built. Each bad-input test asserts the error type and that its message names the file "
+        f"or value; the crash, disk-full and writer tests also check that nothing was lost or left "
+        f"half-written.*\n"
+        if counts
+        else "\n*(test cases could not be counted: pytest collection failed when the book was built)*\n"
+    )
     return "\n".join(head + rows) + "\n" + foot
 
 
 #: pipeline order of the API reference; modules not listed here follow in alphabetical order
 API_ORDER = (
-    "kitsmsan.data.kits19", "kitsmsan.data.phantom.anatomy", "kitsmsan.data.phantom.render",
-    "kitsmsan.data.phantom.writer", "kitsmsan.data.phantom.label_conditioned", "kitsmsan.data.preprocess",
-    "kitsmsan.data.dataset", "kitsmsan.data.stats", "kitsmsan.data.download", "kitsmsan.models.registry",
-    "kitsmsan.models.msan", "kitsmsan.models.blocks", "kitsmsan.models.report", "kitsmsan.losses",
-    "kitsmsan.train.config", "kitsmsan.train.step", "kitsmsan.train.loop", "kitsmsan.checkpoint",
-    "kitsmsan.train.distributed", "kitsmsan.inference", "kitsmsan.postprocess", "kitsmsan.ensemble",
-    "kitsmsan.metrics", "kitsmsan.reproduce", "kitsmsan.bench.common", "kitsmsan.bench.data",
-    "kitsmsan.bench.step", "kitsmsan.bench.budget", "kitsmsan.bench.inference", "kitsmsan.bench.smoke",
-    "kitsmsan.bench.report", "kitsmsan.bench.memory", "kitsmsan.viz", "kitsmsan.widgets", "kitsmsan.errors", "kitsmsan.utils.io",
-    "kitsmsan.utils.provenance", "kitsmsan.utils.amp", "kitsmsan.utils.device",
-    "kitsmsan.utils.torch_state", "kitsmsan.utils.metrics_log", "kitsmsan.cli",
+    "kitsmsan.data.kits19",
+    "kitsmsan.data.phantom.anatomy",
+    "kitsmsan.data.phantom.render",
+    "kitsmsan.data.phantom.writer",
+    "kitsmsan.data.phantom.label_conditioned",
+    "kitsmsan.data.preprocess",
+    "kitsmsan.data.dataset",
+    "kitsmsan.data.stats",
+    "kitsmsan.data.download",
+    "kitsmsan.models.registry",
+    "kitsmsan.models.msan",
+    "kitsmsan.models.blocks",
+    "kitsmsan.models.report",
+    "kitsmsan.losses",
+    "kitsmsan.train.config",
+    "kitsmsan.train.step",
+    "kitsmsan.train.loop",
+    "kitsmsan.checkpoint",
+    "kitsmsan.train.distributed",
+    "kitsmsan.inference",
+    "kitsmsan.postprocess",
+    "kitsmsan.ensemble",
+    "kitsmsan.metrics",
+    "kitsmsan.reproduce",
+    "kitsmsan.bench.common",
+    "kitsmsan.bench.data",
+    "kitsmsan.bench.step",
+    "kitsmsan.bench.budget",
+    "kitsmsan.bench.inference",
+    "kitsmsan.bench.smoke",
+    "kitsmsan.bench.report",
+    "kitsmsan.bench.memory",
+    "kitsmsan.viz",
+    "kitsmsan.widgets",
+    "kitsmsan.errors",
+    "kitsmsan.utils.io",
+    "kitsmsan.utils.provenance",
+    "kitsmsan.utils.amp",
+    "kitsmsan.utils.device",
+    "kitsmsan.utils.torch_state",
+    "kitsmsan.utils.metrics_log",
+    "kitsmsan.cli",
 )
 #: not in the API reference: per-command argument parsing (shown as the CLI reference instead)
 API_SKIP = ("kitsmsan.commands", "kitsmsan.__main__")
@@ -729,10 +995,12 @@ def render_memory() -> dict[str, str]:
     out = {f"memory_{k}.md": v for k, v in parts.items()}
     sizes = DATA / "colab_sizes.json"
     if not sizes.is_file():
-        out["colab_sizes.md"] = missing.format("book/data/colab_sizes.json",
-                                               "python scripts/colab_sizes.py --labels LABELS_DIR")
+        out["colab_sizes.md"] = missing.format(
+            "book/data/colab_sizes.json", "python scripts/colab_sizes.py --labels LABELS_DIR"
+        )
         return out
     z = json.loads(sizes.read_text(encoding="utf-8"))
+
     def gb(b: float) -> str:
         return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.0f} MB"
 
@@ -740,27 +1008,51 @@ def render_memory() -> dict[str, str]:
     crop = cache["kidney_z_range_plus_margin"]
     ck = z["checkpoints"]
     rows = [
-        {"what": "`download --labels-only`, cases 0–209", "size": gb(lab["scaled_210_bytes"]),
-         "how": f"measured: {gb(lab['bytes'])} for the {lab['cases']} cases here; {lab['how']}"},
-        {"what": "KiTS19 imaging (`imaging.nii.gz`), cases 0–209", "size": gb(z["imaging"]["bytes_210"]),
-         "how": z["imaging"]["source"]},
-        {"what": "training cache (`kitsmsan prepare`), cases 0–189", "size": gb(cache["bytes"]),
-         "how": f"computed from the {cache['cases']} cases' real shapes ({cache['slices']:,} slices): "
-                + cache["format"]},
-        *({"what": f"… only the kidney z-range + {k.replace('mm', ' mm')}", "size": gb(v["bytes"]),
-           "how": f"{v['slices']:,} slices, {v['fraction_of_full']:.0%} of the full cache (evaluated, not "
-                  "implemented)"} for k, v in crop.items()),
-        {"what": "one checkpoint (`last.pt` or `best.pt`)",
-         "size": " – ".join(gb(ck[n]["bytes"]) for n in (min(ck, key=lambda n: ck[n]["bytes"]),
-                                                          max(ck, key=lambda n: ck[n]["bytes"]))),
-         "how": "measured: a real checkpoint of each network after one Adam step (weights + Adam's two "
-                "moments + schedule, scaler, RNG states, config)"},
-        {"what": "five run folders (`last.pt` + `best.pt` each)", "size": gb(runs["bytes_five_runs"]),
-         "how": "sum of the measured checkpoints x 2; metrics.jsonl and configs add kilobytes"},
+        {
+            "what": "`download --labels-only`, cases 0–209",
+            "size": gb(lab["scaled_210_bytes"]),
+            "how": f"measured: {gb(lab['bytes'])} for the {lab['cases']} cases here; {lab['how']}",
+        },
+        {
+            "what": "KiTS19 imaging (`imaging.nii.gz`), cases 0–209",
+            "size": gb(z["imaging"]["bytes_210"]),
+            "how": z["imaging"]["source"],
+        },
+        {
+            "what": "training cache (`kitsmsan prepare`), cases 0–189",
+            "size": gb(cache["bytes"]),
+            "how": f"computed from the {cache['cases']} cases' real shapes ({cache['slices']:,} slices): "
+            + cache["format"],
+        },
+        *(
+            {
+                "what": f"… only the kidney z-range + {k.replace('mm', ' mm')}",
+                "size": gb(v["bytes"]),
+                "how": f"{v['slices']:,} slices, {v['fraction_of_full']:.0%} of the full cache (evaluated, not "
+                "implemented)",
+            }
+            for k, v in crop.items()
+        ),
+        {
+            "what": "one checkpoint (`last.pt` or `best.pt`)",
+            "size": " – ".join(
+                gb(ck[n]["bytes"])
+                for n in (min(ck, key=lambda n: ck[n]["bytes"]), max(ck, key=lambda n: ck[n]["bytes"]))
+            ),
+            "how": "measured: a real checkpoint of each network after one Adam step (weights + Adam's two "
+            "moments + schedule, scaler, RNG states, config)",
+        },
+        {
+            "what": "five run folders (`last.pt` + `best.pt` each)",
+            "size": gb(runs["bytes_five_runs"]),
+            "how": "sum of the measured checkpoints x 2; metrics.jsonl and configs add kilobytes",
+        },
     ]
-    out["colab_sizes.md"] = (markdown_table(rows, ["what", "size", "how"])
-                             + f"\nMeasured at commit `{z['commit']}` by `scripts/colab_sizes.py` "
-                               "(`book/data/colab_sizes.json`). GB = 10⁹ bytes, MB = 10⁶.\n")
+    out["colab_sizes.md"] = (
+        markdown_table(rows, ["what", "size", "how"])
+        + f"\nMeasured at commit `{z['commit']}` by `scripts/colab_sizes.py` "
+        "(`book/data/colab_sizes.json`). GB = 10⁹ bytes, MB = 10⁶.\n"
+    )
     return out
 
 
@@ -791,8 +1083,12 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run-notebooks", help="execute scripts/notebook_params.json with papermill")
     run.add_argument("--only", nargs="+", help="output or notebook names to run (default: all)")
     run.add_argument("--reuse", action="store_true", help="skip outputs that are up to date")
-    run.add_argument("--params", type=Path, default=Path(os.environ.get("KITSMSAN_BOOK_PARAMS", PARAMS)),
-                     help="the JSON list of runs (default: $KITSMSAN_BOOK_PARAMS or scripts/notebook_params.json)")
+    run.add_argument(
+        "--params",
+        type=Path,
+        default=Path(os.environ.get("KITSMSAN_BOOK_PARAMS", PARAMS)),
+        help="the JSON list of runs (default: $KITSMSAN_BOOK_PARAMS or scripts/notebook_params.json)",
+    )
     sub.add_parser("render", help="render fragments, benchmark JSON and statistics CSVs to Markdown")
     args = parser.parse_args(argv)
     try:

@@ -40,7 +40,7 @@ FORMATS = "ipynb,md:myst"
 INSTALL_URL_ENV = "KITSMSAN_INSTALL_URL"
 
 #: the install cell, as ``ruff format`` leaves it (so formatting the notebooks keeps it valid)
-INSTALL_TEMPLATE = '''\
+INSTALL_TEMPLATE = """\
 # Installs kitsmsan where it does not import yet (e.g. on Colab), keeping the runtime's own torch.
 import importlib
 import importlib.util
@@ -56,7 +56,7 @@ if importlib.util.find_spec("kitsmsan") is None:
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", f"kitsmsan[widgets] @ {{url}}", *keep], check=True
     )
-    importlib.invalidate_caches()'''
+    importlib.invalidate_caches()"""
 
 
 def install_url(config: Path = CONFIG) -> str:
@@ -92,8 +92,9 @@ def check_pair(md: Path, ipynb: Path, expected_install: str) -> list[str]:
     for path in (md, ipynb):
         if not path.is_file():
             other = ipynb if path == md else md
-            return [f"{path.relative_to(ROOT)}: missing "
-                    f"(make it with jupytext --sync {other.relative_to(ROOT)})"]
+            return [
+                f"{path.relative_to(ROOT)}: missing (make it with jupytext --sync {other.relative_to(ROOT)})"
+            ]
     problems = []
     source = jupytext.read(md)
     try:
@@ -102,22 +103,28 @@ def check_pair(md: Path, ipynb: Path, expected_install: str) -> list[str]:
         return [f"{ipynb.relative_to(ROOT)}: not a readable notebook ({exc})"]
     for path, nb in ((md, source), (ipynb, paired)):
         if nb.metadata.get("jupytext", {}).get("formats") != FORMATS:
-            problems.append(f"{path.relative_to(ROOT)}: not paired "
-                            f"(metadata jupytext.formats must be {FORMATS})")
+            problems.append(
+                f"{path.relative_to(ROOT)}: not paired (metadata jupytext.formats must be {FORMATS})"
+            )
     if _cells(source) != _cells(paired):
         problems.append(f"{name}: .md and .ipynb differ (re-sync: jupytext --sync {md.relative_to(ROOT)})")
     for i, cell in enumerate(paired.cells):
         if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
-            problems.append(f"{ipynb.relative_to(ROOT)}: cell {i} is committed with outputs or an execution "
-                            "count (clear them, then jupytext --sync)")
+            problems.append(
+                f"{ipynb.relative_to(ROOT)}: cell {i} is committed with outputs or an execution "
+                "count (clear them, then jupytext --sync)"
+            )
     code = [c for c in source.cells if c.cell_type == "code"]
     if not code or code[0].source != expected_install:
-        problems.append(f"{md.relative_to(ROOT)}: the first code cell is not the install cell of _config.yml "
-                        "(python scripts/check_notebooks.py --fix writes it)")
+        problems.append(
+            f"{md.relative_to(ROOT)}: the first code cell is not the install cell of _config.yml "
+            "(python scripts/check_notebooks.py --fix writes it)"
+        )
     tagged = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
     if len(tagged) != 1 or tagged[0] == 0:
-        problems.append(f"{md.relative_to(ROOT)}: needs exactly one cell tagged 'parameters', "
-                        "after the install cell")
+        problems.append(
+            f"{md.relative_to(ROOT)}: needs exactly one cell tagged 'parameters', after the install cell"
+        )
     return problems
 
 
@@ -157,9 +164,10 @@ def fix(folder: Path = NOTEBOOKS, config: Path = CONFIG) -> list[Path]:
         # jupytext's own sync: the newer file of the pair wins, cell ids of the .ipynb are kept
         if jupytext_cli(["--sync", "--quiet", str(md)]) != 0:
             raise SystemExit(f"{md}: jupytext --sync failed")
-        paired = nbformat.read(ipynb, as_version=4)   # the sync keeps outputs; the committed copy has none
-        dirty = [c for c in paired.cells
-                 if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+        paired = nbformat.read(ipynb, as_version=4)  # the sync keeps outputs; the committed copy has none
+        dirty = [
+            c for c in paired.cells if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+        ]
         for cell in dirty:
             cell.outputs, cell.execution_count = [], None
         if dirty:

@@ -49,11 +49,17 @@ def label_sizes(root: Path) -> dict:
     seg_bytes = [p.stat().st_size for p in segs]
     other = total - sum(seg_bytes)
     mean = float(np.mean(seg_bytes))
-    return {"cases": len(segs), "bytes": total, "segmentation_bytes": sum(seg_bytes), "other_bytes": other,
-            "mean_case_bytes": round(mean), "scaled_210_bytes": round(mean * LABELLED_CASES + other),
-            "how": f"sum of file sizes under the labels folder ({len(segs)} cases + kits.json, README, "
-                   f"LICENSE); scaled to {LABELLED_CASES} cases as mean segmentation size x {LABELLED_CASES} "
-                   "+ the other files"}
+    return {
+        "cases": len(segs),
+        "bytes": total,
+        "segmentation_bytes": sum(seg_bytes),
+        "other_bytes": other,
+        "mean_case_bytes": round(mean),
+        "scaled_210_bytes": round(mean * LABELLED_CASES + other),
+        "how": f"sum of file sizes under the labels folder ({len(segs)} cases + kits.json, README, "
+        f"LICENSE); scaled to {LABELLED_CASES} cases as mean segmentation size x {LABELLED_CASES} "
+        "+ the other files",
+    }
 
 
 def cache_sizes(root: Path, train_cases: range) -> dict:
@@ -68,9 +74,16 @@ def cache_sizes(root: Path, train_cases: range) -> dict:
         kidney = np.flatnonzero(label.reshape(z, -1).any(axis=1))
         del label
         print(f"  {cid} {z}x{y}x{x}", flush=True)
-        rows.append({"case": cid, "shape": [z, y, x], "slice_mm": float(spacing[0]),
-                     "kidney_z": [int(kidney[0]), int(kidney[-1])] if kidney.size else None})
+        rows.append(
+            {
+                "case": cid,
+                "shape": [z, y, x],
+                "slice_mm": float(spacing[0]),
+                "kidney_z": [int(kidney[0]), int(kidney[-1])] if kidney.size else None,
+            }
+        )
     per_voxel = np.dtype(np.int16).itemsize + np.dtype(np.uint8).itemsize
+
     def plane(r: dict) -> int:
         return r["shape"][1] * r["shape"][2]
 
@@ -87,13 +100,17 @@ def cache_sizes(root: Path, train_cases: range) -> dict:
             kept += z1 - z0 + 1
             total += (z1 - z0 + 1) * plane(r) * per_voxel + 2 * NPY_HEADER
         cropped[f"{m}mm"] = {"bytes": total, "slices": kept, "fraction_of_full": round(total / full, 3)}
-    return {"cases": len(rows), "slices": slices, "bytes": full,
-            "voxels": sum(r["shape"][0] * plane(r) for r in rows),
-            "format": f"{IMAGE_FILE} int16 + {LABEL_FILE} uint8 per voxel ({per_voxel} B) + "
-                      f"2 x {NPY_HEADER} B "
-                      "headers per case (JSON index/meta not counted: kilobytes)",
-            "kidney_z_range_plus_margin": cropped,
-            "per_case": rows}
+    return {
+        "cases": len(rows),
+        "slices": slices,
+        "bytes": full,
+        "voxels": sum(r["shape"][0] * plane(r) for r in rows),
+        "format": f"{IMAGE_FILE} int16 + {LABEL_FILE} uint8 per voxel ({per_voxel} B) + "
+        f"2 x {NPY_HEADER} B "
+        "headers per case (JSON index/meta not counted: kilobytes)",
+        "kidney_z_range_plus_margin": cropped,
+        "per_case": rows,
+    }
 
 
 def checkpoint_sizes() -> dict:
@@ -110,12 +127,21 @@ def checkpoint_sizes() -> dict:
             sum(o.float().mean() for o in outs).backward()
             opt.step()  # Adam's moments exist from the first step
             scaler = torch.amp.GradScaler("cpu", enabled=False)
-            state = make_checkpoint(model, optimizer=opt, scheduler=sched, scaler=scaler, iteration=1,
-                                    train_config=TrainConfig.from_preset("paper", variant=name).to_dict())
+            state = make_checkpoint(
+                model,
+                optimizer=opt,
+                scheduler=sched,
+                scaler=scaler,
+                iteration=1,
+                train_config=TrainConfig.from_preset("paper", variant=name).to_dict(),
+            )
             path = save_checkpoint(state, Path(tmp) / f"{name}.pt")
             params = sum(p.numel() for p in model.parameters())
-            out[name] = {"parameters": params, "bytes": Path(path).stat().st_size,
-                         "weights_plus_adam_bytes": 12 * params}
+            out[name] = {
+                "parameters": params,
+                "bytes": Path(path).stat().st_size,
+                "weights_plus_adam_bytes": 12 * params,
+            }
     return out
 
 
@@ -133,26 +159,36 @@ def main(argv: list[str] | None = None) -> int:
     per_run = {n: 2 * c["bytes"] for n, c in ckpt.items()}  # last.pt + best.pt
     report = {
         "what": "sizes of what a Colab run stores: labels download, imaging (quoted), training cache, "
-                "run folders with checkpoints",
-        "commit": git_commit(), "torch": torch.__version__,
+        "run folders with checkpoints",
+        "commit": git_commit(),
+        "torch": torch.__version__,
         "labels": labels,
-        "imaging": {"bytes_210": int(IMAGING_GB_210 * 1e9), "source": "kitsmsan.data.download (~27 GB for "
-                    "210 cases, the official KiTS19 figure); not measured here",
-                    "uncompressed_float32_bytes_0_189": 4 * cache["voxels"]},
+        "imaging": {
+            "bytes_210": int(IMAGING_GB_210 * 1e9),
+            "source": "kitsmsan.data.download (~27 GB for "
+            "210 cases, the official KiTS19 figure); not measured here",
+            "uncompressed_float32_bytes_0_189": 4 * cache["voxels"],
+        },
         "cache_0_189": {k: v for k, v in cache.items() if k != "per_case"},
         "checkpoints": ckpt,
-        "run_folders": {"checkpoints_per_run": ["last.pt", "best.pt"], "bytes_per_run": per_run,
-                        "bytes_five_runs": sum(per_run.values()),
-                        "metrics_rows_paper": train.num_iters // train.log_every},
+        "run_folders": {
+            "checkpoints_per_run": ["last.pt", "best.pt"],
+            "bytes_per_run": per_run,
+            "bytes_five_runs": sum(per_run.values()),
+            "metrics_rows_paper": train.num_iters // train.log_every,
+        },
         "per_case": cache["per_case"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+
     def gb(b: float) -> str:
         return f"{b / 1e9:.2f} GB"
 
-    print(f"labels {labels['cases']} cases {gb(labels['bytes'])}; "
-          f"scaled to 210: {gb(labels['scaled_210_bytes'])}")
+    print(
+        f"labels {labels['cases']} cases {gb(labels['bytes'])}; "
+        f"scaled to 210: {gb(labels['scaled_210_bytes'])}"
+    )
     print(f"cache 0-189: {gb(cache['bytes'])} ({cache['slices']} slices)")
     for k, v in cache["kidney_z_range_plus_margin"].items():
         print(f"  kidney z-range + {k}: {gb(v['bytes'])} ({v['fraction_of_full']:.0%})")

@@ -14,21 +14,26 @@ from kitsmsan.utils.amp import AMP_MODES, mixed_precision_dtype, resolve_amp
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """Pretend a CUDA GPU of the given compute capability is present."""
+
     def install(major: int, minor: int = 0):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
         # is_bf16_supported() with its default emulation check says True even on a T4: never asked
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
         monkeypatch.setattr(torch.version, "hip", None)
+
     return install
 
 
-@pytest.mark.parametrize("gpu, capability, dtype", [
-    ("T4 (Colab free tier)", (7, 5), torch.float16),
-    ("V100", (7, 0), torch.float16),
-    ("A100", (8, 0), torch.bfloat16),
-    ("L4", (8, 9), torch.bfloat16),
-    ("H100", (9, 0), torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "gpu, capability, dtype",
+    [
+        ("T4 (Colab free tier)", (7, 5), torch.float16),
+        ("V100", (7, 0), torch.float16),
+        ("A100", (8, 0), torch.bfloat16),
+        ("L4", (8, 9), torch.bfloat16),
+        ("H100", (9, 0), torch.bfloat16),
+    ],
+)
 def test_bf16_only_where_native(fake_gpu, gpu, capability, dtype):
     fake_gpu(*capability)
     cuda = torch.device("cuda")
@@ -70,7 +75,9 @@ def test_channels_last_grads_fit_fused_adam(variant):
     for name, p in net.named_parameters():
         # whether a size-1 stride differs depends on the CPU kernel chosen (it does on one thread)
         strides = [dim for dim, (a, b) in enumerate(zip(p.stride(), p.grad.stride())) if a != b]
-        assert all(p.shape[dim] == 1 for dim in strides), f"{name}: {tuple(p.shape)} {p.stride()} vs {p.grad.stride()}"
+        assert all(p.shape[dim] == 1 for dim in strides), (
+            f"{name}: {tuple(p.shape)} {p.stride()} vs {p.grad.stride()}"
+        )
 
 
 @pytest.mark.parametrize("value", AMP_MODES)

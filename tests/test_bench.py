@@ -46,12 +46,25 @@ def _has_provenance(row: dict) -> bool:
 
 
 def test_bench_data_small(tmp_path):
-    rows = bench_data(size=32, num_slices=12, num_windows=20, num_nifti_windows=2, workers=(0, 1),
-                      loader_batches=2, work_dir=tmp_path, verbose=False)
+    rows = bench_data(
+        size=32,
+        num_slices=12,
+        num_windows=20,
+        num_nifti_windows=2,
+        workers=(0, 1),
+        loader_batches=2,
+        work_dir=tmp_path,
+        verbose=False,
+    )
     data, loaders = rows[0], rows[1:]
     assert data["benchmark"] == "data" and data["case"].endswith("12x32x32") and data["window"] == "4x32x32"
-    for key in ("cache_windows_per_s", "nifti_windows_per_s", "cache_windows_per_s_uint8",
-                "cache_windows_per_cpu_s", "nifti_windows_per_cpu_s"):
+    for key in (
+        "cache_windows_per_s",
+        "nifti_windows_per_s",
+        "cache_windows_per_s_uint8",
+        "cache_windows_per_cpu_s",
+        "nifti_windows_per_cpu_s",
+    ):
         assert data[key] > 0
     # the ratio is the quotient of the two measured rates
     assert _close(data["cache_vs_nifti"], data["cache_windows_per_s"] / data["nifti_windows_per_s"])
@@ -64,8 +77,16 @@ def test_bench_data_small(tmp_path):
 
 
 def test_bench_data_without_nifti_and_bad_args(tmp_path):
-    rows = bench_data(size=32, num_slices=8, num_windows=5, workers=(), nifti=False, work_dir=tmp_path,
-                      source="synthetic", verbose=False)
+    rows = bench_data(
+        size=32,
+        num_slices=8,
+        num_windows=5,
+        workers=(),
+        nifti=False,
+        work_dir=tmp_path,
+        source="synthetic",
+        verbose=False,
+    )
     assert len(rows) == 1 and "cache_vs_nifti" not in rows[0] and rows[0]["case"].startswith("synthetic")
     with pytest.raises(ConfigError, match="num_windows"):
         bench_data(num_windows=0, verbose=False)
@@ -75,12 +96,24 @@ def test_bench_data_without_nifti_and_bad_args(tmp_path):
 
 def test_bench_step_small():
     seen = []
-    rows = bench_step(variants="msan_v1_ds", size=32, base_channels=4, iters=1, warmup=0,
-                      device="cpu", threads=1, budget=False, verbose=False, on_row=seen.append)
+    rows = bench_step(
+        variants="msan_v1_ds",
+        size=32,
+        base_channels=4,
+        iters=1,
+        warmup=0,
+        device="cpu",
+        threads=1,
+        budget=False,
+        verbose=False,
+        on_row=seen.append,
+    )
     assert seen == rows  # every row was handed out as soon as it was measured
     steps, sched = rows[:-1], rows[-1]
     train_flops = count_train_flops(build_model("msan_v1_ds", base_channels=4), (2, 1, 4, 32, 32))
-    assert [(r["variant"], r["mode"]) for r in steps] == [("msan_v1_ds", m) for m in ("fp32", "cl", "amp", "amp+cl")]
+    assert [(r["variant"], r["mode"]) for r in steps] == [
+        ("msan_v1_ds", m) for m in ("fp32", "cl", "amp", "amp+cl")
+    ]
     fp32 = {r["variant"]: r["it_per_s"] for r in steps if r["mode"] == "fp32"}
     for r in steps:
         assert "error" not in r and r["loss_finite"] and _has_provenance(r)
@@ -101,8 +134,19 @@ def test_bench_step_small():
 
 def test_bench_step_isolated_and_crash_rows():
     # the command's default on CPU: each measurement in its own process (seconds: one fp32 row)
-    row = bench_step(variants="unet3d", modes="fp32", size=16, base_channels=2, iters=1, warmup=0,
-                     device="cpu", threads=1, budget=False, verbose=False, measure=time_step_isolated)[0]
+    row = bench_step(
+        variants="unet3d",
+        modes="fp32",
+        size=16,
+        base_channels=2,
+        iters=1,
+        warmup=0,
+        device="cpu",
+        threads=1,
+        budget=False,
+        verbose=False,
+        measure=time_step_isolated,
+    )[0]
     assert row["isolated"] is True and row["it_per_s"] > 0 and "error" not in row and row["loss_finite"]
     # a native crash in the child becomes an exception naming the signal, not the end of the run
     py = [sys.executable, "-c"]
@@ -110,8 +154,9 @@ def test_bench_step_isolated_and_crash_rows():
         run_child({}, 60, argv=py + ["import os; os.abort()"])
     with pytest.raises(RuntimeError, match="no valid"):
         run_child({}, 60, argv=py + ["import sys; sys.exit('no valid input')"])
-    assert run_child({"a": 2}, 60, argv=py + [
-        "import json, sys; print(json.dumps({'b': json.load(sys.stdin)['a'] * 3}))"]) == {"b": 6}
+    assert run_child(
+        {"a": 2}, 60, argv=py + ["import json, sys; print(json.dumps({'b': json.load(sys.stdin)['a'] * 3}))"]
+    ) == {"b": 6}
 
 
 def test_crashed_cpu_measurement_is_retried_without_amx(monkeypatch):
@@ -158,8 +203,16 @@ def test_bench_step_rejects_bad_arguments():
 
 
 def _step(variant, mode, it_per_s, device=H100, inp=PAPER_INPUT, speedup=None):
-    return {"benchmark": "step", "variant": variant, "mode": mode, "input": inp, "base_channels": 32,
-            "it_per_s": it_per_s, "speedup_vs_fp32": speedup, **device}
+    return {
+        "benchmark": "step",
+        "variant": variant,
+        "mode": mode,
+        "input": inp,
+        "base_channels": 32,
+        "it_per_s": it_per_s,
+        "speedup_vs_fp32": speedup,
+        **device,
+    }
 
 
 def test_schedule_row_hand_computed():
@@ -179,12 +232,20 @@ def test_schedule_row_hand_computed():
 def test_target_rows_hand_computed():
     cpu = {"device": "CPU x86_64 (2 cores, 2 threads)", "torch": "2.13.0", "commit": "abc1234"}
     rows = [
-        {"benchmark": "data", "window": "4x512x512", "cache_vs_nifti": 150.0, "cache_windows_per_cpu_s": 900.0,
-         "cache_windows_per_cpu_s_uint8": 1300.0, **cpu},
+        {
+            "benchmark": "data",
+            "window": "4x512x512",
+            "cache_vs_nifti": 150.0,
+            "cache_windows_per_cpu_s": 900.0,
+            "cache_windows_per_cpu_s_uint8": 1300.0,
+            **cpu,
+        },
         {"benchmark": "data", "window": "4x64x64", "cache_vs_nifti": 2.0, **cpu},  # not the paper's window
         {"benchmark": "smoke", "ok": True, "wall_s": 480.0, **cpu},
-        _step("unet3d", "fp32", 4.0), _step("unet3d", "amp+cl", 12.0, speedup=3.0),
-        _step("msan_v2", "fp32", 2.0), _step("msan_v2", "amp+cl", 4.0, speedup=2.0),
+        _step("unet3d", "fp32", 4.0),
+        _step("unet3d", "amp+cl", 12.0, speedup=3.0),
+        _step("msan_v2", "fp32", 2.0),
+        _step("msan_v2", "amp+cl", 4.0, speedup=2.0),
         _step("unet3d", "fp32", 50.0, device=cpu, inp="2x1x4x128x128"),  # CPU, reduced: no GPU target
         {"benchmark": "schedule", "at_paper_size": True, "five_model_hours_best": 20.0, **H100},
         {"benchmark": "data_loader", "batch": PAPER_INPUT, "windows_per_s": 60.0, **H100},
@@ -224,8 +285,15 @@ def test_schedule_budget_is_the_counted_arithmetic():
 
 
 def test_bench_inference_small():
-    rows = bench_inference(size=32, num_slices=6, base_channels=4, ensemble=["unet3d", "msan_v1"],
-                           device="cpu", threads=1, verbose=False)
+    rows = bench_inference(
+        size=32,
+        num_slices=6,
+        base_channels=4,
+        ensemble=["unet3d", "msan_v1"],
+        device="cpu",
+        threads=1,
+        verbose=False,
+    )
     one, vote = rows
     assert one["models"] == 1 and one["variants"] == "msan_v2_ds" and vote["models"] == 2
     for r in rows:
@@ -240,11 +308,13 @@ def test_bench_smoke_runs_a_command(tmp_path):
     ok = bench_smoke(command=[sys.executable, "-c", "print('table')"], verbose=False)[0]
     assert ok["ok"] is True and ok["returncode"] == 0 and ok["wall_s"] > 0 and _has_provenance(ok)
     assert ok["within_target"] == (ok["wall_s"] <= 600)
-    bad = bench_smoke(command=[sys.executable, "-c", "import sys; sys.exit('training diverged')"],
-                      verbose=False)[0]
+    bad = bench_smoke(
+        command=[sys.executable, "-c", "import sys; sys.exit('training diverged')"], verbose=False
+    )[0]
     assert bad["ok"] is False and bad["within_target"] is False and bad["error"] == "training diverged"
-    slow = bench_smoke(command=[sys.executable, "-c", "import time; time.sleep(5)"], timeout_s=0.5,
-                       verbose=False)[0]
+    slow = bench_smoke(
+        command=[sys.executable, "-c", "import time; time.sleep(5)"], timeout_s=0.5, verbose=False
+    )[0]
     assert slow["returncode"] is None and "stopped after 0.5 s" in slow["error"]
     skipped = bench_smoke(run=False, verbose=False)[0]
     assert skipped["skipped"] is True and skipped["wall_s"] is None
@@ -257,14 +327,21 @@ def test_bench_smoke_runs_a_command(tmp_path):
 def test_format_table():
     text = format_table([{"benchmark": "data", "speedup": 120.5, "threads": 1}])
     assert text.splitlines() == ["== bench data ==", "speedup  120.5", "threads  1"]
-    text = format_table([{"benchmark": "step", "mode": "fp32", "it_per_s": 2.0, "device": "cpu"},
-                         {"benchmark": "step", "mode": "amp", "device": "cpu"}], skip=("device",))
+    text = format_table(
+        [
+            {"benchmark": "step", "mode": "fp32", "it_per_s": 2.0, "device": "cpu"},
+            {"benchmark": "step", "mode": "amp", "device": "cpu"},
+        ],
+        skip=("device",),
+    )
     assert text.splitlines() == ["== bench step ==", "mode  it_per_s", "fp32  2.0", "amp   -"]
 
 
 def test_make_report_and_merge(tmp_path):
-    rows = [{"benchmark": "data", "window": "4x512x512", "cache_vs_nifti": 200.0, **H100},
-            {"benchmark": "targets", "target": "stale"}]
+    rows = [
+        {"benchmark": "data", "window": "4x512x512", "cache_vs_nifti": 200.0, **H100},
+        {"benchmark": "targets", "target": "stale"},
+    ]
     report = make_report(rows, "cpu")
     for key in ("device", "torch", "commit", "python", "date", "threads", "results"):
         assert key in report
@@ -278,8 +355,9 @@ def test_make_report_and_merge(tmp_path):
     assert "note" not in merged and merge_reports([a], "cpu", note="load 7")["note"] == "load 7"
     skipped = tmp_path / "skipped.json"
     skipped.write_text(json.dumps([{"benchmark": "smoke", "skipped": True, "wall_s": None, **H100}]))
-    assert [r.get("skipped") for r in merge_reports([skipped, b], "cpu")["results"] if r["benchmark"] == "smoke"] \
-        == [None]  # the measured smoke row replaces the skipped one
+    assert [
+        r.get("skipped") for r in merge_reports([skipped, b], "cpu")["results"] if r["benchmark"] == "smoke"
+    ] == [None]  # the measured smoke row replaces the skipped one
     assert make_report(rows, "cpu", note="1 thread")["note"] == "1 thread"
     assert merged["results"][-1]["met"] is False  # 700 s > 600 s
     (tmp_path / "c.json").write_text('{"no": "results"}')
@@ -291,8 +369,13 @@ def test_make_report_and_merge(tmp_path):
 
 def test_cli_bench_json(tmp_path, monkeypatch, capsys):
     def fake(verbose=False, on_row=None, **kwargs):
-        row = {"benchmark": "data", "window": "4x512x512", "cache_vs_nifti": 2.0, "size_seen": kwargs["size"],
-               **H100}
+        row = {
+            "benchmark": "data",
+            "window": "4x512x512",
+            "cache_vs_nifti": 2.0,
+            "size_seen": kwargs["size"],
+            **H100,
+        }
         on_row(row)
         return [row]
 
@@ -302,9 +385,15 @@ def test_cli_bench_json(tmp_path, monkeypatch, capsys):
     assert cli_main(["bench", "data", "--size", "64", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["results"][0]["size_seen"] == 64 and report["results"][0]["cache_vs_nifti"] == 2.0
-    assert report["results"][1] == {"benchmark": "targets", "id": "cache_vs_nifti",
-                                    "target": "cache windows / .nii.gz windows (x)",
-                                    "measured": 2.0, "required": 100, "met": False, **H100}
+    assert report["results"][1] == {
+        "benchmark": "targets",
+        "id": "cache_vs_nifti",
+        "target": "cache windows / .nii.gz windows (x)",
+        "measured": 2.0,
+        "required": 100,
+        "met": False,
+        **H100,
+    }
     assert "cache_vs_nifti" in capsys.readouterr().out
     merged = tmp_path / "m.json"
     assert cli_main(["bench", "merge", "--inputs", str(out), str(out), "--json", str(merged)]) == 0

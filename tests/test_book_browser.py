@@ -35,8 +35,14 @@ HTML = REPO / "_build" / "html"
 
 #: Chromium flags: headless in a container, no network side traffic of its own
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 #: pages that show the paper's Table 1 (the intro quotes it; the evaluation notebook sets ours beside it)
 TABLE1_PAGES = ("book/intro", "book/generated/04_evaluation")
@@ -85,8 +91,9 @@ def book_url():
         def log_message(self, *args):  # keep the test output clean
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(QuietHandler, directory=str(HTML)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(HTML))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -105,8 +112,11 @@ def browser_context(tmp_path_factory):
         pytest.skip(f"Chromium not found ({executable}); install it with `apt-get install chromium`")
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=executable,
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900},
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
         )
         try:
             yield context
@@ -156,7 +166,9 @@ def open_page(context, url: str, origin: str):
     page = context.new_page()
     problems = PageProblems(page, origin)
     response = page.goto(url, wait_until="networkidle")
-    assert response is not None and response.ok, f"{url}: HTTP {response.status if response else 'no response'}"
+    assert response is not None and response.ok, (
+        f"{url}: HTTP {response.status if response else 'no response'}"
+    )
     page.wait_for_timeout(300)  # let late scripts (widgets, theme) report their errors
     return page, problems
 
@@ -188,7 +200,8 @@ def test_table1_page_shows_the_papers_table(book_url, browser_context, docname):
     assert tables.count() >= 1, f"{docname}: no table with a MSAN-V1 row"
     texts = [tables.nth(i).inner_text() for i in range(tables.count())]
     assert any(re.search(r"\b89\.70?\b", t) and "3D U-Net" in t for t in texts), (
-        f"{docname}: no MSAN-V1 table also shows the paper's 3D U-Net kidney Dice 89.70")
+        f"{docname}: no MSAN-V1 table also shows the paper's 3D U-Net kidney Dice 89.70"
+    )
     assert all(tables.nth(i).is_visible() for i in range(tables.count()))
     assert not problems.items, "\n".join(problems.items)
     page.close()
@@ -239,7 +252,8 @@ def test_equations_render_offline(book_url, browser_context):
         page, problems = open_page(browser_context, book_url + f"{docname}.html", book_url)
         sources = page.eval_on_selector_all("script[src*='mathjax']", "els => els.map(e => e.src)")
         assert sources and all(src.startswith(book_url) for src in sources), (
-            f"{docname}: MathJax not loaded from the book itself: {sources}")
+            f"{docname}: MathJax not loaded from the book itself: {sources}"
+        )
         page.locator("mjx-container").first.wait_for(state="attached", timeout=20_000)
         page.wait_for_function(
             "() => document.querySelectorAll('.math').length <= document.querySelectorAll('mjx-container').length",

@@ -42,7 +42,9 @@ def prose_text(path: Path) -> str:
     """The text a reader sees: a notebook's cell sources (not its outputs), a page as it is."""
     if path.suffix == ".ipynb":
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        return "\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells)
+        return "\n".join(
+            "".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells
+        )
     return path.read_text(encoding="utf-8")
 
 
@@ -86,11 +88,16 @@ def test_the_pattern_finds_process_words_and_nothing_else(text, found):
 
 def test_book_pages_fragments_and_notebooks_have_no_process_words():
     files = prose_files()
-    assert any(f.parent.name == "fragments" for f in files) and any(f.parent.name == "notebooks" for f in files)
+    assert any(f.parent.name == "fragments" for f in files) and any(
+        f.parent.name == "notebooks" for f in files
+    )
     hits = []
     for path in files:
         for number, line in enumerate(prose_text(path).splitlines(), 1):
-            hits += [f"{path.relative_to(REPO)}:{number}: {w!r} in {line.strip()[:100]!r}" for w in find_process_words(line)]
+            hits += [
+                f"{path.relative_to(REPO)}:{number}: {w!r} in {line.strip()[:100]!r}"
+                for w in find_process_words(line)
+            ]
     assert not hits, "development-process words in the book:\n" + "\n".join(hits)
 
 
@@ -110,8 +117,9 @@ def test_package_docstrings_and_comments_have_no_process_words():
 LABELS_DOWNLOAD_MB = 67
 
 #: a sentence that gives the size of the labels download
-_SIZE = re.compile(r"(?:segmentations|labels-only|labels only).{0,80}?(?:≈|~|about |a few )\s*(\d+)?\s*MB",
-                   re.IGNORECASE)
+_SIZE = re.compile(
+    r"(?:segmentations|labels-only|labels only).{0,80}?(?:≈|~|about |a few )\s*(\d+)?\s*MB", re.IGNORECASE
+)
 
 
 def test_labels_download_size_is_one_measured_number_everywhere():
@@ -140,6 +148,9 @@ def test_cli_help_shown_in_the_book_has_no_process_words():
 def test_generated_page_text_speaks_of_the_project_only():
     """The page text that ``scripts/book_tools.py render`` writes (every string literal of the script)."""
     source = (REPO / "scripts" / "book_tools.py").read_text(encoding="utf-8")
-    hits = [(node.lineno, node.value) for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and PROCESS_WORDS.search(node.value)]
+    hits = [
+        (node.lineno, node.value)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and PROCESS_WORDS.search(node.value)
+    ]
     assert not hits, f"scripts/book_tools.py: development-process words in page text: {hits}"

@@ -30,8 +30,14 @@ def test_round_trip_restores_weights_and_model(tmp_path):
     model = tiny("msan_v2_ds")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.1)
-    state = ckpt.make_checkpoint(model, optimizer=opt, scheduler=sched, iteration=7,
-                                 train_config={"variant": "msan_v2_ds"}, best_score=0.5)
+    state = ckpt.make_checkpoint(
+        model,
+        optimizer=opt,
+        scheduler=sched,
+        iteration=7,
+        train_config={"variant": "msan_v2_ds"},
+        best_score=0.5,
+    )
     path = ckpt.save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
     loaded = ckpt.load_checkpoint(path)
     assert loaded["iteration"] == 7 and loaded["best_score"] == 0.5
@@ -102,8 +108,11 @@ def test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file(tmp_path, da
 def test_garbage_bytes_say_corrupt_not_refused(tmp_path, payload):
     """Random bytes are a damaged file, not an attack: the message must not cry "code"."""
     path = tmp_path / "junk.pt"
-    path.write_bytes({"random": np.random.default_rng(0).bytes(4096), "text": b"hello world\n" * 50,
-                      "zeros": bytes(1000)}[payload])
+    path.write_bytes(
+        {"random": np.random.default_rng(0).bytes(4096), "text": b"hello world\n" * 50, "zeros": bytes(1000)}[
+            payload
+        ]
+    )
     with pytest.raises(CheckpointError, match="junk.pt: corrupt") as exc:
         ckpt.load_checkpoint(path)
     assert "refused" not in str(exc.value) and "code" not in str(exc.value)
@@ -126,8 +135,9 @@ def test_weights_that_disagree_with_their_own_config_name_the_mismatch(tmp_path)
     state = ckpt.make_checkpoint(tiny("msan_v2"), iteration=1)
     state["model_config"] = tiny("unet3d").config.to_dict()  # claims unet3d, holds msan_v2 weights
     path = ckpt.save_checkpoint(state, tmp_path / "liar.pt")
-    with pytest.raises(CheckpointError,
-                       match=r"liar.pt: architecture mismatch.*'unet3d'.*unexpected key.*res2net") as exc:
+    with pytest.raises(
+        CheckpointError, match=r"liar.pt: architecture mismatch.*'unet3d'.*unexpected key.*res2net"
+    ) as exc:
         ckpt.load_model(path)
     assert "do not fit the model ('unet3d')" not in str(exc.value)  # the old, useless wording
     # one tensor of the right name but another shape: named with both shapes
@@ -247,15 +257,18 @@ def test_non_finite_weights_are_refused(tmp_path, bad):
         ckpt.load_checkpoint(path)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"iteration": "7"}, "'iteration' is '7'"),
-    ({"iteration": -1}, "'iteration' is -1"),
-    ({"iteration": True}, "'iteration' is True"),
-    ({"rng": {}}, "RNG state"),
-    ({"rng": {"torch": torch.zeros(0, dtype=torch.uint8)}}, "RNG state"),
-    ({"rng": {"torch": torch.get_rng_state()}}, "RNG state .* malformed"),
-    ({"model": {"w": "not a tensor"}}, "not a state dict of tensors"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"iteration": "7"}, "'iteration' is '7'"),
+        ({"iteration": -1}, "'iteration' is -1"),
+        ({"iteration": True}, "'iteration' is True"),
+        ({"rng": {}}, "RNG state"),
+        ({"rng": {"torch": torch.zeros(0, dtype=torch.uint8)}}, "RNG state"),
+        ({"rng": {"torch": torch.get_rng_state()}}, "RNG state .* malformed"),
+        ({"model": {"w": "not a tensor"}}, "not a state dict of tensors"),
+    ],
+)
 def test_malformed_values_are_refused_naming_the_file(tmp_path, changes, message):
     path, raw = _saved(tmp_path, **changes)
     torch.save(raw, path)

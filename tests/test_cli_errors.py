@@ -36,6 +36,7 @@ CASES = ("case_00000", "case_00001")
 
 # -- the world --------------------------------------------------------------------------------------
 
+
 def tree(root: Path) -> dict[str, tuple]:
     """Every entry under ``root``: files as (size, mtime_ns), folders as ``"dir"``."""
     out = {}
@@ -94,6 +95,7 @@ def world(tmp_path: Path) -> Path:
 
 
 # -- damage -----------------------------------------------------------------------------------------
+
 
 def damage_case(kind: str) -> Callable[[Path], str]:
     """A setup that damages ``data/case_00000`` in one way; it returns the damaged file's path."""
@@ -162,13 +164,24 @@ def nothing(w: Path) -> str:
 
 # -- the table --------------------------------------------------------------------------------------
 
+
 def prepare(w: Path, *extra: str, data: str = "data") -> list[str]:
     return ["prepare", "--data", str(w / data), "--cache", str(w / "cache"), "--no-progress", *extra]
 
 
 def predict(w: Path, *extra: str, data: str = "data") -> list[str]:
-    return ["predict", "--run", str(w / "run"), "--data", str(w / data), "--out", str(w / "out"),
-            "--device", "cpu", *extra]
+    return [
+        "predict",
+        "--run",
+        str(w / "run"),
+        "--data",
+        str(w / data),
+        "--out",
+        str(w / "out"),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def stats(w: Path, *extra: str, data: str = "data") -> list[str]:
@@ -176,8 +189,16 @@ def stats(w: Path, *extra: str, data: str = "data") -> list[str]:
 
 
 def evaluate(w: Path, *extra: str) -> list[str]:
-    return ["evaluate", "--pred", str(w / "preds"), "--data", str(w / "data"), "--out",
-            str(w / "eval"), *extra]
+    return [
+        "evaluate",
+        "--pred",
+        str(w / "preds"),
+        "--data",
+        str(w / "data"),
+        "--out",
+        str(w / "eval"),
+        *extra,
+    ]
 
 
 def train(w: Path, *extra: str) -> list[str]:
@@ -188,19 +209,32 @@ def train(w: Path, *extra: str) -> list[str]:
 #: "{path}" is replaced by the setup's return value)
 ROWS: list[tuple[str, Callable, Callable, tuple[str, ...]]] = [
     # damaged case folders, through `prepare` (the first command to read a case) ...
-    ("prepare/missing imaging", damage_case("missing imaging"), lambda w: prepare(w, "--cases", "0-1"),
-     ("case_00000", "no imaging")),
+    (
+        "prepare/missing imaging",
+        damage_case("missing imaging"),
+        lambda w: prepare(w, "--cases", "0-1"),
+        ("case_00000", "no imaging"),
+    ),
     ("prepare/truncated nii.gz", damage_case("truncated"), prepare, ("{path}", "truncated or corrupt")),
     ("prepare/not NIfTI", damage_case("not nifti"), prepare, ("{path}", "not a readable NIfTI")),
     ("prepare/2-D array", damage_case("2-D"), prepare, ("{path}", "3-D")),
     ("prepare/4-D array", damage_case("4-D"), prepare, ("{path}", "3-D")),
-    ("prepare/shape mismatch", damage_case("shape mismatch"), prepare, ("{path}", "differs from image shape")),
+    (
+        "prepare/shape mismatch",
+        damage_case("shape mismatch"),
+        prepare,
+        ("{path}", "differs from image shape"),
+    ),
     ("prepare/label value 3", damage_case("label 3"), prepare, ("{path}", "outside")),
     ("prepare/NaN voxel", damage_case("NaN"), prepare, ("{path}", "non-finite")),
     ("prepare/inf voxel", damage_case("inf"), prepare, ("{path}", "non-finite")),
     # ... through `predict` (reads the imaging only) ...
-    ("predict/missing imaging", damage_case("missing imaging"), lambda w: predict(w, "--cases", "0-1"),
-     ("case_00000", "no imaging")),
+    (
+        "predict/missing imaging",
+        damage_case("missing imaging"),
+        lambda w: predict(w, "--cases", "0-1"),
+        ("case_00000", "no imaging"),
+    ),
     ("predict/truncated nii.gz", damage_case("truncated"), predict, ("{path}", "truncated or corrupt")),
     ("predict/2-D array", damage_case("2-D"), predict, ("{path}", "3-D")),
     ("predict/NaN voxel", damage_case("NaN"), predict, ("{path}", "non-finite")),
@@ -214,7 +248,12 @@ ROWS: list[tuple[str, Callable, Callable, tuple[str, ...]]] = [
     ("prepare/no such folder", nothing, lambda w: prepare(w, data="nowhere"), ("nowhere", "does not exist")),
     # unknown case id, bad case range
     ("prepare/unknown case id", nothing, lambda w: prepare(w, "--cases", "0,7"), ("case_00007",)),
-    ("predict/unknown case id", nothing, lambda w: predict(w, "--cases", "1-2"), ("case_00002", "no imaging")),
+    (
+        "predict/unknown case id",
+        nothing,
+        lambda w: predict(w, "--cases", "1-2"),
+        ("case_00002", "no imaging"),
+    ),
     ("prepare/reversed range", nothing, lambda w: prepare(w, "--cases", "5-2"), ("5-2",)),
     ("prepare/not a range", nothing, lambda w: prepare(w, "--cases", "abc"), ("abc",)),
     ("predict/negative case", nothing, lambda w: predict(w, "--cases", "-1"), ("-1",)),
@@ -228,28 +267,66 @@ ROWS: list[tuple[str, Callable, Callable, tuple[str, ...]]] = [
     ("train/no equals sign", nothing, lambda w: train(w, "--set", "num_iters"), ("num_iters", "key=value")),
     # bad model name
     ("train/bad variant", nothing, lambda w: train(w, "--variant", "msan_v3"), ("msan_v3",)),
-    ("models/bad variant", nothing, lambda w: ["models", "--variants", "resnet", "--json",
-                                               str(w / "models.json")], ("resnet",)),
-    ("models/bad width", nothing, lambda w: ["models", "--base-channels", "0", "--json",
-                                             str(w / "models.json")], ("base_channels", "0")),
+    (
+        "models/bad variant",
+        nothing,
+        lambda w: ["models", "--variants", "resnet", "--json", str(w / "models.json")],
+        ("resnet",),
+    ),
+    (
+        "models/bad width",
+        nothing,
+        lambda w: ["models", "--base-channels", "0", "--json", str(w / "models.json")],
+        ("base_channels", "0"),
+    ),
     # checkpoints for `predict --run`
-    ("predict/checkpoint of another variant", damage_checkpoint("other variant"), predict,
-     ("{path}", "architecture mismatch", "msan_v1", "8 missing key(s): att3.project.weight")),
-    ("predict/truncated checkpoint", damage_checkpoint("truncated"), predict, ("{path}", "corrupt or truncated")),
+    (
+        "predict/checkpoint of another variant",
+        damage_checkpoint("other variant"),
+        predict,
+        ("{path}", "architecture mismatch", "msan_v1", "8 missing key(s): att3.project.weight"),
+    ),
+    (
+        "predict/truncated checkpoint",
+        damage_checkpoint("truncated"),
+        predict,
+        ("{path}", "corrupt or truncated"),
+    ),
     ("predict/garbage checkpoint", damage_checkpoint("garbage"), predict, ("{path}", "corrupt")),
     ("predict/empty checkpoint", damage_checkpoint("empty"), predict, ("{path}",)),
-    ("predict/no run folder", nothing, lambda w: ["predict", "--run", str(w / "norun"), "--data",
-                                                  str(w / "data"), "--out", str(w / "out")],
-     ("norun", "no such run folder")),
-    ("predict/run without checkpoints", nothing, lambda w: ["predict", "--run", str(w / "empty"),
-                                                            "--data", str(w / "data"), "--out", str(w / "out")],
-     ("empty", "no checkpoints/best.pt")),
+    (
+        "predict/no run folder",
+        nothing,
+        lambda w: ["predict", "--run", str(w / "norun"), "--data", str(w / "data"), "--out", str(w / "out")],
+        ("norun", "no such run folder"),
+    ),
+    (
+        "predict/run without checkpoints",
+        nothing,
+        lambda w: ["predict", "--run", str(w / "empty"), "--data", str(w / "data"), "--out", str(w / "out")],
+        ("empty", "no checkpoints/best.pt"),
+    ),
     # a prediction folder missing cases
-    ("evaluate/missing prediction", nothing, lambda w: evaluate(w, "--cases", "0-1"),
-     ("prediction_00001.nii.gz", "missing")),
-    ("evaluate/empty prediction folder", nothing,
-     lambda w: ["evaluate", "--pred", str(w / "empty"), "--data", str(w / "data"), "--out", str(w / "eval")],
-     ("empty",)),
+    (
+        "evaluate/missing prediction",
+        nothing,
+        lambda w: evaluate(w, "--cases", "0-1"),
+        ("prediction_00001.nii.gz", "missing"),
+    ),
+    (
+        "evaluate/empty prediction folder",
+        nothing,
+        lambda w: [
+            "evaluate",
+            "--pred",
+            str(w / "empty"),
+            "--data",
+            str(w / "data"),
+            "--out",
+            str(w / "eval"),
+        ],
+        ("empty",),
+    ),
     ("evaluate/negative postprocess", nothing, lambda w: evaluate(w, "--postprocess", "-1"), ("-1",)),
 ]
 
@@ -260,8 +337,14 @@ KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params(rows):
-    return [pytest.param(*r[1:], id=r[0], marks=[pytest.mark.xfail(reason=KNOWN_BUGS[r[0]], strict=True)]
-                         if r[0] in KNOWN_BUGS else []) for r in rows]
+    return [
+        pytest.param(
+            *r[1:],
+            id=r[0],
+            marks=[pytest.mark.xfail(reason=KNOWN_BUGS[r[0]], strict=True)] if r[0] in KNOWN_BUGS else [],
+        )
+        for r in rows
+    ]
 
 
 @pytest.mark.parametrize("setup, argv, fragments", _params(ROWS))
@@ -285,8 +368,12 @@ def test_bad_input_gives_one_line_error_and_changes_nothing(world, capsys, setup
 
 
 #: rows also run as a subprocess: the contract as a user sees it (exit status, stderr)
-SUBPROCESS_ROWS = ["prepare/NaN voxel", "train/negative iterations", "predict/truncated checkpoint",
-                   "evaluate/missing prediction"]
+SUBPROCESS_ROWS = [
+    "prepare/NaN voxel",
+    "train/negative iterations",
+    "predict/truncated checkpoint",
+    "evaluate/missing prediction",
+]
 
 
 @pytest.mark.slow
@@ -296,8 +383,9 @@ def test_bad_input_in_a_subprocess(world, row):
     damaged = setup(world)
     args = argv(world)
     before = tree(world)
-    proc = subprocess.run([sys.executable, "-m", "kitsmsan", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kitsmsan", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"kitsmsan {args[0]}: error: "), proc.stderr
@@ -311,23 +399,42 @@ def test_every_issue_7_cli_bad_input_has_a_row():
     rows being dropped)."""
     ids = {r[0] for r in ROWS}
     assert len(ids) == len(ROWS), "duplicate row ids"
-    needed = ["missing imaging", "truncated nii.gz", "not NIfTI", "2-D array", "4-D array",
-              "shape mismatch", "label value 3", "NaN voxel", "inf voxel", "empty data folder",
-              "unknown case id", "reversed range", "unknown key", "wrong type", "negative iterations",
-              "checkpoint of another variant", "truncated checkpoint", "missing prediction",
-              "bad variant"]
+    needed = [
+        "missing imaging",
+        "truncated nii.gz",
+        "not NIfTI",
+        "2-D array",
+        "4-D array",
+        "shape mismatch",
+        "label value 3",
+        "NaN voxel",
+        "inf voxel",
+        "empty data folder",
+        "unknown case id",
+        "reversed range",
+        "unknown key",
+        "wrong type",
+        "negative iterations",
+        "checkpoint of another variant",
+        "truncated checkpoint",
+        "missing prediction",
+        "bad variant",
+    ]
     for what in needed:
         assert any(i.endswith("/" + what) for i in ids), what
 
 
 # -- the python API: a model input of the wrong shape ------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "shape, fragment",
-    [((1, 4, 16, 16), "(1, 4, 16, 16)"),          # no channel axis
-     ((1, 2, 4, 16, 16), "(1, 2, 4, 16, 16)"),    # two channels
-     ((1, 1, 4, 15, 16), "(1, 1, 4, 15, 16)"),    # H not divisible by the pooling
-     ((1, 1, 4, 16, 16, 1), "(1, 1, 4, 16, 16, 1)")],
+    [
+        ((1, 4, 16, 16), "(1, 4, 16, 16)"),  # no channel axis
+        ((1, 2, 4, 16, 16), "(1, 2, 4, 16, 16)"),  # two channels
+        ((1, 1, 4, 15, 16), "(1, 1, 4, 15, 16)"),  # H not divisible by the pooling
+        ((1, 1, 4, 16, 16, 1), "(1, 1, 4, 16, 16, 1)"),
+    ],
 )
 def test_model_input_of_the_wrong_shape(shape, fragment):
     from kitsmsan.models import build_model

@@ -39,11 +39,15 @@ def _pin(name: str) -> str:
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed: the install cell installs from a git URL")
+@pytest.mark.skipif(
+    shutil.which("git") is None, reason="git is not installed: the install cell installs from a git URL"
+)
 @pytest.mark.timeout(900)
 def test_install_cell_on_a_bare_runtime_then_the_notebook_runs(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
@@ -68,26 +72,38 @@ def test_install_cell_on_a_bare_runtime_then_the_notebook_runs(tmp_path, monkeyp
     assert before[0] == "True", "the simulated runtime must not see kitsmsan before the install cell"
     _run([str(python), "-m", "ipykernel", "install", "--prefix", str(venv), "--name", KERNEL])
 
-    work = tmp_path / "content"          # Colab's working folder: no repository checkout in it
+    work = tmp_path / "content"  # Colab's working folder: no repository checkout in it
     work.mkdir()
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.setenv("JUPYTER_PATH", str(venv / "share" / "jupyter"))
     monkeypatch.setenv("KITSMSAN_INSTALL_URL", f"git+file://{clone}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "executed.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"seed": 0}, kernel_name=KERNEL,
-                               cwd=str(work), progress_bar=False, execution_timeout=300)
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(out),
+        parameters={"seed": 0},
+        kernel_name=KERNEL,
+        cwd=str(work),
+        progress_bar=False,
+        execution_timeout=300,
+    )
 
     nb = nbformat.read(out, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    text = "\n".join(o.get("text", "") + "".join(o.get("data", {}).get("text/plain", ""))
-                     for c in nb.cells for o in c.get("outputs", []))
-    assert "same as kits_affine(spacing): True" in text           # the notebook ran past its set-up
+    text = "\n".join(
+        o.get("text", "") + "".join(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
+    assert "same as kits_affine(spacing): True" in text  # the notebook ran past its set-up
     after = _run([str(python), "-c", probe], env=env, cwd=tmp_path).stdout.split()
     assert after == ["False", before[1]], "kitsmsan installed and torch left as the runtime had it"
-    site = _run([str(python), "-c", "import kitsmsan, ipywidgets; print(kitsmsan.__file__)"], env=env,
-                cwd=tmp_path).stdout.strip()
+    site = _run(
+        [str(python), "-c", "import kitsmsan, ipywidgets; print(kitsmsan.__file__)"], env=env, cwd=tmp_path
+    ).stdout.strip()
     assert site.startswith(str(venv)), f"kitsmsan imported from {site}, not from the runtime's install"
-    direct = json.loads(next((venv / "lib").glob("python*/site-packages/kitsmsan-*.dist-info/direct_url.json"))
-                        .read_text())
+    direct = json.loads(
+        next((venv / "lib").glob("python*/site-packages/kitsmsan-*.dist-info/direct_url.json")).read_text()
+    )
     assert direct["url"] == f"file://{clone}" and direct["vcs_info"]["commit_id"] == head

@@ -59,8 +59,10 @@ def test_everything_else_is_the_papers_recipe():
 def test_fits_a_colab_session_on_a_t4():
     colab = TrainConfig.from_preset("colab")
     flops = train_flops_per_iter()
-    hours = {v: projected_hours(f, "T4", num_iters=colab.num_iters, efficiency=EFFICIENCY)
-             for v, f in flops.items()}
+    hours = {
+        v: projected_hours(f, "T4", num_iters=colab.num_iters, efficiency=EFFICIENCY)
+        for v, f in flops.items()
+    }
     assert set(hours) == set(list_models())
     assert max(hours.values()) <= COLAB_TARGET_H
     assert max(hours.values()) >= 0.8 * COLAB_TARGET_H  # not needlessly short either
@@ -72,8 +74,9 @@ def test_fits_a_colab_session_on_a_t4():
 def test_train_cli_offers_every_preset():
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers())
-    action = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
-                  if a.dest == "preset")
+    action = next(
+        a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "preset"
+    )
     assert set(action.choices) == set(PRESETS)
 
 

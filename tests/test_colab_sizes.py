@@ -30,16 +30,24 @@ def two_cases(tmp_path):
     label[3:6, 8:16, 8:16] = 1  # kidney on slices 3-5
     label[4, 10:12, 10:12] = 2
     save_case(root, "case_00000", np.zeros(label.shape, np.float32), label, (2.0, 1.0, 1.0))
-    save_case(root, "case_00001", np.zeros((6, 16, 32), np.float32), np.zeros((6, 16, 32), np.uint8),
-              (1.0, 1.0, 1.0))
+    save_case(
+        root,
+        "case_00001",
+        np.zeros((6, 16, 32), np.float32),
+        np.zeros((6, 16, 32), np.uint8),
+        (1.0, 1.0, 1.0),
+    )
     return root
 
 
 def test_cache_bytes_equal_what_prepare_writes(colab_sizes, two_cases, tmp_path):
     sizes = colab_sizes.cache_sizes(two_cases, range(0, 2))
     prepare_cache(two_cases, tmp_path / "cache", progress=False)
-    written = sum((tmp_path / "cache" / c / f).stat().st_size
-                  for c in ("case_00000", "case_00001") for f in (IMAGE_FILE, LABEL_FILE))
+    written = sum(
+        (tmp_path / "cache" / c / f).stat().st_size
+        for c in ("case_00000", "case_00001")
+        for f in (IMAGE_FILE, LABEL_FILE)
+    )
     assert sizes["bytes"] == written == (10 * 32 * 32 + 6 * 16 * 32) * 3 + 4 * colab_sizes.NPY_HEADER
     assert sizes["slices"] == 16
 
@@ -70,13 +78,24 @@ def book_tools():
 
 def test_book_renders_the_committed_json(book_tools):
     out = book_tools.render_memory()
-    assert set(out) == {"memory_memory.md", "memory_fit.md", "memory_time.md", "memory_inference.md",
-                        "colab_sizes.md"}
+    assert set(out) == {
+        "memory_memory.md",
+        "memory_fit.md",
+        "memory_time.md",
+        "memory_inference.md",
+        "colab_sizes.md",
+    }
     sizes = json.loads((book_tools.DATA / "colab_sizes.json").read_text())
     assert f"{sizes['cache_0_189']['bytes'] / 1e9:.2f} GB" in out["colab_sizes.md"]
     memory = json.loads((book_tools.DATA / "memory.json").read_text())
-    row = next(r for r in memory["results"] if r.get("kind") == "train" and r["variant"] == "msan_v2_ds"
-               and r["precision"] == "fp32" and r["input"] == "2x1x4x512x512")
+    row = next(
+        r
+        for r in memory["results"]
+        if r.get("kind") == "train"
+        and r["variant"] == "msan_v2_ds"
+        and r["precision"] == "fp32"
+        and r["input"] == "2x1x4x512x512"
+    )
     assert f"| msan_v2_ds | fp32 | {row['counted_gib']:.2f} |" in out["memory_memory.md"]
     assert "`colab` preset" in out["memory_time.md"]
 

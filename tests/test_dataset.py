@@ -250,10 +250,14 @@ def test_window_hint_fits_the_cached_planes(tiny_cache):
     ids = list(load_cache_index(tiny_cache)["cases"])
     largest = max(m["shape"][2] for m in load_cache_index(tiny_cache)["cases"].values())
     ds = SliceWindowDataset(tiny_cache, ids, num_slices=4, crop_size=1000, length=4)
-    with pytest.raises(ConfigError, match=r"crop_size=1000: the network needs H and W multiples of 16") as info:
+    with pytest.raises(
+        ConfigError, match=r"crop_size=1000: the network needs H and W multiples of 16"
+    ) as info:
         check_window_fits(ds, (4, 16, 16))
     hint = int(str(info.value).rsplit("crop_size=", 1)[1].split()[0])
     assert hint % 16 == 0 and 16 <= hint <= max(16, largest)
     check_window_fits(SliceWindowDataset(tiny_cache, ids, num_slices=4, crop_size=16, length=4), (4, 16, 16))
     with pytest.raises(ConfigError, match="num_slices=3"):
-        check_window_fits(SliceWindowDataset(tiny_cache, ids, num_slices=3, crop_size=16, length=4), (4, 16, 16))
+        check_window_fits(
+            SliceWindowDataset(tiny_cache, ids, num_slices=3, crop_size=16, length=4), (4, 16, 16)
+        )

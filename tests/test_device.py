@@ -16,9 +16,13 @@ from kitsmsan.train.loop import Trainer
 from kitsmsan.utils.device import resolve_device
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("cpu", torch.device("cpu")), (torch.device("cpu"), torch.device("cpu")),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("cpu", torch.device("cpu")),
+        (torch.device("cpu"), torch.device("cpu")),
+    ],
+)
 def test_explicit_devices(given, expected):
     assert resolve_device(given) == expected
 
@@ -33,9 +37,13 @@ def test_auto_and_none_follow_cuda(monkeypatch):
     assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)  # an explicit index wins
 
 
-@pytest.mark.parametrize("bad, match", [
-    ("tpu", "device='tpu': not a torch device"), ("meta", "device='meta': kitsmsan runs on cpu or cuda only"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("tpu", "device='tpu': not a torch device"),
+        ("meta", "device='meta': kitsmsan runs on cpu or cuda only"),
+    ],
+)
 def test_bad_devices(bad, match):
     with pytest.raises(ConfigError, match=match):
         resolve_device(bad)
@@ -47,8 +55,11 @@ def _messages(device: str, tmp_path) -> list[str]:
     calls = [
         lambda: predict_case(torch.nn.Conv3d(1, 3, 1), np.zeros((4, 16, 16)), device=device),
         lambda: bench_inference(device=device, verbose=False),
-        lambda: Trainer(TrainConfig.from_preset("smoke", device=device, run_dir=str(tmp_path / "run"),
-                                                cache_dir=str(tmp_path / "cache"))),
+        lambda: Trainer(
+            TrainConfig.from_preset(
+                "smoke", device=device, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache")
+            )
+        ),
     ]
     for call in calls:
         with pytest.raises(ConfigError) as info:

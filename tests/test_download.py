@@ -291,8 +291,14 @@ def test_base_urls_from_environment(monkeypatch):
 
 @pytest.mark.parametrize(
     "cases, bad",
-    [([300], "300"), ([-1, 5, 999], "-1, 999"), (["../x"], "'../x'"), (["case_0001"], "case_0001"),
-     (["/etc/passwd"], "/etc/passwd"), ([True], "True")],
+    [
+        ([300], "300"),
+        ([-1, 5, 999], "-1, 999"),
+        (["../x"], "'../x'"),
+        (["case_0001"], "case_0001"),
+        (["/etc/passwd"], "/etc/passwd"),
+        ([True], "True"),
+    ],
 )
 def test_bad_case_ids_refused_before_anything(tmp_path, server, cases, bad):
     root = tmp_path / "data"
@@ -393,8 +399,13 @@ def test_connection_refused(tmp_path):
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     with pytest.raises(DownloadError, match="request failed after 1 retries"):
-        dl.download_kits19(tmp_path, [0], labels=False, imaging_base_url=f"http://127.0.0.1:{port}/i",
-                           **{**FAST, "retries": 1})
+        dl.download_kits19(
+            tmp_path,
+            [0],
+            labels=False,
+            imaging_base_url=f"http://127.0.0.1:{port}/i",
+            **{**FAST, "retries": 1},
+        )
     assert not (tmp_path / "case_00000/imaging.nii.gz").exists()
 
 
@@ -440,9 +451,14 @@ def _garbage(kind: str, good: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     "kind, expect",
-    [("html", "not a gzip file"), ("gzip_not_nifti", "not a NIfTI file"),
-     ("truncated_gzip", "truncated or corrupt gzip"), ("lfs_pointer", "Git LFS pointer"),
-     ("four_d", "expected a 3-D"), ("nan_voxels", "non-finite")],
+    [
+        ("html", "not a gzip file"),
+        ("gzip_not_nifti", "not a NIfTI file"),
+        ("truncated_gzip", "truncated or corrupt gzip"),
+        ("lfs_pointer", "Git LFS pointer"),
+        ("four_d", "expected a 3-D"),
+        ("nan_voxels", "non-finite"),
+    ],
 )
 def test_garbage_imaging_is_refused(tmp_path, server, kind, expect):
     path = "/images/case_00000.nii.gz"
@@ -457,8 +473,10 @@ def test_garbage_imaging_is_refused(tmp_path, server, kind, expect):
 
 @pytest.mark.parametrize(
     "label, expect",
-    [(np.full(SHAPE, 3, np.uint8), r"outside \{0, 1, 2\}"),
-     (np.zeros((8, 48, 40), np.uint8), r"shape \(8, 48, 40\) differs")],
+    [
+        (np.full(SHAPE, 3, np.uint8), r"outside \{0, 1, 2\}"),
+        (np.zeros((8, 48, 40), np.uint8), r"shape \(8, 48, 40\) differs"),
+    ],
 )
 def test_bad_segmentation_is_refused(tmp_path, server, label, expect):
     path = "/data/case_00001/segmentation.nii.gz"
@@ -565,7 +583,9 @@ def test_corrupt_file_in_place_is_replaced_only_with_the_flag(tmp_path, server, 
     seg = root / "case_00000/segmentation.nii.gz"
     damaged = seg.read_bytes()[:100]
     seg.write_bytes(damaged)  # truncated by hand: size/mtime no longer match
-    with pytest.raises(DownloadError, match="segmentation.nii.gz: present but fails verification.*--replace-bad"):
+    with pytest.raises(
+        DownloadError, match="segmentation.nii.gz: present but fails verification.*--replace-bad"
+    ):
         _get(root, server, (0,), imaging=False)
     assert seg.read_bytes() == damaged
     report = _get(root, server, (0,), imaging=False, replace_bad=True)
@@ -582,9 +602,21 @@ def test_cli_download_refuses_a_bad_local_file_without_the_flag(tmp_path, server
     _get(root, server, (0,), imaging=False)
     seg = root / "case_00000/segmentation.nii.gz"
     seg.write_bytes(b"not a nifti")
-    argv = ["download", "--root", str(root), "--cases", "0", "--labels-only", "--no-progress",
-            "--retries", "0", "--imaging-url", server.urls["imaging_base_url"],
-            "--labels-url", server.urls["labels_base_url"]]
+    argv = [
+        "download",
+        "--root",
+        str(root),
+        "--cases",
+        "0",
+        "--labels-only",
+        "--no-progress",
+        "--retries",
+        "0",
+        "--imaging-url",
+        server.urls["imaging_base_url"],
+        "--labels-url",
+        server.urls["labels_base_url"],
+    ]
     assert main(argv) == 2
     assert "--replace-bad" in capsys.readouterr().err and seg.read_bytes() == b"not a nifti"
     assert main(argv + ["--replace-bad"]) == 0
@@ -631,8 +663,7 @@ def test_a_trickling_server_is_a_stall(tmp_path, server):
     pass is a stall and spends the budget, whatever the bytes that did arrive."""
     path = "/images/case_00002.nii.gz"
     server.trickle[path] = 0.2
-    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, retries=1,
-                                timeout=(2.0, 0.5)))
+    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, retries=1, timeout=(2.0, 0.5)))
     assert isinstance(box.get("error"), DownloadError), box
     assert "stalled" in str(box["error"]) and "gave up after 2 failed passes" in str(box["error"])
     assert len(server.requests_for(path)) == 2
@@ -642,8 +673,7 @@ def test_a_silent_server_is_a_stall(tmp_path, server, source):
     """Headers, 8 kB, then silence: the stall timeout (the socket's read timeout) ends each pass."""
     path = "/images/case_00002.nii.gz"
     server.hold[path] = (8192, threading.Event())  # never set: silent until the test ends
-    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, retries=1,
-                                timeout=(2.0, 0.5)))
+    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False, retries=1, timeout=(2.0, 0.5)))
     assert isinstance(box.get("error"), DownloadError), box
     assert "stalled (no byte for 0.5 s)" in str(box["error"])
 
@@ -664,8 +694,9 @@ def test_a_body_longer_than_the_manifest_size_is_cut_there(tmp_path, server, sou
     path = "/images/case_00002.nii.gz"
     server.endless.add(path)
     rel = "case_00002/imaging.nii.gz"
-    box = _bounded(lambda: _get(tmp_path / "data", server, (2,), labels=False,
-                                manifest={rel: {"size": 10_000}}))
+    box = _bounded(
+        lambda: _get(tmp_path / "data", server, (2,), labels=False, manifest={rel: {"size": 10_000}})
+    )
     assert "exceeds the announced/expected size of 10000 bytes" in str(box.get("error")), box
 
 
@@ -737,8 +768,21 @@ def test_case_folder_symlinked_outside_refused(tmp_path, server):
 def test_cli_labels_only(tmp_path, server, source, capsys):
     from kitsmsan.cli import main
 
-    rc = main(["download", "--root", str(tmp_path), "--cases", "0-1", "--labels-only", "--no-progress",
-               "--labels-url", server.urls["labels_base_url"], "--retries", "2"])
+    rc = main(
+        [
+            "download",
+            "--root",
+            str(tmp_path),
+            "--cases",
+            "0-1",
+            "--labels-only",
+            "--no-progress",
+            "--labels-url",
+            server.urls["labels_base_url"],
+            "--retries",
+            "2",
+        ]
+    )
     assert rc == 0
     assert _tree(tmp_path) == _expected(source, (0, 1), imaging=False)
     assert "3 downloaded" in capsys.readouterr().out
@@ -762,8 +806,13 @@ def test_kill_during_download_then_rerun_equals_clean(tmp_path, server, source):
         "labels_base_url=sys.argv[3], workers=2, backoff_factor=0, progress=False)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", script, str(root), *server.urls.values()],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(root), *server.urls.values()],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         parts: dict[Path, int] = {}
@@ -787,8 +836,11 @@ def test_kill_during_download_then_rerun_equals_clean(tmp_path, server, source):
     n_before = len(server.log)
     _get(root, server, cases)
     for part, size in parts.items():  # each partial was resumed where it stopped
-        url_path = "/images/" + part.parent.name + ".nii.gz" if part.name.startswith("imaging") else (
-            "/data/" + part.parent.name + "/segmentation.nii.gz")
+        url_path = (
+            "/images/" + part.parent.name + ".nii.gz"
+            if part.name.startswith("imaging")
+            else ("/data/" + part.parent.name + "/segmentation.nii.gz")
+        )
         resumed = [e for e in server.log[n_before:] if e["path"] == url_path]
         assert resumed[0]["range"] == (f"bytes={size}-" if size else None)
     _get(clean, server, cases)
@@ -810,11 +862,28 @@ def test_ctrl_c_stops_cleanly_and_keeps_partials(tmp_path, server, source):
     gate = threading.Event()
     server.hold[path] = (48 << 10, gate)
     server.slow = 0.01
-    cmd = [sys.executable, "-m", "kitsmsan", "download", "--root", str(root), "--cases", "0-2",
-           "--no-progress", "--imaging-url", server.urls["imaging_base_url"],
-           "--labels-url", server.urls["labels_base_url"]]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "kitsmsan",
+        "download",
+        "--root",
+        str(root),
+        "--cases",
+        "0-2",
+        "--no-progress",
+        "--imaging-url",
+        server.urls["imaging_base_url"],
+        "--labels-url",
+        server.urls["labels_base_url"],
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     part = root / "case_00002" / "imaging.nii.gz.part"
     try:
         deadline = time.monotonic() + 60  # a hang guard only: the server holds until told

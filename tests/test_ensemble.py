@@ -182,8 +182,13 @@ def three_folders(tmp_path):
     from kitsmsan.data.kits19 import load_case, save_case, save_prediction
 
     shape = (2, 3, 4)
-    save_case(tmp_path / "data", "case_00180", np.zeros(shape, np.float32), np.zeros(shape, np.uint8),
-              spacing=(2.5, 0.7, 0.6))
+    save_case(
+        tmp_path / "data",
+        "case_00180",
+        np.zeros(shape, np.float32),
+        np.zeros(shape, np.uint8),
+        spacing=(2.5, 0.7, 0.6),
+    )
     case = load_case(tmp_path / "data" / "case_00180")
     rng = np.random.default_rng(5)
     labels, dirs = [], []
@@ -210,11 +215,26 @@ def test_ensemble_cli_vote_and_average(three_folders):
     np.testing.assert_array_equal(vote, majority_vote(labels))
     np.testing.assert_allclose(affine, case.affine)
     assert json.loads((tmp / "vote" / "ensemble.json").read_text())["rule"] == "nested"
-    assert main(["ensemble", *pred_args, "--out", str(tmp / "plural"), "--rule", "plurality",
-                 "--tie-break", "lowest"]) == 0
+    assert (
+        main(
+            [
+                "ensemble",
+                *pred_args,
+                "--out",
+                str(tmp / "plural"),
+                "--rule",
+                "plurality",
+                "--tie-break",
+                "lowest",
+            ]
+        )
+        == 0
+    )
     plural, _, _ = load_label(tmp / "plural" / "prediction_00180.nii.gz")
     np.testing.assert_array_equal(plural, majority_vote(labels, rule="plurality", tie_break="lowest"))
-    assert main(["ensemble", *pred_args, "--out", str(tmp / "bad"), "--tie-break", "lowest"]) == 2  # nested: no ties
+    assert (
+        main(["ensemble", *pred_args, "--out", str(tmp / "bad"), "--tie-break", "lowest"]) == 2
+    )  # nested: no ties
     assert not (tmp / "bad").exists()
     assert main(["ensemble", *pred_args, "--out", str(tmp / "avg"), "--method", "average"]) == 0
     avg, _, _ = load_label(tmp / "avg" / "prediction_00180.nii.gz")

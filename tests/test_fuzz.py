@@ -28,8 +28,13 @@ from kitsmsan.data.kits19 import save_case
 from kitsmsan.errors import KitsmsanError
 from test_cli_errors import tiny_checkpoint, tree
 
-FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 #: NIfTI-1 datatype codes: the real ones (uint8 ... complex256, RGB, RGBA) and two that do not exist
 DTYPE_CODES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 7, 9999]
@@ -112,7 +117,17 @@ def test_hostile_headers_give_one_line_and_change_nothing(tmp_path_factory, good
     argv = {
         "prepare": ["prepare", "--data", w / "data", "--cache", w / "out", "--no-progress"],
         "stats": ["stats", "--data", w / "data", "--csv", w / "out" / "stats.csv", "--no-progress"],
-        "predict": ["predict", "--run", w / "run", "--data", w / "data", "--out", w / "out", "--device", "cpu"],
+        "predict": [
+            "predict",
+            "--run",
+            w / "run",
+            "--data",
+            w / "data",
+            "--out",
+            w / "out",
+            "--device",
+            "cpu",
+        ],
     }[command]
     rc = _one_line_or_success(capsys, argv)
     assert tree(w / "data") == before  # nothing outside the output folder changed
@@ -121,17 +136,60 @@ def test_hostile_headers_give_one_line_and_change_nothing(tmp_path_factory, good
 
 
 #: settings and the values tried for them (numbers at and past every bound, wrong types, text)
-VALUES = st.sampled_from(["0", "-1", "1", "3", "99999999999999999999", "1e308", "nan", "inf", "-inf",
-                          "0.5", "true", "null", "[]", "{}", '"x"', "", "abc", "1e-320", "4294967296",
-                          "4294967295", "100000", "2.5"])
+VALUES = st.sampled_from(
+    [
+        "0",
+        "-1",
+        "1",
+        "3",
+        "99999999999999999999",
+        "1e308",
+        "nan",
+        "inf",
+        "-inf",
+        "0.5",
+        "true",
+        "null",
+        "[]",
+        "{}",
+        '"x"',
+        "",
+        "abc",
+        "1e-320",
+        "4294967296",
+        "4294967295",
+        "100000",
+        "2.5",
+    ]
+)
 
 
 @pytest.mark.timeout(120)
 @FUZZ
-@given(key=st.sampled_from(["seed", "threads", "workers", "lr", "lr_gamma", "batch_size", "num_iters",
-                            "eval_stride", "num_slices", "crop_size", "fg_fraction", "device", "amp",
-                            "train_cases", "eval_cases", "model.base_channels", "no_such_key"]),
-       value=VALUES)
+@given(
+    key=st.sampled_from(
+        [
+            "seed",
+            "threads",
+            "workers",
+            "lr",
+            "lr_gamma",
+            "batch_size",
+            "num_iters",
+            "eval_stride",
+            "num_slices",
+            "crop_size",
+            "fg_fraction",
+            "device",
+            "amp",
+            "train_cases",
+            "eval_cases",
+            "model.base_channels",
+            "no_such_key",
+        ]
+    ),
+    value=VALUES,
+)
 def test_hostile_settings_are_refused_or_usable(key, value):
     """A setting is refused with a named one-line error, or it is usable: an accepted seed seeds
     numpy and torch, an accepted thread count is within the bound that torch survives."""
@@ -155,14 +213,36 @@ def test_hostile_settings_are_refused_or_usable(key, value):
 
 @pytest.mark.timeout(120)
 @FUZZ
-@given(spec=st.sampled_from(["0-99999999999", "0-4", "5-1", "", ",", "a-b", "-1", "0--3", "99999",
-                             "100000", "0-99999", "1,1,1", " 3 - 4 ", "0x10", "1e3", "٣"]),
-       command=st.sampled_from(["prepare", "stats"]))
+@given(
+    spec=st.sampled_from(
+        [
+            "0-99999999999",
+            "0-4",
+            "5-1",
+            "",
+            ",",
+            "a-b",
+            "-1",
+            "0--3",
+            "99999",
+            "100000",
+            "0-99999",
+            "1,1,1",
+            " 3 - 4 ",
+            "0x10",
+            "1e3",
+            "٣",
+        ]
+    ),
+    command=st.sampled_from(["prepare", "stats"]),
+)
 def test_hostile_case_ranges(tmp_path_factory, good_world, capsys, spec, command):
     w = good_world(tmp_path_factory.mktemp("ranges"))
     before = tree(w / "data")
     flag = "--cases" if command == "prepare" else "--cases-range"
-    argv = {"prepare": ["prepare", "--data", w / "data", "--cache", w / "out", "--no-progress"],
-            "stats": ["stats", "--data", w / "data", "--no-progress"]}[command]
+    argv = {
+        "prepare": ["prepare", "--data", w / "data", "--cache", w / "out", "--no-progress"],
+        "stats": ["stats", "--data", w / "data", "--no-progress"],
+    }[command]
     _one_line_or_success(capsys, [*argv, flag, spec])
     assert tree(w / "data") == before

@@ -60,8 +60,14 @@ class ConstantModel(nn.Module):
 
 @pytest.mark.parametrize(
     "total,n,stride,expected",
-    [(9, 4, 2, [0, 2, 4, 5]), (8, 4, 2, [0, 2, 4]), (4, 4, 2, [0]), (9, 4, 4, [0, 4, 5]),
-     (6, 4, 1, [0, 1, 2]), (5, 4, 3, [0, 1])],
+    [
+        (9, 4, 2, [0, 2, 4, 5]),
+        (8, 4, 2, [0, 2, 4]),
+        (4, 4, 2, [0]),
+        (9, 4, 4, [0, 4, 5]),
+        (6, 4, 1, [0, 1, 2]),
+        (5, 4, 3, [0, 1]),
+    ],
 )
 def test_window_starts(total, n, stride, expected):
     assert window_starts(total, n, stride) == expected
@@ -79,8 +85,9 @@ def test_overlap_averaging_by_hand():
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     # stride 4 (no overlap, last window aligned to the end: starts 0, 4, 5)
     probs4 = predict_case(PositionModel(q), image, stride=4, return_probs=True)
-    np.testing.assert_allclose(probs4[1, :, 0, 0], [0.1, 0.2, 0.3, 0.4, 0.1, 0.3 / 2, 0.5 / 2, 0.7 / 2, 0.4],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        probs4[1, :, 0, 0], [0.1, 0.2, 0.3, 0.4, 0.1, 0.3 / 2, 0.5 / 2, 0.7 / 2, 0.4], atol=1e-6
+    )
 
 
 def test_batch_size_does_not_change_result():
@@ -210,8 +217,22 @@ def test_predict_cli_real_model(tmp_path, capsys):
         image = rng.uniform(-300, 600, (5, rows, 24)).astype(np.float32)
         save_case(data, f"case_{n:05d}", image, np.zeros(image.shape, np.uint8), spacing=(2.0, 0.9, 0.7))
     run_dir, out = _tiny_run(tmp_path), tmp_path / "pred"
-    rc = main(["predict", "--run", str(run_dir), "--data", str(data), "--cases", "181-182",
-               "--out", str(out), "--device", "cpu", "--save-probs"])
+    rc = main(
+        [
+            "predict",
+            "--run",
+            str(run_dir),
+            "--data",
+            str(data),
+            "--cases",
+            "181-182",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--save-probs",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     case = load_case(data / "case_00181")
     pred, _, affine = load_label(out / "prediction_00181.nii.gz")
@@ -228,8 +249,13 @@ def test_predict_cli_errors(tmp_path, capsys):
     from kitsmsan.cli import main
 
     data = tmp_path / "data"
-    save_case(data, "case_00181", np.zeros((4, 16, 16), np.float32), np.zeros((4, 16, 16), np.uint8),
-              spacing=(1.0, 1.0, 1.0))
+    save_case(
+        data,
+        "case_00181",
+        np.zeros((4, 16, 16), np.float32),
+        np.zeros((4, 16, 16), np.uint8),
+        spacing=(1.0, 1.0, 1.0),
+    )
     base = ["predict", "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu"]
     assert main(base + ["--run", str(tmp_path / "norun"), "--cases", "181"]) == 2
     assert "norun" in capsys.readouterr().err

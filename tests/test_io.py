@@ -30,14 +30,28 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == mode
 
 
-@pytest.mark.parametrize("setting, named", [
-    ("eval_stride=5", "eval_stride=5 is larger than num_slices=4"),
-    ("seed=99999999999999999999", "seed=99999999999999999999 is above"),
-    ("threads=100000", "threads=100000 is above"),
-])
+@pytest.mark.parametrize(
+    "setting, named",
+    [
+        ("eval_stride=5", "eval_stride=5 is larger than num_slices=4"),
+        ("seed=99999999999999999999", "seed=99999999999999999999 is above"),
+        ("threads=100000", "threads=100000 is above"),
+    ],
+)
 def test_a_refused_setting_leaves_no_run_folder(data, tmp_path, capsys, setting, named):  # noqa: F811
-    rc, err = _cli(capsys, "train", "--data", data / "data", "--cache", data / "cache", "--out", tmp_path / "runs",
-                   "--set", setting, "--no-progress")
+    rc, err = _cli(
+        capsys,
+        "train",
+        "--data",
+        data / "data",
+        "--cache",
+        data / "cache",
+        "--out",
+        tmp_path / "runs",
+        "--set",
+        setting,
+        "--no-progress",
+    )
     assert rc == 2 and named in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # no config.json, no env.json, no folder
 
@@ -50,12 +64,17 @@ def test_reproduce_with_an_empty_variant_list_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (MemoryError(), "out of memory"),
-    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2 GiB"),
-     "the device ran out of memory"),
-    (OSError(28, "No space left on device", "/x/y.pt"), "/x/y.pt: No space left on device"),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (MemoryError(), "out of memory"),
+        (
+            type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2 GiB"),
+            "the device ran out of memory",
+        ),
+        (OSError(28, "No space left on device", "/x/y.pt"), "/x/y.pt: No space left on device"),
+    ],
+)
 def test_expected_machine_failures_are_one_line(monkeypatch, capsys, exc, expected):
     from kitsmsan.commands import models
 

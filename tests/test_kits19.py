@@ -183,6 +183,7 @@ def test_load_flags(tiny_case_root):
 
 # -- bad inputs: each names the file and the problem, and changes nothing on disk ---------------
 
+
 def _corrupt(kind: str, folder: Path) -> tuple[str, str]:
     """Make the case folder bad in one way; return (file name expected in the message, problem)."""
     img, seg = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
@@ -236,8 +237,19 @@ def _corrupt(kind: str, folder: Path) -> tuple[str, str]:
 
 
 BAD_KINDS = [
-    "missing imaging", "truncated", "corrupt gzip", "not nifti", "plain text", "2-D", "4-D",
-    "shape mismatch", "label value 3", "negative label", "non-integer label", "NaN voxel", "inf voxel",
+    "missing imaging",
+    "truncated",
+    "corrupt gzip",
+    "not nifti",
+    "plain text",
+    "2-D",
+    "4-D",
+    "shape mismatch",
+    "label value 3",
+    "negative label",
+    "non-integer label",
+    "NaN voxel",
+    "inf voxel",
 ]
 
 
@@ -397,14 +409,17 @@ def _hostile_header(path: Path, shape, dtype=np.int16, pixdim=None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("shape, dtype, pixdim, message", [
-    ((32767, 32767, 32767), np.int16, None, "more than the 1073741824 a CT volume may have"),
-    ((1000, 1000, 1000), np.float32, None, "more than this"),  # under the bound, over the file
-    ((4, 0, 4), np.int16, None, "zero-length dimension"),
-    ((2, 2, 2), np.complex64, None, "complex voxels"),
-    ((2, 2, 2), np.int16, (0.0, 0.8, 0.8), "invalid voxel spacing"),
-    ((2, 2, 2), np.int16, (3.0, float("nan"), 0.8), "invalid voxel spacing"),
-])
+@pytest.mark.parametrize(
+    "shape, dtype, pixdim, message",
+    [
+        ((32767, 32767, 32767), np.int16, None, "more than the 1073741824 a CT volume may have"),
+        ((1000, 1000, 1000), np.float32, None, "more than this"),  # under the bound, over the file
+        ((4, 0, 4), np.int16, None, "zero-length dimension"),
+        ((2, 2, 2), np.complex64, None, "complex voxels"),
+        ((2, 2, 2), np.int16, (0.0, 0.8, 0.8), "invalid voxel spacing"),
+        ((2, 2, 2), np.int16, (3.0, float("nan"), 0.8), "invalid voxel spacing"),
+    ],
+)
 def test_hostile_headers_are_refused_before_reading(tmp_path, shape, dtype, pixdim, message):
     path = _hostile_header(tmp_path / "case_00000" / "imaging.nii.gz", shape, dtype, pixdim)
     with pytest.raises(DataError, match=message) as info:
@@ -424,8 +439,9 @@ def test_rgb_imaging_is_refused_naming_the_file(tmp_path):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("shift, accepted", [(0.0, True), (AFFINE_ATOL / 2, True), (AFFINE_ATOL * 2, False),
-                                             (2.5, False)])
+@pytest.mark.parametrize(
+    "shift, accepted", [(0.0, True), (AFFINE_ATOL / 2, True), (AFFINE_ATOL * 2, False), (2.5, False)]
+)
 def test_segmentation_affine_must_match_the_imaging(tmp_path, shift, accepted):
     image = np.zeros((4, 6, 6), np.float32)
     folder = save_case(tmp_path, "case_00000", image, np.zeros((4, 6, 6), np.uint8), (3.0, 0.8, 0.8))
@@ -448,7 +464,19 @@ def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path, capsys):
     shifted = kits_affine((3.0, 0.8, 0.8))
     shifted[1, 3] += 5.0
     write_nifti(tmp_path / "pred" / "prediction_00000.nii.gz", label, shifted)
-    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(tmp_path / "data"),
-                 "--out", str(tmp_path / "eval")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "pred"),
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "prediction_00000.nii.gz: its affine differs" in err and not (tmp_path / "eval").exists()

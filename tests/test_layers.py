@@ -35,7 +35,10 @@ LAZY_IMPORTS = {
     ("viz.py", "matplotlib.pyplot"): "importing pyplot can select a GUI backend",
     ("viz.py", "IPython.display"): "IPython is there in notebooks only",
     ("widgets.py", "ipywidgets"): "an optional extra",
-    ("bench/memory.py", "torch.distributed._tools.mem_tracker"): "torch.distributed: slow, not in every build",
+    (
+        "bench/memory.py",
+        "torch.distributed._tools.mem_tracker",
+    ): "torch.distributed: slow, not in every build",
 }
 #: modules left out of the check: the command line (its imports are per command, by design)
 LAZY_IMPORT_EXEMPT = ("commands/", "notebook.py")
@@ -88,10 +91,23 @@ def test_the_benchmark_times_the_training_step(monkeypatch):
     assert bench_step.build_loss is loop.build_loss is step.build_loss is bench_memory.build_loss
     seen = []
     monkeypatch.setattr(bench_step, "train_step", lambda *a, **k: seen.append(k) or step.train_step(*a, **k))
-    monkeypatch.setattr(bench_step, "build_loss", lambda c, m: seen.append(type(step.build_loss(c, m)).__name__)
-                        or step.build_loss(c, m))
-    res = bench_step.time_step("msan_v1_ds", "fp32", torch.device("cpu"), batch_size=1, num_slices=4, size=16,
-                               overrides={"base_channels": 2}, iters=2, warmup=1, seed=0)
+    monkeypatch.setattr(
+        bench_step,
+        "build_loss",
+        lambda c, m: seen.append(type(step.build_loss(c, m)).__name__) or step.build_loss(c, m),
+    )
+    res = bench_step.time_step(
+        "msan_v1_ds",
+        "fp32",
+        torch.device("cpu"),
+        batch_size=1,
+        num_slices=4,
+        size=16,
+        overrides={"base_channels": 2},
+        iters=2,
+        warmup=1,
+        seed=0,
+    )
     assert seen == ["DeepSupervisionLoss", {"amp_dtype": None}, {"amp_dtype": None}, {"amp_dtype": None}]
     assert res["loss_finite"]
 
@@ -114,8 +130,10 @@ def test_cli_does_not_hide_a_missing_command(monkeypatch):
         cli.build_parser()
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None and not (Path(sys.executable).parent / "lint-imports").exists(),
-                    reason="import-linter is not installed")
+@pytest.mark.skipif(
+    shutil.which("lint-imports") is None and not (Path(sys.executable).parent / "lint-imports").exists(),
+    reason="import-linter is not installed",
+)
 def test_import_contracts_hold():
     exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     proc = subprocess.run([exe, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)

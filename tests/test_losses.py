@@ -47,7 +47,9 @@ def test_the_trained_loss_by_hand(preset):
 
     config = TrainConfig.from_preset(preset, variant="msan_v1")
     assert config.dice_include_background is True
-    assert inspect.signature(DiceLoss).parameters["include_background"].default == config.dice_include_background
+    assert (
+        inspect.signature(DiceLoss).parameters["include_background"].default == config.dice_include_background
+    )
     loss_fn = build_loss(config, build_model("msan_v1", base_channels=4))
     logits, target = _hand_case()
     assert loss_fn(logits, target).item() == pytest.approx(97 / 189, abs=1e-5)
@@ -64,7 +66,8 @@ def test_dice_loss_by_hand_batch_versus_per_sample():
     fg = dict(include_background=False)
     assert DiceLoss(batch=True, **fg)(logits, target).item() == pytest.approx(5 / 9, abs=1e-5)
     assert DiceLoss(batch=False, **fg)(logits, target).item() == pytest.approx(
-        1 - (4 / 9 + 4 / 9 + 1 + 1) / 4, abs=1e-5)
+        1 - (4 / 9 + 4 / 9 + 1 + 1) / 4, abs=1e-5
+    )
     dice = DiceLoss(batch=False, **fg).dice(logits, target)
     assert dice.shape == (2, 2)
 
@@ -79,15 +82,19 @@ def test_dice_loss_matches_monai(include_background, batch, shape):
     target = torch.randint(0, shape[1], (shape[0], *shape[2:]))
     ours = DiceLoss(include_background=include_background, batch=batch)(logits, target)
     reference = monai_losses.DiceLoss(
-        include_background=include_background, to_onehot_y=True, softmax=True, batch=batch,
-        smooth_nr=1e-5, smooth_dr=1e-5,
+        include_background=include_background,
+        to_onehot_y=True,
+        softmax=True,
+        batch=batch,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
     )(logits, target.unsqueeze(1))
     assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
     # the same with a one-hot float target (the "average" deep-supervision path takes this form)
     onehot = torch.nn.functional.one_hot(target, shape[1]).movedim(-1, 1).float()
-    assert DiceLoss(include_background=include_background, batch=batch)(logits, onehot).item() == pytest.approx(
-        reference.item(), abs=1e-6
-    )
+    assert DiceLoss(include_background=include_background, batch=batch)(
+        logits, onehot
+    ).item() == pytest.approx(reference.item(), abs=1e-6)
 
 
 def test_dice_loss_with_soft_target_matches_monai():
@@ -96,7 +103,9 @@ def test_dice_loss_with_soft_target_matches_monai():
     logits = torch.randn(2, 3, 4, 4, 4)
     soft = torch.softmax(torch.randn(2, 3, 4, 4, 4), dim=1)
     ours = DiceLoss(include_background=False, smooth_nr=0.5, smooth_dr=1.0)(logits, soft)
-    reference = monai_losses.DiceLoss(include_background=False, softmax=True, batch=True, smooth_nr=0.5, smooth_dr=1.0)
+    reference = monai_losses.DiceLoss(
+        include_background=False, softmax=True, batch=True, smooth_nr=0.5, smooth_dr=1.0
+    )
     assert ours.item() == pytest.approx(reference(logits, soft).item(), abs=1e-6)
 
 
@@ -106,7 +115,9 @@ def test_perfect_prediction_gives_zero_and_the_opposite_one():
     onehot = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float()
     perfect = DiceLoss(include_background=True)(onehot * 200 - 100, target)
     assert perfect.item() == pytest.approx(0.0, abs=1e-6)
-    wrong = DiceLoss(include_background=True)((1 - onehot) * 200 - 100, target)  # puts all mass on other classes
+    wrong = DiceLoss(include_background=True)(
+        (1 - onehot) * 200 - 100, target
+    )  # puts all mass on other classes
     assert wrong.item() == pytest.approx(1.0, abs=1e-6)
 
 
@@ -165,10 +176,7 @@ def test_deep_supervision_weights_like_nnunet():
 
 def test_resize_target_nearest_and_average_by_hand():
     # one sample, D = 1, 4x4 in-plane
-    target = torch.tensor([[0, 1, 2, 2],
-                           [1, 1, 2, 0],
-                           [0, 0, 1, 1],
-                           [0, 2, 1, 0]]).view(1, 1, 4, 4)
+    target = torch.tensor([[0, 1, 2, 2], [1, 1, 2, 0], [0, 0, 1, 1], [0, 2, 1, 0]]).view(1, 1, 4, 4)
     nearest = DeepSupervisionLoss(target_mode="nearest").resize_target(target, (1, 2, 2), 3)
     assert nearest.tolist() == [[[[0, 2], [0, 1]]]]  # first voxel of each 2x2 block
     average = DeepSupervisionLoss(target_mode="average").resize_target(target, (1, 2, 2), 3)

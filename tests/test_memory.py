@@ -110,12 +110,17 @@ def test_the_counted_step_is_the_training_step(monkeypatch):
         return loss
 
     monkeypatch.setattr(memory, "build_loss", build_loss)
-    monkeypatch.setattr(memory, "train_step",
-                        lambda *a, **k: seen.append(k) or train_step_module.train_step(*a, **k))
-    training_memory("msan_v1_ds", precision="bf16", dice_include_background=False, ds_weights=(1, 0, 0),
-                    **SMALL)
-    assert seen == [("DeepSupervisionLoss", False, [1, 0, 0]), {"amp_dtype": torch.bfloat16},
-                    {"amp_dtype": torch.bfloat16}]
+    monkeypatch.setattr(
+        memory, "train_step", lambda *a, **k: seen.append(k) or train_step_module.train_step(*a, **k)
+    )
+    training_memory(
+        "msan_v1_ds", precision="bf16", dice_include_background=False, ds_weights=(1, 0, 0), **SMALL
+    )
+    assert seen == [
+        ("DeepSupervisionLoss", False, [1, 0, 0]),
+        {"amp_dtype": torch.bfloat16},
+        {"amp_dtype": torch.bfloat16},
+    ]
 
 
 def test_margin_rule():
@@ -135,8 +140,12 @@ def test_largest_that_fits_hand_computed():
 def test_fit_rows_small():
     rows = fit_rows(["unet3d"], gpus=["T4", "A100 80GB"], batches=(1, 2, 4), base_channels=4)
     fits = [r for r in rows if r["benchmark"] == "fit"]
-    assert {(r["gpu"], r["precision"]) for r in fits} == {("T4", "fp32"), ("T4", "fp16"),
-                                                          ("A100 80GB", "fp32"), ("A100 80GB", "bf16")}
+    assert {(r["gpu"], r["precision"]) for r in fits} == {
+        ("T4", "fp32"),
+        ("T4", "fp16"),
+        ("A100 80GB", "fp32"),
+        ("A100 80GB", "bf16"),
+    }
     t4 = {r["precision"]: r for r in fits if r["gpu"] == "T4"}
     assert t4["fp16"]["max_batch"] > t4["fp32"]["max_batch"] >= 2
     assert all(r["fits"] for r in fits)
@@ -154,10 +163,18 @@ def test_amp_precision_follows_the_amp_rule(monkeypatch):
     assert amp_precision("T4") == "fp16"
 
 
-@pytest.mark.parametrize("name, key", [
-    ("Tesla T4", "T4"), ("NVIDIA L4", "L4"), ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
-    ("NVIDIA A100-SXM4-80GB", "A100 80GB"), ("NVIDIA H100 80GB HBM3", "H100 80GB"),
-    ("NVIDIA H200", None), ("CPU (2 cores)", None)])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("Tesla T4", "T4"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
+        ("NVIDIA A100-SXM4-80GB", "A100 80GB"),
+        ("NVIDIA H100 80GB HBM3", "H100 80GB"),
+        ("NVIDIA H200", None),
+        ("CPU (2 cores)", None),
+    ],
+)
 def test_gpu_key(name, key):
     assert gpu_key(name) == key
 
@@ -168,12 +185,35 @@ def test_projected_hours_hand_computed_and_measured_rows_replace_estimates():
     with pytest.raises(ConfigError):
         projected_hours(1e12, "T4", efficiency=0)
     flops = {"unet3d": 6e12, "msan_v1": 6e12}
-    measured = [{"benchmark": "step", "variant": "unet3d", "mode": "amp", "it_per_s": 2.0,
-                 "input": "2x1x4x512x512", "device": "NVIDIA A100-SXM4-80GB", "commit": "abc"},
-                {"benchmark": "step", "variant": "unet3d", "mode": "fp32", "it_per_s": 1.0,
-                 "input": "2x1x4x512x512", "device": "NVIDIA A100-SXM4-80GB", "commit": "abc"},
-                {"benchmark": "step", "variant": "unet3d", "mode": "amp", "it_per_s": 50.0,
-                 "input": "2x1x4x128x128", "device": "NVIDIA A100-SXM4-80GB", "commit": "abc"}]
+    measured = [
+        {
+            "benchmark": "step",
+            "variant": "unet3d",
+            "mode": "amp",
+            "it_per_s": 2.0,
+            "input": "2x1x4x512x512",
+            "device": "NVIDIA A100-SXM4-80GB",
+            "commit": "abc",
+        },
+        {
+            "benchmark": "step",
+            "variant": "unet3d",
+            "mode": "fp32",
+            "it_per_s": 1.0,
+            "input": "2x1x4x512x512",
+            "device": "NVIDIA A100-SXM4-80GB",
+            "commit": "abc",
+        },
+        {
+            "benchmark": "step",
+            "variant": "unet3d",
+            "mode": "amp",
+            "it_per_s": 50.0,
+            "input": "2x1x4x128x128",
+            "device": "NVIDIA A100-SXM4-80GB",
+            "commit": "abc",
+        },
+    ]
     rows = {r["gpu"]: r for r in time_rows(flops, num_iters=3600, measured=measured)}
     a100 = rows["A100 80GB"]
     assert a100["hours_unet3d"] == pytest.approx(0.5)  # fastest paper-size mode: 3600 / 2 / 3600
@@ -213,9 +253,29 @@ def test_cuda_peak_only_on_cuda():
 
 def test_cli_writes_a_report(tmp_path):
     out = tmp_path / "memory.json"
-    proc = subprocess.run([sys.executable, "-m", "kitsmsan", "bench", "memory", "--variants", "unet3d",
-                           "--precisions", "fp32,bf16", "--counts-only", "--base-channels", "4", "--measured",
-                           "--json", str(out)], check=False, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kitsmsan",
+            "bench",
+            "memory",
+            "--variants",
+            "unet3d",
+            "--precisions",
+            "fp32,bf16",
+            "--counts-only",
+            "--base-channels",
+            "4",
+            "--measured",
+            "--json",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     kinds = [(r["benchmark"], r.get("kind"), r.get("precision")) for r in report["results"]]
@@ -229,20 +289,58 @@ def test_cli_writes_a_report(tmp_path):
 def test_markdown_tables_merge_gpu_measurements():
     paper = "2x1x4x512x512"
     report = {
-        "torch": "x", "commit": "c0ffee", "counted_on": "CPU", "date": "2026-12-01", "efficiency": 0.3,
-        "margin": {"fraction": 0.2, "context_gib": 0.5}, "flops_per_iter": {"unet3d": 6.0e12},
+        "torch": "x",
+        "commit": "c0ffee",
+        "counted_on": "CPU",
+        "date": "2026-12-01",
+        "efficiency": 0.3,
+        "margin": {"fraction": 0.2, "context_gib": 0.5},
+        "flops_per_iter": {"unet3d": 6.0e12},
         "results": [
-            {"benchmark": "memory", "kind": "train", "variant": "unet3d", "precision": "fp32", "input": paper,
-             "counted_gib": 6.4, "activations_gib": 5.1, "parameters_gib": 0.08, "optimizer_gib": 0.16,
-             "required_gib": 8.18},
-            {"benchmark": "fit", "gpu": "T4", "variant": "unet3d", "precision": "fp16", "fits": False,
-             "max_batch": 1, "max_crop": 384, "usable_gib": 14.7},
-        ]}
+            {
+                "benchmark": "memory",
+                "kind": "train",
+                "variant": "unet3d",
+                "precision": "fp32",
+                "input": paper,
+                "counted_gib": 6.4,
+                "activations_gib": 5.1,
+                "parameters_gib": 0.08,
+                "optimizer_gib": 0.16,
+                "required_gib": 8.18,
+            },
+            {
+                "benchmark": "fit",
+                "gpu": "T4",
+                "variant": "unet3d",
+                "precision": "fp16",
+                "fits": False,
+                "max_batch": 1,
+                "max_crop": 384,
+                "usable_gib": 14.7,
+            },
+        ],
+    }
     measured = [
-        {"benchmark": "memory", "kind": "train", "variant": "unet3d", "precision": "fp32", "input": paper,
-         "cuda_max_allocated_gib": 6.9, "cuda_device": "NVIDIA H100 80GB HBM3"},
-        {"benchmark": "step", "variant": "unet3d", "mode": "amp", "it_per_s": 4.0, "input": paper,
-         "device": "NVIDIA H100 80GB HBM3", "commit": "beef"}]
+        {
+            "benchmark": "memory",
+            "kind": "train",
+            "variant": "unet3d",
+            "precision": "fp32",
+            "input": paper,
+            "cuda_max_allocated_gib": 6.9,
+            "cuda_device": "NVIDIA H100 80GB HBM3",
+        },
+        {
+            "benchmark": "step",
+            "variant": "unet3d",
+            "mode": "amp",
+            "it_per_s": 4.0,
+            "input": paper,
+            "device": "NVIDIA H100 80GB HBM3",
+            "commit": "beef",
+        },
+    ]
     md = memory_markdown(report, measured, colab_iters=40_000)
     assert "6.90 (NVIDIA H100 80GB HBM3)" in md["memory"] and "c0ffee" in md["memory"]
     assert "**no**: batch 1, or crop 384² at batch 2" in md["fit"]
@@ -258,21 +356,31 @@ def test_markdown_tables_merge_gpu_measurements():
 def test_the_counted_step_also_runs_for_real(precision):
     """The step :func:`cuda_training_peak` runs on a GPU, run for real on the CPU at a tiny size."""
     torch.manual_seed(0)
-    step, (model, _opt) = memory._train_setup("msan_v1_ds", 1, 4, 32, memory._DTYPES[precision],
-                                              {"base_channels": 4}, True, None, grad_scaler=True)()
+    step, (model, _opt) = memory._train_setup(
+        "msan_v1_ds", 1, 4, 32, memory._DTYPES[precision], {"base_channels": 4}, True, None, grad_scaler=True
+    )()
     before = [p.detach().clone() for p in model.parameters()]
     loss = step()
     assert torch.isfinite(loss) and 0 <= loss.item() <= 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # Adam stepped
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--precisions", "int8"], "precision='int8'"),
-    (["--measured", "/nonexistent/bench_gpu.json"], "/nonexistent/bench_gpu.json"),
-    (["--variants", "nope"], "model 'nope'")])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--precisions", "int8"], "precision='int8'"),
+        (["--measured", "/nonexistent/bench_gpu.json"], "/nonexistent/bench_gpu.json"),
+        (["--variants", "nope"], "model 'nope'"),
+    ],
+)
 def test_cli_bad_input_one_line(args, words):
-    proc = subprocess.run([sys.executable, "-m", "kitsmsan", "bench", "memory", "--counts-only", *args],
-                          check=False, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kitsmsan", "bench", "memory", "--counts-only", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0]

@@ -121,8 +121,14 @@ def test_summarize_nan_and_missing_and_groups():
         [
             {"case_id": "a", "kidney": 1.0, "tumor": math.nan, "composite": 1.0, "pp": 0, "status": "ok"},
             {"case_id": "b", "kidney": 0.5, "tumor": 0.2, "composite": 0.35, "pp": 0, "status": "ok"},
-            {"case_id": "c", "kidney": math.nan, "tumor": math.nan, "composite": math.nan,
-             "pp": 0, "status": "missing"},
+            {
+                "case_id": "c",
+                "kidney": math.nan,
+                "tumor": math.nan,
+                "composite": math.nan,
+                "pp": 0,
+                "status": "missing",
+            },
             {"case_id": "a", "kidney": 0.0, "tumor": 0.0, "composite": 0.0, "pp": 1, "status": "ok"},
         ]
     )
@@ -143,11 +149,18 @@ def test_dice_table_rejects_incomplete_rows():
 
 
 def test_write_results(tmp_path):
-    df = dice_table([
-        {"case_id": "case_00001", "kidney": 0.9, "tumor": 0.5, "composite": 0.7, "status": "ok"},
-        {"case_id": "case_00002", "kidney": math.nan, "tumor": math.nan, "composite": math.nan,
-         "status": "missing"},
-    ])
+    df = dice_table(
+        [
+            {"case_id": "case_00001", "kidney": 0.9, "tumor": 0.5, "composite": 0.7, "status": "ok"},
+            {
+                "case_id": "case_00002",
+                "kidney": math.nan,
+                "tumor": math.nan,
+                "composite": math.nan,
+                "status": "missing",
+            },
+        ]
+    )
     paths = write_results(tmp_path / "out", df, summarize(df), provenance={"data": "phantoms"})
     assert pd.read_csv(paths["per_case"])["case_id"].tolist() == ["case_00001", "case_00002"]
     js = json.loads(paths["summary_json"].read_text())
@@ -254,8 +267,9 @@ def test_evaluate_cli_all_present(tiny_eval, capsys):
     from kitsmsan.cli import main
 
     data, pred_dir, out = tiny_eval
-    rc = main(["evaluate", "--pred", str(pred_dir), "--data", str(data), "--out", str(out),
-               "--postprocess", "2"])
+    rc = main(
+        ["evaluate", "--pred", str(pred_dir), "--data", str(data), "--out", str(out), "--postprocess", "2"]
+    )
     assert rc == 0
     md = (out / "summary.md").read_text()
     # k=2 keeps both kidneys of 180, but in 181 (which missed kidney B) the stray blob is the

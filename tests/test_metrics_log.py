@@ -31,11 +31,14 @@ def test_torn_last_line_is_skipped(tmp_path):
     assert read_metrics(tmp_path) == ROWS
 
 
-@pytest.mark.parametrize("text, line", [
-    ('{"iteration": 5}\n{"iteration": 1\n{"iteration": 10}\n', 2),  # damage inside the file
-    ('{"iteration": 5}\nnot json\n', 2),                            # a complete bad last line
-    ('[1, 2]\n', 1),                                                # JSON, but not an object
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ('{"iteration": 5}\n{"iteration": 1\n{"iteration": 10}\n', 2),  # damage inside the file
+        ('{"iteration": 5}\nnot json\n', 2),  # a complete bad last line
+        ("[1, 2]\n", 1),  # JSON, but not an object
+    ],
+)
 def test_damage_raises_naming_file_and_line(tmp_path, text, line):
     _write(tmp_path, text)
     with pytest.raises(DataError, match=rf"{METRICS_FILE}: line {line} is not (a )?JSON"):

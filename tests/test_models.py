@@ -54,7 +54,11 @@ def test_registry_switches(name, attention, res2net, ds):
     assert hasattr(model, "aux_head_u3") == ds and hasattr(model, "aux_head_x4") == ds  # literal placement
     assert not hasattr(model, "aux_head_u2")
     assert describe(name).split(":")[0] in {
-        "3D U-Net", "MSAN-V1", "MSAN-V1 with deep supervision", "MSAN-V2", "MSAN-V2 with deep supervision"
+        "3D U-Net",
+        "MSAN-V1",
+        "MSAN-V1 with deep supervision",
+        "MSAN-V2",
+        "MSAN-V2 with deep supervision",
     }
 
 
@@ -143,9 +147,21 @@ def test_output_shapes_small(name, mode):
     [
         ({"pool_depth": 2}, (2, 1, 4, 32, 48), [(2, 3, 4, 32, 48), (2, 3, 1, 4, 6), (2, 3, 1, 2, 3)]),
         ({"pool_depth": 1}, (1, 1, 8, 16, 16), [(1, 3, 8, 16, 16), (1, 3, 4, 2, 2), (1, 3, 4, 1, 1)]),
-        ({"norm": "group", "activation": "relu"}, (1, 1, 4, 16, 32), [(1, 3, 4, 16, 32), (1, 3, 4, 2, 4), (1, 3, 4, 1, 2)]),
-        ({"num_classes": 2, "in_channels": 2}, (1, 2, 2, 16, 16), [(1, 2, 2, 16, 16), (1, 2, 2, 2, 2), (1, 2, 2, 1, 1)]),
-        ({"ds_placement": "decoder"}, (1, 1, 4, 32, 32), [(1, 3, 4, 32, 32), (1, 3, 4, 8, 8), (1, 3, 4, 4, 4)]),
+        (
+            {"norm": "group", "activation": "relu"},
+            (1, 1, 4, 16, 32),
+            [(1, 3, 4, 16, 32), (1, 3, 4, 2, 4), (1, 3, 4, 1, 2)],
+        ),
+        (
+            {"num_classes": 2, "in_channels": 2},
+            (1, 2, 2, 16, 16),
+            [(1, 2, 2, 16, 16), (1, 2, 2, 2, 2), (1, 2, 2, 1, 1)],
+        ),
+        (
+            {"ds_placement": "decoder"},
+            (1, 1, 4, 32, 32),
+            [(1, 3, 4, 32, 32), (1, 3, 4, 8, 8), (1, 3, 4, 4, 4)],
+        ),
     ],
 )
 def test_output_shapes_other_configs(overrides, shape, expected):
@@ -379,7 +395,9 @@ def test_parameter_counts_pinned_and_by_hand(name):
     if name in DS_NAMES:  # the decoder placement: heads on u2 (128 ch) and u3 (256 ch) instead
         with torch.device("meta"):
             decoder = build_model(name, ds_placement="decoder")
-        assert count_parameters(decoder) == PINNED_PARAMETERS[name] - (256 * 3 + 512 * 3) + (128 * 3 + 256 * 3)
+        assert count_parameters(decoder) == PINNED_PARAMETERS[name] - (256 * 3 + 512 * 3) + (
+            128 * 3 + 256 * 3
+        )
         assert count_parameters(decoder) == _expected_parameters(decoder.config)
 
 
@@ -444,8 +462,9 @@ def _record(model, names):
     seen, handles = {}, []
     for name in names:
         module = model.get_submodule(name)
-        handles.append(module.register_forward_hook(
-            lambda m, args, out, name=name: seen.__setitem__(name, (args, out))))
+        handles.append(
+            module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, (args, out)))
+        )
     return seen, handles
 
 
@@ -453,8 +472,21 @@ def test_attention_is_gated_by_the_decoder_map_one_level_deeper():
     """att_l(x_l, g): x_l the encoder skip, g = u_{l+1} (the bottleneck x4 for l = 3), never an encoder map."""
     torch.manual_seed(0)
     model = build_model("msan_v2", base_channels=4).eval()
-    names = ["enc0", "enc1", "enc2", "enc3", "enc4", "res2net", "dec3", "dec2", "dec1",
-             "att0", "att1", "att2", "att3"]
+    names = [
+        "enc0",
+        "enc1",
+        "enc2",
+        "enc3",
+        "enc4",
+        "res2net",
+        "dec3",
+        "dec2",
+        "dec1",
+        "att0",
+        "att1",
+        "att2",
+        "att3",
+    ]
     seen, handles = _record(model, names)
     with torch.no_grad():
         model(torch.randn(SMALL))

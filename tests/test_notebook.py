@@ -47,7 +47,7 @@ def test_page_root_is_the_parent_of_notebooks(tmp_path):
 def test_page_data_writes_phantoms_splits_and_caches(page):
     assert page.data == page.root / "work" / "data" and page.cache == page.root / "work" / "cache"
     assert page.kind == "pure phantoms" and page.preset == "smoke"
-    assert (page.train_cases, page.test_cases) == ("0-13", "14-19")     # the split that comes with them
+    assert (page.train_cases, page.test_cases) == ("0-13", "14-19")  # the split that comes with them
     assert len(page.split["train"]) == 14 and page.split["test"][0] == "case_00014"
     assert set(page.index["cases"]) == set(page.split["train"] + page.split["test"])
     text = page._repr_markdown_()
@@ -56,7 +56,7 @@ def test_page_data_writes_phantoms_splits_and_caches(page):
 
 
 def test_page_data_seeds_torch(page):
-    again = page_data(smoke=True, work_dir="work", seed=3, root=page.root)   # reuses the phantoms
+    again = page_data(smoke=True, work_dir="work", seed=3, root=page.root)  # reuses the phantoms
     drawn = torch.rand(3)
     torch.manual_seed(3)
     assert torch.equal(drawn, torch.rand(3))
@@ -73,7 +73,9 @@ def test_page_data_takes_a_split_and_refuses_paper_without_data(page, tmp_path):
 def test_train_config_is_the_preset_on_the_page(page, tmp_path):
     config = train_config(page, "msan_v1_ds", tmp_path / "run")
     assert config.num_iters == PRESETS["smoke"]["num_iters"] and config.variant == "msan_v1_ds"
-    assert config.model == {**PRESETS["smoke"]["model"], **config.model} and config.lr == PRESETS["smoke"]["lr"]
+    assert (
+        config.model == {**PRESETS["smoke"]["model"], **config.model} and config.lr == PRESETS["smoke"]["lr"]
+    )
     assert (config.data_root, config.cache_dir) == (str(page.data), str(page.cache))
     assert (config.train_cases, config.test_cases, config.seed) == ("0-13", "14-19", 3)
     changed = train_config(page, "unet3d", tmp_path / "run", num_iters=7, eval_every=5, device="cpu")
@@ -97,7 +99,7 @@ def test_load_runs_trains_once_then_reads_files(page, tmp_path, capsys):
     summary = tmp_path / "runs" / "msan_v1" / "summary.json"
     stamp = summary.stat().st_mtime_ns
     again = load_runs(tmp_path / "runs", "msan_v1", page, train_missing=False, models=False)
-    assert summary.stat().st_mtime_ns == stamp and again.models == {}       # read, not retrained
+    assert summary.stat().st_mtime_ns == stamp and again.models == {}  # read, not retrained
     table = again.table(tmp_path)
     assert table.loc["msan_v1", "iterations"] == 2 and table.loc["msan_v1", "run folder"] == "runs/msan_v1"
     scores = score_model(runs.models["msan_v1"], {"case_00014": _case(page, "case_00014")})
@@ -150,7 +152,7 @@ def _truth_cases(n=6):
     out = {}
     for i in range(n):
         label = np.zeros((2, 8, 8), np.uint8)
-        label[0, i % 4:i % 4 + 2, 1:3] = 1
+        label[0, i % 4 : i % 4 + 2, 1:3] = 1
         label[0, i % 4, 1] = 2
         out[f"case_{i:05d}"] = label
     return out
@@ -176,15 +178,19 @@ class _Case:
 
 def test_predict_cases_is_predict_case_per_case_and_score_model_scores_it():
     torch.manual_seed(0)
-    net = torch.nn.Conv3d(1, 3, kernel_size=1).eval()      # (B, 1, S, H, W) -> (B, 3, S, H, W) logits
+    net = torch.nn.Conv3d(1, 3, kernel_size=1).eval()  # (B, 1, S, H, W) -> (B, 3, S, H, W) logits
     rng = np.random.default_rng(0)
-    cases = {f"c{i}": _Case(rng.uniform(-200, 500, (5, 16, 16)).astype(np.float32),
-                            np.zeros((5, 16, 16), np.uint8)) for i in range(2)}
+    cases = {
+        f"c{i}": _Case(
+            rng.uniform(-200, 500, (5, 16, 16)).astype(np.float32), np.zeros((5, 16, 16), np.uint8)
+        )
+        for i in range(2)
+    }
     preds = predict_cases(net, cases, 4)
     assert list(preds) == ["c0", "c1"] and preds["c0"].shape == (5, 16, 16) and preds["c0"].dtype == np.uint8
     for cid, c in cases.items():
         assert np.array_equal(preds[cid], predict_case(net, c.image, num_slices=4, stride=2))
-    one = predict_cases(net, cases, 1)                     # stride min(2, num_slices) = 1
+    one = predict_cases(net, cases, 1)  # stride min(2, num_slices) = 1
     assert np.array_equal(one["c1"], predict_case(net, cases["c1"].image, num_slices=1, stride=1))
     probs = predict_cases(net, cases, 4, return_probs=True)
     assert probs["c0"].shape == (3, 5, 16, 16) and np.allclose(probs["c0"].sum(0), 1.0, atol=1e-5)
@@ -195,10 +201,24 @@ def test_compare_arms_pairs_the_arms_on_the_same_cases():
     truth = _truth_cases(6)
     empty = {cid: np.zeros_like(t) for cid, t in truth.items()}
     half = {cid: (t if i % 2 else empty[cid]) for i, (cid, t) in enumerate(truth.items())}
-    table = compare_arms({"good": truth, "bad": empty, "half": half}, truth,
-                         [("good", "bad"), ("half", "half")], names={"good": "Good", "bad": "Bad"},
-                         n_resamples=500)
-    assert list(table.columns) == ["a", "b", "region", "difference", "low", "high", "n", "verdict", "sentence"]
+    table = compare_arms(
+        {"good": truth, "bad": empty, "half": half},
+        truth,
+        [("good", "bad"), ("half", "half")],
+        names={"good": "Good", "bad": "Bad"},
+        n_resamples=500,
+    )
+    assert list(table.columns) == [
+        "a",
+        "b",
+        "region",
+        "difference",
+        "low",
+        "high",
+        "n",
+        "verdict",
+        "sentence",
+    ]
     kidney = table.iloc[0]
     assert (kidney["a"], kidney["b"], kidney["region"], kidney["n"]) == ("good", "bad", "kidney", 6)
     assert kidney["difference"] == kidney["low"] == kidney["high"] == 1.0 and kidney["verdict"] == "better"

@@ -26,21 +26,76 @@ NO_SERVER = "http://127.0.0.1:9/x"  # refused before any request: nothing listen
 
 #: command -> (argv(world, out), what the argument names: "dir" or "file")
 COMMANDS = {
-    "phantoms": (lambda w, o: ["phantoms", "--out", o, "--cases", "1", "--size", "32", "--slices", "6",
-                               "--no-progress"], "dir"),
+    "phantoms": (
+        lambda w, o: [
+            "phantoms",
+            "--out",
+            o,
+            "--cases",
+            "1",
+            "--size",
+            "32",
+            "--slices",
+            "6",
+            "--no-progress",
+        ],
+        "dir",
+    ),
     "prepare": (lambda w, o: ["prepare", "--data", w / "data", "--cache", o, "--no-progress"], "dir"),
-    "train": (lambda w, o: ["train", "--data", w / "data", "--cache", w / "cache", "--out", o.parent,
-                            "--variant", "msan_v1", "--no-progress"], "dir"),
-    "predict": (lambda w, o: ["predict", "--run", w / "run", "--data", w / "data", "--out", o,
-                              "--device", "cpu"], "dir"),
+    "train": (
+        lambda w, o: [
+            "train",
+            "--data",
+            w / "data",
+            "--cache",
+            w / "cache",
+            "--out",
+            o.parent,
+            "--variant",
+            "msan_v1",
+            "--no-progress",
+        ],
+        "dir",
+    ),
+    "predict": (
+        lambda w, o: ["predict", "--run", w / "run", "--data", w / "data", "--out", o, "--device", "cpu"],
+        "dir",
+    ),
     "ensemble": (lambda w, o: ["ensemble", "--pred", w / "p1", w / "p2", "--out", o], "dir"),
     "evaluate": (lambda w, o: ["evaluate", "--pred", w / "p1", "--data", w / "data", "--out", o], "dir"),
-    "download": (lambda w, o: ["download", "--root", o, "--cases", "0", "--no-progress", "--retries", "0",
-                               "--imaging-url", NO_SERVER, "--labels-url", NO_SERVER], "dir"),
+    "download": (
+        lambda w, o: [
+            "download",
+            "--root",
+            o,
+            "--cases",
+            "0",
+            "--no-progress",
+            "--retries",
+            "0",
+            "--imaging-url",
+            NO_SERVER,
+            "--labels-url",
+            NO_SERVER,
+        ],
+        "dir",
+    ),
     "reproduce": (lambda w, o: ["reproduce", "--out", o, "--no-progress"], "dir"),
     "stats": (lambda w, o: ["stats", "--data", w / "data", "--csv", o, "--no-progress"], "file"),
-    "models": (lambda w, o: ["models", "--variants", "unet3d", "--base-channels", "4", "--input-shape",
-                             "1,1,4,32,32", "--json", o], "file"),
+    "models": (
+        lambda w, o: [
+            "models",
+            "--variants",
+            "unet3d",
+            "--base-channels",
+            "4",
+            "--input-shape",
+            "1,1,4,32,32",
+            "--json",
+            o,
+        ],
+        "file",
+    ),
     "bench": (lambda w, o: ["bench", "merge", "--inputs", w / "nothing.json", "--json", o], "file"),
 }
 #: commands whose --overwrite run is cheap enough here (the others are refused before any work,
@@ -75,8 +130,11 @@ def _prepare_inputs(world: Path, command: str) -> None:
 
 
 #: folder commands meet unrelated files and another command's output; file commands an existing file
-FOREIGN = [(c, f) for c, (_, what) in COMMANDS.items()
-           for f in (("unrelated files", "another command's output") if what == "dir" else ("unrelated files",))]
+FOREIGN = [
+    (c, f)
+    for c, (_, what) in COMMANDS.items()
+    for f in (("unrelated files", "another command's output") if what == "dir" else ("unrelated files",))
+]
 
 
 @pytest.mark.parametrize("command, found", FOREIGN)
@@ -183,7 +241,12 @@ def test_ensemble_refuses_a_folder_given_twice(world, capsys):
 
 def test_claim_rules_directly(tmp_path):
     assert claim_output_dir(tmp_path / "new" / "deep", "k", command="c") == tmp_path / "new" / "deep"
-    assert read_marker(tmp_path / "new" / "deep") == {"command": "c", "kind": "k", "version": 1, "foreign": []}
+    assert read_marker(tmp_path / "new" / "deep") == {
+        "command": "c",
+        "kind": "k",
+        "version": 1,
+        "foreign": [],
+    }
     (tmp_path / "empty").mkdir()
     claim_output_dir(tmp_path / "empty", "k", command="c")  # empty: accepted
     with pytest.raises(OutputFolderError, match="holds the output of 'kitsmsan c' \\(k\\)"):

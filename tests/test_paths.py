@@ -12,11 +12,13 @@ from kitsmsan.utils.io import safe_join
 
 @pytest.mark.parametrize(
     "parts, rel",
-    [(("case_00001", "imaging.nii.gz"), "case_00001/imaging.nii.gz"),
-     (("a/b", "c.txt"), "a/b/c.txt"),
-     (("a/./b/../c",), "a/c"),  # '..' that stays inside is fine
-     ((), ""),
-     ((".",), "")],
+    [
+        (("case_00001", "imaging.nii.gz"), "case_00001/imaging.nii.gz"),
+        (("a/b", "c.txt"), "a/b/c.txt"),
+        (("a/./b/../c",), "a/c"),  # '..' that stays inside is fine
+        ((), ""),
+        ((".",), ""),
+    ],
 )
 def test_inside_paths_are_joined(tmp_path, parts, rel):
     out = safe_join(tmp_path, *parts)
@@ -25,8 +27,15 @@ def test_inside_paths_are_joined(tmp_path, parts, rel):
 
 @pytest.mark.parametrize(
     "parts",
-    [("..",), ("../x",), ("case_00001", "..", "..", "x"), ("a/../../x",),
-     ("/etc/passwd",), ("case_00001", "/tmp/x"), (os.path.expanduser("~"),)],
+    [
+        ("..",),
+        ("../x",),
+        ("case_00001", "..", "..", "x"),
+        ("a/../../x",),
+        ("/etc/passwd",),
+        ("case_00001", "/tmp/x"),
+        (os.path.expanduser("~"),),
+    ],
 )
 def test_escapes_are_refused(tmp_path, parts):
     root = tmp_path / "root"

@@ -78,11 +78,20 @@ def test_slice_overrides():
     assert ph.phantom_spacing(3, size=64, num_slices=40) == spec.spacing
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"seed": -1}, {"seed": 1.5}, {"seed": True}, {"seed": 0, "size": 0}, {"seed": 0, "size": 8},
-    {"seed": 0, "num_slices": 0}, {"seed": 0, "num_slices": 2.5}, {"seed": 0, "slice_thickness": -1},
-    {"seed": 0, "pixel_spacing": float("nan")},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"seed": -1},
+        {"seed": 1.5},
+        {"seed": True},
+        {"seed": 0, "size": 0},
+        {"seed": 0, "size": 8},
+        {"seed": 0, "num_slices": 0},
+        {"seed": 0, "num_slices": 2.5},
+        {"seed": 0, "slice_thickness": -1},
+        {"seed": 0, "pixel_spacing": float("nan")},
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs):
     name = [k for k in kwargs if k != "seed"] or ["seed"]
     with pytest.raises(ConfigError, match=name[0]):
@@ -112,7 +121,7 @@ def test_tissue_intensities(seed):
     assert -130 < _median(image, tissues, "fat") < -70
     assert 30 < _median(image, tissues, "muscle") < 75
     assert 40 < _median(image, tissues, "liver") < 90
-    assert _median(image, tissues, "bone") > 500              # above the paper's window
+    assert _median(image, tissues, "bone") > 500  # above the paper's window
     cortex, medulla = _median(image, tissues, "renal_cortex"), _median(image, tissues, "renal_medulla")
     assert 130 < cortex < 270 and 15 < medulla < 100 and cortex > medulla + 50
     # the tissue map agrees with the label: kidney tissue only inside label 1, tumour = label 2
@@ -208,13 +217,29 @@ def test_cli_phantoms_and_custom_ids(tmp_path):
     from kitsmsan.cli import main
 
     out = tmp_path / "cli"
-    assert main(["phantoms", "--out", str(out), "--cases", "1", "--size", "32", "--slices", "8",
-                 "--seed", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "phantoms",
+                "--out",
+                str(out),
+                "--cases",
+                "1",
+                "--size",
+                "32",
+                "--slices",
+                "8",
+                "--seed",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     case = load_case(out / "case_00000")
     assert case.image.shape == (8, 32, 32)
     assert main(["phantoms", "--out", str(out), "--cases-range", "0-1", "--no-progress"]) == 2
-    ids = ph.write_phantom_dataset(tmp_path / "ids", 1, size=32, num_slices=8, case_ids=[42],
-                                   progress=False)
+    ids = ph.write_phantom_dataset(tmp_path / "ids", 1, size=32, num_slices=8, case_ids=[42], progress=False)
     assert ids == ["case_00042"] and (tmp_path / "ids" / "case_00042" / "imaging.nii.gz").is_file()
 
 
@@ -228,8 +253,9 @@ def _hand_label(shape=(30, 80, 80), spacing=(3.0, 2.0, 2.0)):
     z, y, x = np.indices(shape)
     label = np.zeros(shape, np.uint8)
     for cx in (22, 58):
-        inside = ((z - 15) * spacing[0] / 55) ** 2 + ((y - 50) * spacing[1] / 22) ** 2 \
-            + ((x - cx) * spacing[2] / 28) ** 2 <= 1
+        inside = ((z - 15) * spacing[0] / 55) ** 2 + ((y - 50) * spacing[1] / 22) ** 2 + (
+            (x - cx) * spacing[2] / 28
+        ) ** 2 <= 1
         label[inside] = KIDNEY
     label[((z - 15) * 3 / 15) ** 2 + ((y - 50) * 2 / 15) ** 2 + ((x - 12) * 2 / 15) ** 2 <= 1] = TUMOR
     label[2, 5, 5] = KIDNEY
@@ -298,11 +324,14 @@ def test_label_conditioned_with_z_crop_and_thick_slices():
         ph.phantom_from_label(label, spacing, 0, slice_thickness=-5)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((4, 4), np.uint8), "3-D"),
-    (np.full((2, 4, 4), 3, np.uint8), "outside"),
-    (np.full((2, 4, 4), 0.5, np.float32), "non-integer"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((4, 4), np.uint8), "3-D"),
+        (np.full((2, 4, 4), 3, np.uint8), "outside"),
+        (np.full((2, 4, 4), 0.5, np.float32), "non-integer"),
+    ],
+)
 def test_label_conditioned_bad_labels(bad, match):
     with pytest.raises(DataError, match=match):
         ph.phantom_from_label(bad, (1, 1, 1), 0)
@@ -333,8 +362,9 @@ def test_label_conditioned_real_case_full_grid_kept_exactly(kits_labels_dir):
 @pytest.mark.kits_labels
 def test_write_label_conditioned_dataset(kits_labels_dir, tmp_path):
     out = tmp_path / "rl"
-    ids = ph.write_label_conditioned_dataset(kits_labels_dir, out, case_ids=[15], size=32, seed=1,
-                                             progress=False)
+    ids = ph.write_label_conditioned_dataset(
+        kits_labels_dir, out, case_ids=[15], size=32, seed=1, progress=False
+    )
     assert ids == ["case_00015"]
     case = load_case(out / "case_00015")
     src, src_sp, _ = load_label(kits_labels_dir / "case_00015" / "segmentation.nii.gz")
@@ -354,8 +384,16 @@ def test_write_label_conditioned_dataset(kits_labels_dir, tmp_path):
 def test_write_label_conditioned_dataset_with_z_crop_and_thick_slices(kits_labels_dir, tmp_path):
     """A thin-slice real case becomes a short CPU-sized volume: crop to the kidneys, then ~5 mm."""
     out = tmp_path / "rl"
-    ph.write_label_conditioned_dataset(kits_labels_dir, out, case_ids=[15], size=32, seed=1, progress=False,
-                                       slice_thickness=5.0, z_margin_mm=10.0)
+    ph.write_label_conditioned_dataset(
+        kits_labels_dir,
+        out,
+        case_ids=[15],
+        size=32,
+        seed=1,
+        progress=False,
+        slice_thickness=5.0,
+        z_margin_mm=10.0,
+    )
     case = load_case(out / "case_00015")
     src, src_sp, _ = load_label(kits_labels_dir / "case_00015" / "segmentation.nii.gz")
     cropped, (z0, z1) = ph.crop_label_z(src, src_sp, 10.0)
@@ -371,8 +409,9 @@ def test_write_label_conditioned_dataset_with_z_crop_and_thick_slices(kits_label
 def test_write_phantom_dataset_pixel_spacing_sets_the_field_of_view(tmp_path):
     # the CPU smoke data: a finer in-plane spacing at a small size = a smaller field of view, same anatomy
     wide = ph.write_phantom_dataset(tmp_path / "wide", 1, seed=3, size=64, num_slices=12, progress=False)
-    zoom = ph.write_phantom_dataset(tmp_path / "zoom", 1, seed=3, size=64, num_slices=12, pixel_spacing=3.2,
-                                 progress=False)
+    zoom = ph.write_phantom_dataset(
+        tmp_path / "zoom", 1, seed=3, size=64, num_slices=12, pixel_spacing=3.2, progress=False
+    )
     a, b = load_case(tmp_path / "wide" / wide[0]), load_case(tmp_path / "zoom" / zoom[0])
     assert b.spacing[1:] == pytest.approx((3.2, 3.2))
     assert a.spacing[1] > 3.2

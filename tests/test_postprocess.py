@@ -13,11 +13,11 @@ def two_kidneys_and_blob():
     """(6, 10, 12) volume: big kidney (27 vox, with an 8-voxel tumour), small kidney (12 vox,
     with a 2-voxel tumour) and a stray tumour blob of 2 voxels."""
     v = np.zeros((6, 10, 12), dtype=np.uint8)
-    v[1:4, 1:4, 1:4] = 1          # kidney A: 3x3x3 = 27 voxels
-    v[1:3, 1:3, 1:3] = 2          # tumour inside A: 8 voxels
-    v[1:3, 5:8, 8:10] = 1         # kidney B: 2x3x2 = 12 voxels
-    v[1, 5, 8:10] = 2             # tumour inside B: 2 voxels
-    v[5, 8, 0:2] = 2              # stray tumour blob: 2 voxels, touching nothing
+    v[1:4, 1:4, 1:4] = 1  # kidney A: 3x3x3 = 27 voxels
+    v[1:3, 1:3, 1:3] = 2  # tumour inside A: 8 voxels
+    v[1:3, 5:8, 8:10] = 1  # kidney B: 2x3x2 = 12 voxels
+    v[1, 5, 8:10] = 2  # tumour inside B: 2 voxels
+    v[5, 8, 0:2] = 2  # stray tumour blob: 2 voxels, touching nothing
     return v
 
 
@@ -50,9 +50,9 @@ def test_k_larger_than_components_is_identity():
 def test_connectivity_corner_touching():
     v = np.zeros((3, 3, 3), np.uint8)
     v[0, 0, 0] = 1
-    v[1, 1, 1] = 2       # touches (0,0,0) only by a corner
+    v[1, 1, 1] = 2  # touches (0,0,0) only by a corner
     v[2, 2, 2] = 1
-    v[2, 2, 1] = 1       # component of 2 (faces) at the far corner... also corner-linked to centre
+    v[2, 2, 1] = 1  # component of 2 (faces) at the far corner... also corner-linked to centre
     # 26-connectivity: all one component of 4 voxels -> kept whole
     np.testing.assert_array_equal(keep_largest_components(v, 1, connectivity=3), v)
     # 6-connectivity: components {000}, {111}, {222, 221}; the 2-voxel one is largest

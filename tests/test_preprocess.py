@@ -221,8 +221,9 @@ def test_load_cache_index_errors(tmp_path, tiny_cache):
 
 def test_cli_prepare(tiny_case_root, tmp_path, capsys):
     cache = tmp_path / "cache"
-    rc = cli_main(["prepare", "--data", str(tiny_case_root), "--cache", str(cache), "--cases", "0-1",
-                   "--no-progress"])
+    rc = cli_main(
+        ["prepare", "--data", str(tiny_case_root), "--cache", str(cache), "--cases", "0-1", "--no-progress"]
+    )
     assert rc == 0
     assert "2 cases" in capsys.readouterr().out
     assert sorted(load_cache_index(cache)["cases"]) == ["case_00000", "case_00001"]

@@ -42,6 +42,7 @@ from test_cli_errors import CASES, tiny_checkpoint, tree
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
     """``kitsmsan.cli.main(argv)`` in-process; returns (exit code, stderr)."""
     from kitsmsan.cli import main
@@ -110,6 +111,7 @@ def make_predictions(w: Path, *names: str) -> None:
 
 # -- disk full through the CLI ----------------------------------------------------------------------
 
+
 def disk_full(monkeypatch, after: int = 0) -> None:
     """Make ``os.fsync`` fail with ENOSPC after ``after`` successful calls.
 
@@ -129,17 +131,52 @@ def disk_full(monkeypatch, after: int = 0) -> None:
 
 #: (command, argv(world), the output the message must name); predictions are made first where needed
 DISK_FULL = {
-    "prepare": (lambda w: ["prepare", "--data", w / "data", "--cache", w / "cache", "--no-progress"], "cache"),
+    "prepare": (
+        lambda w: ["prepare", "--data", w / "data", "--cache", w / "cache", "--no-progress"],
+        "cache",
+    ),
     "predict": (lambda w: predict_argv(w, "new"), "new/prediction_00000.nii.gz"),
-    "evaluate": (lambda w: ["evaluate", "--pred", w / "p1", "--data", w / "data", "--out", w / "eval"],
-                 "eval/per_case.csv"),
-    "ensemble": (lambda w: ["ensemble", "--pred", w / "p1", w / "p2", "--out", w / "ens"],
-                 "ens/prediction_00000.nii.gz"),
-    "phantoms": (lambda w: ["phantoms", "--out", w / "ph", "--cases", "1", "--size", "32", "--slices", "6",
-                            "--no-progress"], "ph"),
-    "models": (lambda w: ["models", "--variants", "unet3d", "--base-channels", "4", "--input-shape",
-                          "1,1,4,32,32", "--json", w / "models.json"], "models.json"),
-    "stats": (lambda w: ["stats", "--data", w / "data", "--csv", w / "stats.csv", "--no-progress"], "stats.csv"),
+    "evaluate": (
+        lambda w: ["evaluate", "--pred", w / "p1", "--data", w / "data", "--out", w / "eval"],
+        "eval/per_case.csv",
+    ),
+    "ensemble": (
+        lambda w: ["ensemble", "--pred", w / "p1", w / "p2", "--out", w / "ens"],
+        "ens/prediction_00000.nii.gz",
+    ),
+    "phantoms": (
+        lambda w: [
+            "phantoms",
+            "--out",
+            w / "ph",
+            "--cases",
+            "1",
+            "--size",
+            "32",
+            "--slices",
+            "6",
+            "--no-progress",
+        ],
+        "ph",
+    ),
+    "models": (
+        lambda w: [
+            "models",
+            "--variants",
+            "unet3d",
+            "--base-channels",
+            "4",
+            "--input-shape",
+            "1,1,4,32,32",
+            "--json",
+            w / "models.json",
+        ],
+        "models.json",
+    ),
+    "stats": (
+        lambda w: ["stats", "--data", w / "data", "--csv", w / "stats.csv", "--no-progress"],
+        "stats.csv",
+    ),
 }
 
 
@@ -159,8 +196,9 @@ def test_disk_full_gives_one_line_error_and_changes_nothing(world, capsys, monke
 
 
 @pytest.mark.slow
-def test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_completes(world, capsys,
-                                                                                     monkeypatch):
+def test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_completes(
+    world, capsys, monkeypatch
+):
     rc, err = run_cli(capsys, predict_argv(world, "clean"))
     assert rc == 0, err
     disk_full(monkeypatch, after=1)  # the first prediction is written, the second is not
@@ -181,6 +219,7 @@ def test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_com
 
 
 # -- kill -9 during predict -------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_kill_9_during_predict_then_rerun_equals_a_clean_run(world, capsys):
@@ -221,6 +260,7 @@ def test_kill_9_during_predict_then_rerun_equals_a_clean_run(world, capsys):
 
 
 # -- untrusted files --------------------------------------------------------------------------------
+
 
 def evil_checkpoint(path: Path, target: Path) -> Path:
     """A real kitsmsan checkpoint with one extra entry whose unpickling creates ``target``."""
@@ -280,8 +320,10 @@ def test_malicious_probability_file_in_ensemble_is_refused(world, capsys):
     np.load(world / "control.npy", allow_pickle=True)  # control: an unsafe load runs it
     assert control.exists()
     before = tree(world)
-    rc, err = run_cli(capsys, ["ensemble", "--pred", world / "p1", world / "p2", "--out", world / "ens",
-                               "--method", "average"])
+    rc, err = run_cli(
+        capsys,
+        ["ensemble", "--pred", world / "p1", world / "p2", "--out", world / "ens", "--method", "average"],
+    )
     assert rc == 2
     assert_one_line_error(err, "ensemble", str(bad), "pickled objects are refused")
     assert not pwned.exists()
@@ -292,8 +334,21 @@ def test_probability_file_of_the_wrong_kind_in_ensemble(world, capsys):
     make_predictions(world, "p1", "p2")
     bad = world / "p2" / "probs_00001.npy"
     np.save(bad, np.zeros((3, 16, 20), np.int64))  # 3-D integers, not (3, Z, Y, X) floats
-    rc, err = run_cli(capsys, ["ensemble", "--pred", world / "p1", world / "p2", "--out", world / "ens",
-                               "--method", "average", "--cases", "1"])
+    rc, err = run_cli(
+        capsys,
+        [
+            "ensemble",
+            "--pred",
+            world / "p1",
+            world / "p2",
+            "--out",
+            world / "ens",
+            "--method",
+            "average",
+            "--cases",
+            "1",
+        ],
+    )
     assert rc == 2
     assert_one_line_error(err, "ensemble", str(bad), "int64")
     assert not (world / "ens").exists()
@@ -306,8 +361,21 @@ def test_probability_file_with_nan_is_named_in_ensemble(world, capsys):
     probs = np.load(bad)
     probs[0, 0, 0, 0] = np.nan
     np.save(bad, probs)
-    rc, err = run_cli(capsys, ["ensemble", "--pred", world / "p1", world / "p2", "--out", world / "ens",
-                               "--method", "average", "--cases", "1"])
+    rc, err = run_cli(
+        capsys,
+        [
+            "ensemble",
+            "--pred",
+            world / "p1",
+            world / "p2",
+            "--out",
+            world / "ens",
+            "--method",
+            "average",
+            "--cases",
+            "1",
+        ],
+    )
     assert rc == 2
     line = assert_one_line_error(err, "ensemble", str(bad), "NaN or infinite")
     assert "prob_maps[" not in line
@@ -315,6 +383,7 @@ def test_probability_file_with_nan_is_named_in_ensemble(world, capsys):
 
 
 # -- paths never leave the output folder ------------------------------------------------------------
+
 
 def test_output_file_symlinked_outside_is_refused_by_predict(world, capsys):
     victim = world / "victim.txt"
@@ -363,15 +432,33 @@ def test_hostile_folder_names_in_the_data_folder_write_nothing_outside(world, ca
     assert all(p == "out" or p.startswith("out/") for p in new), new
     assert {k: v for k, v in after.items() if k in before} == before  # nothing outside changed
     assert sorted(p.name for p in (world / "out").iterdir()) == [
-        ".kitsmsan-output.json", "predict.json", "prediction_00000.nii.gz", "prediction_00001.nii.gz", "prediction_00005.nii.gz"]
+        ".kitsmsan-output.json",
+        "predict.json",
+        "prediction_00000.nii.gz",
+        "prediction_00001.nii.gz",
+        "prediction_00005.nii.gz",
+    ]
 
 
 def test_phantoms_out_writes_only_inside_it(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
     (tmp_path / "sub").mkdir()
     before = tree(tmp_path)
-    rc, err = run_cli(capsys, ["phantoms", "--out", tmp_path / "sub" / ".." / "ph", "--cases", "2",
-                               "--size", "32", "--slices", "6", "--no-progress"])
+    rc, err = run_cli(
+        capsys,
+        [
+            "phantoms",
+            "--out",
+            tmp_path / "sub" / ".." / "ph",
+            "--cases",
+            "2",
+            "--size",
+            "32",
+            "--slices",
+            "6",
+            "--no-progress",
+        ],
+    )
     assert rc == 0, err
     after = tree(tmp_path)
     new = sorted(set(after) - set(before))
@@ -381,6 +468,7 @@ def test_phantoms_out_writes_only_inside_it(tmp_path, capsys):
 
 
 # -- outputs pointed at real data: refused, nothing replaced ---------------------------------------
+
 
 def _digests(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -396,10 +484,16 @@ def test_prepare_refuses_a_cache_that_is_a_data_folder(world, capsys, cache):
         image, label, spacing = make_tiny_case("case_00000")
         save_case(world / "other", "case_00000", image, label, spacing)
     before, contents = tree(world), _digests(world)
-    rc, err = run_cli(capsys, ["prepare", "--data", world / "data", "--cache", world / cache, "--no-progress"])
+    rc, err = run_cli(
+        capsys, ["prepare", "--data", world / "data", "--cache", world / cache, "--no-progress"]
+    )
     assert rc == 2
-    assert_one_line_error(err, "prepare", str(world / cache), "differ from the data folder"
-                          if cache == "data" else "not a file of a kitsmsan cache")
+    assert_one_line_error(
+        err,
+        "prepare",
+        str(world / cache),
+        "differ from the data folder" if cache == "data" else "not a file of a kitsmsan cache",
+    )
     assert tree(world) == before and _digests(world) == contents
 
 
@@ -415,14 +509,25 @@ def test_phantoms_refuse_to_overwrite_real_cases(world, capsys, kind):
     argv += ["--size", "32", "--slices", "6"] if kind == "pure" else ["--from-labels", world / "labels"]
     rc, err = run_cli(capsys, argv)
     assert rc == 2
-    assert_one_line_error(err, "phantoms", str(world / "data"), "case_00000", "not an output folder of 'kitsmsan "
-                          "phantoms'")
+    assert_one_line_error(
+        err, "phantoms", str(world / "data"), "case_00000", "not an output folder of 'kitsmsan phantoms'"
+    )
     assert tree(world) == before and _digests(world) == contents
 
 
 def test_phantoms_rerun_into_its_own_folder_is_allowed(tmp_path, capsys):
-    argv = ["phantoms", "--out", tmp_path / "ph", "--cases", "1", "--size", "32", "--slices", "6",
-            "--no-progress"]
+    argv = [
+        "phantoms",
+        "--out",
+        tmp_path / "ph",
+        "--cases",
+        "1",
+        "--size",
+        "32",
+        "--slices",
+        "6",
+        "--no-progress",
+    ]
     assert run_cli(capsys, argv)[0] == 0
     first = _digests(tmp_path / "ph")
     assert run_cli(capsys, argv)[0] == 0  # listed in phantoms.json: rewritten, same bytes

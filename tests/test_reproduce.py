@@ -30,8 +30,13 @@ TINY = dict(num_iters=3, model={"base_channels": 4}, eval_cases=0, threads=1, ck
 def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
     monkeypatch.delenv("KITSMSAN_LABELS", raising=False)
     out = tmp_path / "repro"
-    paths = reproduce("smoke", out, overrides=TINY, progress=False,
-                      data_options=dict(size=32, num_slices=8, pure_cases=3, pure_train="0-1", pure_test="2"))
+    paths = reproduce(
+        "smoke",
+        out,
+        overrides=TINY,
+        progress=False,
+        data_options=dict(size=32, num_slices=8, pure_cases=3, pure_train="0-1", pure_test="2"),
+    )
     for p in paths.values():
         assert p.is_file(), p
     doc = json.loads(paths["table_json"].read_text())
@@ -42,7 +47,10 @@ def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
         assert key in prov
     rows = {r["key"]: r for r in doc["rows"]}
     assert list(rows) == ["unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds", "ensemble"]
-    assert rows["ensemble"]["paper_kits19_averaged"] == 79.63 and rows["msan_v1_ds"]["paper_kits19_kidney"] is None
+    assert (
+        rows["ensemble"]["paper_kits19_averaged"] == 79.63
+        and rows["msan_v1_ds"]["paper_kits19_kidney"] is None
+    )
     assert all(0 <= r["ours_kidney"] <= 100 for r in rows.values())
     assert all(r["postprocess_k"] == 2 for r in rows.values()) and "k=2" in prov["postprocess"]
     md = paths["table_md"].read_text()
@@ -57,13 +65,19 @@ def test_tiny_reproduce_writes_the_table_with_provenance(tmp_path, monkeypatch):
     ensemble = load_label(preds / "ensemble" / "prediction_00002.nii.gz")[0]
     np.testing.assert_array_equal(ensemble, majority_vote(five, rule="nested"))
     assert json.loads((preds / "ensemble" / "ensemble.json").read_text())["inputs"] == [
-        str(preds / v) for v in ENSEMBLE]
+        str(preds / v) for v in ENSEMBLE
+    ]
     assert rows["ensemble"]["model"] == "Ensembled Model" and "nested-region vote" in prov["ensemble"]
     # a re-run skips finished runs (nothing retrained: checkpoints untouched)
     last = out / "runs" / "msan_v1" / "checkpoints" / "last.pt"
     stamp = last.stat().st_mtime_ns
-    reproduce("smoke", out, overrides=TINY, progress=False,
-              data_options=dict(size=32, num_slices=8, pure_cases=3, pure_train="0-1", pure_test="2"))
+    reproduce(
+        "smoke",
+        out,
+        overrides=TINY,
+        progress=False,
+        data_options=dict(size=32, num_slices=8, pure_cases=3, pure_train="0-1", pure_test="2"),
+    )
     assert last.stat().st_mtime_ns == stamp
 
 
@@ -73,8 +87,15 @@ def test_tiny_reproduce_on_label_conditioned_phantoms(tmp_path, kits_labels_dir)
     """--labels: real segmentations (2 train + 1 test case), cropped along z and resampled to ~5 mm."""
     out = tmp_path / "repro"
     options = dict(size=32, anatomy_train="0-1", anatomy_test="180")
-    paths = reproduce("smoke", out, labels=kits_labels_dir, variants=("msan_v1",), overrides=TINY,
-                      data_options=options, progress=False)
+    paths = reproduce(
+        "smoke",
+        out,
+        labels=kits_labels_dir,
+        variants=("msan_v1",),
+        overrides=TINY,
+        data_options=options,
+        progress=False,
+    )
     prov = json.loads(paths["table_json"].read_text())["provenance"]
     assert prov["data_kind"] == DATA_ANATOMY and prov["num_train_cases"] == 2 and prov["num_test_cases"] == 1
     meta = json.loads((out / "data" / "phantoms.json").read_text())
@@ -83,24 +104,37 @@ def test_tiny_reproduce_on_label_conditioned_phantoms(tmp_path, kits_labels_dir)
         assert entry["spacing"][0] == pytest.approx(5.0, rel=0.2), cid
         assert entry["shape"][0] < entry["source_shape"][0] and max(entry["shape"][1:]) == 32, cid
     per_case = pd.read_csv(paths["per_case"])
-    assert set(per_case["case_id"]) == {"case_00180"} and set(per_case["model"]) == {"msan_v1"}  # no vote of one
+    assert set(per_case["case_id"]) == {"case_00180"} and set(per_case["model"]) == {
+        "msan_v1"
+    }  # no vote of one
 
 
 def test_table_never_labels_phantom_numbers_as_kits19():
-    scores = {"msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_k2": 0.75, "averaged_raw": 0.6}}
+    scores = {
+        "msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_k2": 0.75, "averaged_raw": 0.6}
+    }
     md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke")
     assert "Ours, pure phantoms — not KiTS19" in md
     assert rows[0]["ours_averaged"] == pytest.approx(70.0) and rows[0]["paper_kits19_averaged"] == 74.23
     assert rows[0]["ours_averaged_k2"] == pytest.approx(75.0)
-    assert "| MSAN-V1 | 90.00 | 50.00 | 70.00 | 92.47 | 56.00 | 74.23 |" in md     # ours beside the paper's
-    assert "| MSAN-V1 | 70.00 | 75.00 | 60.00 |" in md                           # post-processing table
+    assert "| MSAN-V1 | 90.00 | 50.00 | 70.00 | 92.47 | 56.00 | 74.23 |" in md  # ours beside the paper's
+    assert "| MSAN-V1 | 70.00 | 75.00 | 60.00 |" in md  # post-processing table
     md, _ = table1(scores, data_kind=DATA_KITS, iterations={"msan_v1": 10}, preset="paper")
     assert "Ours, KiTS19" in md and "not KiTS19" not in md
 
 
 def test_table_headline_k2_puts_the_literal_k1_beside_it():
-    scores = {"msan_v1": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "kidney_k1": 0.6,
-                          "averaged_k1": 0.55, "averaged_k2": 0.7, "averaged_raw": 0.65}}
+    scores = {
+        "msan_v1": {
+            "kidney": 0.9,
+            "tumor": 0.5,
+            "averaged": 0.7,
+            "kidney_k1": 0.6,
+            "averaged_k1": 0.55,
+            "averaged_k2": 0.7,
+            "averaged_raw": 0.65,
+        }
+    }
     md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke", headline_k=2)
     assert "k = 2" in md and "Kidney, k = 1 (paper, literal)" in md
     assert "| MSAN-V1 | 90.00 | 50.00 | 70.00 | 92.47 | 56.00 | 74.23 |" in md
@@ -168,15 +202,23 @@ def test_table1_scores_by_hand():
     values = {0: [(0.8, 0.2), (0.6, 0.4)], 1: [(0.5, 0.2), (0.3, 0.4)], 2: [(0.9, 0.3), (0.7, 0.5)]}
     for k, cases in values.items():
         for i, (kid, tum) in enumerate(cases):
-            rows.append({"model": "msan_v1", "postprocess": k, "case_id": f"case_{i:05d}", "kidney": kid,
-                         "tumor": tum, "composite": (kid + tum) / 2})
+            rows.append(
+                {
+                    "model": "msan_v1",
+                    "postprocess": k,
+                    "case_id": f"case_{i:05d}",
+                    "kidney": kid,
+                    "tumor": tum,
+                    "composite": (kid + tum) / 2,
+                }
+            )
     scores = table1_scores(pd.DataFrame(rows), headline_k=2)["msan_v1"]
     assert scores["kidney"] == pytest.approx(0.8) and scores["tumor"] == pytest.approx(0.4)
-    assert scores["averaged"] == pytest.approx(0.6)         # mean(0.8, 0.4), the paper's "averaged"
+    assert scores["averaged"] == pytest.approx(0.6)  # mean(0.8, 0.4), the paper's "averaged"
     assert scores["kidney_k1"] == pytest.approx(0.4)
-    assert scores["averaged_k1"] == pytest.approx(0.35)     # mean(0.4, 0.3)
+    assert scores["averaged_k1"] == pytest.approx(0.35)  # mean(0.4, 0.3)
     assert scores["averaged_k2"] == pytest.approx(0.6)
-    assert scores["averaged_raw"] == pytest.approx(0.5)     # mean(0.7, 0.3)
+    assert scores["averaged_raw"] == pytest.approx(0.5)  # mean(0.7, 0.3)
     with pytest.raises(DataError, match="postprocess=1"):
         table1_scores(pd.DataFrame([r for r in rows if r["postprocess"] != 1]))
 
@@ -184,7 +226,11 @@ def test_table1_scores_by_hand():
 def test_ensembled_model_only_when_all_five_took_part():
     assert vote_key(ENSEMBLE) == "ensemble" and vote_key(tuple(reversed(ENSEMBLE))) == "ensemble"
     assert vote_key(ENSEMBLE[:4]) == "vote" and vote_key(("msan_v1", "msan_v2")) == "vote"
-    scores = {"vote": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_k2": 0.75, "averaged_raw": 0.6}}
+    scores = {
+        "vote": {"kidney": 0.9, "tumor": 0.5, "averaged": 0.7, "averaged_k2": 0.75, "averaged_raw": 0.6}
+    }
     md, rows = table1(scores, data_kind=DATA_PURE, iterations={"msan_v1": 10}, preset="smoke")
     assert "Ensembled Model" not in md and rows[0]["model"] == MODEL_NAMES["vote"]
-    assert rows[0]["paper_kits19_averaged"] is None  # a subset's vote is never put beside the paper's ensemble
+    assert (
+        rows[0]["paper_kits19_averaged"] is None
+    )  # a subset's vote is never put beside the paper's ensemble

@@ -43,9 +43,16 @@ def test_every_setting_has_a_resume_rule():
 #: (override, expected): "refuse" -> exit 2 naming the key, config.json unchanged; "apply" -> the
 #: resumed run records it; "below" -> num_iters under the iteration reached is refused
 RESUME_CASES = [
-    ("lr=0.5", "refuse"), ("batch_size=4", "refuse"), ("seed=3", "refuse"), ("train_cases=0-1", "refuse"),
-    ("run_dir=/elsewhere", "refuse"), ("model.base_channels=8", "refuse"), ("amp=off", "refuse"),
-    ("num_iters=3", "below"), ("num_iters=7", "apply"), ("log_every=1", "apply"),
+    ("lr=0.5", "refuse"),
+    ("batch_size=4", "refuse"),
+    ("seed=3", "refuse"),
+    ("train_cases=0-1", "refuse"),
+    ("run_dir=/elsewhere", "refuse"),
+    ("model.base_channels=8", "refuse"),
+    ("amp=off", "refuse"),
+    ("num_iters=3", "below"),
+    ("num_iters=7", "apply"),
+    ("log_every=1", "apply"),
 ]
 
 
@@ -58,8 +65,17 @@ def test_resume_rule_per_setting(finished_run, tmp_path, capsys, override, expec
     (run / "summary.json").unlink()  # unfinished: the resume really runs
     config_before = (run / "config.json").read_text()
     key, value = override.split("=", 1)
-    rc, err = _cli(capsys, "train", "--resume", run, "--set", override, "--set", "num_iters=7"
-                   if key != "num_iters" else "log_every=5", "--no-progress")
+    rc, err = _cli(
+        capsys,
+        "train",
+        "--resume",
+        run,
+        "--set",
+        override,
+        "--set",
+        "num_iters=7" if key != "num_iters" else "log_every=5",
+        "--no-progress",
+    )
     if expected == "apply":
         assert rc == 0, err
         recorded = json.loads((run / "config.json").read_text())
@@ -69,7 +85,9 @@ def test_resume_rule_per_setting(finished_run, tmp_path, capsys, override, expec
         return
     assert rc == 2
     assert f"--set {key.split('.')[0]}" in err  # names the setting
-    assert ("below the iteration the run reached (5)" if expected == "below" else "cannot change on --resume") in err
+    assert (
+        "below the iteration the run reached (5)" if expected == "below" else "cannot change on --resume"
+    ) in err
     assert (run / "config.json").read_text() == config_before
 
 
@@ -114,8 +132,12 @@ HOLDER = textwrap.dedent("""
 def test_the_lock_of_a_killed_process_is_stale(tmp_path):
     """A real process takes the lock and is killed with SIGKILL (no cleanup runs): while it lives the
     lock is refused, once it is dead the lock is detected as stale and taken over."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+    )
     try:
         assert proc.stdout.readline().strip() == b"locked"
         with pytest.raises(ConfigError, match=f"in use by pid {proc.pid}"):

@@ -29,8 +29,8 @@ def _two_kidneys():
 
 def test_case_statistics_by_hand():
     label = _two_kidneys()
-    label[9, 11, 11] = KIDNEY          # a stray voxel: third component
-    label[4, 4, 4] = KIDNEY            # touches kidney A only at a corner: same 26-component
+    label[9, 11, 11] = KIDNEY  # a stray voxel: third component
+    label[4, 4, 4] = KIDNEY  # touches kidney A only at a corner: same 26-component
     s = stats.case_statistics(_case(label))
     voxel_ml = 2.0 * 0.5 * 0.5 / 1000  # 0.0005 ml
     assert s["case_id"] == "case_00007" and (s["slices"], s["rows"], s["cols"]) == (10, 12, 12)
@@ -40,7 +40,7 @@ def test_case_statistics_by_hand():
     assert s["kidney_region_ml"] == pytest.approx(37 * voxel_ml)
     assert s["kidney_components"] == 3 and s["kidney_components_1ml"] == 0
     assert s["tumor_components"] == 1
-    assert s["kidney_slice_fraction"] == pytest.approx(7 / 10)   # slices 1, 2, 3, 4, 6, 7, 9
+    assert s["kidney_slice_fraction"] == pytest.approx(7 / 10)  # slices 1, 2, 3, 4, 6, 7, 9
     assert s["tumor_slice_fraction"] == pytest.approx(1 / 10)
     assert set(stats.STAT_COLUMNS) == set(s)
 
@@ -111,7 +111,7 @@ def test_hu_histograms_by_hand():
     np.testing.assert_array_equal(h["edges"], [0, 10, 20, 30])
     np.testing.assert_array_equal(h["background"], [2, 0, 0])  # -5000 clipped into the first bin
     np.testing.assert_array_equal(h["kidney"], [0, 2, 0])
-    np.testing.assert_array_equal(h["tumor"], [0, 0, 2])      # 5000 clipped into the last bin
+    np.testing.assert_array_equal(h["tumor"], [0, 0, 2])  # 5000 clipped into the last bin
     twice = stats.hu_histograms([(image, label), (image, label)], bins=[0, 10, 20, 30])
     np.testing.assert_array_equal(twice["kidney"], [0, 4, 0])
     with pytest.raises(DataError, match="differs"):
@@ -181,8 +181,21 @@ def test_cli_stats(tiny_case_root, tmp_path, capsys):
     assert main(["stats", "--data", str(tiny_case_root), "--csv", str(out), "--no-progress"]) == 0
     assert "statistics of 3 cases" in capsys.readouterr().out
     assert stats.read_table(out)["slices"].tolist() == [10, 3, 12]
-    assert main(["stats", "--data", str(tiny_case_root), "--ceiling", "--labels-only",
-                 "--cases-range", "0-1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "stats",
+                "--data",
+                str(tiny_case_root),
+                "--ceiling",
+                "--labels-only",
+                "--cases-range",
+                "0-1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "k=1" in capsys.readouterr().out
     assert main(["stats", "--data", str(tmp_path / "nothing"), "--no-progress"]) == 2
 
@@ -192,8 +205,10 @@ BOOK_DATA = Path(__file__).resolve().parent.parent / "book" / "data"
 
 def test_committed_book_tables_are_attributed_and_complete():
     """The derived KiTS19 tables shipped for the book: 190 cases, attribution line, sane values."""
-    for name, columns in (("kits19_label_stats.csv", stats.STAT_COLUMNS),
-                          ("postprocess_ceiling.csv", ("case_id", *stats.CEILING_COLUMNS))):
+    for name, columns in (
+        ("kits19_label_stats.csv", stats.STAT_COLUMNS),
+        ("postprocess_ceiling.csv", ("case_id", *stats.CEILING_COLUMNS)),
+    ):
         path = BOOK_DATA / name
         head = path.read_text().splitlines()[:3]
         assert any("CC BY-NC-SA 4.0" in line and line.startswith("#") for line in head)

@@ -13,11 +13,19 @@ def test_settings_hold_inside_and_are_restored_after_an_error():
     before = TorchState.capture()
     threads = 1 if before.threads != 1 else 2
     with pytest.raises(RuntimeError, match="inside"):
-        with torch_settings(threads=threads, cudnn_benchmark=not before.cudnn_benchmark,
-                            tf32=not before.tf32_matmul, deterministic=not before.deterministic) as inside:
+        with torch_settings(
+            threads=threads,
+            cudnn_benchmark=not before.cudnn_benchmark,
+            tf32=not before.tf32_matmul,
+            deterministic=not before.deterministic,
+        ) as inside:
             assert inside.threads == torch.get_num_threads() == threads
             assert torch.backends.cudnn.benchmark is (not before.cudnn_benchmark)
-            assert torch.backends.cuda.matmul.allow_tf32 is torch.backends.cudnn.allow_tf32 is (not before.tf32_matmul)
+            assert (
+                torch.backends.cuda.matmul.allow_tf32
+                is torch.backends.cudnn.allow_tf32
+                is (not before.tf32_matmul)
+            )
             assert torch.are_deterministic_algorithms_enabled() is (not before.deterministic)
             raise RuntimeError("inside")
     assert TorchState.capture() == before

@@ -36,8 +36,12 @@ def make_cases(root: Path, cache: Path, num_cases: int = 4, size: int = 32, dept
         image = (rng.normal(0, 20, (depth, size, size)) - 100).astype(np.float32)
         label = np.zeros((depth, size, size), np.uint8)
         cy, cx = size // 2 + rng.integers(-3, 4), size // 3 + rng.integers(-3, 4)
-        kidney = ((y - cy) / (size / 6)) ** 2 + ((x - cx) / (size / 8)) ** 2 + ((z - depth / 2) / (depth / 3)) ** 2 < 1
-        tumor = ((y - cy) / (size / 14)) ** 2 + ((x - cx) / (size / 14)) ** 2 + ((z - depth / 2) / (depth / 5)) ** 2 < 1
+        kidney = ((y - cy) / (size / 6)) ** 2 + ((x - cx) / (size / 8)) ** 2 + (
+            (z - depth / 2) / (depth / 3)
+        ) ** 2 < 1
+        tumor = ((y - cy) / (size / 14)) ** 2 + ((x - cx) / (size / 14)) ** 2 + (
+            (z - depth / 2) / (depth / 5)
+        ) ** 2 < 1
         label[kidney], image[kidney] = 1, image[kidney] + 250
         label[tumor], image[tumor] = 2, image[tumor] + 150
         save_case(root, f"case_{c:05d}", image, label, (3.0, 1.0, 1.0))
@@ -52,10 +56,25 @@ def data(tmp_path_factory):
 
 
 def tiny_config(data: Path, run_dir: Path, **overrides) -> TrainConfig:
-    settings = dict(variant="msan_v1", data_root=str(data / "data"), cache_dir=str(data / "cache"),
-                    run_dir=str(run_dir), train_cases="0-2", test_cases="3", num_iters=10, lr_step=4,
-                    lr_gamma=0.5, log_every=5, ckpt_every=5, eval_every=0, eval_cases=1, workers=0,
-                    model={"base_channels": 4}, progress=False, threads=1)
+    settings = dict(
+        variant="msan_v1",
+        data_root=str(data / "data"),
+        cache_dir=str(data / "cache"),
+        run_dir=str(run_dir),
+        train_cases="0-2",
+        test_cases="3",
+        num_iters=10,
+        lr_step=4,
+        lr_gamma=0.5,
+        log_every=5,
+        ckpt_every=5,
+        eval_every=0,
+        eval_cases=1,
+        workers=0,
+        model={"base_channels": 4},
+        progress=False,
+        threads=1,
+    )
     settings.update(overrides)
     return TrainConfig.from_preset("smoke", **settings)
 
@@ -72,8 +91,14 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 def test_end_to_end_smoke_writes_a_self_describing_run(data, tmp_path):
     run = train(tiny_config(data, tmp_path / "run", eval_every=5))
-    for name in ("config.json", "env.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
-                 "checkpoints/best.pt"):
+    for name in (
+        "config.json",
+        "env.json",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run / name).is_file(), name
     assert TrainConfig.from_json(run / "config.json").num_iters == 10
     assert "commit" in json.loads((run / "env.json").read_text())
@@ -101,9 +126,16 @@ def test_resume_equals_uninterrupted_run(data, tmp_path):
     assert ckpt.load_checkpoint(half / "checkpoints" / "last.pt")["iteration"] == 4
     resumed = resume(half, num_iters=8)
     assert_same_weights(weights(straight), weights(resumed))
-    a, b = ckpt.load_checkpoint(straight / "checkpoints/last.pt"), ckpt.load_checkpoint(resumed / "checkpoints/last.pt")
+    a, b = (
+        ckpt.load_checkpoint(straight / "checkpoints/last.pt"),
+        ckpt.load_checkpoint(resumed / "checkpoints/last.pt"),
+    )
     assert a["scheduler"] == b["scheduler"]
-    assert [r["iteration"] for r in read_metrics(resumed) if "loss" in r] == [4, 5, 8]  # 4 = end of the first half
+    assert [r["iteration"] for r in read_metrics(resumed) if "loss" in r] == [
+        4,
+        5,
+        8,
+    ]  # 4 = end of the first half
 
 
 def test_training_restores_process_wide_torch_state(data, tmp_path):
@@ -144,8 +176,11 @@ def test_full_disk_while_writing_run_files_names_the_file(data, tmp_path, monkey
 
     import kitsmsan.train.loop as loop
 
-    real = {"atomic_write_text": loop.atomic_write_text, "atomic_write_json": loop.atomic_write_json,
-            "open": open}
+    real = {
+        "atomic_write_text": loop.atomic_write_text,
+        "atomic_write_json": loop.atomic_write_json,
+        "open": open,
+    }
 
     def full(fn_name, path, *args, **kwargs):
         if Path(path).name == name:
@@ -159,10 +194,37 @@ def test_full_disk_while_writing_run_files_names_the_file(data, tmp_path, monkey
         train(tiny_config(data, run_dir, num_iters=2, log_every=1, eval_cases=0))
     if name == "config.json":  # nothing written yet: the new run folder is removed again
         assert not run_dir.exists()
-    assert _cli("train", "--preset", "smoke", "--variant", "msan_v1", "--data", data / "data", "--cache",
-                data / "cache", "--out", tmp_path / "cli", "--no-progress", "--set", "num_iters=2",
-                "--set", "log_every=1", "--set", "model.base_channels=4", "--set", "train_cases=0-2",
-                "--set", "test_cases=3", "--set", "eval_cases=0", "--set", "threads=1") == 2
+    assert (
+        _cli(
+            "train",
+            "--preset",
+            "smoke",
+            "--variant",
+            "msan_v1",
+            "--data",
+            data / "data",
+            "--cache",
+            data / "cache",
+            "--out",
+            tmp_path / "cli",
+            "--no-progress",
+            "--set",
+            "num_iters=2",
+            "--set",
+            "log_every=1",
+            "--set",
+            "model.base_channels=4",
+            "--set",
+            "train_cases=0-2",
+            "--set",
+            "test_cases=3",
+            "--set",
+            "eval_cases=0",
+            "--set",
+            "threads=1",
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and name in err[0] and "No space left on device" in err[0]
 
@@ -227,10 +289,35 @@ def test_resume_with_a_checkpoint_of_another_variant_is_refused(data, tmp_path):
 
 
 def test_cli_train_and_bad_set(data, tmp_path, capsys):
-    assert _cli("train", "--preset", "smoke", "--variant", "unet3d", "--data", data / "data", "--cache",
-                data / "cache", "--out", tmp_path, "--no-progress", "--set", "num_iters=3",
-                "--set", "model.base_channels=4", "--set", "train_cases=0-2", "--set", "test_cases=3",
-                "--set", "eval_cases=0", "--set", "threads=1") == 0
+    assert (
+        _cli(
+            "train",
+            "--preset",
+            "smoke",
+            "--variant",
+            "unet3d",
+            "--data",
+            data / "data",
+            "--cache",
+            data / "cache",
+            "--out",
+            tmp_path,
+            "--no-progress",
+            "--set",
+            "num_iters=3",
+            "--set",
+            "model.base_channels=4",
+            "--set",
+            "train_cases=0-2",
+            "--set",
+            "test_cases=3",
+            "--set",
+            "eval_cases=0",
+            "--set",
+            "threads=1",
+        )
+        == 0
+    )
     assert weights(tmp_path / "unet3d")
     assert _cli("train", "--data", data / "data", "--out", tmp_path / "x", "--set", "num_iters=-5") == 2
     assert "num_iters=-5" in capsys.readouterr().err
@@ -244,20 +331,56 @@ def test_kill_9_at_random_points_then_resume_gives_identical_weights(data, tmp_p
     n = 40
     straight = train(tiny_config(data, tmp_path / "straight", num_iters=n, ckpt_every=1, log_every=3))
     out = tmp_path / "killed"
-    common = ["--set", f"num_iters={n}", "--set", "ckpt_every=1", "--set", "log_every=3",
-              "--set", "lr_step=4", "--set", "lr_gamma=0.5", "--set", "train_cases=0-2",
-              "--set", "test_cases=3", "--set", "eval_cases=1", "--set", "eval_every=0",
-              "--set", "model.base_channels=4", "--set", "threads=1"]
-    first = [sys.executable, "-m", "kitsmsan", "train", "--preset", "smoke", "--variant", "msan_v1",
-             "--data", str(data / "data"), "--cache", str(data / "cache"), "--out", str(out),
-             "--no-progress", *common]
+    common = [
+        "--set",
+        f"num_iters={n}",
+        "--set",
+        "ckpt_every=1",
+        "--set",
+        "log_every=3",
+        "--set",
+        "lr_step=4",
+        "--set",
+        "lr_gamma=0.5",
+        "--set",
+        "train_cases=0-2",
+        "--set",
+        "test_cases=3",
+        "--set",
+        "eval_cases=1",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "model.base_channels=4",
+        "--set",
+        "threads=1",
+    ]
+    first = [
+        sys.executable,
+        "-m",
+        "kitsmsan",
+        "train",
+        "--preset",
+        "smoke",
+        "--variant",
+        "msan_v1",
+        "--data",
+        str(data / "data"),
+        "--cache",
+        str(data / "cache"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *common,
+    ]
     again = [sys.executable, "-m", "kitsmsan", "train", "--resume", str(out / "msan_v1"), "--no-progress"]
     rng = random.Random(1234)
     last = out / "msan_v1" / "checkpoints" / "last.pt"
     kills, iteration = 0, 0
     for attempt in range(3):
-        proc = subprocess.Popen(first if attempt == 0 else again, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            first if attempt == 0 else again, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             deadline = time.time() + 60
             while True:  # wait for training to make progress past the previous kill
@@ -295,8 +418,13 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, config_json: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
     from kitsmsan.data import dataset as ds_mod
     from kitsmsan.train.distributed import cleanup
 
@@ -323,8 +451,9 @@ def test_ddp_two_gloo_processes_shard_samples_and_agree_on_weights(data, tmp_pat
     import torch.multiprocessing as mp
 
     config = tiny_config(data, tmp_path / "ddp", num_iters=4, batch_size=2, eval_cases=0)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), json.dumps(config.to_dict()), str(tmp_path)), nprocs=2,
-             join=True)
+    mp.spawn(
+        _ddp_worker, args=(2, _free_port(), json.dumps(config.to_dict()), str(tmp_path)), nprocs=2, join=True
+    )
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert seen[0] == [i for it in range(4) for i in sample_indices(it, 0, 2, 2)]
     assert seen[1] == [i for it in range(4) for i in sample_indices(it, 1, 2, 2)]

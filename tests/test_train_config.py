@@ -21,9 +21,15 @@ def test_paper_preset_is_the_papers_recipe():
     assert not TrainConfig.from_preset("paper", variant="msan_v2").use_deep_supervision
 
 
-@pytest.mark.parametrize("variant,forced,expected", [
-    ("msan_v1", None, False), ("msan_v1_ds", None, True), ("unet3d", True, True), ("msan_v2_ds", False, False),
-])
+@pytest.mark.parametrize(
+    "variant,forced,expected",
+    [
+        ("msan_v1", None, False),
+        ("msan_v1_ds", None, True),
+        ("unet3d", True, True),
+        ("msan_v2_ds", False, False),
+    ],
+)
 def test_deep_supervision_follows_variant_unless_forced(variant, forced, expected):
     assert TrainConfig(variant=variant, deep_supervision=forced).use_deep_supervision is expected
 
@@ -36,22 +42,25 @@ def test_json_round_trip(tmp_path):
     assert back == cfg and back.to_dict() == json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("overrides,names", [
-    ({"num_iter": 5}, "'num_iter'"),                       # unknown key (typo)
-    ({"num_iters": "100"}, "num_iters='100'"),            # wrong type
-    ({"num_iters": 2.5}, "num_iters=2.5"),                # float for int
-    ({"channels_last": 1}, "channels_last=1"),            # int for bool
-    ({"num_iters": -10}, "num_iters=-10"),                # negative
-    ({"num_iters": 0}, "num_iters=0"),                    # zero
-    ({"batch_size": 0}, "batch_size=0"),
-    ({"amp": "fp8"}, "amp='fp8'"),                        # bad amp value
-    ({"variant": "msan_v3"}, "variant='msan_v3'"),        # unknown variant
-    ({"lr": 0}, "lr=0"),
-    ({"lr_gamma": 1.5}, "lr_gamma=1.5"),
-    ({"device": "tpu"}, "device='tpu'"),
-    ({"loss": "ce"}, "loss='ce'"),
-    ({"fg_fraction": 1.5}, "fg_fraction=1.5"),
-])
+@pytest.mark.parametrize(
+    "overrides,names",
+    [
+        ({"num_iter": 5}, "'num_iter'"),  # unknown key (typo)
+        ({"num_iters": "100"}, "num_iters='100'"),  # wrong type
+        ({"num_iters": 2.5}, "num_iters=2.5"),  # float for int
+        ({"channels_last": 1}, "channels_last=1"),  # int for bool
+        ({"num_iters": -10}, "num_iters=-10"),  # negative
+        ({"num_iters": 0}, "num_iters=0"),  # zero
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"amp": "fp8"}, "amp='fp8'"),  # bad amp value
+        ({"variant": "msan_v3"}, "variant='msan_v3'"),  # unknown variant
+        ({"lr": 0}, "lr=0"),
+        ({"lr_gamma": 1.5}, "lr_gamma=1.5"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"loss": "ce"}, "loss='ce'"),
+        ({"fg_fraction": 1.5}, "fg_fraction=1.5"),
+    ],
+)
 def test_bad_settings_raise_config_error_naming_key_and_value(overrides, names):
     with pytest.raises(ConfigError, match=None) as err:
         TrainConfig.from_preset("smoke", **overrides)
@@ -83,10 +92,26 @@ def test_replace_validates():
 
 
 def test_parse_overrides():
-    got = parse_overrides(["num_iters=100", "amp=bf16", "lr=1e-4", "crop_size=null", "compile=true",
-                           "model.base_channels=8", 'ds_weights=[0.5, 0.25, 0.25]'])
-    assert got == {"num_iters": 100, "amp": "bf16", "lr": 1e-4, "crop_size": None, "compile": True,
-                   "model": {"base_channels": 8}, "ds_weights": [0.5, 0.25, 0.25]}
+    got = parse_overrides(
+        [
+            "num_iters=100",
+            "amp=bf16",
+            "lr=1e-4",
+            "crop_size=null",
+            "compile=true",
+            "model.base_channels=8",
+            "ds_weights=[0.5, 0.25, 0.25]",
+        ]
+    )
+    assert got == {
+        "num_iters": 100,
+        "amp": "bf16",
+        "lr": 1e-4,
+        "crop_size": None,
+        "compile": True,
+        "model": {"base_channels": 8},
+        "ds_weights": [0.5, 0.25, 0.25],
+    }
     with pytest.raises(ConfigError, match="'num_iters'"):
         parse_overrides(["num_iters"])
 
@@ -129,8 +154,11 @@ def test_reproduce_splits_keep_validation_off_the_test_cases(preset):
     from kitsmsan.reproduce import REPRODUCE_DATA
 
     spec, cfg = REPRODUCE_DATA[preset], TrainConfig.from_preset(preset)
-    pairs = [(spec["train"], spec["test"])] if preset == "paper" else [
-        (spec["pure_train"], spec["pure_test"]), (spec["anatomy_train"], spec["anatomy_test"])]
+    pairs = (
+        [(spec["train"], spec["test"])]
+        if preset == "paper"
+        else [(spec["pure_train"], spec["pure_test"]), (spec["anatomy_train"], spec["anatomy_test"])]
+    )
     for train, test in pairs:
         split = _split(train, test)
         val = validation_cases(split["train"], cfg.eval_cases)
@@ -167,7 +195,16 @@ def test_the_decisions_page_names_what_the_paper_preset_adds():
 
     from kitsmsan.train.config import PAPER_UNSTATED
 
-    text = (Path(__file__).parents[1] / "book" / "fragments" / "decisions-training.md").read_text(encoding="utf-8")
-    for key in ("fg_fraction", "tumor_fraction", "dice_include_background", "eval_cases", "ds_weights", "model"):
+    text = (Path(__file__).parents[1] / "book" / "fragments" / "decisions-training.md").read_text(
+        encoding="utf-8"
+    )
+    for key in (
+        "fg_fraction",
+        "tumor_fraction",
+        "dice_include_background",
+        "eval_cases",
+        "ds_weights",
+        "model",
+    ):
         assert key in PAPER_UNSTATED and f"`{key}`" in text, key
     assert "0.5" in text and "0.25" in text and "s = 4" in text

@@ -29,7 +29,13 @@ from kitsmsan.reproduce import PAPER_TABLE1
 
 
 def test_defaults_are_stated_and_used():
-    assert (u.CONFIDENCE, u.N_RESAMPLES, u.SEED, u.DEGENERATE_FLOOR, u.MIN_CASES) == (0.95, 10_000, 0, 0.01, 5)
+    assert (u.CONFIDENCE, u.N_RESAMPLES, u.SEED, u.DEGENERATE_FLOOR, u.MIN_CASES) == (
+        0.95,
+        10_000,
+        0,
+        0.01,
+        5,
+    )
     assert (u.ALPHA, u.POWER) == (0.05, 0.80)
     for fn in (u.bootstrap_ci, u.paired_bootstrap_ci, u.unpaired_bootstrap_ci, u.ci_table, u.paired_table):
         params = inspect.signature(fn).parameters
@@ -87,13 +93,23 @@ def test_agrees_with_scipy_bootstrap_percentile(seed, confidence, n):
     assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=1e-12)
 
     ours = u.paired_bootstrap_ci(a, b, confidence=confidence, seed=seed)
-    ref = sps.bootstrap((a, b), lambda x, y, axis=-1: (x - y).mean(axis=axis), paired=True,
-                        rng=np.random.default_rng(seed), **kw).confidence_interval
+    ref = sps.bootstrap(
+        (a, b),
+        lambda x, y, axis=-1: (x - y).mean(axis=axis),
+        paired=True,
+        rng=np.random.default_rng(seed),
+        **kw,
+    ).confidence_interval
     assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=1e-12)
 
     ours = u.unpaired_bootstrap_ci(a, b, confidence=confidence, seed=seed)
-    ref = sps.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis), paired=False,
-                        rng=np.random.default_rng(seed), **kw).confidence_interval
+    ref = sps.bootstrap(
+        (a, b),
+        lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
+        paired=False,
+        rng=np.random.default_rng(seed),
+        **kw,
+    ).confidence_interval
     assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=1e-12)
 
 
@@ -108,7 +124,7 @@ def test_same_seed_same_interval_other_seed_other_draw():
 
 def test_paired_is_narrower_on_correlated_cases_and_decides():
     rng = np.random.default_rng(5)
-    difficulty = rng.uniform(0.3, 0.95, 20)              # hard and easy cases, shared by both models
+    difficulty = rng.uniform(0.3, 0.95, 20)  # hard and easy cases, shared by both models
     base = difficulty + rng.normal(0, 0.01, 20)
     better = difficulty + 0.03 + rng.normal(0, 0.01, 20)  # 3 points better on every case, +- 1
     paired = u.paired_bootstrap_ci(better, base)
@@ -144,8 +160,10 @@ def test_degenerate_runs_give_no_verdict():
     iv = u.paired_bootstrap_ci(zeros, zeros)
     assert u.verdict(iv) == u.NO_VERDICT
     s = u.compare_sentence(iv, "MSAN-V2", "3D U-Net", "tumour")
-    assert s == ("No verdict on tumour Dice for MSAN-V2 vs 3D U-Net: both score below 1 % Dice on every "
-                 "one of the 6 cases, so the run is too short to compare.")
+    assert s == (
+        "No verdict on tumour Dice for MSAN-V2 vs 3D U-Net: both score below 1 % Dice on every "
+        "one of the 6 cases, so the run is too short to compare."
+    )
     # the floor is 1 % Dice: 0.9 % everywhere is degenerate, one case at 1.1 % is not
     assert u.verdict(u.paired_bootstrap_ci(np.full(6, 0.009), zeros)) == u.NO_VERDICT
     lifted = np.r_[0.011, np.zeros(5)]
@@ -159,14 +177,19 @@ def test_identical_and_too_few_cases():
     a = np.array([0.8, 0.9, 0.7, 0.6, 0.5])
     iv = u.paired_bootstrap_ci(a, a.copy())
     assert iv.identical and u.verdict(iv) == u.IDENTICAL
-    assert u.compare_sentence(iv, "k = 2", "k = 1") == "k = 2 and k = 1 give the same kidney Dice on every one of the 5 cases."
+    assert (
+        u.compare_sentence(iv, "k = 2", "k = 1")
+        == "k = 2 and k = 1 give the same kidney Dice on every one of the 5 cases."
+    )
     # 4 cases: an interval, but no verdict, even for a clear difference; 5 cases: a verdict
     four = u.paired_bootstrap_ci(a[:4] + 0.1, a[:4] - np.array([0, 0.01, 0.0, 0.02]))
     assert four.low > 0 and u.verdict(four) == u.NO_VERDICT
     assert "4 cases are too few for a bootstrap verdict (it needs at least 5)" in u.compare_sentence(four)
     assert u.verdict(u.paired_bootstrap_ci(a + 0.1 + np.arange(5) / 100, a)) == u.BETTER
-    assert u.verdict(u.paired_bootstrap_ci(a[:4] + 0.1, a[:4] - np.array([0, 0.01, 0.0, 0.02]),
-                                           min_cases=4)) == u.BETTER
+    assert (
+        u.verdict(u.paired_bootstrap_ci(a[:4] + 0.1, a[:4] - np.array([0, 0.01, 0.0, 0.02]), min_cases=4))
+        == u.BETTER
+    )
     one = u.paired_bootstrap_ci([0.9], [0.8])
     assert math.isnan(one.low) and u.verdict(one) == u.NO_VERDICT
     assert "one case gives no interval" in u.compare_sentence(one)
@@ -178,8 +201,10 @@ def test_identical_and_too_few_cases():
 
 
 def test_nan_cases_are_skipped_like_the_kits_mean():
-    rows = [{"case_id": f"case_{i:05d}", "kidney": k, "tumor": t, "composite": 0.0, "model": "m"}
-            for i, (k, t) in enumerate([(0.9, 0.5), (0.8, math.nan), (0.95, 0.7), (0.85, 0.0)])]
+    rows = [
+        {"case_id": f"case_{i:05d}", "kidney": k, "tumor": t, "composite": 0.0, "model": "m"}
+        for i, (k, t) in enumerate([(0.9, 0.5), (0.8, math.nan), (0.95, 0.7), (0.85, 0.0)])
+    ]
     table = dice_table(rows)
     ci = u.ci_table(table)
     s = summarize(table, by="model")
@@ -194,8 +219,16 @@ def test_nan_cases_are_skipped_like_the_kits_mean():
 
 
 def test_status_rows_are_left_out_as_in_summarize():
-    table = pd.DataFrame({"case_id": ["a", "b", "c"], "model": "m", "kidney": [0.9, math.nan, 0.7],
-                          "tumor": [0.5, math.nan, 0.3], "composite": 0.0, "status": ["ok", "missing", "ok"]})
+    table = pd.DataFrame(
+        {
+            "case_id": ["a", "b", "c"],
+            "model": "m",
+            "kidney": [0.9, math.nan, 0.7],
+            "tumor": [0.5, math.nan, 0.3],
+            "composite": 0.0,
+            "status": ["ok", "missing", "ok"],
+        }
+    )
     assert u.ci_table(table).loc["m", "kidney_n"] == 2
 
 
@@ -209,8 +242,17 @@ def _per_case():
     rows = []
     for model, shift in (("unet3d", 0.0), ("msan_v1", 0.03)):
         for c, kv in zip(cases, k):
-            rows.append({"case_id": c, "model": model, "kidney": kv + shift + rng.normal(0, 0.003),
-                         "tumor": 0.0, "composite": 0.0, "postprocess": 2, "status": "ok"})
+            rows.append(
+                {
+                    "case_id": c,
+                    "model": model,
+                    "kidney": kv + shift + rng.normal(0, 0.003),
+                    "tumor": 0.0,
+                    "composite": 0.0,
+                    "postprocess": 2,
+                    "status": "ok",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -254,18 +296,23 @@ def test_across_seeds_mean_sd_and_text():
     assert s.format() == "90.0 ± 10.0 (3 seeds, 80.0–100.0)"
     one = u.across_seeds([0.7, math.nan])
     assert one.n_seeds == 1 and math.isnan(one.sd) and one.format() == "70.0 (1 seed, no spread)"
-    tab = u.seed_table(pd.DataFrame({"model": ["a"] * 3, "seed": [0, 1, 2], "kidney": [0.8, 0.9, 1.0],
-                                     "tumor": [0.1, 0.2, 0.3]}))
+    tab = u.seed_table(
+        pd.DataFrame(
+            {"model": ["a"] * 3, "seed": [0, 1, 2], "kidney": [0.8, 0.9, 1.0], "tumor": [0.1, 0.2, 0.3]}
+        )
+    )
     assert tab.loc["a", "kidney_sd"] == pytest.approx(0.1) and tab.loc["a", "n_seeds"] == 3
     with pytest.raises(DataError, match="twice"):
-        u.seed_table(pd.DataFrame({"model": ["a"] * 2, "seed": [0, 0], "kidney": [0.8, 0.9], "tumor": [0, 0]}))
+        u.seed_table(
+            pd.DataFrame({"model": ["a"] * 2, "seed": [0, 0], "kidney": [0.8, 0.9], "tumor": [0, 0]})
+        )
 
 
 # ---------------------------------------------------------------- resolvable differences
 
 
 def test_difference_sd_and_bounds_by_hand():
-    assert u.difference_sd(0.1, rho=0.5) == pytest.approx(0.1)        # sqrt(0.01 + 0.01 - 0.01)
+    assert u.difference_sd(0.1, rho=0.5) == pytest.approx(0.1)  # sqrt(0.01 + 0.01 - 0.01)
     assert u.difference_sd(0.1, rho=1.0) == pytest.approx(0.0)
     assert u.difference_sd(0.3, 0.4, rho=0.0) == pytest.approx(0.5)
     assert u.max_sd(0.5) == pytest.approx(0.5) and u.max_sd(0.9) == pytest.approx(0.3)
@@ -296,7 +343,7 @@ def test_mdd_falls_with_n_and_grows_with_the_spread():
     assert all(x > y for x, y in itertools.pairwise(by_n))
     by_sd = [u.min_detectable_difference(sd, 10) for sd in (0.01, 0.05, 0.1, 0.3)]
     assert all(x < y for x, y in itertools.pairwise(by_sd))
-    assert by_sd[1] == pytest.approx(5 * by_sd[0])       # linear in the SD
+    assert by_sd[1] == pytest.approx(5 * by_sd[0])  # linear in the SD
 
 
 def test_cases_needed_is_the_first_n_with_the_power():
@@ -314,7 +361,7 @@ def test_percentile_bootstrap_on_ten_cases_rejects_more_often_than_alpha():
 
 def test_paper_differences_from_table1():
     d = u.paper_differences(PAPER_TABLE1)
-    assert len(d) == 8                        # 4 comparisons x 2 regions; V1 with DS has no row
+    assert len(d) == 8  # 4 comparisons x 2 regions; V1 with DS has no row
     row = d[(d["a"] == "msan_v1") & (d["region"] == "tumor")].iloc[0]
     assert row["difference"] == pytest.approx(56.00 - 46.90)
     row = d[(d["a"] == "msan_v2_ds") & (d["region"] == "kidney")].iloc[0]
@@ -335,19 +382,27 @@ def test_resolvable_table_and_plot():
     assert len(fig.axes) == 2
     ax = fig.axes[1]
     pts = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
-    assert sorted(np.round(pts[:, 1], 2)) == sorted(np.round(d[d["region"] == "tumor"]["difference"].abs(), 2))
+    assert sorted(np.round(pts[:, 1], 2)) == sorted(
+        np.round(d[d["region"] == "tumor"]["difference"].abs(), 2)
+    )
     assert set(pts[:, 0]) == {10}
 
 
 def test_measured_spread_by_hand():
     # two models on 3 cases: kidney a = [0.8, 0.9, 1.0], b = a - 0.1 -> SD 0.1 each, rho 1, SD of diff 0
-    df = pd.DataFrame({"case_id": ["c1", "c2", "c3"] * 2, "model": ["a"] * 3 + ["b"] * 3,
-                       "kidney": [0.8, 0.9, 1.0, 0.7, 0.8, 0.9], "tumor": [0.0] * 6})
+    df = pd.DataFrame(
+        {
+            "case_id": ["c1", "c2", "c3"] * 2,
+            "model": ["a"] * 3 + ["b"] * 3,
+            "kidney": [0.8, 0.9, 1.0, 0.7, 0.8, 0.9],
+            "tumor": [0.0] * 6,
+        }
+    )
     m = u.measured_spread(df)
     assert m.loc["kidney", "sd"] == pytest.approx(0.1) and m.loc["kidney", "rho"] == pytest.approx(1.0)
     assert m.loc["kidney", "sd_diff"] == pytest.approx(0.0, abs=1e-12)
     assert m.loc["kidney", "mean"] == pytest.approx(0.85) and m.loc["kidney", "n_cases"] == 3
-    assert m.loc["tumor", "sd"] == 0.0 and math.isnan(m.loc["tumor", "rho"])   # constant: no correlation
+    assert m.loc["tumor", "sd"] == 0.0 and math.isnan(m.loc["tumor", "rho"])  # constant: no correlation
     # anti-correlated third case
     df.loc[5, "kidney"] = 0.5
     assert u.measured_spread(df).loc["kidney", "rho"] < 0.5
@@ -363,19 +418,38 @@ def test_how_sure_notebook_runs_and_measures_a_run(tmp_path):
     root = Path(__file__).resolve().parent.parent
     rng = np.random.default_rng(0)
     k = rng.uniform(0.8, 0.95, 6)
-    rows = [{"case_id": f"case_{i:05d}", "model": m, "postprocess": 2, "status": "ok",
-             "kidney": k[i] + rng.normal(0, 0.01), "tumor": 0.0, "composite": 0.0}
-            for m in ("unet3d", "msan_v1", "ensemble") for i in range(6)]
+    rows = [
+        {
+            "case_id": f"case_{i:05d}",
+            "model": m,
+            "postprocess": 2,
+            "status": "ok",
+            "kidney": k[i] + rng.normal(0, 0.01),
+            "tumor": 0.0,
+            "composite": 0.0,
+        }
+        for m in ("unet3d", "msan_v1", "ensemble")
+        for i in range(6)
+    ]
     (tmp_path / "evaluation").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "evaluation" / "per_case.csv", index=False)
     out = tmp_path / "07.ipynb"
-    pm.execute_notebook(str(root / "notebooks" / "07_how_sure.ipynb"), str(out), cwd=str(root),
-                        parameters={"smoke": True, "runs_dir": str(tmp_path)}, progress_bar=False,
-                        kernel_name="python3")
+    pm.execute_notebook(
+        str(root / "notebooks" / "07_how_sure.ipynb"),
+        str(out),
+        cwd=str(root),
+        parameters={"smoke": True, "runs_dir": str(tmp_path)},
+        progress_bar=False,
+        kernel_name="python3",
+    )
     nb = nbformat.read(out, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("data", {}).get("text/plain", ""))
-                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    text = "\n".join(
+        str(o.get("data", {}).get("text/markdown", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
     assert "Measured from" in text and "of its 8" in text
     assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 1
 
@@ -386,11 +460,15 @@ def test_ci_markdown_and_verdict_summary():
     lines = md.splitlines()
     assert lines[0] == "| model | Kidney (95 % CI) | Tumour (95 % CI) | cases |"
     row = u.ci_table(df).loc["unet3d"]
-    assert lines[2] == (f"| 3D U-Net | {100 * row['kidney']:.1f} [{100 * row['kidney_low']:.1f}, "
-                        f"{100 * row['kidney_high']:.1f}] | 0.0 [0.0, 0.0] | 10 |")
+    assert lines[2] == (
+        f"| 3D U-Net | {100 * row['kidney']:.1f} [{100 * row['kidney_low']:.1f}, "
+        f"{100 * row['kidney_high']:.1f}] | 0.0 [0.0, 0.0] | 10 |"
+    )
     comps = u.paired_table(df, [("msan_v1", "unet3d")])
-    assert u.summarize_verdicts(comps) == ("kidney: 1 of 1 comparisons better; tumour: no verdict in 1 of 1 "
-                                          "(too few cases, or runs too short to compare).")
+    assert u.summarize_verdicts(comps) == (
+        "kidney: 1 of 1 comparisons better; tumour: no verdict in 1 of 1 "
+        "(too few cases, or runs too short to compare)."
+    )
     mixed = pd.DataFrame({"region": ["kidney"] * 3, "verdict": [u.UNRESOLVED, u.BETTER, u.UNRESOLVED]})
     assert u.summarize_verdicts(mixed) == "kidney: 1 of 3 comparisons better, 2 not distinguishable."
 

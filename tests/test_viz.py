@@ -37,7 +37,7 @@ def volume():
 
 
 def test_window_from_level_hand_values():
-    assert viz.window_from_level(150, 700) == (-200.0, 500.0)   # the paper's window (§2.1)
+    assert viz.window_from_level(150, 700) == (-200.0, 500.0)  # the paper's window (§2.1)
     assert viz.window_from_level(40, 400) == (-160.0, 240.0)
     with pytest.raises(DataError, match="width"):
         viz.window_from_level(0, 0)
@@ -65,8 +65,8 @@ def test_compose_rgb_windowing_and_blend_by_hand():
     label = np.array([[1, 0], [0, 0]], dtype=np.uint8)
     over = viz.compose_rgb(image, label, alpha=1.0)
     expected = np.round(np.array(viz.LABEL_COLORS[1]) * 255).astype(int).tolist()
-    assert over[0, 0].tolist() == expected             # opaque kidney colour over black
-    assert over[0, 1].tolist() == [128, 128, 128]      # background untouched
+    assert over[0, 0].tolist() == expected  # opaque kidney colour over black
+    assert over[0, 1].tolist() == [128, 128, 128]  # background untouched
     # a heat of 0 leaves the pixel grey; a full heat with opacity 1 gives the colour map's top colour
     heat = np.array([[0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
     hot = viz.compose_rgb(image, heat=heat, heat_alpha=1.0, cmap="gray")
@@ -84,7 +84,7 @@ def test_pick_slices_spans_the_labelled_extent(volume):
     _, label = volume
     assert viz.pick_slices(label, 4) == [1, 2, 3, 4]
     assert viz.pick_slices(label, 2) == [1, 4]
-    assert viz.pick_slices(label, 1) == [2]                     # middle of 1..4
+    assert viz.pick_slices(label, 1) == [2]  # middle of 1..4
     assert viz.pick_slices(None, 3, depth=11) == [0, 5, 10]
     with pytest.raises(DataError):
         viz.pick_slices(None, 3)
@@ -106,7 +106,7 @@ def test_disagreement_map_by_hand():
 def test_show_slices_grid_and_errors(volume):
     image, label = volume
     fig = viz.show_slices(image, label, {"m1": label, "m2": np.zeros_like(label)}, num_slices=3)
-    assert len(fig.axes) == 3 * 2      # (GT + 2 models) rows x the 2 slices that hold tumour (2, 3)
+    assert len(fig.axes) == 3 * 2  # (GT + 2 models) rows x the 2 slices that hold tumour (2, 3)
     assert [ax.get_title() for ax in fig.axes[:2]] == ["ground truth, z=2", "ground truth, z=3"]
     fig = viz.show_slices(image, label, {"m1": label, "m2": np.zeros_like(label)}, slices=[1, 2, 4])
     assert len(fig.axes) == 3 * 3
@@ -119,10 +119,13 @@ def test_show_slices_grid_and_errors(volume):
 
 
 def test_plot_hu_histograms_window_share():
-    edges = np.array([-1100.0, -300.0, 0.0, 200.0, 600.0])        # centres -700, -150, 100, 400
-    counts = {"background": np.array([10, 0, 0, 0]), "kidney": np.array([0, 1, 2, 1]),
-              "tumor": np.array([0, 0, 0, 4])}
-    fig = viz.plot_hu_histograms({"edges": edges, **counts})     # the dict of stats.hu_histograms
+    edges = np.array([-1100.0, -300.0, 0.0, 200.0, 600.0])  # centres -700, -150, 100, 400
+    counts = {
+        "background": np.array([10, 0, 0, 0]),
+        "kidney": np.array([0, 1, 2, 1]),
+        "tumor": np.array([0, 0, 0, 4]),
+    }
+    fig = viz.plot_hu_histograms({"edges": edges, **counts})  # the dict of stats.hu_histograms
     ax = fig.axes[0]
     assert len(ax.lines) == 3
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -140,10 +143,12 @@ def test_plot_hu_histograms_window_share():
 def test_plot_distributions_two_sources():
     real = pd.DataFrame({"kidney_ml": [100.0, 150, 200], "slices": [60, 80, 100]})
     phantom = pd.DataFrame({"kidney_ml": [30.0, 40], "slices": [16, 16]})
-    fig = viz.plot_distributions({"KiTS19": real, "phantoms": phantom, "absent": None}, ["kidney_ml", "slices"])
+    fig = viz.plot_distributions(
+        {"KiTS19": real, "phantoms": phantom, "absent": None}, ["kidney_ml", "slices"]
+    )
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2
-    assert len(visible[0].patches) == 2 * 20            # two sources x 20 bins
+    assert len(visible[0].patches) == 2 * 20  # two sources x 20 bins
     with pytest.raises(DataError, match="no column"):
         viz.plot_distributions({"only": real}, ["missing"])
 
@@ -157,7 +162,7 @@ def test_read_metrics_and_training_curves(tmp_path):
     assert viz.read_metrics(run) == rows
     fig = viz.plot_training_curves(run)
     ax_loss, ax_val = fig.axes
-    assert len(ax_loss.lines) == 1                       # "loss" only ("lr" is not a loss)
+    assert len(ax_loss.lines) == 1  # "loss" only ("lr" is not a loss)
     np.testing.assert_allclose(ax_loss.lines[0].get_ydata(), [0.9, 0.8, 0.7, 0.6, 0.5])
     assert len(ax_val.lines) == 3
     fig2 = viz.plot_training_curves({"a": rows, "b": rows}, smooth=2)
@@ -176,16 +181,18 @@ def test_read_metrics_errors(tmp_path):
 
 
 def test_plot_dice_per_case_means():
-    table = pd.DataFrame({
-        "case_id": ["c0", "c1", "c0", "c1"],
-        "model": ["a", "a", "b", "b"],
-        "kidney": [0.8, 0.6, 0.9, np.nan],
-        "tumor": [0.1, 0.3, 0.2, 0.4],
-    })
+    table = pd.DataFrame(
+        {
+            "case_id": ["c0", "c1", "c0", "c1"],
+            "model": ["a", "a", "b", "b"],
+            "kidney": [0.8, 0.6, 0.9, np.nan],
+            "tumor": [0.1, 0.3, 0.2, 0.4],
+        }
+    )
     fig = viz.plot_dice_per_case(table)
     ax_k, ax_t = fig.axes[:2]
     means = ax_k.collections[-1].get_offsets()
-    np.testing.assert_allclose(np.asarray(means)[:, 1], [0.7, 0.9])       # NaN skipped for b
+    np.testing.assert_allclose(np.asarray(means)[:, 1], [0.7, 0.9])  # NaN skipped for b
     assert [t.get_text() for t in ax_k.get_xticklabels()] == ["a", "b"]
     with pytest.raises(DataError, match="column"):
         viz.plot_dice_per_case(table.drop(columns="tumor"))
@@ -201,11 +208,11 @@ def test_plot_grouped_bars_heights():
 
 def test_plot_attention_and_upsampling(volume):
     image, label = volume
-    weights = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)   # (C, h, w)
+    weights = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)  # (C, h, w)
     fig = viz.plot_attention(image[2], weights, label2d=label[2])
     shown = fig.axes[1].images[0].get_array()
     assert shown.shape == (32, 32)
-    np.testing.assert_allclose(shown[:4, :4], weights.mean(0)[0, 0], rtol=1e-6)   # 4x4 repeat
+    np.testing.assert_allclose(shown[:4, :4], weights.mean(0)[0, 0], rtol=1e-6)  # 4x4 repeat
     with pytest.raises(DataError, match="divide"):
         viz.upsample_nearest(np.zeros((5, 5)), (32, 32))
 
@@ -230,8 +237,8 @@ def test_show_orthogonal_aspect_and_center(volume):
     axial, coronal, sagittal = fig.axes
     assert axial.images[0].get_array().shape == (32, 32, 3)
     assert coronal.images[0].get_array().shape == (6, 32, 3)
-    assert coronal.get_aspect() == pytest.approx(4.0)        # 3 mm slices / 0.75 mm pixels
-    assert axial.get_title() == "axial (z=2)"                 # the tumour voxel nearest its centre
+    assert coronal.get_aspect() == pytest.approx(4.0)  # 3 mm slices / 0.75 mm pixels
+    assert axial.get_title() == "axial (z=2)"  # the tumour voxel nearest its centre
     assert label[2, int(coronal.get_title()[11:-1]), int(sagittal.get_title()[12:-1])] == 2
     kidney_only = np.where(label == 2, 1, label).astype(np.uint8)
     assert viz.show_orthogonal(image, kidney_only).axes[0].get_title() == "axial (z=2)"  # fg centre 2.5
@@ -260,7 +267,7 @@ def test_source_markdown_is_the_package_source():
     assert inspect.getsource(keep_largest_components).rstrip() in md
     from kitsmsan.widgets import SliceViewer
 
-    method = viz.source_markdown(SliceViewer.frame)           # a method: dedented to column 0
+    method = viz.source_markdown(SliceViewer.frame)  # a method: dedented to column 0
     assert "\ndef frame(self" in method and "\n    def frame" not in method
     with pytest.raises(DataError, match="no source"):
         viz.source_markdown(42)
@@ -268,10 +275,10 @@ def test_source_markdown_is_the_package_source():
 
 def test_pick_slices_prefers_the_tumour(volume):
     _, label = volume
-    assert viz.pick_slices(label, 4, prefer=2) == [2, 3]            # only slices that hold tumour
+    assert viz.pick_slices(label, 4, prefer=2) == [2, 3]  # only slices that hold tumour
     assert viz.pick_slices(label, 1, prefer=2) in ([2], [3])
     big = label.copy()
-    big[3, 10:16, 10:16] = 2                                        # slice 3 now has the most tumour
+    big[3, 10:16, 10:16] = 2  # slice 3 now has the most tumour
     assert viz.pick_slices(big, 1, prefer=2) == [3]
     no_tumour = np.where(label == 2, 1, label)
     assert viz.pick_slices(no_tumour, 4, prefer=2) == viz.pick_slices(no_tumour, 4)  # falls back
@@ -285,8 +292,12 @@ def test_every_overlay_has_a_colour_key(volume):
     image, label = volume
     assert _legend_texts(viz.show_slices(image, label)) == ["kidney", "tumour"]
     with_preds = _legend_texts(viz.show_slices(image, label, {"m": label}))
-    assert with_preds == ["filled: kidney", "filled: tumour", "ground truth: kidney region (outline)",
-                          "ground truth: tumour (outline)"]
+    assert with_preds == [
+        "filled: kidney",
+        "filled: tumour",
+        "ground truth: kidney region (outline)",
+        "ground truth: tumour (outline)",
+    ]
     assert _legend_texts(viz.show_orthogonal(image, label)) == ["kidney", "tumour"]
     att = viz.plot_attention(image[2], np.full((8, 8), 0.5), label2d=label[2])
     assert "kidney region (outline, middle panel)" in _legend_texts(att)
@@ -300,7 +311,14 @@ def test_every_overlay_has_a_colour_key(volume):
 def _texts(fig):
     out = []
     for ax in fig.axes:
-        out += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels(), *ax.texts]
+        out += [
+            ax.title,
+            ax.xaxis.label,
+            ax.yaxis.label,
+            *ax.get_xticklabels(),
+            *ax.get_yticklabels(),
+            *ax.texts,
+        ]
         if ax.get_legend():
             out += ax.get_legend().get_texts()
     for legend in fig.legends:
@@ -311,8 +329,14 @@ def _texts(fig):
 def test_plot_helpers_write_no_text_below_10_points(volume, tmp_path):
     image, label = volume
     frames = {"a": pd.DataFrame({"x": [1.0, 2.0, 3.0]}), "b": pd.DataFrame({"x": [2.0, 2.5]})}
-    table = pd.DataFrame({"case_id": ["c0", "c1"] * 2, "model": ["m1", "m1", "m2", "m2"],
-                          "kidney": [0.9, 0.8, 0.7, 0.6], "tumor": [0.5, 0.4, 0.3, 0.2]})
+    table = pd.DataFrame(
+        {
+            "case_id": ["c0", "c1"] * 2,
+            "model": ["m1", "m1", "m2", "m2"],
+            "kidney": [0.9, 0.8, 0.7, 0.6],
+            "tumor": [0.5, 0.4, 0.3, 0.2],
+        }
+    )
     figs = [
         viz.show_slices(image, label, {"m": label}, title="t"),
         viz.show_orthogonal(image, label),
@@ -330,4 +354,4 @@ def test_plot_helpers_write_no_text_below_10_points(volume, tmp_path):
         assert not small, f"{fig.axes[0].get_title()!r}: text below 10 pt: {small[:5]}"
     hist = figs[4].axes[0]
     assert hist.get_xlabel() == "intensity (HU)" and hist.get_ylabel() == "density (1/HU)"
-    assert figs[3].axes[1].get_ylabel() == "models disagreeing"      # the colour bar says what it means
+    assert figs[3].axes[1].get_ylabel() == "models disagreeing"  # the colour bar says what it means

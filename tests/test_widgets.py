@@ -44,8 +44,8 @@ def test_render_frame_matches_compose_rgb(case):
     # disagreement of a vs b on slice 2: 1 on the labelled block, 0 elsewhere (ensemble not counted)
     dis = widgets.render_frame(case, "disagreement", 2)
     plain = viz.compose_rgb(case.image[2])
-    np.testing.assert_array_equal(dis[0, 0], plain[0, 0])             # agreement: no heat
-    assert not np.array_equal(dis[5, 5], plain[5, 5])                 # a=kidney, b=background
+    np.testing.assert_array_equal(dis[0, 0], plain[0, 0])  # agreement: no heat
+    assert not np.array_equal(dis[5, 5], plain[5, 5])  # a=kidney, b=background
     with pytest.raises(DataError, match="layer"):
         widgets.render_frame(case, "nope", 0)
     with pytest.raises(DataError, match="slice"):
@@ -79,8 +79,8 @@ def test_precomputed_viewer_links_every_control_in_the_browser(case):
     viewer = widgets.SliceViewer({"c0": case, "c1": other, "c2": {"image": case.image}}, precompute=True)
     assert viewer.precompute
     assert viewer.slices == [0, 1, 2, 3, 4]
-    assert viewer.slice_index == 2                       # the slice with the tumour
-    assert viewer.layer == "ground truth"                # ... with its labels
+    assert viewer.slice_index == 2  # the slice with the tumour
+    assert viewer.layer == "ground truth"  # ... with its labels
     assert viewer._cases_stack.children[0].children[2].selected_index == case.layers().index("ground truth")
     # case dropdown -> the stack of per-case panels, in the browser
     pairs = _link_pairs(viewer)
@@ -99,21 +99,29 @@ def test_precomputed_viewer_links_every_control_in_the_browser(case):
     for layer in ("image", "ground truth", "a", "b"):
         assert bytes(c0.images[layer][2].value) != bytes(c1.images[layer][2].value)
         assert bytes(c1.images[layer][2].value) == widgets.png_bytes(
-            widgets.render_frame(other, layer, 2, disagreement=viz.disagreement_map(other.model_preds)))
+            widgets.render_frame(other, layer, 2, disagreement=viz.disagreement_map(other.model_preds))
+        )
     # every frame of a layer differs from the next layer's (the buttons change the picture)
     assert bytes(c0.images["ground truth"][2].value) != bytes(c0.images["image"][2].value)
-    assert viewer.payload_bytes == sum(len(bytes(i.value)) for p in viewer._panels.values()
-                                       for imgs in p.images.values() for i in imgs)
+    assert viewer.payload_bytes == sum(
+        len(bytes(i.value)) for p in viewer._panels.values() for imgs in p.images.values() for i in imgs
+    )
     assert "application/vnd.jupyter.widget-view+json" in viewer._repr_mimebundle_()
 
 
 def test_static_page_shows_no_control_that_needs_a_kernel(case):
     viewer = widgets.SliceViewer({"c0": case, "c1": case}, precompute=True)
     linked = {id(w) for pair in _link_pairs(viewer) for (w, _) in pair}
-    controls = [c for c in _controls(viewer.widget) if isinstance(c, (ipywidgets.ValueWidget, ipywidgets.Play))
-                and not isinstance(c, (ipywidgets.Image, ipywidgets.HTML))]
+    controls = [
+        c
+        for c in _controls(viewer.widget)
+        if isinstance(c, (ipywidgets.ValueWidget, ipywidgets.Play))
+        and not isinstance(c, (ipywidgets.Image, ipywidgets.HTML))
+    ]
     assert controls, "no controls found"
-    unlinked = [type(c).__name__ + ":" + str(getattr(c, "description", "")) for c in controls if id(c) not in linked]
+    unlinked = [
+        type(c).__name__ + ":" + str(getattr(c, "description", "")) for c in controls if id(c) not in linked
+    ]
     assert not unlinked, f"controls on the static page that only a kernel could serve: {unlinked}"
     assert not any(getattr(c, "description", "") in ("level", "width", "opacity") for c in controls)
     assert "without a kernel" in viewer._note.value and "MB of PNG" in viewer._note.value
@@ -130,18 +138,19 @@ def test_live_viewer_has_every_control_and_rerenders(case):
     np.testing.assert_array_equal(viewer.frame(), widgets.render_frame(case, "ground truth", 0))
     assert viewer.window == (-200.0, 500.0)
     shown = viewer._live_image.value
-    viewer._level.value = -100                           # 0 HU now above the window centre
+    viewer._level.value = -100  # 0 HU now above the window centre
     assert viewer.window == (-450.0, 250.0)
     assert viewer._live_image.value != shown
     viewer._alpha.value = 0.9
-    np.testing.assert_array_equal(viewer.frame(), widgets.render_frame(case, "ground truth", 0,
-                                                                       window=(-450.0, 250.0), alpha=0.9))
+    np.testing.assert_array_equal(
+        viewer.frame(), widgets.render_frame(case, "ground truth", 0, window=(-450.0, 250.0), alpha=0.9)
+    )
 
 
 def test_viewer_opens_on_the_tumour():
     label = np.zeros((40, 16, 16), dtype=np.uint8)
     label[5:35, 2:14, 2:14] = 1
-    label[31, 4:8, 4:8] = 2                             # the tumour is on one slice, far from the middle
+    label[31, 4:8, 4:8] = 2  # the tumour is on one slice, far from the middle
     image = np.zeros(label.shape, dtype=np.float32)
     for precompute in (True, False):
         viewer = widgets.viewer_from_arrays(image, label, precompute=precompute, max_slices=8)
@@ -158,7 +167,9 @@ def test_disagreement_layer_has_a_key(case):
 
     top = matplotlib.colormaps[widgets.DISAGREEMENT_CMAP](1.0)
     assert widgets._hex(top) in html
-    assert "disagreement" not in widgets.key_html(widgets.ViewerCase(case.image, case.label, {"a": case.preds["a"]}))
+    assert "disagreement" not in widgets.key_html(
+        widgets.ViewerCase(case.image, case.label, {"a": case.preds["a"]})
+    )
     viewer = widgets.SliceViewer({"c0": case}, precompute=True)
     assert any(isinstance(c, ipywidgets.HTML) and "disagreement" in c.value for c in _controls(viewer.widget))
 
@@ -195,9 +206,9 @@ def test_attention_volume_matches_attention_maps():
     assert 0.0 < vol.min() and vol.max() < 1.0
     # windows start at 0 and 2 (last aligned to the end): slices 2..5 come from the second window
     x = torch.from_numpy(normalize(image[2:6]))[None, None]
-    w = model.attention_maps(x)[1][0].mean(0).numpy()                   # (4, 16, 16)
+    w = model.attention_maps(x)[1][0].mean(0).numpy()  # (4, 16, 16)
     np.testing.assert_allclose(vol[2:6, ::2, ::2], w, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(vol[2:6, 1::2, 1::2], w, rtol=1e-5, atol=1e-6)   # pixel repetition
+    np.testing.assert_allclose(vol[2:6, 1::2, 1::2], w, rtol=1e-5, atol=1e-6)  # pixel repetition
     with pytest.raises(DataError, match="level"):
         widgets.attention_volume(model, image, level=7)
     with pytest.raises(DataError, match="image_hu"):

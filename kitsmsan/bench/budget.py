@@ -59,22 +59,34 @@ def schedule_row(rows: Iterable[dict], *, num_iters: int = PAPER_ITERS) -> dict[
     everyone = list_models()
     complete = all(v in best for v in everyone)
     hours_best = sum(num_iters / best[v]["it_per_s"] / 3600 for v in everyone) if complete else None
-    hours_fp32 = (sum(num_iters / fp32[v]["it_per_s"] / 3600 for v in everyone)
-                  if all(v in fp32 for v in everyone) else None)
+    hours_fp32 = (
+        sum(num_iters / fp32[v]["it_per_s"] / 3600 for v in everyone)
+        if all(v in fp32 for v in everyone)
+        else None
+    )
     first = steps[0]
     paper_size = first["input"] == f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"
     return {
-        "benchmark": "schedule", "input": first["input"], "base_channels": first["base_channels"],
-        "at_paper_size": paper_size, "networks": len(best), "iters_per_network": num_iters,
+        "benchmark": "schedule",
+        "input": first["input"],
+        "base_channels": first["base_channels"],
+        "at_paper_size": paper_size,
+        "networks": len(best),
+        "iters_per_network": num_iters,
         "best_modes": ", ".join(f"{v}: {best[v]['mode']}" for v in everyone if v in best),
-        "five_model_hours_fp32": _sig(hours_fp32), "five_model_hours_best": _sig(hours_best),
+        "five_model_hours_fp32": _sig(hours_fp32),
+        "five_model_hours_best": _sig(hours_best),
         "speedup": _sig(hours_fp32 / hours_best) if hours_best and hours_fp32 else None,
         **{k: first[k] for k in PROVENANCE_KEYS},
     }
 
 
-def schedule_budget(*, num_iters: int = PAPER_ITERS, hours: float = SCHEDULE_TARGET_H,
-                    variants: Sequence[str] | str | None = None) -> dict[str, Any]:
+def schedule_budget(
+    *,
+    num_iters: int = PAPER_ITERS,
+    hours: float = SCHEDULE_TARGET_H,
+    variants: Sequence[str] | str | None = None,
+) -> dict[str, Any]:
     """What the schedule target asks of a device, by counting (not measuring) the arithmetic.
 
     For each network, the FLOPs of one training iteration at the paper's batch
@@ -104,9 +116,14 @@ def schedule_budget(*, num_iters: int = PAPER_ITERS, hours: float = SCHEDULE_TAR
         with torch.device("meta"):
             per_iter[name] = count_train_flops(build_model(name), shape)
     total = sum(per_iter.values()) * num_iters
-    return {"benchmark": "budget", "input": "x".join(map(str, shape)), "iters_per_network": num_iters,
-            **{f"tflop_per_iter_{k}": round(v / 1e12, 3) for k, v in per_iter.items()},
-            "schedule_eflop": _sig(total / 1e18), "hours": hours,
-            "required_tflop_per_s": _sig(total / (hours * 3600) / 1e12),
-            **provenance("cpu"), "device": "none: counted on the meta device, not measured"}
-
+    return {
+        "benchmark": "budget",
+        "input": "x".join(map(str, shape)),
+        "iters_per_network": num_iters,
+        **{f"tflop_per_iter_{k}": round(v / 1e12, 3) for k, v in per_iter.items()},
+        "schedule_eflop": _sig(total / 1e18),
+        "hours": hours,
+        "required_tflop_per_s": _sig(total / (hours * 3600) / 1e12),
+        **provenance("cpu"),
+        "device": "none: counted on the meta device, not measured",
+    }

@@ -68,7 +68,6 @@ def _variants(variants: Sequence[str] | str | None) -> list[str]:
     return list_models() if variants is None else _pick("variants", variants, list_models())
 
 
-
 def _emit(rows: list[dict], row: dict, on_row: Callable[[dict], None] | None, verbose: bool) -> dict:
     rows.append(row)
     if on_row is not None:
@@ -76,7 +75,6 @@ def _emit(rows: list[dict], row: dict, on_row: Callable[[dict], None] | None, ve
     if verbose:
         print(format_table([row]), flush=True)
     return row
-
 
 
 def format_table(results: Sequence[dict[str, Any]], *, skip: Sequence[str] = ()) -> str:
@@ -110,5 +108,14 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-__all__ = ["PAPER_BATCH", "PAPER_SLICES", "PAPER_SIZE", "PAPER_ITERS", "PAPER_CASE_SLICES", "PROVENANCE_KEYS",
-           "commit", "provenance", "format_table"]
+__all__ = [
+    "PAPER_BATCH",
+    "PAPER_SLICES",
+    "PAPER_SIZE",
+    "PAPER_ITERS",
+    "PAPER_CASE_SLICES",
+    "PROVENANCE_KEYS",
+    "commit",
+    "provenance",
+    "format_table",
+]

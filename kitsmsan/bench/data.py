@@ -58,7 +58,9 @@ def _synthetic_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray,
     return np.rint(image).astype(np.float32), label
 
 
-def _make_case(shape: tuple[int, int, int], seed: int, source: str = "phantom") -> tuple[np.ndarray, np.ndarray, str]:
+def _make_case(
+    shape: tuple[int, int, int], seed: int, source: str = "phantom"
+) -> tuple[np.ndarray, np.ndarray, str]:
     """``(image HU float32, label uint8, source)`` of ``shape`` (Z, Y, X).
 
     ``source="phantom"`` uses :func:`kitsmsan.data.phantom.writer.make_phantom` (realistic content, so a
@@ -152,29 +154,45 @@ def bench_data(
     tmp = Path(tempfile.mkdtemp(prefix="kitsmsan-bench-")) if work_dir is None else Path(work_dir)
     try:
         with torch_settings(threads=1):
-            row = _data_row(tmp, (num_slices, size, size), seed, source, num_windows,
-                            num_nifti_windows if nifti else None)
+            row = _data_row(
+                tmp, (num_slices, size, size), seed, source, num_windows, num_nifti_windows if nifti else None
+            )
             _emit(rows, {**row, "load_avg": round(os.getloadavg()[0], 2), **prov}, on_row, verbose)
             for w in workers:
-                res = _loader_rate(tmp / "cache", w, batch_size, loader_batches, dev.type == "cuda",
-                                   label_dtype, seed)
-                _emit(rows, {
-                    "benchmark": "data_loader", "workers": w,
-                    "batch": f"{batch_size}x1x{PAPER_SLICES}x{size}x{size}", "label_dtype": label_dtype,
-                    "pin_memory": dev.type == "cuda", "batches": loader_batches,
-                    "windows_per_s": _sig(loader_batches * batch_size / res),
-                    "batches_per_s": _sig(loader_batches / res), "load_avg": round(os.getloadavg()[0], 2),
-                    **prov}, on_row, verbose)
+                res = _loader_rate(
+                    tmp / "cache", w, batch_size, loader_batches, dev.type == "cuda", label_dtype, seed
+                )
+                _emit(
+                    rows,
+                    {
+                        "benchmark": "data_loader",
+                        "workers": w,
+                        "batch": f"{batch_size}x1x{PAPER_SLICES}x{size}x{size}",
+                        "label_dtype": label_dtype,
+                        "pin_memory": dev.type == "cuda",
+                        "batches": loader_batches,
+                        "windows_per_s": _sig(loader_batches * batch_size / res),
+                        "batches_per_s": _sig(loader_batches / res),
+                        "load_avg": round(os.getloadavg()[0], 2),
+                        **prov,
+                    },
+                    on_row,
+                    verbose,
+                )
     finally:
         if work_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
-def _cache_rate(cache: Path, num_slices: int, num_windows: int, seed: int, label_dtype: str) -> tuple[float, float]:
+def _cache_rate(
+    cache: Path, num_slices: int, num_windows: int, seed: int, label_dtype: str
+) -> tuple[float, float]:
     """(wall, CPU) seconds for ``num_windows`` random windows from the cache, after 200 warm-up windows
     and one read of the whole case (a warm page cache)."""
-    ds = SliceWindowDataset(cache, [0], num_slices=PAPER_SLICES, seed=seed, length=10**9, label_dtype=label_dtype)
+    ds = SliceWindowDataset(
+        cache, [0], num_slices=PAPER_SLICES, seed=seed, length=10**9, label_dtype=label_dtype
+    )
     for i in range(200):  # warm: open the memmap and fault in pages
         ds[i]
     for s in range(0, num_slices, PAPER_SLICES):  # read the whole case once: warm page cache
@@ -192,13 +210,19 @@ def _nifti_rate(nii: Path, num_slices: int, num_windows: int, seed: int) -> tupl
     for _ in range(num_windows):
         start = int(rng.integers(num_slices - PAPER_SLICES + 1))
         img = nib.load(str(nii))
-        window = normalize(np.asarray(img.dataobj[start: start + PAPER_SLICES], dtype=np.float32))
+        window = normalize(np.asarray(img.dataobj[start : start + PAPER_SLICES], dtype=np.float32))
         torch.from_numpy(window)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _data_row(tmp: Path, shape: tuple[int, int, int], seed: int, source: str, num_windows: int,
-              num_nifti_windows: int | None) -> dict[str, Any]:
+def _data_row(
+    tmp: Path,
+    shape: tuple[int, int, int],
+    seed: int,
+    source: str,
+    num_windows: int,
+    num_nifti_windows: int | None,
+) -> dict[str, Any]:
     """Write one case, prepare its cache and time windows from both; the ``"data"`` row (no provenance)."""
     num_slices, size = shape[0], shape[1]
     image, label, src = _make_case(shape, seed, source)
@@ -211,33 +235,57 @@ def _data_row(tmp: Path, shape: tuple[int, int, int], seed: int, source: str, nu
     prepare_s = time.perf_counter() - t0
     cache_s, cache_cpu = _cache_rate(tmp / "cache", num_slices, num_windows, seed, "int64")
     cache8_s, cache8_cpu = _cache_rate(tmp / "cache", num_slices, num_windows, seed, "uint8")
-    row = {"benchmark": "data", "case": f"{src} {num_slices}x{size}x{size}",
-           "window": f"{PAPER_SLICES}x{size}x{size}", "threads": 1,
-           "write_nifti_s": _sig(write_s), "prepare_s": _sig(prepare_s),
-           "cache_windows_per_s": _sig(num_windows / cache_s)}
+    row = {
+        "benchmark": "data",
+        "case": f"{src} {num_slices}x{size}x{size}",
+        "window": f"{PAPER_SLICES}x{size}x{size}",
+        "threads": 1,
+        "write_nifti_s": _sig(write_s),
+        "prepare_s": _sig(prepare_s),
+        "cache_windows_per_s": _sig(num_windows / cache_s),
+    }
     if num_nifti_windows:
-        nifti_s, nifti_cpu = _nifti_rate(tmp / "data" / "case_00000" / IMAGING_FILE, num_slices,
-                                         num_nifti_windows, seed)
-        row.update(nifti_windows_per_s=_sig(num_nifti_windows / nifti_s),
-                   cache_vs_nifti=_sig((num_windows / cache_s) / (num_nifti_windows / nifti_s)))
+        nifti_s, nifti_cpu = _nifti_rate(
+            tmp / "data" / "case_00000" / IMAGING_FILE, num_slices, num_nifti_windows, seed
+        )
+        row.update(
+            nifti_windows_per_s=_sig(num_nifti_windows / nifti_s),
+            cache_vs_nifti=_sig((num_windows / cache_s) / (num_nifti_windows / nifti_s)),
+        )
     # per CPU-second of this process: what one dedicated core does on a shared machine
     row["cache_windows_per_cpu_s"] = _sig(num_windows / max(cache_cpu, 1e-9))
     if num_nifti_windows:
         row["nifti_windows_per_cpu_s"] = _sig(num_nifti_windows / max(nifti_cpu, 1e-9))
-    row.update(cache_windows_per_s_uint8=_sig(num_windows / cache8_s),
-               cache_windows_per_cpu_s_uint8=_sig(num_windows / max(cache8_cpu, 1e-9)))
+    row.update(
+        cache_windows_per_s_uint8=_sig(num_windows / cache8_s),
+        cache_windows_per_cpu_s_uint8=_sig(num_windows / max(cache8_cpu, 1e-9)),
+    )
     return row
 
 
-def _loader_rate(cache: Path, workers: int, batch_size: int, batches: int, pin: bool,
-                 label_dtype: str, seed: int) -> float:
+def _loader_rate(
+    cache: Path, workers: int, batch_size: int, batches: int, pin: bool, label_dtype: str, seed: int
+) -> float:
     """Seconds for ``batches`` batches of a training-style DataLoader (3 warm-up batches excluded)."""
     warm = 3
-    ds = SliceWindowDataset(cache, [0], num_slices=PAPER_SLICES, seed=seed,
-                            length=(batches + warm) * batch_size, label_dtype=label_dtype)
+    ds = SliceWindowDataset(
+        cache,
+        [0],
+        num_slices=PAPER_SLICES,
+        seed=seed,
+        length=(batches + warm) * batch_size,
+        label_dtype=label_dtype,
+    )
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None, drop_last=True)
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        drop_last=True,
+    )
     it = iter(loader)
     try:
         for _ in range(warm):
@@ -248,4 +296,3 @@ def _loader_rate(cache: Path, workers: int, batch_size: int, batches: int, pin: 
         return time.perf_counter() - t0
     finally:
         del it, loader
-

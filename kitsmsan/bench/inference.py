@@ -99,8 +99,10 @@ def bench_inference(
     overrides = {} if base_channels is None else {"base_channels": base_channels}
     prov = provenance(str(dev))
     rows: list[dict] = []
-    with torch_settings(threads=threads and _check_int("threads", threads, 1),
-                        cudnn_benchmark=True if dev.type == "cuda" else None):
+    with torch_settings(
+        threads=threads and _check_int("threads", threads, 1),
+        cudnn_benchmark=True if dev.type == "cuda" else None,
+    ):
         image, _, _ = _make_case((num_slices, size, size), seed, "synthetic")
         torch.manual_seed(seed)
         models = {v: build_model(v, **overrides).to(dev).eval() for v in dict.fromkeys([single, *names])}
@@ -110,24 +112,53 @@ def bench_inference(
         keep_largest_components(warm_pred)  # first call imports scipy.ndimage
         windows = len(window_starts(max(num_slices, PAPER_SLICES), PAPER_SLICES, stride))
         amp_dtype = resolve_amp(amp, dev)
-        common = {"case": f"{num_slices}x{size}x{size}", "base_channels": base_channels or
-                  build_model_default_base(single), "stride": stride, "batch_size": batch_size,
-                  "windows": windows, "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off"}
+        common = {
+            "case": f"{num_slices}x{size}x{size}",
+            "base_channels": base_channels or build_model_default_base(single),
+            "stride": stride,
+            "batch_size": batch_size,
+            "windows": windows,
+            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        }
         t0 = time.perf_counter()
         pred = predict_case(models[single], image, **kwargs)
         one_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         keep_largest_components(pred)
         post_s = time.perf_counter() - t0
-        _emit(rows, {"benchmark": "inference", "models": 1, "variants": single, **common,
-                     "seconds_per_case": _sig(one_s), "windows_per_s": _sig(windows / one_s),
-                     "postprocess_s": _sig(post_s), "threads": torch.get_num_threads(), **prov},
-              on_row, verbose)
+        _emit(
+            rows,
+            {
+                "benchmark": "inference",
+                "models": 1,
+                "variants": single,
+                **common,
+                "seconds_per_case": _sig(one_s),
+                "windows_per_s": _sig(windows / one_s),
+                "postprocess_s": _sig(post_s),
+                "threads": torch.get_num_threads(),
+                **prov,
+            },
+            on_row,
+            verbose,
+        )
         t0 = time.perf_counter()
         predict_ensemble_vote([models[v] for v in names], image, **kwargs)
         vote_s = time.perf_counter() - t0
-        _emit(rows, {"benchmark": "inference", "models": len(names), "variants": ",".join(names), **common,
-                     "seconds_per_case": _sig(vote_s), "windows_per_s": _sig(windows * len(names) / vote_s),
-                     "vs_single": _sig(vote_s / one_s), "threads": torch.get_num_threads(), **prov},
-              on_row, verbose)
+        _emit(
+            rows,
+            {
+                "benchmark": "inference",
+                "models": len(names),
+                "variants": ",".join(names),
+                **common,
+                "seconds_per_case": _sig(vote_s),
+                "windows_per_s": _sig(windows * len(names) / vote_s),
+                "vs_single": _sig(vote_s / one_s),
+                "threads": torch.get_num_threads(),
+                **prov,
+            },
+            on_row,
+            verbose,
+        )
     return rows

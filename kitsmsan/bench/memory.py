@@ -81,23 +81,53 @@ EFFICIENCY = 0.30
 #: (bf16 from compute capability 8.0, else fp16); ``tflops_fp32``: what fp32 training runs at (TF32
 #: tensor cores where the card has them, PyTorch's default for convolutions; plain FP32 on the T4).
 GPUS: dict[str, dict[str, Any]] = {
-    "T4": dict(nominal_gb=16, usable_gib=14.7, capability=7.5, amp="fp16", tflops=65.0, tflops_fp32=8.1,
-               source="NVIDIA T4 Tensor Core GPU datasheet: mixed-precision FP16/FP32 65 TFLOPS, FP32 8.1"),
-    "L4": dict(nominal_gb=24, usable_gib=22.0, capability=8.9, amp="bf16", tflops=121.0, tflops_fp32=60.0,
-               source="NVIDIA L4 datasheet: BF16/FP16 tensor 242 TFLOPS and TF32 120 with sparsity; "
-                      "half of each, dense"),
-    "A100 40GB": dict(nominal_gb=40, usable_gib=39.4, capability=8.0, amp="bf16", tflops=312.0,
-                      tflops_fp32=156.0,
-                      source="NVIDIA A100 Tensor Core GPU datasheet: BF16/FP16 tensor 312 TFLOPS, TF32 156 "
-                             "(dense)"),
-    "A100 80GB": dict(nominal_gb=80, usable_gib=79.1, capability=8.0, amp="bf16", tflops=312.0,
-                      tflops_fp32=156.0,
-                      source="NVIDIA A100 Tensor Core GPU datasheet: BF16/FP16 tensor 312 TFLOPS, TF32 156 "
-                             "(dense)"),
-    "H100 80GB": dict(nominal_gb=80, usable_gib=79.1, capability=9.0, amp="bf16", tflops=989.0,
-                      tflops_fp32=495.0,
-                      source="NVIDIA H100 Tensor Core GPU datasheet (SXM): BF16/FP16 tensor 1,979 TFLOPS and "
-                             "TF32 989 with sparsity; half of each, dense (PCIe: 756 / 378)"),
+    "T4": dict(
+        nominal_gb=16,
+        usable_gib=14.7,
+        capability=7.5,
+        amp="fp16",
+        tflops=65.0,
+        tflops_fp32=8.1,
+        source="NVIDIA T4 Tensor Core GPU datasheet: mixed-precision FP16/FP32 65 TFLOPS, FP32 8.1",
+    ),
+    "L4": dict(
+        nominal_gb=24,
+        usable_gib=22.0,
+        capability=8.9,
+        amp="bf16",
+        tflops=121.0,
+        tflops_fp32=60.0,
+        source="NVIDIA L4 datasheet: BF16/FP16 tensor 242 TFLOPS and TF32 120 with sparsity; "
+        "half of each, dense",
+    ),
+    "A100 40GB": dict(
+        nominal_gb=40,
+        usable_gib=39.4,
+        capability=8.0,
+        amp="bf16",
+        tflops=312.0,
+        tflops_fp32=156.0,
+        source="NVIDIA A100 Tensor Core GPU datasheet: BF16/FP16 tensor 312 TFLOPS, TF32 156 (dense)",
+    ),
+    "A100 80GB": dict(
+        nominal_gb=80,
+        usable_gib=79.1,
+        capability=8.0,
+        amp="bf16",
+        tflops=312.0,
+        tflops_fp32=156.0,
+        source="NVIDIA A100 Tensor Core GPU datasheet: BF16/FP16 tensor 312 TFLOPS, TF32 156 (dense)",
+    ),
+    "H100 80GB": dict(
+        nominal_gb=80,
+        usable_gib=79.1,
+        capability=9.0,
+        amp="bf16",
+        tflops=989.0,
+        tflops_fp32=495.0,
+        source="NVIDIA H100 Tensor Core GPU datasheet (SXM): BF16/FP16 tensor 1,979 TFLOPS and "
+        "TF32 989 with sparsity; half of each, dense (PCIe: 756 / 378)",
+    ),
 }
 
 
@@ -114,8 +144,9 @@ def _check_precision(precision: str) -> torch.dtype | None:
     return _DTYPES[precision]
 
 
-def count_peak_memory(setup: Callable[[], tuple[Callable[[], Any], Sequence[Any]]], *,
-                      iters: int = 2) -> dict[str, int]:
+def count_peak_memory(
+    setup: Callable[[], tuple[Callable[[], Any], Sequence[Any]]], *, iters: int = 2
+) -> dict[str, int]:
     """Peak bytes of a step, counted under ``FakeTensorMode`` (nothing computed or allocated).
 
     Args:
@@ -144,16 +175,33 @@ def count_peak_memory(setup: Callable[[], tuple[Callable[[], Any], Sequence[Any]
         peak = tracker.get_tracker_snapshot("peak")
     snap = peak.get(torch.device("cpu")) or next(iter(peak.values()))
     by = {str(getattr(k, "value", k)): int(v) for k, v in snap.items()}
-    return {"total": by["Total"], "parameters": by.get("Parameter", 0), "gradients": by.get("Gradient", 0),
-            "optimizer": by.get("Optstate", 0), "activations": by.get("Activation", 0),
-            "temporary": by.get("Temp", 0), "buffers": by.get("Buffer", 0)}
+    return {
+        "total": by["Total"],
+        "parameters": by.get("Parameter", 0),
+        "gradients": by.get("Gradient", 0),
+        "optimizer": by.get("Optstate", 0),
+        "activations": by.get("Activation", 0),
+        "temporary": by.get("Temp", 0),
+        "buffers": by.get("Buffer", 0),
+    }
 
 
-def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_dtype, overrides: dict,
-                 dice_include_background: bool, ds_weights, device: str | torch.device = "cpu",
-                 grad_scaler: bool = False):
-    config = TrainConfig(dice_include_background=dice_include_background,
-                         ds_weights=None if ds_weights is None else list(ds_weights))
+def _train_setup(
+    variant: str,
+    batch_size: int,
+    num_slices: int,
+    size: int,
+    amp_dtype,
+    overrides: dict,
+    dice_include_background: bool,
+    ds_weights,
+    device: str | torch.device = "cpu",
+    grad_scaler: bool = False,
+):
+    config = TrainConfig(
+        dice_include_background=dice_include_background,
+        ds_weights=None if ds_weights is None else list(ds_weights),
+    )
 
     def setup():
         with torch.device(device):  # built where it runs: fake parameters cannot be moved
@@ -162,13 +210,15 @@ def _train_setup(variant: str, batch_size: int, num_slices: int, size: int, amp_
         loss_fn = build_loss(config, model)
         opt = build_optimizer(config, model, torch.device(device))  # fused Adam on CUDA, as in training
         image = torch.rand((batch_size, 1, num_slices, size, size), device=device)
-        label = torch.randint(0, model.config.num_classes, (batch_size, num_slices, size, size),
-                              device=device)
+        label = torch.randint(
+            0, model.config.num_classes, (batch_size, num_slices, size, size), device=device
+        )
 
         # fp16 training scales the loss (kitsmsan.train); a fake step cannot: the scaler reads
         # found-inf back to the host. It is disabled there (its memory is one scalar per device).
-        scaler = torch.amp.GradScaler(torch.device(device).type,
-                                      enabled=grad_scaler and amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler(
+            torch.device(device).type, enabled=grad_scaler and amp_dtype == torch.float16
+        )
 
         def step():
             return train_step(model, loss_fn, opt, scaler, image, label, amp_dtype=amp_dtype)
@@ -182,10 +232,18 @@ def _overrides(base_channels: int | None) -> dict:
     return {} if base_channels is None else {"base_channels": _check_int("base_channels", base_channels, 1)}
 
 
-def training_memory(variant: str, *, batch_size: int = PAPER_BATCH, num_slices: int = PAPER_SLICES,
-                    size: int = PAPER_SIZE, precision: str = "fp32", base_channels: int | None = None,
-                    dice_include_background: bool = True, ds_weights: Sequence[float] | None = None,
-                    iters: int = 2) -> dict[str, Any]:
+def training_memory(
+    variant: str,
+    *,
+    batch_size: int = PAPER_BATCH,
+    num_slices: int = PAPER_SLICES,
+    size: int = PAPER_SIZE,
+    precision: str = "fp32",
+    base_channels: int | None = None,
+    dice_include_background: bool = True,
+    ds_weights: Sequence[float] | None = None,
+    iters: int = 2,
+) -> dict[str, Any]:
     """Counted peak GPU memory of one training step of ``variant`` (a ``"memory"`` row).
 
     Args:
@@ -213,21 +271,41 @@ def training_memory(variant: str, *, batch_size: int = PAPER_BATCH, num_slices: 
     config = model_config(variant, **overrides)
     if size % 16:
         raise ConfigError(f"size={size}: must be a multiple of 16 (four 2x poolings)")
-    counted = count_peak_memory(_train_setup(variant, batch_size, num_slices, size, amp_dtype, overrides,
-                                             dice_include_background, ds_weights), iters=iters)
+    counted = count_peak_memory(
+        _train_setup(
+            variant, batch_size, num_slices, size, amp_dtype, overrides, dice_include_background, ds_weights
+        ),
+        iters=iters,
+    )
     with torch.device("meta"):
         params = count_parameters(build_model(variant, **overrides))
-    return {"benchmark": "memory", "kind": "train", "variant": variant, "precision": precision,
-            "input": f"{batch_size}x1x{num_slices}x{size}x{size}", "batch_size": batch_size, "size": size,
-            "base_channels": config.base_channels, "parameters": params,
-            "counted_gib": _gib(counted["total"]), "required_gib": round(required_gib(counted["total"]), 3),
-            **{f"{k}_gib": _gib(v) for k, v in counted.items() if k != "total"},
-            "counted_bytes": counted["total"]}
+    return {
+        "benchmark": "memory",
+        "kind": "train",
+        "variant": variant,
+        "precision": precision,
+        "input": f"{batch_size}x1x{num_slices}x{size}x{size}",
+        "batch_size": batch_size,
+        "size": size,
+        "base_channels": config.base_channels,
+        "parameters": params,
+        "counted_gib": _gib(counted["total"]),
+        "required_gib": round(required_gib(counted["total"]), 3),
+        **{f"{k}_gib": _gib(v) for k, v in counted.items() if k != "total"},
+        "counted_bytes": counted["total"],
+    }
 
 
-def inference_memory(variant: str, *, num_slices_case: int = CASE_SLICES, size: int = PAPER_SIZE,
-                     precision: str = "bf16", base_channels: int | None = None,
-                     batch_size: int = INFER_BATCH, num_slices: int = PAPER_SLICES) -> dict[str, Any]:
+def inference_memory(
+    variant: str,
+    *,
+    num_slices_case: int = CASE_SLICES,
+    size: int = PAPER_SIZE,
+    precision: str = "bf16",
+    base_channels: int | None = None,
+    batch_size: int = INFER_BATCH,
+    num_slices: int = PAPER_SLICES,
+) -> dict[str, Any]:
     """Memory of whole-volume inference of one case, as :func:`kitsmsan.inference.predict_case` does it.
 
     On the GPU ``predict_case`` holds the network and one batch of ``batch_size`` windows at a time
@@ -259,8 +337,11 @@ def inference_memory(variant: str, *, num_slices_case: int = CASE_SLICES, size: 
 
         def step():
             with torch.inference_mode():
-                autocast = (torch.autocast("cpu", dtype=amp_dtype) if amp_dtype is not None
-                            else contextlib.nullcontext())
+                autocast = (
+                    torch.autocast("cpu", dtype=amp_dtype)
+                    if amp_dtype is not None
+                    else contextlib.nullcontext()
+                )
                 with autocast:
                     logits = model(x)
                 logits = logits[0] if isinstance(logits, (list, tuple)) else logits
@@ -271,21 +352,42 @@ def inference_memory(variant: str, *, num_slices_case: int = CASE_SLICES, size: 
     counted = count_peak_memory(setup, iters=1)
     z = max(num_slices_case, num_slices)
     voxels = z * size * size
-    host = {"image_hu_float32": 4 * voxels, "normalised_volume_float32": 4 * voxels,
-            "padded_volume_float32": 4 * voxels, "probabilities_float32": 4 * 3 * voxels,
-            "argmax_int64": 8 * voxels}
-    return {"benchmark": "memory", "kind": "inference", "variant": variant, "precision": precision,
-            "input": f"{batch_size}x1x{num_slices}x{size}x{size}", "case": f"{num_slices_case}x{size}x{size}",
-            "base_channels": model_config(variant, **overrides).base_channels,
-            "counted_gib": _gib(counted["total"]), "required_gib": round(required_gib(counted["total"]), 3),
-            "parameters_gib": _gib(counted["parameters"]), "activations_gib": _gib(counted["activations"]),
-            "host_gib": _gib(sum(host.values())), "host_arrays_gib": {k: _gib(v) for k, v in host.items()},
-            "counted_bytes": counted["total"]}
+    host = {
+        "image_hu_float32": 4 * voxels,
+        "normalised_volume_float32": 4 * voxels,
+        "padded_volume_float32": 4 * voxels,
+        "probabilities_float32": 4 * 3 * voxels,
+        "argmax_int64": 8 * voxels,
+    }
+    return {
+        "benchmark": "memory",
+        "kind": "inference",
+        "variant": variant,
+        "precision": precision,
+        "input": f"{batch_size}x1x{num_slices}x{size}x{size}",
+        "case": f"{num_slices_case}x{size}x{size}",
+        "base_channels": model_config(variant, **overrides).base_channels,
+        "counted_gib": _gib(counted["total"]),
+        "required_gib": round(required_gib(counted["total"]), 3),
+        "parameters_gib": _gib(counted["parameters"]),
+        "activations_gib": _gib(counted["activations"]),
+        "host_gib": _gib(sum(host.values())),
+        "host_arrays_gib": {k: _gib(v) for k, v in host.items()},
+        "counted_bytes": counted["total"],
+    }
 
 
-def cuda_training_peak(variant: str, *, batch_size: int = PAPER_BATCH, num_slices: int = PAPER_SLICES,
-                       size: int = PAPER_SIZE, precision: str = "fp32", base_channels: int | None = None,
-                       device: str | torch.device | None = None, iters: int = 2) -> dict[str, Any] | None:
+def cuda_training_peak(
+    variant: str,
+    *,
+    batch_size: int = PAPER_BATCH,
+    num_slices: int = PAPER_SLICES,
+    size: int = PAPER_SIZE,
+    precision: str = "fp32",
+    base_channels: int | None = None,
+    device: str | torch.device | None = None,
+    iters: int = 2,
+) -> dict[str, Any] | None:
     """``torch.cuda.max_memory_allocated`` (and ``max_memory_reserved``) of real training steps.
 
     The same :func:`~kitsmsan.train.step.train_step` as :func:`training_memory`, on a CUDA device, with the grad scaler
@@ -298,14 +400,26 @@ def cuda_training_peak(variant: str, *, batch_size: int = PAPER_BATCH, num_slice
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
-    step, tracked = _train_setup(variant, batch_size, num_slices, size, amp_dtype, _overrides(base_channels),
-                                 True, None, device=dev, grad_scaler=True)()
+    step, tracked = _train_setup(
+        variant,
+        batch_size,
+        num_slices,
+        size,
+        amp_dtype,
+        _overrides(base_channels),
+        True,
+        None,
+        device=dev,
+        grad_scaler=True,
+    )()
     for _ in range(iters):
         step()
     torch.cuda.synchronize(dev)
-    out = {"cuda_max_allocated_gib": _gib(torch.cuda.max_memory_allocated(dev) - base),
-           "cuda_max_reserved_gib": _gib(torch.cuda.max_memory_reserved(dev)),
-           "cuda_device": torch.cuda.get_device_name(dev)}
+    out = {
+        "cuda_max_allocated_gib": _gib(torch.cuda.max_memory_allocated(dev) - base),
+        "cuda_max_reserved_gib": _gib(torch.cuda.max_memory_reserved(dev)),
+        "cuda_device": torch.cuda.get_device_name(dev),
+    }
     del step, tracked
     torch.cuda.empty_cache()
     return out
@@ -348,10 +462,15 @@ def largest_that_fits(intercept: float, slope: float, usable_gib: float, *, step
     return int((budget - intercept) // slope) // step * step
 
 
-def fit_rows(variants: Sequence[str] | None = None, *, gpus: Sequence[str] | None = None,
-             batches: Sequence[int] = (1, 2, 4), crops: Sequence[int] = (256, 384, 512),
-             base_channels: int | None = None, on_row: Callable[[dict], None] | None = None,
-             ) -> list[dict[str, Any]]:
+def fit_rows(
+    variants: Sequence[str] | None = None,
+    *,
+    gpus: Sequence[str] | None = None,
+    batches: Sequence[int] = (1, 2, 4),
+    crops: Sequence[int] = (256, 384, 512),
+    base_channels: int | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
     """Does the paper's step fit each GPU, and the largest batch (or crop) that does.
 
     For each network and precision the peak is counted at ``batches`` (4 × 512 × 512 windows). The
@@ -400,11 +519,18 @@ def fit_rows(variants: Sequence[str] | None = None, *, gpus: Sequence[str] | Non
                 if p not in ("fp32", amp_precision(g)):
                     continue
                 usable = GPUS[g]["usable_gib"]
-                row = {"benchmark": "fit", "gpu": g, "variant": v, "precision": p,
-                       "paper_required_gib": paper["required_gib"], "usable_gib": usable,
-                       "fits": paper["required_gib"] <= usable,
-                       "max_batch": largest_that_fits(a_b, k_b, usable), "max_crop": PAPER_SIZE,
-                       "fit_residual": _sig(res_b, 2)}
+                row = {
+                    "benchmark": "fit",
+                    "gpu": g,
+                    "variant": v,
+                    "precision": p,
+                    "paper_required_gib": paper["required_gib"],
+                    "usable_gib": usable,
+                    "fits": paper["required_gib"] <= usable,
+                    "max_batch": largest_that_fits(a_b, k_b, usable),
+                    "max_crop": PAPER_SIZE,
+                    "fit_residual": _sig(res_b, 2),
+                }
                 if not row["fits"]:
                     by_crop = [count(v, p, PAPER_BATCH, s) for s in crops]
                     a_c, k_c, _ = affine_fit([s * s for s in crops], [r["counted_bytes"] for r in by_crop])
@@ -428,8 +554,13 @@ def fit_rows(variants: Sequence[str] | None = None, *, gpus: Sequence[str] | Non
 
 
 # ------------------------------------------------------------------------------------ time
-def train_flops_per_iter(variants: Sequence[str] | None = None, *, batch_size: int = PAPER_BATCH,
-                         size: int = PAPER_SIZE, num_slices: int = PAPER_SLICES) -> dict[str, int]:
+def train_flops_per_iter(
+    variants: Sequence[str] | None = None,
+    *,
+    batch_size: int = PAPER_BATCH,
+    size: int = PAPER_SIZE,
+    num_slices: int = PAPER_SLICES,
+) -> dict[str, int]:
     """Convolution FLOPs of one training iteration (forward + backward) per network, on ``meta``."""
     out = {}
     for name in list_models() if variants is None else variants:
@@ -439,8 +570,14 @@ def train_flops_per_iter(variants: Sequence[str] | None = None, *, batch_size: i
     return out
 
 
-def projected_hours(flops_per_iter: float, gpu: str, *, num_iters: int = PAPER_ITERS,
-                    efficiency: float = EFFICIENCY, precision: str = "amp") -> float:
+def projected_hours(
+    flops_per_iter: float,
+    gpu: str,
+    *,
+    num_iters: int = PAPER_ITERS,
+    efficiency: float = EFFICIENCY,
+    precision: str = "amp",
+) -> float:
     """Estimated hours of ``num_iters`` iterations on ``gpu`` at ``efficiency`` × its datasheet peak.
 
     ``precision``: ``"amp"`` (the autocast peak, default) or ``"fp32"`` (TF32 / FP32 peak).
@@ -465,8 +602,14 @@ def gpu_key(device_name: str) -> str | None:
     return None
 
 
-def time_rows(flops: Mapping[str, int], *, gpus: Sequence[str] | None = None, num_iters: int = PAPER_ITERS,
-              efficiency: float = EFFICIENCY, measured: Iterable[dict] = ()) -> list[dict[str, Any]]:
+def time_rows(
+    flops: Mapping[str, int],
+    *,
+    gpus: Sequence[str] | None = None,
+    num_iters: int = PAPER_ITERS,
+    efficiency: float = EFFICIENCY,
+    measured: Iterable[dict] = (),
+) -> list[dict[str, Any]]:
     """Hours per network and for the five-network schedule on each GPU (``"time"`` rows).
 
     Estimated from ``flops`` (:func:`train_flops_per_iter`) with :func:`projected_hours` at the
@@ -493,29 +636,53 @@ def time_rows(flops: Mapping[str, int], *, gpus: Sequence[str] | None = None, nu
         for v, f in flops.items():
             m = best.get((g, v))
             if m:
-                per[v] = {"hours": _sig(num_iters / m["it_per_s"] / 3600), "source": "measured",
-                          "mode": m.get("mode"), "device": m.get("device"), "commit": m.get("commit")}
+                per[v] = {
+                    "hours": _sig(num_iters / m["it_per_s"] / 3600),
+                    "source": "measured",
+                    "mode": m.get("mode"),
+                    "device": m.get("device"),
+                    "commit": m.get("commit"),
+                }
             else:
-                per[v] = {"hours": _sig(projected_hours(f, g, num_iters=num_iters, efficiency=efficiency)),
-                          "source": "estimate"}
+                per[v] = {
+                    "hours": _sig(projected_hours(f, g, num_iters=num_iters, efficiency=efficiency)),
+                    "source": "estimate",
+                }
             sources.add(per[v]["source"])
         total = sum(p["hours"] for p in per.values())
-        rows.append({"benchmark": "time", "gpu": g, "precision": GPUS[g]["amp"],
-                     "iters_per_network": num_iters,
-                     "efficiency": efficiency, "peak_tflops": GPUS[g]["tflops"],
-                     **{f"hours_{v}": p["hours"] for v, p in per.items()},
-                     "hours_schedule": _sig(total), "source": "/".join(sorted(sources)),
-                     "measured": {v: p for v, p in per.items() if p["source"] == "measured"}})
+        rows.append(
+            {
+                "benchmark": "time",
+                "gpu": g,
+                "precision": GPUS[g]["amp"],
+                "iters_per_network": num_iters,
+                "efficiency": efficiency,
+                "peak_tflops": GPUS[g]["tflops"],
+                **{f"hours_{v}": p["hours"] for v, p in per.items()},
+                "hours_schedule": _sig(total),
+                "source": "/".join(sorted(sources)),
+                "measured": {v: p for v, p in per.items() if p["source"] == "measured"},
+            }
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------------ report
-def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence[str] = PRECISIONS,
-                  gpus: Sequence[str] | None = None, fit: bool = True, estimates: bool = True,
-                  inference: bool = True,
-                  cuda: bool = True, base_channels: int | None = None, num_iters: int = PAPER_ITERS,
-                  efficiency: float = EFFICIENCY, measured: Iterable[dict] = (),
-                  on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
+def memory_report(
+    variants: Sequence[str] | None = None,
+    *,
+    precisions: Sequence[str] = PRECISIONS,
+    gpus: Sequence[str] | None = None,
+    fit: bool = True,
+    estimates: bool = True,
+    inference: bool = True,
+    cuda: bool = True,
+    base_channels: int | None = None,
+    num_iters: int = PAPER_ITERS,
+    efficiency: float = EFFICIENCY,
+    measured: Iterable[dict] = (),
+    on_row: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
     """Everything ``kitsmsan bench memory`` writes (``book/data/memory.json``).
 
     Rows: the counted training peak of each network × precision at the paper's step (with
@@ -536,8 +703,11 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
 
     def emit(row: dict) -> None:
         # the provenance keys every bench row has (so GPU reports merge with `kitsmsan bench merge`)
-        row.update(device=row.get("cuda_device") or "none: counted under FakeTensorMode, not measured",
-                   torch=torch.__version__, commit=commit_id)
+        row.update(
+            device=row.get("cuda_device") or "none: counted under FakeTensorMode, not measured",
+            torch=torch.__version__,
+            commit=commit_id,
+        )
         results.append(row)
         if on_row:
             on_row(row)
@@ -563,13 +733,16 @@ def memory_report(variants: Sequence[str] | None = None, *, precisions: Sequence
             emit(row)
     return {
         "what": "peak GPU memory of one training step (MSAN paper, §3.1: batch 2 x 1 x 4 x 512 x 512) and "
-                "of whole-case inference, counted under FakeTensorMode + MemTracker on the CPU device "
-                "(nothing computed); hours projected from counted FLOPs and datasheet peaks",
+        "of whole-case inference, counted under FakeTensorMode + MemTracker on the CPU device "
+        "(nothing computed); hours projected from counted FLOPs and datasheet peaks",
         "counted_on": "CPU device, torch FakeTensorMode (no GPU)",
         "not_counted": "CUDA context and cuDNN/cuBLAS handles; cuDNN workspace; caching-allocator "
-                       "rounding and fragmentation; the fp16 GradScaler's scalars",
-        "margin": {"fraction": MARGIN_FRACTION, "context_gib": CONTEXT_GIB,
-                   "rule": "required_gib = counted_gib x (1 + fraction) + context_gib"},
+        "rounding and fragmentation; the fp16 GradScaler's scalars",
+        "margin": {
+            "fraction": MARGIN_FRACTION,
+            "context_gib": CONTEXT_GIB,
+            "rule": "required_gib = counted_gib x (1 + fraction) + context_gib",
+        },
         "efficiency": efficiency,
         "gpus": GPUS,
         "flops_per_iter": {k: int(v) for k, v in flops.items()},
@@ -586,8 +759,9 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
-                    colab_iters: int | None = None) -> dict[str, str]:
+def memory_markdown(
+    report: Mapping[str, Any], measured: Iterable[dict] = (), *, colab_iters: int | None = None
+) -> dict[str, str]:
     """The book's tables from a :func:`memory_report` (``book/data/memory.json``), as Markdown.
 
     Args:
@@ -603,16 +777,30 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
     """
     results = list(report.get("results", []))
     measured = list(measured)
-    prov = (f"Counted with torch {report.get('torch')} at commit `{report.get('commit')}` on "
-            f"{report.get('counted_on')}, {str(report.get('date', ''))[:10]}.")
+    prov = (
+        f"Counted with torch {report.get('torch')} at commit `{report.get('commit')}` on "
+        f"{report.get('counted_on')}, {str(report.get('date', ''))[:10]}."
+    )
     margin = report.get("margin", {})
-    rule = (f"needed = counted × {1 + margin.get('fraction', MARGIN_FRACTION):g} + "
-            f"{margin.get('context_gib', CONTEXT_GIB):g} GiB")
-    real = {(r.get("variant"), r.get("precision")): r for r in [*results, *measured]
-            if r.get("benchmark") == "memory" and r.get("kind") == "train" and r.get("cuda_max_allocated_gib")
-            and r.get("input") == f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"}
-    train = [r for r in results if r.get("benchmark") == "memory" and r.get("kind") == "train"
-             and r.get("input") == f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"]
+    rule = (
+        f"needed = counted × {1 + margin.get('fraction', MARGIN_FRACTION):g} + "
+        f"{margin.get('context_gib', CONTEXT_GIB):g} GiB"
+    )
+    real = {
+        (r.get("variant"), r.get("precision")): r
+        for r in [*results, *measured]
+        if r.get("benchmark") == "memory"
+        and r.get("kind") == "train"
+        and r.get("cuda_max_allocated_gib")
+        and r.get("input") == f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"
+    }
+    train = [
+        r
+        for r in results
+        if r.get("benchmark") == "memory"
+        and r.get("kind") == "train"
+        and r.get("input") == f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"
+    ]
     seen, rows = set(), []
     for r in train:
         key = (r["variant"], r["precision"])
@@ -620,12 +808,32 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
             continue
         seen.add(key)
         m = real.get(key, {})
-        rows.append((r["variant"], r["precision"], f"{r['counted_gib']:.2f}", f"{r['activations_gib']:.2f}",
-                     f"{r['parameters_gib'] + r['optimizer_gib']:.2f}", f"{r['required_gib']:.1f}",
-                     f"{m['cuda_max_allocated_gib']:.2f} ({m.get('cuda_device')})" if m else "pending"))
-    out = {"memory": _md_table(["network", "precision", "counted peak (GiB)", "of which activations",
-                                "parameters + Adam", f"needed ({rule})", "measured on a GPU"], rows)
-           + f"\n{prov} Not counted: {report.get('not_counted')}.\n"}
+        rows.append(
+            (
+                r["variant"],
+                r["precision"],
+                f"{r['counted_gib']:.2f}",
+                f"{r['activations_gib']:.2f}",
+                f"{r['parameters_gib'] + r['optimizer_gib']:.2f}",
+                f"{r['required_gib']:.1f}",
+                f"{m['cuda_max_allocated_gib']:.2f} ({m.get('cuda_device')})" if m else "pending",
+            )
+        )
+    out = {
+        "memory": _md_table(
+            [
+                "network",
+                "precision",
+                "counted peak (GiB)",
+                "of which activations",
+                "parameters + Adam",
+                f"needed ({rule})",
+                "measured on a GPU",
+            ],
+            rows,
+        )
+        + f"\n{prov} Not counted: {report.get('not_counted')}.\n"
+    }
 
     fits = [r for r in results if r.get("benchmark") == "fit"]
     gpus = list(dict.fromkeys(r["gpu"] for r in fits))
@@ -634,27 +842,32 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
         for label, pick in (("fp32", lambda g: "fp32"), ("autocast", amp_precision)):
             cells = []
             for g in gpus:
-                r = next((x for x in fits
-                          if x["gpu"] == g and x["variant"] == v and x["precision"] == pick(g)), None)
+                r = next(
+                    (x for x in fits if x["gpu"] == g and x["variant"] == v and x["precision"] == pick(g)),
+                    None,
+                )
                 if r is None:
                     cells.append(None)
                 elif r["fits"]:
                     cells.append(f"yes (up to batch {r['max_batch']})")
                 else:
                     options = ([f"batch {r['max_batch']}"] if r["max_batch"] else []) + (
-                        [f"crop {r['max_crop']}² at batch 2"] if r["max_crop"] else [])
+                        [f"crop {r['max_crop']}² at batch 2"] if r["max_crop"] else []
+                    )
                     cells.append("**no**" + (": " + ", or ".join(options) if options else ""))
             frows.append((v, label, *cells))
     usable = ", ".join(f"{g} {GPUS[g]['usable_gib']} GiB" for g in gpus if g in GPUS)
     if not fits:
         out["fit"] = "The fit search was not run (`kitsmsan bench memory` without `--counts-only` runs it).\n"
     else:
-        out["fit"] = (_md_table(["network", "precision", *gpus], frows)
-                      + f"\nDoes the paper's step (batch 2 × 1 × 4 × 512 × 512, base width 32) fit? "
-                        f"Autocast is fp16 on the T4 (no bf16 there) and bf16 elsewhere. "
-                        f"Memory the card offers: "
-                        f"{usable}. The largest batch is solved from counts at batches 1, 2 and 4 "
-                        f"and the largest solved batch is counted again to confirm it. {prov}\n")
+        out["fit"] = (
+            _md_table(["network", "precision", *gpus], frows)
+            + f"\nDoes the paper's step (batch 2 × 1 × 4 × 512 × 512, base width 32) fit? "
+            f"Autocast is fp16 on the T4 (no bf16 there) and bf16 elsewhere. "
+            f"Memory the card offers: "
+            f"{usable}. The largest batch is solved from counts at batches 1, 2 and 4 "
+            f"and the largest solved batch is counted again to confirm it. {prov}\n"
+        )
 
     flops = report.get("flops_per_iter", {})
     eff = report.get("efficiency", EFFICIENCY)
@@ -670,25 +883,39 @@ def memory_markdown(report: Mapping[str, Any], measured: Iterable[dict] = (), *,
     if colab_iters:
         header.append(f"`colab` preset, slowest network ({colab_iters:,} it, h)")
     sources = "; ".join(f"{g}: {GPUS[g]['source']}" for g in GPUS)
-    out["time"] = (_md_table(header, trows)
-                   + f"\n**Estimates**, not measurements, unless a cell says *measured*: hours of "
-                     f"{PAPER_ITERS:,} iterations per network from the counted convolution FLOPs of one "
-                     f"iteration "
-                     f"(forward + backward, " + ", ".join(f"{v} {f / 1e12:.2f}" for v, f in flops.items())
-                   + f" TFLOP) at an assumed {eff:.0%} of each GPU's dense tensor-core peak. "
-                     f"Peaks from the vendor datasheets — {sources}. A measured row "
-                     f"(`scripts/gpu_bench.sh` → `book/data/bench_gpu.json`) replaces the estimate for "
-                     f"its GPU.\n")
+    out["time"] = (
+        _md_table(header, trows)
+        + f"\n**Estimates**, not measurements, unless a cell says *measured*: hours of "
+        f"{PAPER_ITERS:,} iterations per network from the counted convolution FLOPs of one "
+        f"iteration "
+        f"(forward + backward, "
+        + ", ".join(f"{v} {f / 1e12:.2f}" for v, f in flops.items())
+        + f" TFLOP) at an assumed {eff:.0%} of each GPU's dense tensor-core peak. "
+        f"Peaks from the vendor datasheets — {sources}. A measured row "
+        f"(`scripts/gpu_bench.sh` → `book/data/bench_gpu.json`) replaces the estimate for "
+        f"its GPU.\n"
+    )
 
     inf = [r for r in results if r.get("benchmark") == "memory" and r.get("kind") == "inference"]
-    out["inference"] = (_md_table(["network", "precision", "GPU: counted peak (GiB)", "GPU: needed (GiB)",
-                                   "host RAM arrays (GiB)"],
-                                  [(r["variant"], r["precision"], f"{r['counted_gib']:.2f}",
-                                    f"{r['required_gib']:.1f}", f"{r['host_gib']:.2f}") for r in inf])
-                        + "\nWhole-case inference of a 512 × 512 × 300 volume as `predict_case` runs it "
-                          "(4-slice windows every 2 slices, 4 windows per forward pass): the GPU holds the "
-                          "network and one batch, whatever the case length; the host holds the volume, the "
-                          "float32 probabilities of 3 classes and the argmax. " + prov + "\n")
+    out["inference"] = (
+        _md_table(
+            ["network", "precision", "GPU: counted peak (GiB)", "GPU: needed (GiB)", "host RAM arrays (GiB)"],
+            [
+                (
+                    r["variant"],
+                    r["precision"],
+                    f"{r['counted_gib']:.2f}",
+                    f"{r['required_gib']:.1f}",
+                    f"{r['host_gib']:.2f}",
+                )
+                for r in inf
+            ],
+        )
+        + "\nWhole-case inference of a 512 × 512 × 300 volume as `predict_case` runs it "
+        "(4-slice windows every 2 slices, 4 windows per forward pass): the GPU holds the "
+        "network and one batch, whatever the case length; the host holds the volume, the "
+        "float32 probabilities of 3 classes and the argmax. " + prov + "\n"
+    )
     return out
 
 
@@ -699,8 +926,24 @@ def _sig(x: float | None, digits: int = 3) -> float | None:
 
 
 __all__ = [
-    "CONTEXT_GIB", "EFFICIENCY", "GPUS", "MARGIN_FRACTION", "PRECISIONS", "affine_fit", "amp_precision",
-    "count_peak_memory", "cuda_training_peak", "fit_rows", "gpu_key", "inference_memory",
-    "largest_that_fits", "memory_markdown", "memory_report", "projected_hours", "required_gib", "time_rows",
-    "train_flops_per_iter", "training_memory",
+    "CONTEXT_GIB",
+    "EFFICIENCY",
+    "GPUS",
+    "MARGIN_FRACTION",
+    "PRECISIONS",
+    "affine_fit",
+    "amp_precision",
+    "count_peak_memory",
+    "cuda_training_peak",
+    "fit_rows",
+    "gpu_key",
+    "inference_memory",
+    "largest_that_fits",
+    "memory_markdown",
+    "memory_report",
+    "projected_hours",
+    "required_gib",
+    "time_rows",
+    "train_flops_per_iter",
+    "training_memory",
 ]

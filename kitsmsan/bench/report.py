@@ -21,22 +21,56 @@ from kitsmsan.utils.provenance import environment
 #: lists them. ``higher``: the measured value must be at least ``required`` (else at most).
 #: ``needs``: where it can be measured; a target with no row yet is shown as pending, never guessed.
 TARGETS = (
-    dict(id="cache_vs_nifti", target="cache windows / .nii.gz windows (x)", required=100, higher=True,
-         needs="any machine"),
-    dict(id="cache_per_cpu_s", target="cache windows per CPU-second (one core)", required=1000, higher=True,
-         needs="any machine"),
-    dict(id="cache_per_cpu_s_uint8", target="cache windows per CPU-second, uint8 label", required=1000,
-         higher=True, needs="any machine"),
-    dict(id="smoke_s", target="reproduce --preset smoke (s)", required=SMOKE_TARGET_S, higher=False,
-         needs="2 CPU cores"),
-    dict(id="gpu_fast_path", target="fast path / fp32 eager, slowest-gaining network (x)", required=2.5,
-         higher=True, needs="a GPU"),
-    dict(id="gpu_schedule_h", target="five networks x 400,000 iterations (h)", required=SCHEDULE_TARGET_H,
-         higher=False, needs="a GPU"),
-    dict(id="gpu_loader", target="DataLoader windows / windows the fastest step consumes (x)", required=5,
-         higher=True, needs="a GPU"),
+    dict(
+        id="cache_vs_nifti",
+        target="cache windows / .nii.gz windows (x)",
+        required=100,
+        higher=True,
+        needs="any machine",
+    ),
+    dict(
+        id="cache_per_cpu_s",
+        target="cache windows per CPU-second (one core)",
+        required=1000,
+        higher=True,
+        needs="any machine",
+    ),
+    dict(
+        id="cache_per_cpu_s_uint8",
+        target="cache windows per CPU-second, uint8 label",
+        required=1000,
+        higher=True,
+        needs="any machine",
+    ),
+    dict(
+        id="smoke_s",
+        target="reproduce --preset smoke (s)",
+        required=SMOKE_TARGET_S,
+        higher=False,
+        needs="2 CPU cores",
+    ),
+    dict(
+        id="gpu_fast_path",
+        target="fast path / fp32 eager, slowest-gaining network (x)",
+        required=2.5,
+        higher=True,
+        needs="a GPU",
+    ),
+    dict(
+        id="gpu_schedule_h",
+        target="five networks x 400,000 iterations (h)",
+        required=SCHEDULE_TARGET_H,
+        higher=False,
+        needs="a GPU",
+    ),
+    dict(
+        id="gpu_loader",
+        target="DataLoader windows / windows the fastest step consumes (x)",
+        required=5,
+        higher=True,
+        needs="a GPU",
+    ),
 )
-
 
 
 def target_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
@@ -62,9 +96,18 @@ def target_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
             return
         t = spec[target_id]
         met = measured >= t["required"] if t["higher"] else measured <= t["required"]
-        out.append({"benchmark": "targets", "id": target_id, "target": t["target"], **extra,
-                    "measured": _sig(measured), "required": t["required"], "met": met,
-                    **{k: src.get(k) for k in PROVENANCE_KEYS}})
+        out.append(
+            {
+                "benchmark": "targets",
+                "id": target_id,
+                "target": t["target"],
+                **extra,
+                "measured": _sig(measured),
+                "required": t["required"],
+                "met": met,
+                **{k: src.get(k) for k in PROVENANCE_KEYS},
+            }
+        )
 
     by = {}
     for r in rows:
@@ -79,8 +122,13 @@ def target_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
         if r.get("ok"):
             add("smoke_s", r.get("wall_s"), r)
     paper_input = f"{PAPER_BATCH}x1x{PAPER_SLICES}x{PAPER_SIZE}x{PAPER_SIZE}"
-    gpu_steps = [r for r in by.get("step", []) if r.get("it_per_s") and r.get("input") == paper_input
-                 and not str(r.get("device", "")).startswith("CPU")]
+    gpu_steps = [
+        r
+        for r in by.get("step", [])
+        if r.get("it_per_s")
+        and r.get("input") == paper_input
+        and not str(r.get("device", "")).startswith("CPU")
+    ]
     if gpu_steps:
         fastest: dict[str, float] = {}
         for r in gpu_steps:
@@ -92,8 +140,11 @@ def target_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
         for s in by.get("schedule", []):
             if s.get("at_paper_size") and s.get("device") == gpu_steps[0].get("device"):
                 add("gpu_schedule_h", s.get("five_model_hours_best"), s)
-        loaders = [r for r in by.get("data_loader", []) if r.get("device") == gpu_steps[0].get("device")
-                   and r.get("batch") == paper_input]
+        loaders = [
+            r
+            for r in by.get("data_loader", [])
+            if r.get("device") == gpu_steps[0].get("device") and r.get("batch") == paper_input
+        ]
         if loaders:
             need = max(r["it_per_s"] for r in gpu_steps) * PAPER_BATCH
             add("gpu_loader", max(r["windows_per_s"] for r in loaders) / need, loaders[0])
@@ -116,15 +167,22 @@ def make_report(rows: Sequence[dict], device: str | None = None, note: str | Non
     env = environment(device)
     rows = [dict(r) for r in rows if r.get("benchmark") != "targets"]
     return {
-        "device": env["device"], "torch": env["torch"], "cuda": env["cuda"], "commit": commit(),
-        "python": env["python"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "host_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+        "device": env["device"],
+        "torch": env["torch"],
+        "cuda": env["cuda"],
+        "commit": commit(),
+        "python": env["python"],
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host_cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         **({"note": note} if note else {}),
         "results": rows + target_rows(rows),
     }
 
 
-def merge_reports(paths: Sequence[str | Path], device: str | None = None, note: str | None = None) -> dict[str, Any]:
+def merge_reports(
+    paths: Sequence[str | Path], device: str | None = None, note: str | None = None
+) -> dict[str, Any]:
     """One report from several (e.g. the stages of ``scripts/gpu_bench.sh``).
 
     Results are concatenated in order; ``"schedule"`` rows are kept as measured; a ``skipped``

@@ -55,14 +55,33 @@ def bench_smoke(
     prov = provenance("cpu")
     rows: list[dict] = []
     if not run:
-        return [_emit(rows, {"benchmark": "smoke", "skipped": True, "wall_s": None,
-                             "target_s": SMOKE_TARGET_S, **prov}, on_row, verbose)]
+        return [
+            _emit(
+                rows,
+                {"benchmark": "smoke", "skipped": True, "wall_s": None, "target_s": SMOKE_TARGET_S, **prov},
+                on_row,
+                verbose,
+            )
+        ]
     if out is not None and Path(out).exists() and any(Path(out).iterdir()):
         raise ConfigError(f"--smoke-out {out}: not empty; reproduce would resume it and time nothing")
     tmp = Path(tempfile.mkdtemp(prefix="kitsmsan-smoke-")) if out is None else Path(out)
-    cmd = list(command) if command is not None else [
-        sys.executable, "-m", "kitsmsan", "reproduce", "--preset", "smoke", "--out", str(tmp / "reproduce"),
-        "--no-progress", *extra_args]
+    cmd = (
+        list(command)
+        if command is not None
+        else [
+            sys.executable,
+            "-m",
+            "kitsmsan",
+            "reproduce",
+            "--preset",
+            "smoke",
+            "--out",
+            str(tmp / "reproduce"),
+            "--no-progress",
+            *extra_args,
+        ]
+    )
     try:
         t0 = time.perf_counter()
         try:
@@ -72,19 +91,27 @@ def bench_smoke(
             rc = None
             err = f"stopped after {timeout_s:g} s\n"
             if exc.stderr:
-                err = (exc.stderr if isinstance(exc.stderr, str) else exc.stderr.decode(errors="replace")) + err
+                err = (
+                    exc.stderr if isinstance(exc.stderr, str) else exc.stderr.decode(errors="replace")
+                ) + err
         wall = time.perf_counter() - t0
     finally:
         if out is None:
             shutil.rmtree(tmp, ignore_errors=True)
-    row = {"benchmark": "smoke", "command": " ".join(["kitsmsan", *cmd[3:]]) if command is None else " ".join(cmd),
-           "wall_s": _sig(wall), "returncode": rc, "ok": rc == 0, "target_s": SMOKE_TARGET_S,
-           "within_target": rc == 0 and wall <= SMOKE_TARGET_S, "cpu_cores": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "load_avg": round(os.getloadavg()[0], 2)}
+    row = {
+        "benchmark": "smoke",
+        "command": " ".join(["kitsmsan", *cmd[3:]]) if command is None else " ".join(cmd),
+        "wall_s": _sig(wall),
+        "returncode": rc,
+        "ok": rc == 0,
+        "target_s": SMOKE_TARGET_S,
+        "within_target": rc == 0 and wall <= SMOKE_TARGET_S,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": round(os.getloadavg()[0], 2),
+    }
     if rc != 0:
         lines = [ln for ln in (err or "").strip().splitlines() if ln.strip()]
         row["error"] = lines[-1][:300] if lines else f"exit status {rc}"
     row.update(prov)
     return [_emit(rows, row, on_row, verbose)]
-
-

@@ -72,7 +72,11 @@ def _reset_peak_rss() -> bool:
 
 def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool) -> list[str]:
     if modes is None:  # CUDA: the mode ladder of the targets; CPU: also fp32 + channels-last, no compile
-        modes = ["fp32", "amp", "amp+cl", "amp+cl+compile"] if dev_type == "cuda" else ["fp32", "cl", "amp", "amp+cl"]
+        modes = (
+            ["fp32", "amp", "amp+cl", "amp+cl+compile"]
+            if dev_type == "cuda"
+            else ["fp32", "cl", "amp", "amp+cl"]
+        )
         if dev_type == "cpu" and compile:
             modes.append("amp+cl+compile")
     else:
@@ -82,8 +86,9 @@ def _step_modes(modes: Sequence[str] | str | None, dev_type: str, compile: bool)
     return sorted(dict.fromkeys(modes), key=STEP_MODES.index)
 
 
-
-def _timed(step: Callable[[], torch.Tensor], n: int, dev: torch.device) -> tuple[float, float, torch.Tensor | None]:
+def _timed(
+    step: Callable[[], torch.Tensor], n: int, dev: torch.device
+) -> tuple[float, float, torch.Tensor | None]:
     """Run ``step`` ``n`` times: (wall seconds, CPU seconds of this process, the last loss). On CUDA the
     clock is read after ``torch.cuda.synchronize``."""
     loss = None
@@ -95,8 +100,19 @@ def _timed(step: Callable[[], torch.Tensor], n: int, dev: torch.device) -> tuple
     return time.perf_counter() - t0, time.process_time() - c0, loss
 
 
-def time_step(variant: str, mode: str, dev: torch.device, *, batch_size: int, num_slices: int, size: int,
-              overrides: dict, iters: int, warmup: int, seed: int) -> dict[str, Any]:
+def time_step(
+    variant: str,
+    mode: str,
+    dev: torch.device,
+    *,
+    batch_size: int,
+    num_slices: int,
+    size: int,
+    overrides: dict,
+    iters: int,
+    warmup: int,
+    seed: int,
+) -> dict[str, Any]:
     """Measure one (network, mode): seconds per iteration, warm-up seconds, peak memory.
 
     Each iteration is :func:`kitsmsan.train.step.train_step` with the loss and the optimizer that
@@ -134,11 +150,18 @@ def time_step(variant: str, mode: str, dev: torch.device, *, batch_size: int, nu
         hwm = _proc_status_kb("VmHWM")
         peak_mb = (hwm - rss0) / 1024 if (rss_reset and hwm is not None and rss0 is not None) else None
         how = "peak RSS - RSS before" if peak_mb is not None else "unavailable"
-    result = {"s_per_it": elapsed / iters, "cpu_s_per_it": cpu / iters, "warmup_s": warm_s,
-              "peak_mem_mb": peak_mb, "mem_measure": how,
-              "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-              "channels_last": channels_last, "compile": mode.endswith("compile"),
-              "params": sum(p.numel() for p in net.parameters()), "loss_finite": bool(torch.isfinite(loss).item())}
+    result = {
+        "s_per_it": elapsed / iters,
+        "cpu_s_per_it": cpu / iters,
+        "warmup_s": warm_s,
+        "peak_mem_mb": peak_mb,
+        "mem_measure": how,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "channels_last": channels_last,
+        "compile": mode.endswith("compile"),
+        "params": sum(p.numel() for p in net.parameters()),
+        "loss_finite": bool(torch.isfinite(loss).item()),
+    }
     del step, model, net, opt, x, y
     gc.collect()
     if cuda:
@@ -229,23 +252,43 @@ def bench_step(
     size = _check_int("size", defaults["size"] if size is None else size, 16)
     if size % 16:
         raise ConfigError(f"size={size}: must be a multiple of 16 (four 2x poolings)")
-    base_channels = (defaults["base_channels"] if base_channels is None
-                     else _check_int("base_channels", base_channels, 1))
-    shape = dict(batch_size=_check_int("batch_size", batch_size, 1), num_slices=_check_int("num_slices", num_slices, 1),
-                 size=size, overrides={} if base_channels is None else {"base_channels": base_channels},
-                 iters=_check_int("iters", defaults["iters"] if iters is None else iters, 1),
-                 warmup=_check_int("warmup", defaults["warmup"] if warmup is None else warmup, 0), seed=seed)
+    base_channels = (
+        defaults["base_channels"] if base_channels is None else _check_int("base_channels", base_channels, 1)
+    )
+    shape = dict(
+        batch_size=_check_int("batch_size", batch_size, 1),
+        num_slices=_check_int("num_slices", num_slices, 1),
+        size=size,
+        overrides={} if base_channels is None else {"base_channels": base_channels},
+        iters=_check_int("iters", defaults["iters"] if iters is None else iters, 1),
+        warmup=_check_int("warmup", defaults["warmup"] if warmup is None else warmup, 0),
+        seed=seed,
+    )
     num_iters = _check_int("num_iters", num_iters, 1)
     names = _variants(variants)
-    plan = _step_plan(names, _step_modes(modes, dev.type, compile),
-                      names if compile_variants is None else _variants(compile_variants))
+    plan = _step_plan(
+        names,
+        _step_modes(modes, dev.type, compile),
+        names if compile_variants is None else _variants(compile_variants),
+    )
     rows: list[dict] = []
     fp32: dict[str, dict] = {}
-    with torch_settings(threads=threads and _check_int("threads", threads, 1),
-                        cudnn_benchmark=True if dev.type == "cuda" else None):
+    with torch_settings(
+        threads=threads and _check_int("threads", threads, 1),
+        cudnn_benchmark=True if dev.type == "cuda" else None,
+    ):
         for variant, mode in plan:
-            row = _step_row(variant, mode, dev, shape, measure or time_step, fp32, num_iters,
-                            isolated=measure is not None, base_channels=base_channels)
+            row = _step_row(
+                variant,
+                mode,
+                dev,
+                shape,
+                measure or time_step,
+                fp32,
+                num_iters,
+                isolated=measure is not None,
+                base_channels=base_channels,
+            )
             _emit(rows, row, on_row, verbose)
     sched = schedule_row(rows, num_iters=num_iters)
     if sched is not None:
@@ -269,18 +312,34 @@ def _train_flops(variant: str, overrides: tuple, input_shape: tuple[int, ...]) -
         return count_train_flops(build_model(variant, **dict(overrides)), input_shape)
 
 
-def _step_row(variant: str, mode: str, dev: torch.device, shape: dict, measure: Callable[..., dict],
-              fp32: dict[str, dict], num_iters: int, *, isolated: bool, base_channels: int | None) -> dict:
+def _step_row(
+    variant: str,
+    mode: str,
+    dev: torch.device,
+    shape: dict,
+    measure: Callable[..., dict],
+    fp32: dict[str, dict],
+    num_iters: int,
+    *,
+    isolated: bool,
+    base_channels: int | None,
+) -> dict:
     """Measure one (network, mode) with ``measure`` and turn the result into a ``"step"`` row.
 
     ``fp32`` collects the fp32 results per network (the baselines of the speed-ups). A failure (out of
     memory, a compiler error, a crashed process) gives a row with ``error``."""
     b, n, s = shape["batch_size"], shape["num_slices"], shape["size"]
     row: dict[str, Any] = {
-        "benchmark": "step", "variant": variant, "mode": mode, "input": f"{b}x1x{n}x{s}x{s}",
+        "benchmark": "step",
+        "variant": variant,
+        "mode": mode,
+        "input": f"{b}x1x{n}x{s}x{s}",
         "base_channels": base_channels or build_model_default_base(variant),
         "deep_supervision": model_config(variant, **shape["overrides"]).deep_supervision,
-        "warmup": shape["warmup"], "iters": shape["iters"], "isolated": isolated}
+        "warmup": shape["warmup"],
+        "iters": shape["iters"],
+        "isolated": isolated,
+    }
     prov = provenance(str(dev))
     try:
         res = measure(variant, mode, dev, **shape)
@@ -296,20 +355,32 @@ def _step_row(variant: str, mode: str, dev: torch.device, shape: dict, measure: 
     base = fp32.get(variant)
     flops = _train_flops(variant, tuple(sorted(shape["overrides"].items())), (b, 1, n, s, s))
     row.update(
-        precision=res["precision"], channels_last=res["channels_last"], compile=res["compile"],
-        params=res["params"], warmup_s=_sig(res["warmup_s"]), it_per_s=_sig(rate),
-        s_per_it=_sig(res["s_per_it"]), cpu_s_per_it=_sig(res["cpu_s_per_it"]),
+        precision=res["precision"],
+        channels_last=res["channels_last"],
+        compile=res["compile"],
+        params=res["params"],
+        warmup_s=_sig(res["warmup_s"]),
+        it_per_s=_sig(rate),
+        s_per_it=_sig(res["s_per_it"]),
+        cpu_s_per_it=_sig(res["cpu_s_per_it"]),
         speedup_vs_fp32=_sig(base["s_per_it"] / res["s_per_it"]) if base else None,
-        peak_mem_mb=_sig(res["peak_mem_mb"]), mem_measure=res["mem_measure"],
-        hours_per_run=_sig(num_iters / rate / 3600), run_iters=num_iters,
-        tflop_per_s=_sig(flops * rate / 1e12), loss_finite=res["loss_finite"],
-        threads=torch.get_num_threads())
+        peak_mem_mb=_sig(res["peak_mem_mb"]),
+        mem_measure=res["mem_measure"],
+        hours_per_run=_sig(num_iters / rate / 3600),
+        run_iters=num_iters,
+        tflop_per_s=_sig(flops * rate / 1e12),
+        loss_finite=res["loss_finite"],
+        threads=torch.get_num_threads(),
+    )
     if dev.type == "cpu" and base and res["cpu_s_per_it"] > 0:
         # CPU seconds, not wall: on a shared machine the ratio that other load distorts least
         row["cpu_time_speedup_vs_fp32"] = _sig(base["cpu_s_per_it"] / res["cpu_s_per_it"])
     if res.get("onednn_isa"):
         row["onednn_isa"] = res["onednn_isa"]
     if dev.type == "cuda":
-        row.update(cudnn_benchmark=True, tf32_conv=torch.backends.cudnn.allow_tf32,
-                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        row.update(
+            cudnn_benchmark=True,
+            tf32_conv=torch.backends.cudnn.allow_tf32,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
     return {**row, **prov}

@@ -32,16 +32,24 @@ def _int_list(text: str) -> list[int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` parser."""
     p = subparsers.add_parser(
-        "bench", help="speed benchmarks (data, step, inference, smoke, all)",
+        "bench",
+        help="speed benchmarks (data, step, inference, smoke, all)",
         description="Measure the pipeline's speed on this machine and print a table. "
-        "'all' runs data, step, inference and smoke (unless --skip-smoke).")
+        "'all' runs data, step, inference and smoke (unless --skip-smoke).",
+    )
     p.add_argument("which", choices=CHOICES, help="which benchmark; 'merge' joins --inputs reports")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON (book/data/bench_*.json)")
+    p.add_argument(
+        "--json", default=None, metavar="OUT", help="write the report as JSON (book/data/bench_*.json)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     g = p.add_argument_group("sizes (default: per device, see kitsmsan.bench)")
     g.add_argument("--size", type=int, default=None, help="in-plane size H = W (data default 512)")
-    g.add_argument("--slices", type=int, default=None,
-                   help="slices of the data / inference test case (default 300; inference on CPU 32)")
+    g.add_argument(
+        "--slices",
+        type=int,
+        default=None,
+        help="slices of the data / inference test case (default 300; inference on CPU 32)",
+    )
     g.add_argument("--base-channels", type=int, default=None, help="network width (step / inference)")
     g.add_argument("--batch-size", type=int, default=2, help="windows per step / loader batch (default 2)")
     g.add_argument("--iters", type=int, default=None, help="timed step iterations (default cuda 20, cpu 3)")
@@ -49,46 +57,87 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads for step / inference")
     s = p.add_argument_group("step")
     s.add_argument("--variants", default=None, help="comma-separated networks (default: all five)")
-    s.add_argument("--modes", default=None, help="comma-separated of fp32,cl,amp,amp+cl,amp+cl+compile (default: cuda "
-                   "fp32,amp,amp+cl,amp+cl+compile; cpu fp32,cl,amp,amp+cl)")
+    s.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated of fp32,cl,amp,amp+cl,amp+cl+compile (default: cuda "
+        "fp32,amp,amp+cl,amp+cl+compile; cpu fp32,cl,amp,amp+cl)",
+    )
     s.add_argument("--compile", action="store_true", help="on CPU, add the torch.compile mode")
-    s.add_argument("--compile-variants", default=None, help="networks that get the compile mode (default: all)")
-    s.add_argument("--isolate", default=None, action=argparse.BooleanOptionalAction,
-                   help="measure each network/mode in a fresh process (default: on for CPU, off for CUDA)")
+    s.add_argument(
+        "--compile-variants", default=None, help="networks that get the compile mode (default: all)"
+    )
+    s.add_argument(
+        "--isolate",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="measure each network/mode in a fresh process (default: on for CPU, off for CUDA)",
+    )
     d = p.add_argument_group("data")
     d.add_argument("--windows", type=int, default=2000, help="cache windows timed (default 2000)")
     d.add_argument("--nifti-windows", type=int, default=5, help=".nii.gz windows timed (default 5)")
     d.add_argument("--no-nifti", action="store_true", help="skip the .nii.gz path")
     d.add_argument("--workers", type=_int_list, default=[0, 1, 2], help="DataLoader workers (default 0,1,2)")
-    d.add_argument("--loader-batches", type=int, default=50, help="batches timed per worker count (default 50)")
-    d.add_argument("--label-dtype", default="uint8", choices=("int64", "int16", "uint8"),
-                   help="label dtype of the loader rows (default uint8, what training uses)")
-    d.add_argument("--source", default="phantom", choices=("phantom", "synthetic"),
-                   help="content of the test case (default phantom)")
+    d.add_argument(
+        "--loader-batches", type=int, default=50, help="batches timed per worker count (default 50)"
+    )
+    d.add_argument(
+        "--label-dtype",
+        default="uint8",
+        choices=("int64", "int16", "uint8"),
+        help="label dtype of the loader rows (default uint8, what training uses)",
+    )
+    d.add_argument(
+        "--source",
+        default="phantom",
+        choices=("phantom", "synthetic"),
+        help="content of the test case (default phantom)",
+    )
     m = p.add_argument_group("smoke / merge")
     m.add_argument("--skip-smoke", action="store_true", help="'all' without the smoke run (it takes minutes)")
     m.add_argument("--smoke-out", default=None, help="keep the reproduction in this new folder")
     m.add_argument("--smoke-timeout", type=float, default=3600.0, help="seconds (default 3600)")
     m.add_argument("--inputs", nargs="+", default=[], metavar="JSON", help="reports to merge")
     mem = p.add_argument_group("memory (counted without a GPU; see kitsmsan.bench.memory)")
-    mem.add_argument("--precisions", default="fp32,bf16,fp16", help="comma-separated (default fp32,bf16,fp16)")
-    mem.add_argument("--counts-only", action="store_true",
-                     help="only the memory rows: no per-GPU fit search (minutes) and no time estimates")
-    mem.add_argument("--measured", nargs="*", default=None, metavar="JSON",
-                     help="bench reports whose GPU step rows replace the time estimates "
-                     "(default: book/data/bench_gpu.json if it exists)")
+    mem.add_argument(
+        "--precisions", default="fp32,bf16,fp16", help="comma-separated (default fp32,bf16,fp16)"
+    )
+    mem.add_argument(
+        "--counts-only",
+        action="store_true",
+        help="only the memory rows: no per-GPU fit search (minutes) and no time estimates",
+    )
+    mem.add_argument(
+        "--measured",
+        nargs="*",
+        default=None,
+        metavar="JSON",
+        help="bench reports whose GPU step rows replace the time estimates "
+        "(default: book/data/bench_gpu.json if it exists)",
+    )
     p.add_argument("--note", default=None, help="a sentence on the run's conditions, kept in the JSON header")
     p.add_argument("--wide", action="store_true", help="print every column (the JSON always has them)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a --json file this command did not write (the old one is kept beside it)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a --json file this command did not write (the old one is kept beside it)",
+    )
     p.set_defaults(func=run)
 
 
 def _kwargs(name: str, args: argparse.Namespace) -> dict:
     if name == "data":
-        kw = dict(num_windows=args.windows, num_nifti_windows=args.nifti_windows, workers=args.workers,
-                  loader_batches=args.loader_batches, batch_size=args.batch_size,
-                  label_dtype=args.label_dtype, source=args.source, nifti=not args.no_nifti, device=args.device)
+        kw = dict(
+            num_windows=args.windows,
+            num_nifti_windows=args.nifti_windows,
+            workers=args.workers,
+            loader_batches=args.loader_batches,
+            batch_size=args.batch_size,
+            label_dtype=args.label_dtype,
+            source=args.source,
+            nifti=not args.no_nifti,
+            device=args.device,
+        )
         if args.size is not None:
             kw["size"] = args.size
         if args.slices is not None:
@@ -98,13 +147,28 @@ def _kwargs(name: str, args: argparse.Namespace) -> dict:
         from kitsmsan.bench import resolve_device
 
         isolate = resolve_device(args.device).type == "cpu" if args.isolate is None else args.isolate
-        return dict(variants=args.variants, modes=args.modes, compile=args.compile,
-                    compile_variants=args.compile_variants, size=args.size, batch_size=args.batch_size,
-                    base_channels=args.base_channels, iters=args.iters, warmup=args.warmup,
-                    device=args.device, threads=args.threads, measure=time_step_isolated if isolate else None)
+        return dict(
+            variants=args.variants,
+            modes=args.modes,
+            compile=args.compile,
+            compile_variants=args.compile_variants,
+            size=args.size,
+            batch_size=args.batch_size,
+            base_channels=args.base_channels,
+            iters=args.iters,
+            warmup=args.warmup,
+            device=args.device,
+            threads=args.threads,
+            measure=time_step_isolated if isolate else None,
+        )
     if name == "inference":
-        return dict(size=args.size, num_slices=args.slices, base_channels=args.base_channels,
-                    device=args.device, threads=args.threads)
+        return dict(
+            size=args.size,
+            num_slices=args.slices,
+            base_channels=args.base_channels,
+            device=args.device,
+            threads=args.threads,
+        )
     return dict(run=not args.skip_smoke, out=args.smoke_out, timeout_s=args.smoke_timeout)
 
 
@@ -176,8 +240,11 @@ def _run_memory(args: argparse.Namespace) -> int:
     from kitsmsan.errors import ConfigError
     from kitsmsan.utils.io import atomic_write_json
 
-    paths = args.measured if args.measured is not None else [
-        p for p in [Path("book/data/bench_gpu.json")] if p.is_file()]
+    paths = (
+        args.measured
+        if args.measured is not None
+        else [p for p in [Path("book/data/bench_gpu.json")] if p.is_file()]
+    )
     measured: list[dict] = []
     for path in paths:
         try:
@@ -186,27 +253,61 @@ def _run_memory(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path}: not a readable bench report ({exc})") from None
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    report = memory_report(variants, precisions=precisions, fit=not args.counts_only,
-                           estimates=not args.counts_only, base_channels=args.base_channels,
-                           measured=measured,
-                           on_row=lambda r: print(f"  counted {r.get('kind', r['benchmark'])} "
-                                                  f"{r.get('variant', r.get('gpu'))} "
-                                                  f"{r.get('precision', '')}", flush=True))
+    report = memory_report(
+        variants,
+        precisions=precisions,
+        fit=not args.counts_only,
+        estimates=not args.counts_only,
+        base_channels=args.base_channels,
+        measured=measured,
+        on_row=lambda r: print(
+            f"  counted {r.get('kind', r['benchmark'])} "
+            f"{r.get('variant', r.get('gpu'))} "
+            f"{r.get('precision', '')}",
+            flush=True,
+        ),
+    )
     if args.json:
         atomic_write_json(args.json, report)
     print(f"torch {report['torch']} | commit {report['commit']} | {report['counted_on']}")
-    print(f"margin: {report['margin']['rule']} (fraction {report['margin']['fraction']}, "
-          f"context {report['margin']['context_gib']} GiB); not counted: {report['not_counted']}")
+    print(
+        f"margin: {report['margin']['rule']} (fraction {report['margin']['fraction']}, "
+        f"context {report['margin']['context_gib']} GiB); not counted: {report['not_counted']}"
+    )
     skip = ("counted_bytes", "host_arrays_gib", "measured", "buffers_gib", "gradients_gib")
     print(format_table(report["results"], skip=skip))
     return 0
 
 
 #: columns the terminal table leaves out unless ``--wide`` (they stay in the JSON)
-NARROW_SKIP = ("params", "isolated", "s_per_it", "warmup_s", "run_iters", "mem_measure", "threads",
-               "loss_finite", "warmup", "iters", "deep_supervision", "precision", "channels_last", "compile",
-               "tflop_per_s", "load_avg", "write_nifti_s", "label_dtype", "pin_memory", "batches",
-               "cudnn_benchmark", "tf32_conv", "tf32_matmul", "command", "cpu_cores", "torch_threads")
+NARROW_SKIP = (
+    "params",
+    "isolated",
+    "s_per_it",
+    "warmup_s",
+    "run_iters",
+    "mem_measure",
+    "threads",
+    "loss_finite",
+    "warmup",
+    "iters",
+    "deep_supervision",
+    "precision",
+    "channels_last",
+    "compile",
+    "tflop_per_s",
+    "load_avg",
+    "write_nifti_s",
+    "label_dtype",
+    "pin_memory",
+    "batches",
+    "cudnn_benchmark",
+    "tf32_conv",
+    "tf32_matmul",
+    "command",
+    "cpu_cores",
+    "torch_threads",
+)
 
 
 # ---------------------------------------------------------------------------- isolated measurements
@@ -230,7 +331,13 @@ def time_step_isolated(variant: str, mode: str, dev, *, timeout_s: float = 1800.
 
     import torch
 
-    payload = {"variant": variant, "mode": mode, "device": str(dev), "threads": torch.get_num_threads(), **kwargs}
+    payload = {
+        "variant": variant,
+        "mode": mode,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        **kwargs,
+    }
     try:
         return run_child(payload, timeout_s)
     except RuntimeError as exc:
@@ -246,8 +353,9 @@ def time_step_isolated(variant: str, mode: str, dev, *, timeout_s: float = 1800.
     return res
 
 
-def run_child(payload: dict, timeout_s: float, env: dict[str, str] | None = None,
-              argv: list[str] | None = None) -> dict:
+def run_child(
+    payload: dict, timeout_s: float, env: dict[str, str] | None = None, argv: list[str] | None = None
+) -> dict:
     """Run ``python -m kitsmsan.commands.bench`` (or ``argv``) with ``payload`` as JSON on stdin; its
     last stdout line is the JSON result.
 
@@ -265,8 +373,14 @@ def run_child(payload: dict, timeout_s: float, env: dict[str, str] | None = None
 
     argv = argv or [sys.executable, "-m", "kitsmsan.commands.bench"]
     try:
-        proc = subprocess.run(argv, input=json.dumps(payload), capture_output=True, text=True,
-                              timeout=timeout_s, env={**os.environ, **env} if env else None)
+        proc = subprocess.run(
+            argv,
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={**os.environ, **env} if env else None,
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"measurement stopped after {timeout_s:g} s") from None
     if proc.returncode < 0:

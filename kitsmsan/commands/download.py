@@ -26,33 +26,57 @@ def register(subparsers) -> None:
         "idempotent (verified files are skipped).",
     )
     p.add_argument("--root", required=True, help="output data folder (KiTS19 layout)")
-    p.add_argument("--cases", default="0-209",
-                   help="case numbers, e.g. '0-179,185' (default 0-209; cases 0-299 exist, "
-                        "210-299 have no labels)")
+    p.add_argument(
+        "--cases",
+        default="0-209",
+        help="case numbers, e.g. '0-179,185' (default 0-209; cases 0-299 exist, 210-299 have no labels)",
+    )
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--labels-only", action="store_true",
-                      help="only segmentation.nii.gz and kits.json (no imaging)")
+    what.add_argument(
+        "--labels-only", action="store_true", help="only segmentation.nii.gz and kits.json (no imaging)"
+    )
     what.add_argument("--imaging-only", action="store_true", help="only imaging.nii.gz")
-    p.add_argument("--imaging-url", default=None,
-                   help="imaging base URL or template with {case_id}/{number} "
-                        "(default: $KITSMSAN_IMAGING_URL or the official host)")
-    p.add_argument("--labels-url", default=None,
-                   help="base URL of case_XXXXX/segmentation.nii.gz and kits.json "
-                        "(default: $KITSMSAN_LABELS_URL or the official repository)")
-    p.add_argument("--manifest", default=None,
-                   help="JSON {path: {sha256, size}} of expected files (optional)")
+    p.add_argument(
+        "--imaging-url",
+        default=None,
+        help="imaging base URL or template with {case_id}/{number} "
+        "(default: $KITSMSAN_IMAGING_URL or the official host)",
+    )
+    p.add_argument(
+        "--labels-url",
+        default=None,
+        help="base URL of case_XXXXX/segmentation.nii.gz and kits.json "
+        "(default: $KITSMSAN_LABELS_URL or the official repository)",
+    )
+    p.add_argument(
+        "--manifest", default=None, help="JSON {path: {sha256, size}} of expected files (optional)"
+    )
     p.add_argument("--workers", type=int, default=4, help="cases downloaded in parallel (default 4)")
-    p.add_argument("--retries", type=int, default=5,
-                   help="HTTP retries per request, and drops without progress per file (default 5)")
-    p.add_argument("--verify-existing", action="store_true",
-                   help="fully re-verify files already in place")
-    p.add_argument("--replace-bad", action="store_true",
-                   help="download again files in place that fail verification (the old file is kept "
-                        "beside it as NAME.kitsmsan-old); default: such a file is reported, untouched")
-    p.add_argument("--overwrite", action="store_true",
-                   help="use a --root that is not a KiTS19 data folder (its files are kept, never deleted)")
-    p.add_argument("--stall-timeout", type=float, default=60.0, metavar="S",
-                   help="give up a transfer pass after S seconds with under 1 KiB received (default 60)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="HTTP retries per request, and drops without progress per file (default 5)",
+    )
+    p.add_argument("--verify-existing", action="store_true", help="fully re-verify files already in place")
+    p.add_argument(
+        "--replace-bad",
+        action="store_true",
+        help="download again files in place that fail verification (the old file is kept "
+        "beside it as NAME.kitsmsan-old); default: such a file is reported, untouched",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="use a --root that is not a KiTS19 data folder (its files are kept, never deleted)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="give up a transfer pass after S seconds with under 1 KiB received (default 60)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

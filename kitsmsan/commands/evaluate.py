@@ -27,19 +27,34 @@ def register(subparsers) -> None:
         "post-processing.",
     )
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of prediction_XXXXX.nii.gz")
-    p.add_argument("--data", required=True, metavar="ROOT",
-                   help="KiTS19 data folder with case_XXXXX/segmentation.nii.gz")
-    p.add_argument("--cases", default=None,
-                   help="case numbers, e.g. '180-189' (default: every prediction file in --pred)")
-    p.add_argument("--postprocess", type=int, default=2, metavar="K",
-                   help="also score after keeping the K largest kidney-region components "
-                   "(default 2, one per kidney; 1 = the paper's literal step, which deletes the smaller "
-                   "kidney; 0 = raw predictions only)")
+    p.add_argument(
+        "--data", required=True, metavar="ROOT", help="KiTS19 data folder with case_XXXXX/segmentation.nii.gz"
+    )
+    p.add_argument(
+        "--cases",
+        default=None,
+        help="case numbers, e.g. '180-189' (default: every prediction file in --pred)",
+    )
+    p.add_argument(
+        "--postprocess",
+        type=int,
+        default=2,
+        metavar="K",
+        help="also score after keeping the K largest kidney-region components "
+        "(default 2, one per kidney; 1 = the paper's literal step, which deletes the smaller "
+        "kidney; 0 = raw predictions only)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the tables")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="write the tables even if predictions are missing (they are listed; exit 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a folder that is not this command's output (its files are kept, never deleted)")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="write the tables even if predictions are missing (they are listed; exit 1)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not this command's output (its files are kept, never deleted)",
+    )
     p.set_defaults(func=run)
 
 
@@ -70,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if args.postprocess < 0:
         raise ConfigError(f"--postprocess {args.postprocess}: expected 0 (off) or K >= 1")
     case_ids = None if args.cases is None else parse_case_range(args.cases)
-    claim = dict(command="evaluate", overwrite=args.overwrite,
-                 recognize=only_files("per_case.csv", "summary.csv", "summary.json", "summary.md"))
+    claim = dict(
+        command="evaluate",
+        overwrite=args.overwrite,
+        recognize=only_files("per_case.csv", "summary.csv", "summary.json", "summary.md"),
+    )
     claim_output_dir(args.out, "evaluation", create=False, **claim)  # refused before scoring
     _check_grids(Path(args.pred), Path(args.data), case_ids)  # same grid as the ground truth, or refused
     passes = [0] + ([args.postprocess] if args.postprocess else [])
@@ -85,15 +103,22 @@ def run(args: argparse.Namespace) -> int:
         ["none" if k == 0 else f"largest {k} component{'s' if k > 1 else ''}" for k in summary.index],
         name="post-processing",
     )
-    provenance = {"predictions": str(Path(args.pred)), "data": str(Path(args.data)),
-                  "cases": int(tables[0].shape[0]), "commit": git_commit()}
+    provenance = {
+        "predictions": str(Path(args.pred)),
+        "data": str(Path(args.data)),
+        "cases": int(tables[0].shape[0]),
+        "commit": git_commit(),
+    }
     with new_output_dir(args.out, "evaluation", **claim):  # a failed write leaves no new folder
         paths = write_results(args.out, per_case, summary, provenance=provenance)
     print(table1_markdown(summary), end="")
     missing = per_case.loc[per_case["status"] != "ok", "case_id"].drop_duplicates().tolist()
     print(f"wrote {paths['per_case'].parent}/(per_case.csv, summary.csv, summary.json, summary.md)")
     if missing:
-        print(f"kitsmsan evaluate: {len(missing)} predictions missing, excluded from the means: "
-              f"{', '.join(missing)}", file=sys.stderr)
+        print(
+            f"kitsmsan evaluate: {len(missing)} predictions missing, excluded from the means: "
+            f"{', '.join(missing)}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -33,14 +33,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(eval mode, and training mode with the deep-supervision outputs).",
     )
     p.add_argument("--json", metavar="OUT", default=None, help="also write the rows as JSON to OUT")
-    p.add_argument("--base-channels", type=int, default=None, metavar="N",
-                   help="width of the first level (default: the config default, 32)")
-    p.add_argument("--input-shape", type=_shape, default=None, metavar="B,C,D,H,W",
-                   help="input shape to count for (default: 1,1,4,512,512, the paper's window)")
-    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
-                   help="only these registered names (default: all five)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an output file this command did not write (the old one is kept beside it)")
+    p.add_argument(
+        "--base-channels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="width of the first level (default: the config default, 32)",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        default=None,
+        metavar="B,C,D,H,W",
+        help="input shape to count for (default: 1,1,4,512,512, the paper's window)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these registered names (default: all five)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output file this command did not write (the old one is kept beside it)",
+    )
     p.set_defaults(func=run)
 
 
@@ -57,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError):
             return False
         return isinstance(rows, list) and all(
-            isinstance(r, dict) and {"name", "parameters"} <= set(r) for r in rows)
+            isinstance(r, dict) and {"name", "parameters"} <= set(r) for r in rows
+        )
 
     if args.json:
         claim_output_file(args.json, command="models", overwrite=args.overwrite, recognize=ours, create=False)
@@ -71,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:  # disk full, no permission: name the file, no traceback
             from kitsmsan.errors import DataError
 
-            raise DataError(f"{args.json}: cannot write ({exc.strerror or exc}); "
-                            "the file was not written") from exc
+            raise DataError(
+                f"{args.json}: cannot write ({exc.strerror or exc}); the file was not written"
+            ) from exc
         print(f"wrote {args.json}")
     return 0

@@ -19,25 +19,53 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``phantoms`` parser."""
     p = subparsers.add_parser(
-        "phantoms", help="write synthetic KiTS-like CT cases (pure or around real labels)",
-        description="Write synthetic abdominal CT cases in the KiTS19 layout, plus phantoms.json.")
+        "phantoms",
+        help="write synthetic KiTS-like CT cases (pure or around real labels)",
+        description="Write synthetic abdominal CT cases in the KiTS19 layout, plus phantoms.json.",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output data folder")
-    p.add_argument("--cases", type=int, default=None, metavar="N",
-                   help="number of cases (pure: default 10; with --from-labels: the first N)")
-    p.add_argument("--size", type=int, default=None, metavar="S",
-                   help="in-plane size (pure: default 512; with --from-labels: default keep the "
-                        "real grid, else the longer side is resampled to S)")
+    p.add_argument(
+        "--cases",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of cases (pure: default 10; with --from-labels: the first N)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="in-plane size (pure: default 512; with --from-labels: default keep the "
+        "real grid, else the longer side is resampled to S)",
+    )
     p.add_argument("--seed", type=int, default=0, metavar="K", help="dataset seed (default 0)")
-    p.add_argument("--slices", type=int, default=None, metavar="Z",
-                   help="slice count of every pure phantom (default: per case, like KiTS19)")
-    p.add_argument("--from-labels", default=None, metavar="DIR",
-                   help="KiTS19 folder of segmentations: synthesise CT around these real labels")
-    p.add_argument("--cases-range", default=None, metavar="RANGE",
-                   help="with --from-labels: which cases, e.g. 0-179,185 (default all)")
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=None,
+        metavar="Z",
+        help="slice count of every pure phantom (default: per case, like KiTS19)",
+    )
+    p.add_argument(
+        "--from-labels",
+        default=None,
+        metavar="DIR",
+        help="KiTS19 folder of segmentations: synthesise CT around these real labels",
+    )
+    p.add_argument(
+        "--cases-range",
+        default=None,
+        metavar="RANGE",
+        help="with --from-labels: which cases, e.g. 0-179,185 (default all)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a folder that is not a phantom folder (its files are kept; case folders "
-                   "not written by this command are still refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not a phantom folder (its files are kept; case folders "
+        "not written by this command are still refused)",
+    )
     p.set_defaults(func=run)
 
 
@@ -61,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     def ours(folder: Path) -> bool:  # written before output markers existed: phantoms.json + cases
         return (folder / "phantoms.json").is_file() and only_files("case_*", "phantoms.json")(folder)
 
-    claim_output_dir(out, "phantoms", command="phantoms", overwrite=args.overwrite, recognize=ours,
-                     create=False)
+    claim_output_dir(
+        out, "phantoms", command="phantoms", overwrite=args.overwrite, recognize=ours, create=False
+    )
     try:
         claim_output_dir(out, "phantoms", command="phantoms", overwrite=args.overwrite, recognize=ours)
         return _run(args)
@@ -81,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(exc, OSError):
             raise
         where = exc.filename or args.out
-        raise DataError(f"{where}: cannot write the phantoms ({exc.strerror or exc}); cases "
-                        "written before it are complete, run the command again when fixed") from exc
+        raise DataError(
+            f"{where}: cannot write the phantoms ({exc.strerror or exc}); cases "
+            "written before it are complete, run the command again when fixed"
+        ) from exc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -96,8 +127,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--cases-range: only with --from-labels (pure phantoms use --cases)")
         size = 512 if args.size is None else args.size
         num_cases = 10 if args.cases is None else args.cases
-        ids = write_phantom_dataset(args.out, num_cases, args.seed, size=size,
-                                    num_slices=args.slices, progress=progress)
+        ids = write_phantom_dataset(
+            args.out, num_cases, args.seed, size=size, num_slices=args.slices, progress=progress
+        )
         print(f"wrote {len(ids)} pure phantoms ({size} x {size}) to {args.out}")
         return 0
 
@@ -112,10 +144,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.cases is not None:
         if args.cases < 1:
             raise ConfigError(f"--cases={args.cases}: expected >= 1")
-        ids = (ids if ids is not None else list_cases(args.from_labels, require_imaging=False))
+        ids = ids if ids is not None else list_cases(args.from_labels, require_imaging=False)
         ids = ids[: args.cases]
-    written = write_label_conditioned_dataset(args.from_labels, args.out, case_ids=ids,
-                                              size=args.size, seed=args.seed, progress=progress)
-    print(f"wrote {len(written)} label-conditioned phantoms to {args.out} "
-          "(segmentations: KiTS19, CC BY-NC-SA 4.0)")
+    written = write_label_conditioned_dataset(
+        args.from_labels, args.out, case_ids=ids, size=args.size, seed=args.seed, progress=progress
+    )
+    print(
+        f"wrote {len(written)} label-conditioned phantoms to {args.out} "
+        "(segmentations: KiTS19, CC BY-NC-SA 4.0)"
+    )
     return 0

@@ -20,10 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, metavar="ROOT", help="KiTS19 data folder (case_XXXXX/...)")
     p.add_argument("--cache", required=True, metavar="DIR", help="output cache folder")
-    p.add_argument("--cases", default=None, metavar="RANGE",
-                   help="case range like 0-179,185 (default: every case with imaging)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a folder that is not a kitsmsan cache (its files are kept, never deleted)")
+    p.add_argument(
+        "--cases",
+        default=None,
+        metavar="RANGE",
+        help="case range like 0-179,185 (default: every case with imaging)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not a kitsmsan cache (its files are kept, never deleted)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -34,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.data.preprocess import prepare_cache
 
     case_ids = None if args.cases is None else parse_case_range(args.cases)
-    index = prepare_cache(args.data, args.cache, case_ids=case_ids, progress=not args.no_progress,
-                          overwrite=args.overwrite)
+    index = prepare_cache(
+        args.data, args.cache, case_ids=case_ids, progress=not args.no_progress, overwrite=args.overwrite
+    )
     n_slices = sum(m["shape"][0] for m in index["cases"].values())
     print(f"cache {args.cache}: {len(index['cases'])} cases, {n_slices} slices")
     return 0

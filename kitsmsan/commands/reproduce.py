@@ -25,15 +25,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="smoke", choices=("smoke", "paper"), help="default: smoke")
     p.add_argument("--out", default="reproduce", metavar="DIR", help="output folder (default: reproduce)")
     p.add_argument("--data", metavar="ROOT", help="KiTS19-layout data folder (required for --preset paper)")
-    p.add_argument("--labels", metavar="DIR",
-                   help="KiTS19 segmentations for label-conditioned phantoms (default: $KITSMSAN_LABELS)")
-    p.add_argument("--variants", default=None, metavar="LIST",
-                   help="comma-separated subset of unet3d,msan_v1,msan_v1_ds,msan_v2,msan_v2_ds (default: all)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training setting for every run, e.g. --set num_iters=50 (repeatable)")
+    p.add_argument(
+        "--labels",
+        metavar="DIR",
+        help="KiTS19 segmentations for label-conditioned phantoms (default: $KITSMSAN_LABELS)",
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        metavar="LIST",
+        help="comma-separated subset of unet3d,msan_v1,msan_v1_ds,msan_v2,msan_v2_ds (default: all)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training setting for every run, e.g. --set num_iters=50 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a folder that is not a reproduction (its files are kept, never deleted)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not a reproduction (its files are kept, never deleted)",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,9 +58,19 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.reproduce import reproduce
     from kitsmsan.train.config import parse_overrides
 
-    variants = None if args.variants is None else tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    paths = reproduce(args.preset, args.out, data=args.data, labels=args.labels, variants=variants,
-                      overrides=parse_overrides(args.overrides), progress=not args.no_progress, overwrite=args.overwrite)
+    variants = (
+        None if args.variants is None else tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    )
+    paths = reproduce(
+        args.preset,
+        args.out,
+        data=args.data,
+        labels=args.labels,
+        variants=variants,
+        overrides=parse_overrides(args.overrides),
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     print(paths["table_md"].read_text(encoding="utf-8"))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0

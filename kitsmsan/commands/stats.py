@@ -19,18 +19,27 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``stats`` parser."""
     p = subparsers.add_parser(
-        "stats", help="per-case label statistics, or the post-processing Dice ceiling",
-        description="Statistics of a KiTS19-layout folder (real labels, phantoms or imaging).")
+        "stats",
+        help="per-case label statistics, or the post-processing Dice ceiling",
+        description="Statistics of a KiTS19-layout folder (real labels, phantoms or imaging).",
+    )
     p.add_argument("--data", required=True, metavar="ROOT", help="KiTS19 data folder")
-    p.add_argument("--labels-only", action="store_true",
-                   help="read segmentations only (cases without imaging included)")
-    p.add_argument("--ceiling", action="store_true",
-                   help="report the Dice that keep_largest_components k=1 / k=2 costs the ground truth")
+    p.add_argument(
+        "--labels-only", action="store_true", help="read segmentations only (cases without imaging included)"
+    )
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="report the Dice that keep_largest_components k=1 / k=2 costs the ground truth",
+    )
     p.add_argument("--csv", default=None, metavar="OUT", help="write the per-case table as CSV")
     p.add_argument("--cases-range", default=None, metavar="RANGE", help="e.g. 0-189 (default all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an output file this command did not write (the old one is kept beside it)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output file this command did not write (the old one is kept beside it)",
+    )
     p.set_defaults(func=run)
 
 
@@ -74,13 +83,16 @@ def run(args: argparse.Namespace) -> int:
         summary = stats.ceiling_summary(table)
         print(f"post-processing ceiling over {summary['cases']} cases (perfect prediction):")
         for k in (1, 2):
-            print(f"  k={k}: kidney {summary[f'kidney_dice_k{k}']:.4f}  tumor "
-                  f"{summary[f'tumor_dice_k{k}']:.4f}  composite {summary[f'composite_k{k}']:.4f}  "
-                  f"whole kidney deleted in {summary[f'kidney_deleted_k{k}']} cases")
+            print(
+                f"  k={k}: kidney {summary[f'kidney_dice_k{k}']:.4f}  tumor "
+                f"{summary[f'tumor_dice_k{k}']:.4f}  composite {summary[f'composite_k{k}']:.4f}  "
+                f"whole kidney deleted in {summary[f'kidney_deleted_k{k}']} cases"
+            )
         what = "keep_largest_components ceiling (Dice of keep_largest_components(gt, k) vs gt)"
     else:
-        table = stats.dataset_statistics(args.data, labels_only=args.labels_only, case_ids=ids,
-                                         progress=progress)
+        table = stats.dataset_statistics(
+            args.data, labels_only=args.labels_only, case_ids=ids, progress=progress
+        )
         print(f"statistics of {len(table)} cases (medians):")
         for key, value in stats.summarize_statistics(table).items():
             print(f"  {key}: {value:.4g}")
@@ -88,12 +100,14 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         claim_output_file(args.csv, command="stats", overwrite=args.overwrite, recognize=ours)
         try:
-            stats.write_table(table, args.csv,
-                              comment=[f"kitsmsan stats: {what}", _source_comment(args.data)])
+            stats.write_table(
+                table, args.csv, comment=[f"kitsmsan stats: {what}", _source_comment(args.data)]
+            )
         except OSError as exc:  # disk full, no permission: name the file, no traceback
             from kitsmsan.errors import DataError
 
-            raise DataError(f"{args.csv}: cannot write ({exc.strerror or exc}); "
-                            "the file was not written") from exc
+            raise DataError(
+                f"{args.csv}: cannot write ({exc.strerror or exc}); the file was not written"
+            ) from exc
         print(f"wrote {args.csv}")
     return 0

@@ -23,23 +23,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "metrics.jsonl, checkpoints/{last,best}.pt and summary.json. The cache is prepared (or "
         "brought up to date) from --data first. Under torchrun, ranks share the work (DDP).",
     )
-    p.add_argument("--preset", default="smoke", choices=("smoke", "paper", "colab"),
-                   help="settings preset (default: smoke; colab: the paper's schedule shortened to one "
-                   "Colab session per network)")
-    p.add_argument("--variant", default="msan_v1",
-                   help="unet3d, msan_v1, msan_v1_ds, msan_v2 or msan_v2_ds (default: msan_v1)")
+    p.add_argument(
+        "--preset",
+        default="smoke",
+        choices=("smoke", "paper", "colab"),
+        help="settings preset (default: smoke; colab: the paper's schedule shortened to one "
+        "Colab session per network)",
+    )
+    p.add_argument(
+        "--variant",
+        default="msan_v1",
+        help="unet3d, msan_v1, msan_v1_ds, msan_v2 or msan_v2_ds (default: msan_v1)",
+    )
     p.add_argument("--data", metavar="ROOT", help="KiTS19-layout data folder (case_XXXXX/...)")
     p.add_argument("--cache", metavar="DIR", help="training cache folder (default: OUT/cache)")
-    p.add_argument("--out", metavar="RUNS", default="runs",
-                   help="parent folder of the run folder OUT/VARIANT (default: runs)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set num_iters=1000 --set model.base_channels=8 "
-                   "--set amp=on (amp: auto, on, off, bf16 or fp16, as for predict --amp; repeatable; "
-                   "see kitsmsan.train.TrainConfig)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last checkpoint and its own config")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a run folder that is not a kitsmsan run (its files are kept, never deleted)")
+    p.add_argument(
+        "--out",
+        metavar="RUNS",
+        default="runs",
+        help="parent folder of the run folder OUT/VARIANT (default: runs)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set num_iters=1000 --set model.base_channels=8 "
+        "--set amp=on (amp: auto, on, off, bf16 or fp16, as for predict --amp; repeatable; "
+        "see kitsmsan.train.TrainConfig)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint and its own config",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a run folder that is not a kitsmsan run (its files are kept, never deleted)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -56,8 +79,12 @@ def run(args: argparse.Namespace) -> int:
     from kitsmsan.utils.io import claim_output_dir
 
     overrides = parse_overrides(args.overrides)
-    for key, flag in (("run_dir", "--out"), ("cache_dir", "--cache"), ("data_root", "--data"),
-                      ("variant", "--variant")):
+    for key, flag in (
+        ("run_dir", "--out"),
+        ("cache_dir", "--cache"),
+        ("data_root", "--data"),
+        ("variant", "--variant"),
+    ):
         if key in overrides and not args.resume:
             raise ConfigError(f"--set {key}=...: give {flag} instead")
     if args.no_progress:
@@ -78,12 +105,18 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) / args.variant
     cache = Path(args.cache) if args.cache else Path(args.out) / "cache"
     config = TrainConfig.from_preset(
-        args.preset, variant=args.variant, data_root=str(args.data) if args.data else None,
-        cache_dir=str(cache), run_dir=str(run_dir), **overrides)
+        args.preset,
+        variant=args.variant,
+        data_root=str(args.data) if args.data else None,
+        cache_dir=str(cache),
+        run_dir=str(run_dir),
+        **overrides,
+    )
     config.check_model()  # a misspelt model.<key> fails here, before the cache is written
     check_bounds(config)
-    claim_output_dir(run_dir, "run", command="train", overwrite=args.overwrite, recognize=is_run_folder,
-                     create=False)  # refused before the cache is written
+    claim_output_dir(
+        run_dir, "run", command="train", overwrite=args.overwrite, recognize=is_run_folder, create=False
+    )  # refused before the cache is written
     if args.data:
         prepare_for(config, overwrite=args.overwrite)
     if args.overwrite:
@@ -112,5 +145,10 @@ def prepare_for(config, overwrite: bool = False) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 prepares (others wait in init)
         return
     split = split_cases(list_cases(config.data_root), train=config.train_cases, test=config.test_cases)
-    prepare_cache(config.data_root, config.cache_dir, case_ids=split["train"] + split["test"],
-                  progress=config.progress, overwrite=overwrite)
+    prepare_cache(
+        config.data_root,
+        config.cache_dir,
+        case_ids=split["train"] + split["test"],
+        progress=config.progress,
+        overwrite=overwrite,
+    )

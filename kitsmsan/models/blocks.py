@@ -164,7 +164,9 @@ class MultiScaleAttention(nn.Module):
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         g = self.project(g)  # (B, C_c, D', H', W') -> (B, C_f, D', H', W')
         if g.shape[2:] != x.shape[2:]:
-            g = F.interpolate(g, size=x.shape[2:], mode="trilinear", align_corners=False)  # -> (B, C_f, D, H, W)
+            g = F.interpolate(
+                g, size=x.shape[2:], mode="trilinear", align_corners=False
+            )  # -> (B, C_f, D, H, W)
         weights = torch.sigmoid(x + g)  # (B, C_f, D, H, W), in (0, 1)
         if self.record:
             self.last_weights = weights.detach()

@@ -133,11 +133,15 @@ class ModelConfig:
         if self.norm not in NORMS:
             raise ConfigError(f"norm={self.norm!r}: unknown normalisation, expected one of {NORMS}")
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation={self.activation!r}: unknown activation, expected one of {ACTIVATIONS}")
+            raise ConfigError(
+                f"activation={self.activation!r}: unknown activation, expected one of {ACTIVATIONS}"
+            )
         if self.negative_slope < 0:
             raise ConfigError(f"negative_slope={self.negative_slope}: must be non-negative")
         if self.ds_placement not in DS_PLACEMENTS:
-            raise ConfigError(f"ds_placement={self.ds_placement!r}: expected one of {', '.join(DS_PLACEMENTS)}")
+            raise ConfigError(
+                f"ds_placement={self.ds_placement!r}: expected one of {', '.join(DS_PLACEMENTS)}"
+            )
         if self.res2net_scale < 2:
             raise ConfigError(f"res2net_scale={self.res2net_scale}: must be at least 2")
         if self.res2net and self.channels[-1] % self.res2net_scale:
@@ -244,7 +248,9 @@ class MSAN(nn.Module):
         if config.deep_supervision:  # one 1x1x1 head per map of DS_PLACEMENTS[ds_placement]
             width = {"u2": c2, "u3": c3, "x4": c4}
             for source in DS_PLACEMENTS[config.ds_placement]:
-                setattr(self, f"aux_head_{source}", nn.Conv3d(width[source], config.num_classes, kernel_size=1))
+                setattr(
+                    self, f"aux_head_{source}", nn.Conv3d(width[source], config.num_classes, kernel_size=1)
+                )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -331,7 +337,9 @@ class MSAN(nn.Module):
             maps = {"u2": u2, "u3": u3, "x4": x4}  # x4: after the Res2Net fusion in MSAN-V2
             # "pooling": (B, K, D, H/8, W/8) from u3, (B, K, D, H/16, W/16) from x4
             # "decoder": (B, K, D, H/4, W/4) from u2, (B, K, D, H/8, W/8) from u3
-            aux_1, aux_2 = (getattr(self, f"aux_head_{m}")(maps[m]) for m in DS_PLACEMENTS[self.config.ds_placement])
+            aux_1, aux_2 = (
+                getattr(self, f"aux_head_{m}")(maps[m]) for m in DS_PLACEMENTS[self.config.ds_placement]
+            )
             return [logits, aux_1, aux_2]
         return logits
 

@@ -38,7 +38,10 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("unet3d", "3D U-Net", "baseline 3D U-Net (Cicek et al. 2016)", {}),
         ModelSpec(
-            "msan_v1", "MSAN-V1", "3D U-Net + multi-scale attention on every skip (Fig. 1)", {"attention": True}
+            "msan_v1",
+            "MSAN-V1",
+            "3D U-Net + multi-scale attention on every skip (Fig. 1)",
+            {"attention": True},
         ),
         ModelSpec(
             "msan_v1_ds",
@@ -97,9 +100,7 @@ def model_config(name: str, /, **overrides: Any) -> ModelConfig:
     known = {f.name for f in dataclasses.fields(ModelConfig)} - {"name"}
     for key in overrides:
         if key not in known:
-            raise ConfigError(
-                f"model {name!r}: unknown override {key!r} (known: {', '.join(sorted(known))})"
-            )
+            raise ConfigError(f"model {name!r}: unknown override {key!r} (known: {', '.join(sorted(known))})")
     try:
         return ModelConfig(name=name, **{**spec.switches, **overrides})
     except ConfigError as exc:

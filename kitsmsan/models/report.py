@@ -82,9 +82,7 @@ def _to_meta(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("meta")
 
 
-def variant_report(
-    name: str, input_shape: Sequence[int] = PAPER_INPUT, **overrides: Any
-) -> dict[str, Any]:
+def variant_report(name: str, input_shape: Sequence[int] = PAPER_INPUT, **overrides: Any) -> dict[str, Any]:
     """Parameters, FLOPs/MACs and output shapes of one registered variant, built on ``meta``.
 
     Args:

@@ -20,8 +20,13 @@ from kitsmsan.train.config import PRESETS, VARIANTS, TrainConfig
 from kitsmsan.utils.amp import AMP_MODES
 
 _LAZY = {
-    "train": "loop", "resume": "loop", "Trainer": "loop", "read_metrics": "loop", "run_state": "loop",
-    "init_distributed": "distributed", "sample_indices": "distributed",
+    "train": "loop",
+    "resume": "loop",
+    "Trainer": "loop",
+    "read_metrics": "loop",
+    "run_state": "loop",
+    "init_distributed": "distributed",
+    "sample_indices": "distributed",
 }
 
 

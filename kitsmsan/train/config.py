@@ -147,7 +147,9 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(names))})")
+            raise ConfigError(
+                f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(names))})"
+            )
         hints = typing.get_type_hints(cls)
         data = dict(data)
         for key in ("train_cases", "test_cases"):  # `--set test_cases=185` parses as an int
@@ -236,8 +238,15 @@ class TrainConfig:
             raise ConfigError(f"config: {exc}") from None
         if self.loss != "dice":
             raise bad("loss", "is not supported (only 'dice', the paper's loss)")
-        for key in ("num_iters", "batch_size", "num_slices", "lr_step", "ckpt_every", "log_every",
-                    "eval_stride"):
+        for key in (
+            "num_iters",
+            "batch_size",
+            "num_slices",
+            "lr_step",
+            "ckpt_every",
+            "log_every",
+            "eval_stride",
+        ):
             if getattr(self, key) <= 0:
                 raise bad(key, "must be a positive integer")
         for key in ("eval_every", "eval_cases", "workers", "seed", "threads", "projection_after"):
@@ -253,11 +262,11 @@ class TrainConfig:
             if not 0 <= getattr(self, key) <= 1:
                 raise bad(key, "must be in [0, 1]")
         if self.ds_weights is not None and not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.ds_weights):
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.ds_weights
+        ):
             raise bad("ds_weights", "must be a list of non-negative numbers")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
 
     def check_model(self) -> None:
         """Check ``model`` overrides against the variant's :class:`~kitsmsan.models.ModelConfig`.
@@ -333,8 +342,9 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> None:
     if _matches(value, hint):
         return
     want = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-    raise ConfigError(f"{source}: {key}={value!r} has the wrong type "
-                      f"({type(value).__name__}; expected {want})")
+    raise ConfigError(
+        f"{source}: {key}={value!r} has the wrong type ({type(value).__name__}; expected {want})"
+    )
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -366,17 +376,53 @@ def _matches(value: Any, hint: Any) -> bool:
 #: under a minute per model (``book/fragments/decisions-training.md`` says why each value was chosen).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
-        num_slices=4, crop_size=None, batch_size=2, loss="dice", lr=1e-3, lr_step=100_000,
-        lr_gamma=0.1, num_iters=400_000, train_cases="0-179", test_cases="180-189", amp="auto",
-        channels_last=True, compile=False, ckpt_every=1000, eval_every=10_000, eval_cases=3,
-        log_every=100, projection_after=200, workers=4, device="auto", model={},
+        num_slices=4,
+        crop_size=None,
+        batch_size=2,
+        loss="dice",
+        lr=1e-3,
+        lr_step=100_000,
+        lr_gamma=0.1,
+        num_iters=400_000,
+        train_cases="0-179",
+        test_cases="180-189",
+        amp="auto",
+        channels_last=True,
+        compile=False,
+        ckpt_every=1000,
+        eval_every=10_000,
+        eval_cases=3,
+        log_every=100,
+        projection_after=200,
+        workers=4,
+        device="auto",
+        model={},
     ),
     "smoke": dict(
-        num_slices=4, crop_size=None, batch_size=2, loss="dice", lr=3e-3, lr_step=300,
-        lr_gamma=0.3, num_iters=400, train_cases="0-13", test_cases="14-19", amp="off",
-        channels_last=True, compile=False, ckpt_every=100, eval_every=0, eval_cases=2,
-        log_every=20, projection_after=50, workers=0, device="cpu", fg_fraction=0.8,
-        tumor_fraction=0.5, threads=1, model={"base_channels": 8},
+        num_slices=4,
+        crop_size=None,
+        batch_size=2,
+        loss="dice",
+        lr=3e-3,
+        lr_step=300,
+        lr_gamma=0.3,
+        num_iters=400,
+        train_cases="0-13",
+        test_cases="14-19",
+        amp="off",
+        channels_last=True,
+        compile=False,
+        ckpt_every=100,
+        eval_every=0,
+        eval_cases=2,
+        log_every=20,
+        projection_after=50,
+        workers=0,
+        device="cpu",
+        fg_fraction=0.8,
+        tumor_fraction=0.5,
+        threads=1,
+        model={"base_channels": 8},
     ),
     # ``colab``: the paper's recipe shortened to fit one Colab GPU session per network. Target: at
     # most 4 hours per network on Colab's free T4 (fp16 autocast) at the assumed 30 % of its datasheet
@@ -392,10 +438,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Unchanged: batch 2 of 4 x 512 x 512 windows, Dice loss, Adam, lr 1e-3, gamma 0.1, cases 0-179 /
     # 180-189, amp "auto" (fp16 on a T4, bf16 from compute capability 8.0).
     "colab": dict(
-        num_slices=4, crop_size=None, batch_size=2, loss="dice", lr=1e-3, lr_step=10_000,
-        lr_gamma=0.1, num_iters=40_000, train_cases="0-179", test_cases="180-189", amp="auto",
-        channels_last=True, compile=False, ckpt_every=500, eval_every=5_000, eval_cases=3,
-        log_every=100, projection_after=200, workers=2, device="auto", model={},
+        num_slices=4,
+        crop_size=None,
+        batch_size=2,
+        loss="dice",
+        lr=1e-3,
+        lr_step=10_000,
+        lr_gamma=0.1,
+        num_iters=40_000,
+        train_cases="0-179",
+        test_cases="180-189",
+        amp="auto",
+        channels_last=True,
+        compile=False,
+        ckpt_every=500,
+        eval_every=5_000,
+        eval_cases=3,
+        log_every=100,
+        projection_after=200,
+        workers=2,
+        device="auto",
+        model={},
     ),
 }
 
@@ -406,28 +469,39 @@ PAPER_STATED: dict[str, str] = {
     "batch_size": "2 — §3.1",
     "loss": "'dice' — §3.1 'a dice loss' (its form is ours: dice_include_background below)",
     "lr": "1e-3 — §3.1 (Adam, §3.1; Adam's betas and eps are torch's defaults, not stated)",
-    "lr_step": "100,000 — §3.1", "lr_gamma": "0.1 — §3.1 'decrease the learning rate by 10'",
-    "num_iters": "400,000 — §3.1", "train_cases": "'0-179' — §2.1 'the first 180'",
+    "lr_step": "100,000 — §3.1",
+    "lr_gamma": "0.1 — §3.1 'decrease the learning rate by 10'",
+    "num_iters": "400,000 — §3.1",
+    "train_cases": "'0-179' — §2.1 'the first 180'",
     "test_cases": "'180-189' — §2.1 'ten samples of the 180-190 serial number'",
 }
 
 #: ``paper`` preset settings the paper does not state: value and reason (the decisions, once).
 PAPER_UNSTATED: dict[str, str] = {
     "fg_fraction": "0.5 — half the windows forced onto a kidney slice (≈ 70 % of windows hold kidney "
-                   "instead of ≈ 45 % with uniform sampling; nnU-Net oversamples foreground likewise)",
+    "instead of ≈ 45 % with uniform sampling; nnU-Net oversamples foreground likewise)",
     "tumor_fraction": "0.25 — a quarter of those onto a tumour slice (tumour is on a median 10 % of slices)",
     "dice_include_background": "True — background counted in the Dice mean (a batch without tumour "
-                               "otherwise gives no gradient against tumour false positives)",
+    "otherwise gives no gradient against tumour false positives)",
     "eval_cases": "3 — validation on the last 3 training cases, 177–179 (still trained on); never a "
-                  "test case",
-    "eval_every": "10,000 — validation interval", "eval_stride": "2 — sliding-window step in validation",
+    "test case",
+    "eval_every": "10,000 — validation interval",
+    "eval_stride": "2 — sliding-window step in validation",
     "deep_supervision": "None — on for the _ds variants; heads at 1/8 and 1/16 (ds_placement 'pooling'), "
-                        "weights 4/7, 2/7, 1/7 (ds_weights None)",
+    "weights 4/7, 2/7, 1/7 (ds_weights None)",
     "ds_weights": "None — nnU-Net's halving weights 4/7, 2/7, 1/7",
     "model": "{} — the package's network: base width 32, instance norm, LeakyReLU(0.01), D never pooled, "
-             "Res2Net scale s = 4 (Gao et al.'s default; the paper gives none), deep supervision 'pooling'",
-    "seed": "0", "amp": "'auto' — bf16/fp16 autocast on CUDA, off on CPU",
-    "channels_last": "True", "compile": "False", "cudnn_benchmark": "True", "deterministic": "False",
-    "ckpt_every": "1000", "log_every": "100", "projection_after": "200", "workers": "4",
-    "device": "'auto'", "threads": "0 (torch's default)",
+    "Res2Net scale s = 4 (Gao et al.'s default; the paper gives none), deep supervision 'pooling'",
+    "seed": "0",
+    "amp": "'auto' — bf16/fp16 autocast on CUDA, off on CPU",
+    "channels_last": "True",
+    "compile": "False",
+    "cudnn_benchmark": "True",
+    "deterministic": "False",
+    "ckpt_every": "1000",
+    "log_every": "100",
+    "projection_after": "200",
+    "workers": "4",
+    "device": "'auto'",
+    "threads": "0 (torch's default)",
 }

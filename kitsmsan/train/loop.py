@@ -74,9 +74,11 @@ def _writing(path: Path):
     try:
         yield
     except OSError as exc:
-        raise TrainingError(f"{path}: cannot write ({exc.strerror or exc}); training stopped, the last "
-                            "checkpoint (if any) is kept — free space, then run again (--resume RUN_DIR "
-                            "once the run has a checkpoint)") from exc
+        raise TrainingError(
+            f"{path}: cannot write ({exc.strerror or exc}); training stopped, the last "
+            "checkpoint (if any) is kept — free space, then run again (--resume RUN_DIR "
+            "once the run has a checkpoint)"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -136,8 +138,10 @@ class Trainer:
         self.last_path = self.ckpt_dir / "last.pt"
         self.best_path = self.ckpt_dir / "best.pt"
         if self.last_path.is_file() and not resume:
-            raise ConfigError(f"{self.run_dir}: this run folder already holds a checkpoint; resume it "
-                              f"(--resume {self.run_dir}) or choose another --out")
+            raise ConfigError(
+                f"{self.run_dir}: this run folder already holds a checkpoint; resume it "
+                f"(--resume {self.run_dir}) or choose another --out"
+            )
 
         self.dist = init_distributed(resolve_device(config.device).type)
         self.device = resolve_device(config.device, local_rank=self.dist.local_rank)
@@ -147,31 +151,42 @@ class Trainer:
         self.process_settings = dict(
             threads=config.threads or None,
             cudnn_benchmark=(config.cudnn_benchmark and not config.deterministic) if cuda else None,
-            tf32=True if cuda else None, deterministic=True if config.deterministic else None)
+            tf32=True if cuda else None,
+            deterministic=True if config.deterministic else None,
+        )
 
         index = load_cache_index(config.cache_dir)
         split = split_cases(index["cases"], train=config.train_cases, test=config.test_cases)
         if not split["train"]:
-            raise DataError(f"{config.cache_dir}: no cached case falls in train_cases="
-                            f"{config.train_cases!r} (cached: {len(index['cases'])} cases)")
+            raise DataError(
+                f"{config.cache_dir}: no cached case falls in train_cases="
+                f"{config.train_cases!r} (cached: {len(index['cases'])} cases)"
+            )
         self.train_cases, self.test_cases = split["train"], split["test"]
         world, bs = self.dist.world_size, config.batch_size
         self.dataset = SliceWindowDataset(
-            config.cache_dir, self.train_cases, num_slices=config.num_slices, crop_size=config.crop_size,
-            fg_fraction=config.fg_fraction, tumor_fraction=config.tumor_fraction,
-            length=config.num_iters * world * bs, seed=config.seed,
-            label_dtype="uint8")  # 8x fewer bytes to the device; widened there
+            config.cache_dir,
+            self.train_cases,
+            num_slices=config.num_slices,
+            crop_size=config.crop_size,
+            fg_fraction=config.fg_fraction,
+            tumor_fraction=config.tumor_fraction,
+            length=config.num_iters * world * bs,
+            seed=config.seed,
+            label_dtype="uint8",
+        )  # 8x fewer bytes to the device; widened there
 
         seed_everything(config.seed)
         net = build_model_for(config)
         check_window_fits(self.dataset, net.config.divisor)  # a hint that fits the cached planes
         self.loss_fn = build_loss(config, net)
-        self.memory_format = (torch.channels_last_3d if config.channels_last else torch.contiguous_format)
+        self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
         net = net.to(self.device, memory_format=self.memory_format)
         self.net = net  # the bare network (what checkpoints and validation use)
         self.optimizer = build_optimizer(config, net, self.device)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step,
-                                                         gamma=config.lr_gamma)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.lr_step, gamma=config.lr_gamma
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.best_score: float | None = None
@@ -182,7 +197,8 @@ class Trainer:
         model = net
         if self.dist.distributed:
             model = torch.nn.parallel.DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if config.compile:
             model = torch.compile(model)
         self.model = model
@@ -198,15 +214,19 @@ class Trainer:
             if state.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise CheckpointError(f"{self.last_path}: optimizer/schedule state does not fit this run "
-                                  f"({exc})") from None
+            raise CheckpointError(
+                f"{self.last_path}: optimizer/schedule state does not fit this run ({exc})"
+            ) from None
         ckpt.set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         self.best_score = state.get("best_score")
         self.elapsed_before = float(state.get("elapsed_s") or 0.0)
         if self.dist.is_main:  # drop log rows written after this checkpoint by the killed process
-            rows = [r for r in read_metrics(self.run_dir, missing_ok=True)
-                    if r.get("iteration", 0) <= self.iteration]
+            rows = [
+                r
+                for r in read_metrics(self.run_dir, missing_ok=True)
+                if r.get("iteration", 0) <= self.iteration
+            ]
             with _writing(self.run_dir / METRICS_FILE):
                 atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -217,16 +237,24 @@ class Trainer:
         """Write a checkpoint of the current state to ``path`` (rank 0 only; atomic)."""
         if not self.dist.is_main:
             return
-        state = ckpt.make_checkpoint(self.net, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     scaler=self.scaler, iteration=self.iteration,
-                                     train_config=self.config.to_dict(), best_score=self.best_score)
+        state = ckpt.make_checkpoint(
+            self.net,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            iteration=self.iteration,
+            train_config=self.config.to_dict(),
+            best_score=self.best_score,
+        )
         state["elapsed_s"] = self._elapsed()
         ckpt.save_checkpoint(state, path)
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.dist.is_main:
-            with _writing(self.run_dir / METRICS_FILE), \
-                    open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+            with (
+                _writing(self.run_dir / METRICS_FILE),
+                open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as fh,
+            ):
                 fh.write(json.dumps(row) + "\n")
 
     # -------------------------------------------------------------- validation
@@ -245,12 +273,21 @@ class Trainer:
             folder = Path(self.config.cache_dir) / cid
             image = np.load(folder / IMAGE_FILE, allow_pickle=False)
             label = np.load(folder / LABEL_FILE, allow_pickle=False)
-            pred = predict_case(self.net, image, num_slices=self.config.num_slices,
-                                stride=self.config.eval_stride, device=self.device)
+            pred = predict_case(
+                self.net,
+                image,
+                num_slices=self.config.num_slices,
+                stride=self.config.eval_stride,
+                device=self.device,
+            )
             scores.append(kits_dice(pred, label))
         self.net.train()
-        return {k: float(np.nanmean([s[k] for s in scores])) if any(
-            not math.isnan(s[k]) for s in scores) else float("nan") for k in ("kidney", "tumor", "composite")}
+        return {
+            k: float(np.nanmean([s[k] for s in scores]))
+            if any(not math.isnan(s[k]) for s in scores)
+            else float("nan")
+            for k in ("kidney", "tumor", "composite")
+        }
 
     def _maybe_best(self, scores: dict[str, float] | None) -> None:
         if scores is None or math.isnan(scores["composite"]):
@@ -261,23 +298,36 @@ class Trainer:
 
     # -------------------------------------------------------------- the loop
     def _loader(self):
-        sampler = WindowBatchSampler(self.iteration, self.config.num_iters, self.dist.rank,
-                                     self.dist.world_size, self.config.batch_size)
+        sampler = WindowBatchSampler(
+            self.iteration,
+            self.config.num_iters,
+            self.dist.rank,
+            self.dist.world_size,
+            self.config.batch_size,
+        )
         workers = self.config.workers
         return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, num_workers=workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None)
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
 
     def _check_finite(self, bad: torch.Tensor, where: str) -> None:
         flag = all_reduce_sum(bad.clone().float(), self.dist)
         if flag.item() > 0:
-            kept = (f"the last good checkpoint {self.last_path} (iteration "
-                    f"{ckpt.load_checkpoint(self.last_path)['iteration']}) is kept"
-                    if self.last_path.is_file() else "no checkpoint had been written yet")
+            kept = (
+                f"the last good checkpoint {self.last_path} (iteration "
+                f"{ckpt.load_checkpoint(self.last_path)['iteration']}) is kept"
+                if self.last_path.is_file()
+                else "no checkpoint had been written yet"
+            )
             raise TrainingError(
                 f"{self.run_dir}: the loss became NaN or infinite before iteration {self.iteration} "
-                f"({where}); training stopped and {kept}. Lower lr or turn amp off, then --resume.")
+                f"({where}); training stopped and {kept}. Lower lr or turn amp off, then --resume."
+            )
 
     def fit(self) -> Path:
         """Train to ``num_iters`` and return the run folder. Safe to call on a resumed run.
@@ -304,13 +354,21 @@ class Trainer:
                         folder.rmdir()
                 raise
             env = environment(str(self.device))
-            env.update(world_size=self.dist.world_size, amp=str(self.amp_dtype), threads=torch.get_num_threads())
+            env.update(
+                world_size=self.dist.world_size, amp=str(self.amp_dtype), threads=torch.get_num_threads()
+            )
             with _writing(self.run_dir / ENV_FILE):
                 atomic_write_json(self.run_dir / ENV_FILE, env)
         self._t0 = time.perf_counter()
         start_iter = self.iteration
-        bar = tqdm(total=cfg.num_iters, initial=start_iter, desc=f"train {cfg.variant}", unit="it",
-                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.num_iters,
+            initial=start_iter,
+            desc=f"train {cfg.variant}",
+            unit="it",
+            disable=not (cfg.progress and self.dist.is_main),
+            dynamic_ncols=True,
+        )
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -319,8 +377,15 @@ class Trainer:
             for image, label in self._loader():
                 image = image.to(self.device, non_blocking=True, memory_format=self.memory_format)
                 label = label.to(self.device, non_blocking=True).long()
-                loss = train_step(self.model, self.loss_fn, self.optimizer, self.scaler, image, label,
-                                  amp_dtype=self.amp_dtype)
+                loss = train_step(
+                    self.model,
+                    self.loss_fn,
+                    self.optimizer,
+                    self.scaler,
+                    image,
+                    label,
+                    amp_dtype=self.amp_dtype,
+                )
                 self.scheduler.step()
                 self.iteration += 1
                 loss_sum += loss
@@ -331,29 +396,50 @@ class Trainer:
                 it = self.iteration
                 if it % cfg.log_every == 0 or it == cfg.num_iters:
                     self._check_finite(bad, "log")
-                    mean = all_reduce_sum(loss_sum.clone(), self.dist).item() / (n_in_window * self.dist.world_size)
+                    mean = all_reduce_sum(loss_sum.clone(), self.dist).item() / (
+                        n_in_window * self.dist.world_size
+                    )
                     now = time.perf_counter()
                     lr = self.optimizer.param_groups[0]["lr"]
-                    row = {"iteration": it, "loss": mean, "lr": lr, "seconds": round(self._elapsed(), 3),
-                           "it_per_s": round(n_in_window / max(now - t_window, 1e-9), 3)}
+                    row = {
+                        "iteration": it,
+                        "loss": mean,
+                        "lr": lr,
+                        "seconds": round(self._elapsed(), 3),
+                        "it_per_s": round(n_in_window / max(now - t_window, 1e-9), 3),
+                    }
                     self._log(row)
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                     loss_sum.zero_()
                     n_in_window, t_window = 0, now
-                if (not projected and cfg.projection_after and it - start_iter >= cfg.projection_after
-                        and it < cfg.num_iters and self.dist.is_main):
+                if (
+                    not projected
+                    and cfg.projection_after
+                    and it - start_iter >= cfg.projection_after
+                    and it < cfg.num_iters
+                    and self.dist.is_main
+                ):
                     projected = True
                     rate = (it - start_iter) / (time.perf_counter() - self._t0)
-                    bar.write(f"[{cfg.variant}] {rate:.2f} it/s: projected time to finish "
-                              f"{_format_seconds((cfg.num_iters - it) / rate)} "
-                              f"({cfg.num_iters - it} iterations left)")
-                eval_now = cfg.eval_cases and cfg.eval_every and it % cfg.eval_every == 0 and it < cfg.num_iters
+                    bar.write(
+                        f"[{cfg.variant}] {rate:.2f} it/s: projected time to finish "
+                        f"{_format_seconds((cfg.num_iters - it) / rate)} "
+                        f"({cfg.num_iters - it} iterations left)"
+                    )
+                eval_now = (
+                    cfg.eval_cases and cfg.eval_every and it % cfg.eval_every == 0 and it < cfg.num_iters
+                )
                 if eval_now:
                     self._check_finite(bad, "validation")
                     scores = self.validate()
                     if scores is not None:
-                        self._log({"iteration": it, "seconds": round(self._elapsed(), 3),
-                                   **{f"val_{k}": v for k, v in scores.items()}})
+                        self._log(
+                            {
+                                "iteration": it,
+                                "seconds": round(self._elapsed(), 3),
+                                **{f"val_{k}": v for k, v in scores.items()},
+                            }
+                        )
                         self._maybe_best(scores)
                     barrier(self.dist)
                 if it % cfg.ckpt_every == 0 and it < cfg.num_iters:
@@ -364,18 +450,30 @@ class Trainer:
             self._check_finite(bad, "end")
             scores = self.validate() if cfg.eval_cases else None
             if scores is not None:
-                self._log({"iteration": self.iteration, "seconds": round(self._elapsed(), 3),
-                           **{f"val_{k}": v for k, v in scores.items()}})
+                self._log(
+                    {
+                        "iteration": self.iteration,
+                        "seconds": round(self._elapsed(), 3),
+                        **{f"val_{k}": v for k, v in scores.items()},
+                    }
+                )
                 self._maybe_best(scores)
             self.save(self.last_path)
             if self.dist.is_main:
                 with _writing(self.run_dir / SUMMARY_FILE):
-                    atomic_write_json(self.run_dir / SUMMARY_FILE, {
-                        "variant": cfg.variant, "iterations": self.iteration,
-                        "seconds": round(self._elapsed(), 3),
-                        "best_val_composite": self.best_score, "final_val": scores,
-                        "train_cases": len(self.train_cases), "world_size": self.dist.world_size,
-                        "device": str(self.device)})
+                    atomic_write_json(
+                        self.run_dir / SUMMARY_FILE,
+                        {
+                            "variant": cfg.variant,
+                            "iterations": self.iteration,
+                            "seconds": round(self._elapsed(), 3),
+                            "best_val_composite": self.best_score,
+                            "final_val": scores,
+                            "train_cases": len(self.train_cases),
+                            "world_size": self.dist.world_size,
+                            "device": str(self.device),
+                        },
+                    )
             barrier(self.dist)
         finally:
             bar.close()
@@ -422,5 +520,16 @@ def resume(run_dir: str | Path, **overrides: Any) -> Path:
     return train(config, resume=True)
 
 
-__all__ = ["Trainer", "train", "resume", "read_metrics", "run_state", "build_loss", "build_model_for",
-           "CONFIG_FILE", "ENV_FILE", "METRICS_FILE", "SUMMARY_FILE"]
+__all__ = [
+    "Trainer",
+    "train",
+    "resume",
+    "read_metrics",
+    "run_state",
+    "build_loss",
+    "build_model_for",
+    "CONFIG_FILE",
+    "ENV_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+]

@@ -36,16 +36,41 @@ RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "summary.json", "checkp
 #: run would silently differ from the started one). Fields not listed are refused.
 RESUME_RULES: dict[str, str] = {
     "num_iters": "grow",
-    "progress": "apply", "log_every": "apply", "ckpt_every": "apply", "eval_every": "apply",
-    "projection_after": "apply", "workers": "apply", "device": "apply", "threads": "apply",
-    "compile": "apply", "cudnn_benchmark": "apply", "cache_dir": "apply", "data_root": "apply",
-    "eval_cases": "apply", "eval_stride": "apply",
-    "lr": "refuse", "lr_step": "refuse", "lr_gamma": "refuse", "batch_size": "refuse",
-    "seed": "refuse", "train_cases": "refuse", "test_cases": "refuse", "num_slices": "refuse",
-    "crop_size": "refuse", "fg_fraction": "refuse", "tumor_fraction": "refuse", "variant": "refuse",
-    "model": "refuse", "loss": "refuse", "amp": "refuse", "channels_last": "refuse",
-    "deterministic": "refuse", "run_dir": "refuse", "dice_include_background": "refuse",
-    "deep_supervision": "refuse", "ds_weights": "refuse",
+    "progress": "apply",
+    "log_every": "apply",
+    "ckpt_every": "apply",
+    "eval_every": "apply",
+    "projection_after": "apply",
+    "workers": "apply",
+    "device": "apply",
+    "threads": "apply",
+    "compile": "apply",
+    "cudnn_benchmark": "apply",
+    "cache_dir": "apply",
+    "data_root": "apply",
+    "eval_cases": "apply",
+    "eval_stride": "apply",
+    "lr": "refuse",
+    "lr_step": "refuse",
+    "lr_gamma": "refuse",
+    "batch_size": "refuse",
+    "seed": "refuse",
+    "train_cases": "refuse",
+    "test_cases": "refuse",
+    "num_slices": "refuse",
+    "crop_size": "refuse",
+    "fg_fraction": "refuse",
+    "tumor_fraction": "refuse",
+    "variant": "refuse",
+    "model": "refuse",
+    "loss": "refuse",
+    "amp": "refuse",
+    "channels_last": "refuse",
+    "deterministic": "refuse",
+    "run_dir": "refuse",
+    "dice_include_background": "refuse",
+    "deep_supervision": "refuse",
+    "ds_weights": "refuse",
 }
 
 
@@ -82,8 +107,10 @@ def check_bounds(config: Any) -> None:
     stride, depth = getattr(config, "eval_stride", None), getattr(config, "num_slices", None)
     validates = bool(getattr(config, "eval_cases", 0))
     if validates and isinstance(stride, int) and isinstance(depth, int) and stride > depth:
-        raise ConfigError(f"config: eval_stride={stride} is larger than num_slices={depth}: validation "
-                          "windows would skip slices")
+        raise ConfigError(
+            f"config: eval_stride={stride} is larger than num_slices={depth}: validation "
+            "windows would skip slices"
+        )
 
 
 def is_run_folder(path: Path) -> bool:
@@ -106,16 +133,20 @@ def check_resume_overrides(overrides: dict[str, Any], iteration: int | None = No
         field = key.split(".", 1)[0]
         rule = RESUME_RULES.get(field, "refuse")
         if rule == "refuse":
-            raise ConfigError(f"--set {key}={value!r}: cannot change on --resume (the resumed run would "
-                              f"differ from the one started); start a new run with --out instead")
+            raise ConfigError(
+                f"--set {key}={value!r}: cannot change on --resume (the resumed run would "
+                f"differ from the one started); start a new run with --out instead"
+            )
         if rule == "grow" and iteration is not None:
             try:
                 ok = int(value) >= iteration
             except (TypeError, ValueError):
                 ok = True  # the config's own check names the bad type
             if not ok:
-                raise ConfigError(f"--set num_iters={value!r}: below the iteration the run reached "
-                                  f"({iteration}); give num_iters >= {iteration}")
+                raise ConfigError(
+                    f"--set num_iters={value!r}: below the iteration the run reached "
+                    f"({iteration}); give num_iters >= {iteration}"
+                )
 
 
 def changed_run_settings(recorded: dict[str, Any], config: Any) -> list[str]:
@@ -182,8 +213,13 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"pid": os.getpid(), "hostname": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
+        body = json.dumps(
+            {
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        ).encode()
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -191,8 +227,10 @@ class RunLock:
                 info = self.holder()
                 if not self._stale(info):
                     who = f"pid {info.get('pid')} on {info.get('hostname')}" if info else "another process"
-                    raise ConfigError(f"{self.path.parent}: run folder is in use by {who} ({self.path}); "
-                                      "wait for it to finish, or remove the lock if that process is gone") from None
+                    raise ConfigError(
+                        f"{self.path.parent}: run folder is in use by {who} ({self.path}); "
+                        "wait for it to finish, or remove the lock if that process is gone"
+                    ) from None
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()  # stale: its process was killed
                 continue

@@ -32,9 +32,16 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.d
     return torch.optim.Adam(model.parameters(), lr=config.lr, fused=True if device.type == "cuda" else None)
 
 
-def train_step(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, image: torch.Tensor, label: torch.Tensor, *,
-               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def train_step(
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    *,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """One optimizer step: forward (under autocast with ``amp_dtype``), outputs to float32, the loss,
     backward through ``scaler`` (active for fp16 only), the optimizer step.
 
@@ -50,8 +57,11 @@ def train_step(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torc
     Returns:
         The loss, detached (still on the device: reading it would synchronise).
     """
-    autocast = (torch.autocast(image.device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(image.device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
     with autocast:
         outputs = model(image)
     if isinstance(outputs, (list, tuple)):

@@ -10,7 +10,9 @@ from kitsmsan.errors import ConfigError
 DEVICE_TYPES = ("cpu", "cuda")
 
 
-def resolve_device(device: str | torch.device | None = None, *, local_rank: int | None = None) -> torch.device:
+def resolve_device(
+    device: str | torch.device | None = None, *, local_rank: int | None = None
+) -> torch.device:
     """The ``torch.device`` for ``device``.
 
     Args:

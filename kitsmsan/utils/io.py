@@ -183,8 +183,9 @@ def claim_output_dir(
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise OutputFolderError(f"{path}: exists and is not a folder (an output folder of "
-                                f"'kitsmsan {command}' was expected)")
+        raise OutputFolderError(
+            f"{path}: exists and is not a folder (an output folder of 'kitsmsan {command}' was expected)"
+        )
     marker = read_marker(path) if path.is_dir() else None
     foreign: list[str] = []
     if marker is not None:
@@ -195,7 +196,8 @@ def claim_output_dir(
             raise OutputFolderError(
                 f"{path}: holds the output of 'kitsmsan {marker.get('command')}' ({marker.get('kind')}), "
                 f"not of 'kitsmsan {command}' ({kind}); choose a new folder, or pass --overwrite "
-                "(files found there are kept)")
+                "(files found there are kept)"
+            )
         foreign += [e.name for e in path.iterdir() if e.name != MARKER_FILE and e.name not in foreign]
     elif path.is_dir():
         entries = [e for e in path.iterdir() if e.name != MARKER_FILE]
@@ -204,14 +206,18 @@ def claim_output_dir(
                 raise OutputFolderError(
                     f"{path}: not empty and not an output folder of 'kitsmsan {command}': "
                     f"{_describe(entries)}; choose a new or empty folder, or pass --overwrite "
-                    "(files found there are kept)")
+                    "(files found there are kept)"
+                )
             foreign = sorted(e.name for e in entries)
     if not create:
         return path
     created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     path.mkdir(parents=True, exist_ok=True)
-    _write_marker(path, {"command": command, "kind": kind, "version": MARKER_VERSION,
-                         "foreign": sorted(set(foreign))}, created)
+    _write_marker(
+        path,
+        {"command": command, "kind": kind, "version": MARKER_VERSION, "foreign": sorted(set(foreign))},
+        created,
+    )
     return path
 
 
@@ -246,8 +252,14 @@ def only_files(*patterns: str) -> Callable[[Path], bool]:
     return recognize
 
 
-def claim_output_file(path: str | os.PathLike, *, command: str, overwrite: bool = False,
-                      recognize: Callable[[Path], bool] | None = None, create: bool = True) -> Path:
+def claim_output_file(
+    path: str | os.PathLike,
+    *,
+    command: str,
+    overwrite: bool = False,
+    recognize: Callable[[Path], bool] | None = None,
+    create: bool = True,
+) -> Path:
     """The output-folder rule for a single output file (``stats --csv``, ``bench --json``).
 
     A file that does not exist yet, or that ``recognize`` identifies as written by ``command``, is
@@ -264,7 +276,8 @@ def claim_output_file(path: str | os.PathLike, *, command: str, overwrite: bool 
         if not overwrite:
             raise OutputFolderError(
                 f"{path}: exists and was not written by 'kitsmsan {command}'; choose a new name, or "
-                "pass --overwrite (the old file is kept beside it)")
+                "pass --overwrite (the old file is kept beside it)"
+            )
         if create:
             keep_aside(path)
     return path
@@ -280,16 +293,22 @@ def distinct_dirs(paths: list[str | os.PathLike], what: str = "--pred") -> list[
     for p in paths:
         key = Path(p).resolve()
         if key in seen:
-            raise OutputFolderError(f"{what} {p}: the same folder as {seen[key]} (given twice); each "
-                                    "model's folder counts once")
+            raise OutputFolderError(
+                f"{what} {p}: the same folder as {seen[key]} (given twice); each model's folder counts once"
+            )
         seen[key] = str(p)
     return [Path(p) for p in paths]
 
 
 @contextlib.contextmanager
-def new_output_dir(path: str | os.PathLike, kind: str | None = None, *, command: str | None = None,
-                   overwrite: bool = False,
-                   recognize: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def new_output_dir(
+    path: str | os.PathLike,
+    kind: str | None = None,
+    *,
+    command: str | None = None,
+    overwrite: bool = False,
+    recognize: Callable[[Path], bool] | None = None,
+) -> Iterator[Path]:
     """Create the output folder ``path`` (with parents); if the body fails, leave no trace.
 
     With ``kind`` and ``command`` the folder is first claimed by :func:`claim_output_dir` (the

@@ -28,11 +28,14 @@ class TorchState:
     @classmethod
     def capture(cls) -> TorchState:
         """The current settings of this process."""
-        return cls(threads=torch.get_num_threads(), cudnn_benchmark=torch.backends.cudnn.benchmark,
-                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-                   tf32_conv=torch.backends.cudnn.allow_tf32,
-                   deterministic=torch.are_deterministic_algorithms_enabled(),
-                   deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
+        return cls(
+            threads=torch.get_num_threads(),
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_conv=torch.backends.cudnn.allow_tf32,
+            deterministic=torch.are_deterministic_algorithms_enabled(),
+            deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
 
     def apply(self) -> None:
         """Make these the settings of this process."""
@@ -45,8 +48,13 @@ class TorchState:
 
 
 @contextlib.contextmanager
-def torch_settings(*, threads: int | None = None, cudnn_benchmark: bool | None = None,
-                   tf32: bool | None = None, deterministic: bool | None = None) -> Iterator[TorchState]:
+def torch_settings(
+    *,
+    threads: int | None = None,
+    cudnn_benchmark: bool | None = None,
+    tf32: bool | None = None,
+    deterministic: bool | None = None,
+) -> Iterator[TorchState]:
     """Set process-wide torch settings inside the block, restore the previous ones on exit (also on error).
 
     Args:
