@@ -95,8 +95,10 @@ def predict_folder(
         The ``predict.json`` record (also written to ``out_dir``).
 
     Raises:
-        ConfigError: bad ``postprocess``, ``checkpoint`` or device. DataError: a case without imaging,
-        unreadable imaging, a file that cannot be written (named). CheckpointError: a bad checkpoint.
+        ConfigError: bad ``postprocess``, ``checkpoint`` or device.
+        OutputFolderError: ``out_dir`` is not a prediction folder (and ``overwrite`` is off).
+        DataError: a case without imaging, unreadable imaging, a file that cannot be written (named).
+        CheckpointError: a bad checkpoint.
     """
     if isinstance(postprocess, bool) or not isinstance(postprocess, int) or postprocess < 0:
         raise ConfigError(f"postprocess={postprocess!r}: expected 0 (off) or K >= 1")

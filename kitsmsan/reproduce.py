@@ -486,7 +486,8 @@ def reproduce(
         ``{"table_md", "table_csv", "table_json", "per_case"}`` paths.
 
     Raises:
-        ConfigError: unknown preset/variant or bad overrides. DataError: missing data.
+        ConfigError: unknown preset/variant or bad overrides.
+        DataError: missing data.
         TrainingError: a run diverged (its last good checkpoint is kept; re-run to resume).
     """
     if preset not in REPRODUCE_DATA:

@@ -148,7 +148,8 @@ class SliceWindowDataset(Dataset):
         divided by ``downsample``.
 
     Raises:
-        DataError: missing cache / unknown case ids. ConfigError: bad numeric arguments.
+        DataError: missing cache / unknown case ids.
+        ConfigError: bad numeric arguments.
     """
 
     def __init__(

@@ -183,7 +183,8 @@ def imaging_url(case_id: str, base_url: str = OFFICIAL_IMAGING_URL) -> str:
             Default: :data:`OFFICIAL_IMAGING_URL`.
 
     Raises:
-        DataError: on a malformed case id. ConfigError: on a bad template.
+        DataError: on a malformed case id.
+        ConfigError: on a bad template.
     """
     number = kits19.case_number(case_id)
     if "{" in base_url:
