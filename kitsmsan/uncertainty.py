@@ -12,9 +12,7 @@ the writer, decide the sentence:
   interval); :func:`unpaired_bootstrap_ci` resamples the two independently, for contrast;
 * :func:`across_seeds` — mean ± standard deviation of a number over training seeds;
 * :func:`verdict` / :func:`compare_sentence` — "better", "worse", "not distinguishable", or no
-  verdict at all when the runs are degenerate (every case of both models below
-  :data:`DEGENERATE_FLOOR`: the run is too short to compare) or the cases too few
-  (fewer than :data:`MIN_CASES`);
+  verdict at all when the runs are too short to compare or the cases too few (the rule below);
 * :func:`ci_table` / :func:`paired_table` (and :func:`ci_markdown`, :func:`summarize_verdicts`) — the
   above over a per-case table of
   :func:`kitsmsan.metrics.evaluate_folder` / :func:`kitsmsan.metrics.dice_table`;
@@ -22,6 +20,22 @@ the writer, decide the sentence:
   :func:`simulate_power`, :func:`resolvable_table`, :func:`plot_resolvable` — a *simulation* of what
   a paired comparison on ``n`` cases can resolve, given assumed per-case spreads
   (:func:`measured_spread` measures them from a run, to set beside the assumptions).
+
+The verdict rule (:func:`verdict`), for the paired difference ``a − b`` on the cases both define:
+
+1. **No verdict** when both arms' mean Dice over those cases is below :data:`DEGENERATE_FLOOR`
+   (5 % Dice): the runs are too short to compare. A mean Dice under 5 % means the network has not
+   yet found the region — the weakest tumour Dice of the paper's Table 1 (3D U-Net, 46.9 %) is
+   more than nine times higher — so a difference between two such arms measures which one
+   started to hit the region a few iterations earlier, not which design segments it better. One arm above the floor (a 0 % arm
+   beside a 40 % arm) is a real comparison.
+2. **No verdict** on fewer than :data:`MIN_CASES` cases, or with fewer than two (no interval).
+3. **"identical"** when the two agree on every case.
+4. **"better"** / **"worse"** when the whole interval lies above / below 0 by at least
+   :data:`RESOLUTION` (0.05 Dice points, half the last digit the sentences write): an end that
+   touches 0 — an interval that is 0 on one side, as when most cases differ by exactly 0 — or one
+   that would be written "+0.0" does not exclude 0.
+5. Otherwise **"not distinguishable"**.
 
 Conventions:
 
@@ -62,9 +76,12 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 #: seed of the bootstrap resampling
 SEED = 0
-#: a comparison where every case of both models scores below this Dice is no comparison
-#: (e.g. tumour Dice 0 everywhere after a few hundred CPU iterations): the run is too short
-DEGENERATE_FLOOR = 0.01
+#: a comparison where both arms' mean Dice is below this is no comparison (e.g. tumour Dice 0.00
+#: and 0.01 after 120 CPU iterations): the runs are too short to compare (rule 1 of the module text)
+DEGENERATE_FLOOR = 0.05
+#: a "better" or "worse" needs the interval to clear 0 by at least this (a fraction: 0.05 Dice
+#: points, half the 0.1-point digit of the sentences), so no "+0.0 to +3.0" is said to exclude 0
+RESOLUTION = 0.0005
 #: fewest cases on which a difference gets a verdict: below 5 a percentile bootstrap has at most 35
 #: distinct resample means and declares a winner between two equal models in about 16 % or more
 #: of comparisons at a nominal 5 % (simulated on the "How sure" page)
@@ -247,6 +264,14 @@ def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _too_short(mean_a: float, mean_b: float, floor: float) -> str:
+    """The reason of rule 1: both mean Dice below the floor."""
+    return (
+        f"the runs are too short to compare: both arms score below {100 * floor:g} % mean Dice "
+        f"({100 * mean_a:.1f} % and {100 * mean_b:.1f} %)"
+    )
+
+
 def _degenerate_pair(x: np.ndarray, y: np.ndarray, floor: float, min_cases: int) -> str | None:
     """Why a comparison of two score vectors (NaN-free, same cases) cannot be read, or None."""
     n = x.size
@@ -254,11 +279,8 @@ def _degenerate_pair(x: np.ndarray, y: np.ndarray, floor: float, min_cases: int)
         return "no case is defined in both models"
     if n == 1:
         return "one case gives no interval"
-    if np.all(x < floor) and np.all(y < floor):
-        return (
-            f"both score below {100 * floor:g} % Dice on every one of the {n} cases, "
-            "so the run is too short to compare"
-        )
+    if x.mean() < floor and y.mean() < floor:
+        return _too_short(x.mean(), y.mean(), floor)
     if n < min_cases:
         return f"{n} cases are too few for a bootstrap verdict (it needs at least {min_cases})"
     return None
@@ -285,8 +307,8 @@ def paired_bootstrap_ci(
         confidence: two-sided level, default 0.95.
         n_resamples: default 10,000.
         seed: default 0.
-        floor: when every case of both models scores below it (default
-            :data:`DEGENERATE_FLOOR` = 0.01) the comparison is degenerate: no verdict.
+        floor: when both models' mean Dice over the paired cases is below it (default
+            :data:`DEGENERATE_FLOOR` = 0.05) the runs are too short to compare: no verdict.
         min_cases: fewer cases than this (default :data:`MIN_CASES` = 5) give an interval but no
             verdict.
 
@@ -341,7 +363,7 @@ def unpaired_bootstrap_ci(
     Args:
         a, b: per-case Dice of the two groups (lengths may differ).
         confidence, n_resamples, seed, floor, min_cases: as :func:`paired_bootstrap_ci` (0.95,
-            10,000, 0, 0.01, 5).
+            10,000, 0, 0.05, 5).
 
     Returns:
         An :class:`Interval` of kind ``"unpaired difference"`` (``n`` = the smaller group).
@@ -361,8 +383,8 @@ def unpaired_bootstrap_ci(
     why = None
     if n < 2:
         why = "fewer than two defined cases in a group"
-    elif np.all(xd < floor) and np.all(yd < floor):
-        why = f"both score below {100 * floor:g} % Dice on every case, so the run is too short to compare"
+    elif xd.mean() < floor and yd.mean() < floor:
+        why = _too_short(xd.mean(), yd.mean(), floor)
     elif n < min_cases:
         why = f"{n} cases are too few for a bootstrap verdict (it needs at least {min_cases})"
     if n < 2:
@@ -381,21 +403,27 @@ def unpaired_bootstrap_ci(
 # --------------------------------------------------------------------------------------------
 
 
-def verdict(interval: Interval) -> str:
-    """The verdict an interval of a difference supports.
+def verdict(interval: Interval, resolution: float = RESOLUTION) -> str:
+    """The verdict an interval of a difference supports (the rule of the module text).
+
+    Args:
+        interval: from :func:`paired_bootstrap_ci` or :func:`unpaired_bootstrap_ci`.
+        resolution: how far (a fraction) the interval must clear 0 for "better" / "worse";
+            default :data:`RESOLUTION` = 0.0005 (0.05 Dice points).
 
     Returns:
-        :data:`NO_VERDICT` (degenerate runs or no interval), :data:`IDENTICAL` (the two agree on
-        every case), :data:`BETTER` (the whole interval above 0), :data:`WORSE` (below 0), else
-        :data:`UNRESOLVED` ("not distinguishable").
+        :data:`NO_VERDICT` (runs too short to compare, too few cases, or no interval),
+        :data:`IDENTICAL` (the two agree on every case), :data:`BETTER` (the whole interval at
+        least ``resolution`` above 0), :data:`WORSE` (below 0), else :data:`UNRESOLVED`
+        ("not distinguishable").
     """
     if interval.degenerate is not None or not (math.isfinite(interval.low) and math.isfinite(interval.high)):
         return NO_VERDICT
     if interval.identical:
         return IDENTICAL
-    if interval.low > 0:
+    if interval.low >= resolution:
         return BETTER
-    if interval.high < 0:
+    if interval.high <= -resolution:
         return WORSE
     return UNRESOLVED
 
@@ -421,8 +449,8 @@ def compare_sentence(
     Returns:
         One sentence, e.g. "MSAN-V1 is better than 3D U-Net on kidney Dice: +2.8 points (95 % CI
         +1.1 to +4.6, paired bootstrap over 10 cases); the interval excludes 0." — or "... are not
-        distinguishable on these 10 cases ...", or "No verdict ...: ... the run is too short to
-        compare." for degenerate runs.
+        distinguishable on these 10 cases ...", or "No verdict on tumour Dice for A vs B: the runs
+        are too short to compare: both arms score below 5 % mean Dice (0.0 % and 1.0 %)."
     """
     v = verdict(interval)
     n = interval.n
@@ -537,7 +565,7 @@ def paired_table(
         names: display names of the group keys (default: the keys).
         region_names: display names of the regions (default ``{"tumor": "tumour"}``).
         confidence, n_resamples, seed, floor, min_cases: as :func:`paired_bootstrap_ci` (0.95, 10,000,
-            0, 0.01, 5).
+            0, 0.05, 5).
 
     Returns:
         ``pandas.DataFrame`` with columns ``a, b, region, difference, low, high, n, verdict,

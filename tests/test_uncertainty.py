@@ -33,9 +33,10 @@ def test_defaults_are_stated_and_used():
         0.95,
         10_000,
         0,
-        0.01,
+        0.05,
         5,
     )
+    assert u.RESOLUTION == 0.0005
     assert (u.ALPHA, u.POWER) == (0.05, 0.80)
     for fn in (u.bootstrap_ci, u.paired_bootstrap_ci, u.unpaired_bootstrap_ci, u.ci_table, u.paired_table):
         params = inspect.signature(fn).parameters
@@ -161,16 +162,57 @@ def test_degenerate_runs_give_no_verdict():
     assert u.verdict(iv) == u.NO_VERDICT
     s = u.compare_sentence(iv, "MSAN-V2", "3D U-Net", "tumour")
     assert s == (
-        "No verdict on tumour Dice for MSAN-V2 vs 3D U-Net: both score below 1 % Dice on every "
-        "one of the 6 cases, so the run is too short to compare."
+        "No verdict on tumour Dice for MSAN-V2 vs 3D U-Net: the runs are too short to compare: both "
+        "arms score below 5 % mean Dice (0.0 % and 0.0 %)."
     )
-    # the floor is 1 % Dice: 0.9 % everywhere is degenerate, one case at 1.1 % is not
-    assert u.verdict(u.paired_bootstrap_ci(np.full(6, 0.009), zeros)) == u.NO_VERDICT
-    lifted = np.r_[0.011, np.zeros(5)]
-    assert u.paired_bootstrap_ci(lifted, zeros).degenerate is None
-    assert u.paired_bootstrap_ci(np.full(6, 0.009), zeros, floor=0.005).degenerate is None
-    # one model at 0 everywhere, the other not: a real comparison
-    assert u.verdict(u.paired_bootstrap_ci(np.full(6, 0.4) + np.arange(6) / 100, zeros)) == u.BETTER
+    # the floor is on the arms' MEANS, 5 % Dice: a mean of 4.9 % beside 0 is too short to compare,
+    # however the cases are spread; one arm at a mean of 5.1 % is a comparison
+    spread = np.array([0.0, 0.0, 0.0, 0.0, 0.09, 0.204])  # mean 0.049, one case at 20 %
+    assert u.verdict(u.paired_bootstrap_ci(spread, zeros)) == u.NO_VERDICT
+    assert u.paired_bootstrap_ci(spread + 0.002, zeros).degenerate is None
+    assert u.paired_bootstrap_ci(spread, zeros, floor=0.04).degenerate is None
+    assert "too short to compare" in u.unpaired_bootstrap_ci(spread, zeros).degenerate
+    # one model at 0 everywhere, the other at 0.4: a real comparison
+    real = u.paired_bootstrap_ci(np.full(6, 0.4) + np.arange(6) / 100, zeros)
+    assert u.verdict(real) == u.BETTER
+    assert u.compare_sentence(real, "a", "b", "tumour").startswith("a is better than b on tumour Dice")
+
+
+def test_short_runs_reported_on_the_ablation_page_give_no_verdict():
+    # deep supervision, 120 iterations: tumour Dice 0.00 in every arm, small nonzero scraps on a case
+    ds_on = np.array([0.0, 0.004, 0.0, 0.0, 0.0, 0.001])
+    ds_off = np.array([0.0, 0.0, 0.003, 0.0, 0.0, 0.026])
+    iv = u.paired_bootstrap_ci(ds_on, ds_off)
+    assert u.verdict(iv) == u.NO_VERDICT
+    assert "not distinguishable" not in u.compare_sentence(iv, "ds", "no ds", "tumour")
+    # input depth: 1 slice at 0.01 beside 4 slices at 0.00, every case a little higher: the interval
+    # excludes 0, yet both arms are below the floor, so no verdict
+    one, four = np.array([0.005, 0.01, 0.02, 0.006, 0.008, 0.011]), np.zeros(6)
+    depth = u.paired_bootstrap_ci(one, four)
+    assert depth.low > 0 and u.verdict(depth) == u.NO_VERDICT
+    s = u.compare_sentence(depth, "1 slice", "4 slices", "tumour")
+    assert s.startswith(
+        "No verdict on tumour Dice for 1 slice vs 4 slices: the runs are too short to compare"
+    )
+    assert "excludes 0" not in s
+
+
+def test_an_interval_touching_zero_is_not_a_verdict():
+    rng = np.random.default_rng(3)
+    b = rng.uniform(0.5, 0.9, 8)
+    # seven of eight cases differ by exactly 0: a third of the resamples miss the eighth, so the
+    # lower end sits on 0
+    touching = u.paired_bootstrap_ci(b + np.r_[np.zeros(7), 0.05], b)
+    assert touching.low == 0 and touching.high > 0
+    assert u.verdict(touching) == u.UNRESOLVED
+    # every case 0.02 points better: the interval is above 0 but would read "+0.0 to +0.0"
+    tiny = u.paired_bootstrap_ci(b + 0.0002, b)
+    assert tiny.low > 0 and u.verdict(tiny) == u.UNRESOLVED
+    assert "excludes 0" not in u.compare_sentence(tiny)
+    assert u.verdict(tiny, resolution=0.0001) == u.BETTER
+    # 0.1 points on every case clears the resolution
+    assert u.verdict(u.paired_bootstrap_ci(b + 0.001, b)) == u.BETTER
+    assert u.verdict(u.paired_bootstrap_ci(b - 0.001, b)) == u.WORSE
 
 
 def test_identical_and_too_few_cases():
