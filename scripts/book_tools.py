@@ -304,6 +304,10 @@ BENCH_META = (
 )
 
 
+#: how a row's column is labelled in the tables, where its bare name would mislead: the smoke row's
+#: ``torch_threads`` is the benchmarking process's, not the threads the smoke run trains on (its preset's)
+PERF_ROW_LABELS = {"torch_threads": "threads of the benchmarking process"}
+
 #: how a metadata key is labelled above the tables, where its bare name would mislead
 BENCH_META_LABELS = {
     "threads": "threads of the benchmarking process (torch's default; each row's own are in its table)",
@@ -493,7 +497,7 @@ def _bench_section_md(name: str, rows: list[dict]) -> str:
         for i, text in enumerate(isa)
     }
     rows = [
-        {k: v for k, v in r.items() if k not in PERF_HIDDEN}
+        {PERF_ROW_LABELS.get(k, k): v for k, v in r.items() if k not in PERF_HIDDEN}
         | (
             {"mode": f"{r['mode']} {mark[str(r['onednn_isa'])]}"}
             if r.get("onednn_isa") and "mode" in r

@@ -75,7 +75,7 @@ def test_performance_page_lists_every_target_pending_until_measured(tmp_path, mo
 
     cpu = {"device": "CPU x86_64 (2 cores, 2 threads)", "torch": "2.13.0", "commit": "abc1234"}
     rows = [
-        {"benchmark": "smoke", "ok": True, "wall_s": 480.0, **cpu},
+        {"benchmark": "smoke", "ok": True, "wall_s": 480.0, "torch_threads": 2, **cpu},
         {
             "benchmark": "step",
             "variant": "unet3d",
@@ -123,6 +123,7 @@ def test_performance_page_lists_every_target_pending_until_measured(tmp_path, mo
     # the header's thread count is the benchmarking process's, and says so; the targets are the book's
     assert "- **threads of the benchmarking process (torch's default" in page
     assert "- **threads**:" not in page
+    assert "| torch_threads |" not in page and "| threads of the benchmarking process |" in page
     assert "The book's speed targets (the paper states none)" in page
     # a GPU file with the GPU targets met: no more pending GPU rows, no "GPU: pending" box
     h100 = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "commit": "abc1234"}
