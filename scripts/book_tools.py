@@ -1152,7 +1152,7 @@ def render_memory() -> dict[str, str]:
         {
             "what": "`download --labels-only`, cases 0–209",
             "size": gb(lab["scaled_210_bytes"]),
-            "how": f"measured: {gb(lab['bytes'])} for the {lab['cases']} cases here; {lab['how']}",
+            "how": f"measured: {gb(lab['bytes'])} for the {lab['cases']} segmentations kept here (cases 0–{lab['cases'] - 1}); {lab['how']}",
         },
         {
             "what": "KiTS19 imaging (`imaging.nii.gz`), cases 0–209",
