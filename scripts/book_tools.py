@@ -304,6 +304,17 @@ BENCH_META = (
 )
 
 
+#: how a row's column is labelled in the tables, where its bare name would mislead: the smoke row's
+#: ``torch_threads`` is the benchmarking process's, not the threads the smoke run trains on (its preset's)
+PERF_ROW_LABELS = {"torch_threads": "threads of the benchmarking process"}
+
+#: how a metadata key is labelled above the tables, where its bare name would mislead
+BENCH_META_LABELS = {
+    "threads": "threads of the benchmarking process (torch's default; each row's own are in its table)",
+    "num_threads": "threads of the benchmarking process (torch's default; each row's own are in its table)",
+}
+
+
 def split_constant_columns(rows: list[dict]) -> tuple[list[dict], dict]:
     """Move the columns that have one value in every row out of the table.
 
@@ -473,12 +484,25 @@ def _budget_text(files) -> str:
     return "".join(text)
 
 
+#: footnote marks, one per distinct oneDNN ISA note of a table, in this order
+FOOTNOTE_MARKS = ("†", "‡", "§", "¶")
+
+
 def _bench_section_md(name: str, rows: list[dict]) -> str:
-    """One benchmark's rows as a table; the oneDNN ISA fallback becomes a † footnote, not a column."""
+    """One benchmark's rows as a table; each distinct oneDNN ISA fallback becomes a footnote with its
+    own mark (:data:`FOOTNOTE_MARKS`), not a column."""
     isa = sorted({str(r["onednn_isa"]) for r in rows if r.get("onednn_isa")})
+    mark = {
+        text: FOOTNOTE_MARKS[i % len(FOOTNOTE_MARKS)] * (1 + i // len(FOOTNOTE_MARKS))
+        for i, text in enumerate(isa)
+    }
     rows = [
-        {k: v for k, v in r.items() if k not in PERF_HIDDEN}
-        | ({"mode": f"{r['mode']} †"} if r.get("onednn_isa") and "mode" in r else {})
+        {PERF_ROW_LABELS.get(k, k): v for k, v in r.items() if k not in PERF_HIDDEN}
+        | (
+            {"mode": f"{r['mode']} {mark[str(r['onednn_isa'])]}"}
+            if r.get("onednn_isa") and "mode" in r
+            else {}
+        )
         for r in rows
     ]
     if len(rows) == 1:  # one result: a two-column key / value table reads better
@@ -489,7 +513,7 @@ def _bench_section_md(name: str, rows: list[dict]) -> str:
         if constant
         else ""
     )
-    notes = "".join(f"\n† run with `ONEDNN_MAX_CPU_ISA` = {text}\n" for text in isa)
+    notes = "".join(f"\n{mark[text]} run with `ONEDNN_MAX_CPU_ISA` = {text}\n" for text in isa)
     return f"**{name}**\n\n{same}{markdown_table(rows)}{notes}"
 
 
@@ -499,7 +523,7 @@ def render_performance() -> str:
     files = _bench_files()
     out = [
         "### Targets\n",
-        "Each speed target of the project, with the measurement that speaks to "
+        "The book's speed targets (the paper states none), each with the measurement that speaks to "
         "it. *Pending* means no file below has that measurement yet; nothing is filled in by hand.\n",
         _targets_table(files),
         "### What the 12-hour schedule asks of a GPU\n",
@@ -519,7 +543,9 @@ def render_performance() -> str:
     for path, meta, sections in files:
         out.append(f"### Measurements: `{path.name}`\n")
         if meta:
-            out.append("\n".join(f"- **{k}**: {_fmt(v)}" for k, v in meta.items()) + "\n")
+            out.append(
+                "\n".join(f"- **{BENCH_META_LABELS.get(k, k)}**: {_fmt(v)}" for k, v in meta.items()) + "\n"
+            )
         if not sections:
             out.append(f"`{path.name}` holds no results.\n")
         for name, rows in sections.items():
@@ -611,45 +637,98 @@ def render_real_anatomy(which: str) -> str:
     return "\n".join(out)
 
 
-#: The reliability tally: (group, what goes wrong, tests that try it). Each test is a
-#: pytest node id; the book counts its collected cases (parametrisations) at build time and links it
-#: with the {test} role, which fails the build when the test does not exist.
-RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+#: The reliability tally, the only one in the book: (kind, what goes wrong, where it is handled, tests
+#: that cause it on purpose). Each test is a pytest node id; the book counts its collected cases
+#: (parametrisations) at build time and links it with the {test} role, which fails the build when the
+#: test does not exist.
+RELIABILITY_TALLY: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     (
         "Bad input",
-        "A damaged case folder: missing imaging, truncated or corrupt gzip, not a NIfTI, a 2-D or "
-        "4-D array, image/label shape mismatch, labels outside {0, 1, 2} or non-integer, NaN/inf voxels",
-        ("tests/test_kits19.py::test_bad_case_raises_named_error",),
+        "Damaged case folder: missing imaging, truncated or corrupt gzip, not a NIfTI, 2-D/4-D array, image/label shape mismatch, labels outside {0,1,2} or non-integer, NaN/inf voxels",
+        "`kits19.load_case` → `_open_nifti`, `_read_array`, `check_label_values`, `check_image_values`",
+        (
+            "tests/test_kits19.py::test_bad_case_raises_named_error",
+            "tests/test_kits19.py::test_labels_only_folder",
+            "tests/test_kits19.py::test_unlabelled_case_has_no_label",
+        ),
     ),
     (
         "Bad input",
-        "An empty or wrong data folder, a malformed or unknown case id",
+        "The same damage met by the commands that read cases (`prepare`, `predict`, `stats`): exit 2, one line, nothing written",
+        "`prepare_cache`, `commands/predict.run`, `stats.dataset_statistics`; `cli.main` prints the line",
+        (
+            "tests/test_cli_errors.py::test_bad_input_gives_one_line_error_and_changes_nothing",
+            "tests/test_cli_errors.py::test_bad_input_in_a_subprocess",
+        ),
+    ),
+    (
+        "Bad input",
+        "Empty, missing or wrong data folder; malformed or unknown case id; bad case range",
+        "`kits19.list_cases`, `case_number`, `case_id`, `kits19.parse_case_range`, `dataset.split_cases`",
         (
             "tests/test_kits19.py::test_list_cases_empty_and_wrong_folder",
             "tests/test_kits19.py::test_unknown_case_folder",
             "tests/test_kits19.py::test_case_number_malformed",
+            "tests/test_kits19.py::test_case_id_bad_number",
+            "tests/test_dataset.py::test_parse_case_range_errors",
+            "tests/test_dataset.py::test_split_cases_custom_and_missing",
+            "tests/test_preprocess.py::test_prepare_bad_inputs_write_nothing",
+            "tests/test_inference.py::test_predict_cli_errors",
         ),
     ),
     (
         "Bad input",
-        "A configuration with an unknown key, a wrong type, a negative or zero iteration count, "
-        "an unknown preset, bad JSON",
+        "Bad arguments to the writers and readers (spacing, shapes, cache index, windows)",
+        "`kits19.save_case`, `save_prediction`, `kits_affine`, `preprocess.load_cache_index`, `SliceWindowDataset`",
+        (
+            "tests/test_kits19.py::test_save_case_rejects_bad_input_and_writes_nothing",
+            "tests/test_kits19.py::test_kits_affine_bad_spacing",
+            "tests/test_kits19.py::test_save_prediction",
+            "tests/test_preprocess.py::test_load_cache_index_errors",
+            "tests/test_dataset.py::test_bad_arguments",
+            "tests/test_dataset.py::test_window_must_fit_the_cache",
+        ),
+    ),
+    (
+        "Bad input",
+        "Configuration: unknown key, wrong type, negative or zero count, unknown preset, bad JSON, `--set` without `=`",
+        "`TrainConfig.__post_init__` / `from_preset` / `replace`, `parse_overrides`",
         (
             "tests/test_train_config.py::test_bad_settings_raise_config_error_naming_key_and_value",
+            "tests/test_train_config.py::test_direct_construction_is_validated_too",
             "tests/test_train_config.py::test_unknown_preset_and_bad_json",
+            "tests/test_train_config.py::test_replace_validates",
+            "tests/test_train_config.py::test_parse_overrides",
+            "tests/test_train.py::test_cli_train_and_bad_set",
         ),
     ),
     (
         "Bad input",
-        "A model input of the wrong shape, dtype or type",
+        "Unknown model name or override (models, train)",
+        "`models.registry.build_model`, `ModelConfig.from_dict`",
+        (
+            "tests/test_models.py::test_build_model_rejects_bad_names_and_overrides",
+            "tests/test_models.py::test_config_from_dict_names_unknown_key",
+            "tests/test_models.py::test_msan_requires_a_model_config",
+        ),
+    ),
+    (
+        "Bad input",
+        "A model input of the wrong shape, dtype or type; a volume that is not 3-D; bad inference arguments",
+        "`MSAN.check_input`, `inference.predict_case`",
         (
             "tests/test_models.py::test_rejected_shapes_raise_value_error_naming_the_shape",
             "tests/test_models.py::test_rejects_integer_input_and_non_tensors",
+            "tests/test_cli_errors.py::test_model_input_of_the_wrong_shape",
+            "tests/test_cli_errors.py::test_predict_case_rejects_a_volume_that_is_not_3d",
+            "tests/test_inference.py::test_bad_arguments",
+            "tests/test_inference.py::test_bad_model_output_and_models",
         ),
     ),
     (
         "Bad input",
         "A checkpoint of another variant (architecture mismatch)",
+        "`checkpoint.load_model_state`",
         (
             "tests/test_checkpoint.py::test_architecture_mismatch_names_both_variants",
             "tests/test_train.py::test_resume_with_a_checkpoint_of_another_variant_is_refused",
@@ -657,7 +736,8 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Bad input",
-        "A corrupt checkpoint (truncated, garbage, empty) or a file that is no kitsmsan checkpoint",
+        "A corrupt, truncated, empty or foreign checkpoint; a run folder without checkpoints",
+        "`checkpoint.load_checkpoint`, `resolve_checkpoint`",
         (
             "tests/test_checkpoint.py::test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file",
             "tests/test_checkpoint.py::test_not_a_kitsmsan_checkpoint",
@@ -665,38 +745,61 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Bad input",
-        "A prediction folder missing cases (evaluate, ensemble)",
+        "A prediction folder missing cases (evaluate, ensemble); bad label maps and probabilities",
+        "`metrics.evaluate_folder`, `commands/ensemble.run`, `ensemble.majority_vote`, `average_probabilities`, `metrics.kits_dice`, `postprocess.keep_largest_components`",
         (
             "tests/test_metrics.py::test_evaluate_folder_missing_is_named",
             "tests/test_metrics.py::test_evaluate_cli_missing_case",
+            "tests/test_metrics.py::test_kits_dice_bad_input",
+            "tests/test_metrics.py::test_dice_table_rejects_incomplete_rows",
             "tests/test_ensemble.py::test_ensemble_cli_missing_inputs",
+            "tests/test_ensemble.py::test_vote_validation",
+            "tests/test_ensemble.py::test_average_validation",
+            "tests/test_postprocess.py::test_bad_k",
+            "tests/test_postprocess.py::test_bad_label",
+            "tests/test_reliability.py::test_probability_file_of_the_wrong_kind_in_ensemble",
+        ),
+    ),
+    (
+        "Bad input",
+        "An output folder that is real data: `prepare --cache` = the data folder or another KiTS19 copy, `phantoms --out` = a real data folder: refused, the source cases are kept",
+        "`preprocess._refuse_data_folder_as_cache`, `phantom._refuse_foreign_cases`",
+        (
+            "tests/test_reliability.py::test_prepare_refuses_a_cache_that_is_a_data_folder",
+            "tests/test_reliability.py::test_phantoms_refuse_to_overwrite_real_cases",
+            "tests/test_reliability.py::test_phantoms_rerun_into_its_own_folder_is_allowed",
         ),
     ),
     (
         "Bad input",
         "A NaN loss during training: stop with a clear message, keep the last good checkpoint",
+        "`train.loop.Trainer.fit` (non-finite loss → `TrainingError`)",
         ("tests/test_train.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",),
     ),
     (
-        "Bad input",
-        "Disk full while preparing the cache, checkpointing or writing a case",
+        "Disk full",
+        "ENOSPC while preparing, checkpointing, writing a case, downloading",
+        "`prepare_case`, `save_checkpoint`, `utils.io.atomic_write`, `download.fetch_to_part`",
         (
             "tests/test_preprocess.py::test_disk_full_while_preparing",
             "tests/test_checkpoint.py::test_disk_full_while_checkpointing_keeps_the_previous_file",
             "tests/test_kits19.py::test_disk_full_leaves_old_file",
+            "tests/test_download.py::test_disk_full_fails_cleanly_and_resumes",
         ),
     ),
     (
-        "Bad input",
-        "Bad arguments to the writers: nothing is written",
+        "Disk full",
+        "ENOSPC in every command that writes (prepare, predict, evaluate, ensemble, phantoms, models, stats): one line, nothing left; predict half-way keeps finished cases, re-run completes",
+        "`metrics.write_results`, `commands/{predict,ensemble,phantoms,models,stats}.run`, `prepare_cache`",
         (
-            "tests/test_kits19.py::test_save_case_rejects_bad_input_and_writes_nothing",
-            "tests/test_preprocess.py::test_prepare_bad_inputs_write_nothing",
+            "tests/test_reliability.py::test_disk_full_gives_one_line_error_and_changes_nothing",
+            "tests/test_reliability.py::test_disk_full_half_way_through_predict_keeps_finished_cases_and_a_rerun_completes",
         ),
     ),
     (
         "Crash",
-        "kill -9 of training at random points, then resume: the final weights equal an uninterrupted run's",
+        "kill -9 of training at random points, then resume: final weights equal an uninterrupted run's",
+        "`train.loop.resume`, `checkpoint.make_checkpoint` (RNG, optimiser, scheduler state)",
         (
             "tests/test_train.py::test_kill_9_at_random_points_then_resume_gives_identical_weights",
             "tests/test_train.py::test_resume_equals_uninterrupted_run",
@@ -705,27 +808,40 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "Crash",
         "Killed during a checkpoint write: the last good checkpoint still loads",
+        "`save_checkpoint` (atomic), `remove_partial_writes`",
         ("tests/test_checkpoint.py::test_kill_during_checkpoint_write_leaves_the_last_good_one",),
     ),
     (
         "Crash",
-        "Killed during prepare: re-running completes, the result equals a clean run",
+        "Killed during prepare; a source case changed since: re-run equals a clean run",
+        "`prepare_case` (temp folder + rename), `prepare_cache` (stale temp removal, `_up_to_date`)",
         (
             "tests/test_preprocess.py::test_killed_prepare_resumes_to_a_clean_result",
             "tests/test_preprocess.py::test_interrupted_case_is_not_complete",
+            "tests/test_preprocess.py::test_prepare_replaces_a_changed_case",
         ),
     ),
     (
         "Crash",
-        "Killed (or Ctrl-C) during download: re-running completes, files equal a clean run's",
+        "Killed or Ctrl-C during download; killed before the rename; stale or corrupt files: re-run equals a clean run",
+        "`download._process_item`, `fetch_to_part` (`.part` files, Range resume, verification before `os.replace`)",
         (
             "tests/test_download.py::test_kill_during_download_then_rerun_equals_clean",
             "tests/test_download.py::test_ctrl_c_stops_cleanly_and_keeps_partials",
+            "tests/test_download.py::test_complete_part_from_a_killed_run_is_placed",
+            "tests/test_download.py::test_stale_part_is_discarded_and_refetched",
         ),
     ),
     (
+        "Crash",
+        "kill -9 during predict: re-run completes, predictions equal a clean run's",
+        "`save_prediction` (atomic), `metrics.list_predictions`",
+        ("tests/test_reliability.py::test_kill_9_during_predict_then_rerun_equals_a_clean_run",),
+    ),
+    (
         "Network",
-        "Dropped connections, a server ignoring Range, 5xx then OK, persistent 5xx, 404, refused, endless drops",
+        "Dropped connections, server ignoring Range, 5xx then OK, persistent 5xx, 404, refused, endless drops",
+        "`download.make_session` (urllib3 `Retry`), `fetch_to_part` (Range resume, bounded passes)",
         (
             "tests/test_download.py::test_resume_after_dropped_connection",
             "tests/test_download.py::test_server_ignoring_range_restarts_cleanly",
@@ -738,7 +854,8 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Network",
-        "A server sending garbage imaging or bad segmentations; a wrong hash",
+        "Garbage imaging, bad segmentations, wrong hash or size",
+        "`download.verify_file`, `verify_nifti`, `load_manifest` (gzip CRC, 3-D NIfTI, label values, sha256)",
         (
             "tests/test_download.py::test_garbage_imaging_is_refused",
             "tests/test_download.py::test_bad_segmentation_is_refused",
@@ -747,22 +864,39 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Untrusted file",
-        "A checkpoint carrying a malicious pickle: refused, runs nothing",
+        "A checkpoint whose pickle would create a file: refused, runs nothing (load_checkpoint, train --resume, predict --run, inference.load_model); control shows the payload is live",
+        "`load_checkpoint` (`torch.load(weights_only=True)`)",
         (
             "tests/test_checkpoint.py::test_malicious_pickle_is_refused_and_runs_nothing",
             "tests/test_train.py::test_resume_refuses_a_malicious_checkpoint_and_runs_nothing",
+            "tests/test_reliability.py::test_malicious_checkpoint_through_predict_is_refused_and_runs_nothing",
+            "tests/test_reliability.py::test_malicious_checkpoint_through_load_model_is_refused",
+            "tests/test_reliability.py::test_the_malicious_checkpoint_is_live",
         ),
     ),
     (
         "Untrusted file",
-        "Paths from metadata or the command line that would write outside the output folder",
+        "A probability file (.npy) carrying a pickle, fed to `ensemble --method average`",
+        "`commands/ensemble._load_probs` (`allow_pickle=False`)",
+        ("tests/test_reliability.py::test_malicious_probability_file_in_ensemble_is_refused",),
+    ),
+    (
+        "Untrusted file",
+        "Paths from metadata or the command line that would write outside the output folder (`..`, absolute, symlinks, hostile case ids, manifests, kits.json, Content-Disposition, hostile folder names)",
+        "`utils.io.safe_join`, `atomic_write` (replaces a link, never follows it), `kits19._CASE_RE`, `download.validate_cases`",
         (
             "tests/test_paths.py::test_escapes_are_refused",
+            "tests/test_paths.py::test_prefix_sibling_is_not_inside",
             "tests/test_paths.py::test_symlink_pointing_out_is_refused",
             "tests/test_kits19.py::test_save_case_refuses_path_escape",
+            "tests/test_download.py::test_bad_case_ids_refused_before_anything",
             "tests/test_download.py::test_kits_json_with_hostile_case_id_is_refused",
             "tests/test_download.py::test_manifest_path_traversal_refused",
             "tests/test_download.py::test_case_folder_symlinked_outside_refused",
+            "tests/test_reliability.py::test_output_file_symlinked_outside_is_refused_by_predict",
+            "tests/test_reliability.py::test_output_file_symlinked_outside_is_replaced_not_followed_by_evaluate",
+            "tests/test_reliability.py::test_hostile_folder_names_in_the_data_folder_write_nothing_outside",
+            "tests/test_reliability.py::test_phantoms_out_writes_only_inside_it",
         ),
     ),
     (
@@ -771,6 +905,7 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "command's output, an unrelated index.json or summary.json), for every command that writes: refused; "
         "with --overwrite every file found is kept; a bad local data file is replaced only with --replace-bad "
         "and kept beside it",
+        "`utils.io.claim_output_dir`, `atomic_write`, `download` (`--replace-bad`)",
         (
             "tests/test_output_rule.py::test_a_foreign_output_folder_is_refused",
             "tests/test_output_rule.py::test_overwrite_runs_and_keeps_every_file_it_found",
@@ -786,6 +921,7 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "Hang",
         "A download server whose Content-Length is too large, one that trickles bytes, one that goes "
         "silent, an endless chunked body: each ends within its retry budget, stall timeout or size bound",
+        "`download.fetch_to_part` (stall timeout, size bound, retry budget)",
         (
             "tests/test_download.py::test_content_length_larger_than_the_body_spends_the_retry_budget",
             "tests/test_download.py::test_a_trickling_server_is_a_stall",
@@ -799,6 +935,7 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "A resume that changes a setting, two writers in one run folder, a stale lock, a "
         "flipped bit or NaN in a checkpoint, a segmentation or prediction on another grid, a folder given "
         "twice to ensemble, an empty variant selection: refused, named",
+        "`train.loop` (resume rules, run lock), `checkpoint.load_checkpoint` (SHA-256, finite weights), `kits19`, `metrics`, `ensemble`",
         (
             "tests/test_runlock.py::test_resume_rule_per_setting",
             "tests/test_runlock.py::test_every_setting_has_a_resume_rule",
@@ -818,6 +955,7 @@ RELIABILITY_TALLY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "Hostile NIfTI headers (huge, zero-length, complex, RGB, pixdim 0), malformed checkpoint "
         "values, settings past their bounds, huge case ranges, a torch error on a full disk, out of memory: one "
         "line; fuzzed headers, settings and ranges (hypothesis) give no traceback and change nothing",
+        "`kits19._open_nifti`, `checkpoint.load_checkpoint`, `TrainConfig`, `cli.main`",
         (
             "tests/test_kits19.py::test_hostile_headers_are_refused_before_reading",
             "tests/test_kits19.py::test_rgb_imaging_is_refused_naming_the_file",
@@ -857,11 +995,13 @@ def collect_counts(node_ids: list[str]) -> dict[str, int] | None:
 
 
 def render_reliability_tally() -> str:
-    """The tally table: what goes wrong, how many cases are tried, which tests (checked links)."""
-    node_ids = [n for _, _, tests in RELIABILITY_TALLY for n in tests]
+    """The one tally of the Reliability page: what goes wrong, where it is handled, how many cases the
+    tests try (collected by ``pytest --collect-only`` at every build) and which tests (checked links).
+    No count on the page is written by hand."""
+    node_ids = [n for _, _, _, tests in RELIABILITY_TALLY for n in tests]
     counts = collect_counts(node_ids)
     rows, total = [], 0
-    for group, what, tests in RELIABILITY_TALLY:
+    for group, what, handled, tests in RELIABILITY_TALLY:
         if counts is None:
             cases = "?"
         else:
@@ -869,24 +1009,25 @@ def render_reliability_tally() -> str:
             total += n
             cases = str(n) if all(counts[t] for t in tests) else f"{n} (a listed test was not collected)"
         links = ", ".join(f"{{test}}`{t}`" for t in tests)
-        rows.append(f"| {group} | {what} | {cases} | {links} |")
-    head = ["| Kind | What goes wrong | Cases tried | Tests |", "|---|---|---:|---|"]
+        rows.append(f"| {group} | {what} | {handled} | {cases} | {links} |")
+    head = ["| Kind | What goes wrong | Handled in | Cases tried | Tests |", "|---|---|---|---:|---|"]
     if counts is not None:  # cases per kind; every listed test passes in CI, so none lost or hung
         kinds: dict[str, int] = {}
-        for group, _, tests in RELIABILITY_TALLY:
+        for group, _, _, tests in RELIABILITY_TALLY:
             kinds[group] = kinds.get(group, 0) + sum(counts[t] for t in tests)
         head = [
-            "Cases per kind: "
+            f"**{total} test cases in {len(node_ids)} tests**, counted by `pytest --collect-only` when the "
+            "book was built. Cases per kind: "
             + ", ".join(f"{k} {n}" for k, n in kinds.items())
             + ". Every one passes in CI: **0 losses, 0 hangs**.",
             "",
             *head,
         ]
     foot = (
-        f"\n*{total} test cases in {len(node_ids)} tests, counted by `pytest --collect-only` when the "
-        f"book was built. Each bad-input test asserts the error type and that its message names the file "
-        f"or value; the crash, disk-full and writer tests also check that nothing was lost or left "
-        f"half-written.*\n"
+        "\n*Each bad-input test asserts the error type and that its message names the file or value; the "
+        "crash, disk-full and writer tests also check that nothing was lost or left half-written: a snapshot "
+        "of the folder tree (files, sizes, mtimes, empty folders) is the same before and after, or the "
+        "re-run result equals a clean run's.*\n"
         if counts
         else "\n*(test cases could not be counted: pytest collection failed when the book was built)*\n"
     )
@@ -1011,7 +1152,7 @@ def render_memory() -> dict[str, str]:
         {
             "what": "`download --labels-only`, cases 0–209",
             "size": gb(lab["scaled_210_bytes"]),
-            "how": f"measured: {gb(lab['bytes'])} for the {lab['cases']} cases here; {lab['how']}",
+            "how": f"measured: {gb(lab['bytes'])} for the {lab['cases']} segmentations kept here (cases 0–{lab['cases'] - 1}); {lab['how']}",
         },
         {
             "what": "KiTS19 imaging (`imaging.nii.gz`), cases 0–209",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_performance_page_lists_every_target_pending_until_measured(tmp_path, mo
 
     cpu = {"device": "CPU x86_64 (2 cores, 2 threads)", "torch": "2.13.0", "commit": "abc1234"}
     rows = [
-        {"benchmark": "smoke", "ok": True, "wall_s": 480.0, **cpu},
+        {"benchmark": "smoke", "ok": True, "wall_s": 480.0, "torch_threads": 2, **cpu},
         {
             "benchmark": "step",
             "variant": "unet3d",
@@ -82,6 +83,15 @@ def test_performance_page_lists_every_target_pending_until_measured(tmp_path, mo
             "input": "2x1x4x128x128",
             "it_per_s": 2.0,
             "onednn_isa": "AVX512_CORE_BF16 (default: SIGSEGV)",
+            **cpu,
+        },
+        {
+            "benchmark": "step",
+            "variant": "msan_v2",
+            "mode": "amp",
+            "input": "2x1x4x128x128",
+            "it_per_s": 1.5,
+            "onednn_isa": "AVX512_CORE_BF16 (default: SIGABRT)",
             **cpu,
         },
         {
@@ -101,10 +111,20 @@ def test_performance_page_lists_every_target_pending_until_measured(tmp_path, mo
     assert table.count("*pending*") == len(TARGETS) - 1
     assert "| reproduce --preset smoke (s) | ≤ 600 | 480 | yes |" in table
     assert "GPU: pending" in page and "313.8 TFLOP/s" in page  # the counted budget, 13.56 EFLOP / 12 h
+    # two different fallbacks, two different marks, each with its own note
+    assert (
+        "| amp ‡ |" in page
+        and "‡ run with `ONEDNN_MAX_CPU_ISA` = AVX512_CORE_BF16 (default: SIGSEGV)" in page
+    )
     assert (
         "| amp † |" in page
-        and "† run with `ONEDNN_MAX_CPU_ISA` = AVX512_CORE_BF16 (default: SIGSEGV)" in page
+        and "† run with `ONEDNN_MAX_CPU_ISA` = AVX512_CORE_BF16 (default: SIGABRT)" in page
     )
+    # the header's thread count is the benchmarking process's, and says so; the targets are the book's
+    assert "- **threads of the benchmarking process (torch's default" in page
+    assert "- **threads**:" not in page
+    assert "| torch_threads |" not in page and "| threads of the benchmarking process |" in page
+    assert "The book's speed targets (the paper states none)" in page
     # a GPU file with the GPU targets met: no more pending GPU rows, no "GPU: pending" box
     h100 = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "commit": "abc1234"}
     paper = "2x1x4x512x512"
@@ -376,3 +396,47 @@ def test_every_launch_button_opens_the_committed_notebook_of_its_page():
         assert (REPO / entry["notebook"]).is_file() and (REPO / entry["notebook"]).with_suffix(
             ".md"
         ).is_file()
+
+
+# ---------------------------------------------------------------- reliability tally
+def test_the_reliability_tally_counts_the_collected_cases(monkeypatch):
+    """The one tally: its totals are the sums of the collected cases of the listed tests."""
+    node_ids = [n for _, _, _, tests in bt.RELIABILITY_TALLY for n in tests]
+    assert len(node_ids) == len(set(node_ids)), "a test is listed in two rows (counted twice)"
+    counts = {n: 1 + i % 3 for i, n in enumerate(node_ids)}
+    monkeypatch.setattr(bt, "collect_counts", lambda ids: counts)
+    page = bt.render_reliability_tally()
+    assert f"**{sum(counts.values())} test cases in {len(node_ids)} tests**" in page
+    assert "| Kind | What goes wrong | Handled in | Cases tried | Tests |" in page
+    assert page.count("\n| ") == len(bt.RELIABILITY_TALLY) + 1  # the header and one line per row
+    monkeypatch.setattr(bt, "collect_counts", lambda ids: None)
+    assert "could not be counted" in bt.render_reliability_tally()
+
+
+#: a count of tests written by hand ("261 test cases", "98 tests", "Cases tried: 12")
+STATIC_COUNT = re.compile(r"\b\d[\d,]*\s+(test cases|tests)\b|\b(bad inputs tried|crashes survived)\b", re.I)
+
+
+def test_no_page_states_a_test_count_by_hand():
+    """The reliability tally is generated; a static count in a page or a fragment would drift from it."""
+    pages = sorted((REPO / "book").glob("*.md")) + sorted((REPO / "book" / "fragments").glob("*.md"))
+    assert pages
+    found = [
+        f"{p.relative_to(REPO)}: {m.group(0)}" for p in pages for m in STATIC_COUNT.finditer(p.read_text())
+    ]
+    assert not found, found
+    assert not (REPO / "book" / "fragments" / "reliability-tally.md").exists()
+    assert STATIC_COUNT.search("**Count**: 261 test cases in 98 tests")  # the pattern itself catches one
+
+
+def test_the_colab_reproduce_command_sets_exactly_the_colab_preset():
+    """Colab's reproduce command turns the paper preset into the colab preset: the --set values are
+    exactly the settings in which the two presets differ."""
+    from kitsmsan.train.config import PRESETS
+
+    text = (REPO / "book" / "colab.md").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("!kitsmsan reproduce --preset paper --set"))
+    given = dict(kv.split("=", 1) for kv in re.findall(r"--set (\S+)", line))
+    paper, colab = PRESETS["paper"], PRESETS["colab"]
+    differ = {k: str(v) for k, v in colab.items() if paper.get(k) != v}
+    assert given == differ

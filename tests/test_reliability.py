@@ -1,6 +1,6 @@
-"""Cross-cutting reliability checks of issue 7 that no module's own tests cover.
+"""Cross-cutting reliability checks that no module's own tests cover.
 
-Covered elsewhere (not repeated here; see ``book/fragments/reliability-tally.md``): kill -9 during
+Covered elsewhere (not repeated here; see ``RELIABILITY_TALLY`` in ``scripts/book_tools.py``): kill -9 during
 ``prepare`` (``test_preprocess``), during training and checkpoint writes (``test_train``,
 ``test_checkpoint``), during ``download`` (``test_download``); disk full in ``prepare_cache``,
 ``save_checkpoint``, ``save_case`` and the downloader at the API level; the malicious pickle through

@@ -162,7 +162,9 @@ def make_report(rows: Sequence[dict], device: str | None = None, note: str | Non
 
     Returns:
         ``{"device", "torch", "cuda", "commit", "python", "date", "host_cpus", "threads", ["note",]
-        "results": [rows..., targets...]}``.
+        "results": [rows..., targets...]}``. ``threads`` is the torch thread count of the process that
+        writes the report (torch's default unless changed), not that of each row: a row measured on
+        other threads (``bench --threads``) records its own.
     """
     env = environment(device)
     rows = [dict(r) for r in rows if r.get("benchmark") != "targets"]
