@@ -853,7 +853,8 @@ def plot_training_curves(
 
     Args:
         metrics: a run folder or ``metrics.jsonl`` path, a list of row dicts, or a mapping
-            run name → either (one colour per run).
+            run name → either (one colour per run; with several runs one key under the panels
+            names each run's colour and each key's line style).
         loss_keys: keys for the left panel. Default: auto-detected as above.
         val_keys: keys for the right panel. Default: auto-detected as above.
         smooth: moving-average window (rows) for the loss curves. Default 1 (none).
@@ -869,9 +870,14 @@ def plot_training_curves(
     runs = _as_runs(metrics)
     if smooth < 1:
         raise DataError(f"smooth={smooth!r}: must be >= 1")
-    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+    multi = len(runs) > 1
+    # several runs: one colour per run and one line style per key, keyed once under the panels
+    # (a legend entry per run x key covers the plots and squeezes them)
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 4.6 if multi else 3.6), layout="constrained")
     styles = ["-", "--", ":", "-."]
     any_loss = any_val = False
+    run_handles: list = []
+    style_handles: dict[str, Line2D] = {}
     for r, (name, rows) in enumerate(runs.items()):
         keys = sorted(
             {
@@ -888,45 +894,54 @@ def plot_training_curves(
             else [k for k in keys if k.startswith("val_") or k.startswith("dice")]
         )
         colour = f"C{r % 10}"
-        for i, k in enumerate(lk):
-            x, y = _series(rows, k)
-            if not x.size:
-                continue
-            if smooth > 1 and y.size >= smooth:
-                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-                x = x[smooth - 1 :]
-            lab = k if len(runs) == 1 else f"{name}: {k}"
-            ax_l.plot(x, y, styles[i % len(styles)], color=colour if len(runs) > 1 else f"C{i}", label=lab)
-            any_loss = True
-        for i, k in enumerate(vk):
-            x, y = _series(rows, k)
-            if not x.size:
-                continue
-            lab = k if len(runs) == 1 else f"{name}: {k}"
-            ax_v.plot(
-                x,
-                y,
-                styles[i % len(styles)],
-                marker="o",
-                ms=3,
-                color=colour if len(runs) > 1 else f"C{i}",
-                label=lab,
-            )
-            any_val = True
+        drawn = False
+        for panel, ax, panel_keys in (("loss", ax_l, lk), ("val", ax_v, vk)):
+            for i, k in enumerate(panel_keys):
+                x, y = _series(rows, k)
+                if not x.size:
+                    continue
+                if panel == "loss" and smooth > 1 and y.size >= smooth:
+                    y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+                    x = x[smooth - 1 :]
+                style = styles[i % len(styles)]
+                ax.plot(
+                    x,
+                    y,
+                    style,
+                    marker="o" if panel == "val" else None,
+                    ms=3,
+                    color=colour if multi else f"C{i}",
+                    label=k,
+                )
+                style_handles.setdefault(k, Line2D([], [], ls=style, color="0.3", label=k))
+                drawn = True
+                any_loss = any_loss or panel == "loss"
+                any_val = any_val or panel == "val"
+        if drawn:
+            run_handles.append(Patch(facecolor=colour, label=name))
     if not any_loss:
         plt.close(fig)
         raise DataError("plot_training_curves: no row has an iteration counter and a loss value")
     ax_l.set_xlabel("iteration", fontsize=FONT_LABEL)
     ax_l.set_ylabel("Dice loss (1 - Dice)", fontsize=FONT_LABEL)
-    ax_l.legend(fontsize=FONT_LEGEND)
     ax_v.set_xlabel("iteration", fontsize=FONT_LABEL)
     ax_v.set_ylabel("validation Dice", fontsize=FONT_LABEL)
     ax_v.set_ylim(0, 1)
     for ax in (ax_l, ax_v):
         ax.tick_params(labelsize=FONT_TICK)
-    if any_val:
-        ax_v.legend(fontsize=FONT_LEGEND)
+    if multi:
+        handles = [*run_handles, *style_handles.values()]
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=min(len(handles), 5),
+            fontsize=FONT_LEGEND,
+        )
     else:
+        ax_l.legend(fontsize=FONT_LEGEND)
+        if any_val:
+            ax_v.legend(fontsize=FONT_LEGEND)
+    if not any_val:
         ax_v.text(
             0.5,
             0.5,

@@ -167,6 +167,10 @@ def test_read_metrics_and_training_curves(tmp_path):
     assert len(ax_val.lines) == 3
     fig2 = viz.plot_training_curves({"a": rows, "b": rows}, smooth=2)
     assert len(fig2.axes[0].lines) == 2
+    # several runs: one key under the panels, one entry per run and per key (not run x key)
+    assert not fig2.axes[0].get_legend() and not fig2.axes[1].get_legend()
+    (key,) = fig2.legends
+    assert [t.get_text() for t in key.get_texts()] == ["a", "b", "loss", "val_composite", "val_kidney", "val_tumor"]
     np.testing.assert_allclose(fig2.axes[0].lines[0].get_ydata(), [0.85, 0.75, 0.65, 0.55])
     with pytest.raises(DataError, match="no row"):
         viz.plot_training_curves([{"loss": 1.0}])
@@ -355,3 +359,15 @@ def test_plot_helpers_write_no_text_below_10_points(volume, tmp_path):
     hist = figs[4].axes[0]
     assert hist.get_xlabel() == "intensity (HU)" and hist.get_ylabel() == "density (1/HU)"
     assert figs[3].axes[1].get_ylabel() == "models disagreeing"  # the colour bar says what it means
+
+
+def test_training_curves_of_many_runs_keep_their_panels(recwarn):
+    rows = [{"iteration": i, "loss": 1 - i / 500, "loss_ds": 1 - i / 600} for i in range(0, 400, 10)]
+    rows += [{"iteration": i, "val_kidney": 0.5, "val_tumor": 0.2} for i in range(50, 400, 50)]
+    names = ["unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds"]
+    fig = viz.plot_training_curves({n: rows for n in names}, smooth=3, title="five networks")
+    fig.canvas.draw()
+    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
+    assert len(fig.legends[0].get_texts()) == len(names) + 4
+    for ax in fig.axes:
+        assert ax.get_position().height > 0.5  # the panels are not squashed by the key
