@@ -226,10 +226,28 @@ def pick_slices(
     return sorted({int(round(v)) for v in np.linspace(lo, hi, num)})
 
 
+def disagreement_max(n_models: int) -> int:
+    """The largest value :func:`disagreement_map` can take for ``n_models`` maps: the top of its scale.
+
+    Three labels (background, kidney, tumour) are voted on, so the most common label of a voxel
+    has at least ``ceil(n / 3)`` votes and at most ``n - ceil(n / 3)`` models disagree with it
+    (3 for the paper's five models; a scale running to ``n - 1`` would never be reached).
+
+    Args:
+        n_models: number of models voting (>= 1).
+
+    Returns:
+        ``max(1, n - ceil(n / 3))`` (at least 1, so a colour scale never has zero width).
+    """
+    if n_models < 1:
+        raise DataError(f"n_models={n_models!r}: must be >= 1")
+    return max(1, n_models - math.ceil(n_models / 3))
+
+
 def disagreement_map(preds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> np.ndarray:
     """How many models disagree with the voxel-wise most common label.
 
-    0 where all models agree; at most ``len(preds) - 1``. With the paper's five models a value of
+    0 where all models agree; at most :func:`disagreement_max` of ``len(preds)``. With the paper's five models a value of
     2 means a 3-to-2 vote, the voxels where the ensemble (MSAN paper, §3.1) was closest to going
     the other way.
 
@@ -1113,6 +1131,7 @@ def slice_animation(
     max_frames: int = 48,
     interval: int = 150,
     size: float = 2.4,
+    ncols: int = 4,
 ):
     """An axial fly-through: one panel per layer (ground truth, each prediction), one frame per slice.
 
@@ -1131,6 +1150,8 @@ def slice_animation(
         max_frames: most frames when ``slices`` is None. Default 48.
         interval: milliseconds between frames. Default 150.
         size: inches per panel. Default 2.4.
+        ncols: panels per row; more layers wrap onto further rows, so seven layers at the book's
+            column width stay readable (about 170 px each rather than 65). Default 4.
 
     Returns:
         A :class:`matplotlib.animation.FuncAnimation` (its figure is closed so it is not also
@@ -1162,11 +1183,21 @@ def slice_animation(
             slices = slices[start:] + slices[:start]
     if not slices:
         raise DataError("slice_animation: no slices to show")
+    if ncols < 1:
+        raise DataError(f"ncols={ncols!r}: must be >= 1")
+    ncols = min(ncols, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
     fig, axes = plt.subplots(
-        1, len(layers), figsize=(size * len(layers), size + 0.3), squeeze=False, constrained_layout=True
+        nrows,
+        ncols,
+        figsize=(size * ncols, (size + 0.3) * nrows + 0.4),
+        squeeze=False,
+        constrained_layout=True,
     )
+    for ax in list(axes.flat)[len(layers) :]:
+        ax.set_visible(False)
     artists = []
-    for ax, (name, lab) in zip(axes[0], layers):
+    for ax, (name, lab) in zip(axes.flat, layers):
         z = slices[0]
         artists.append(
             ax.imshow(

@@ -371,3 +371,24 @@ def test_training_curves_of_many_runs_keep_their_panels(recwarn):
     assert len(fig.legends[0].get_texts()) == len(names) + 4
     for ax in fig.axes:
         assert ax.get_position().height > 0.5  # the panels are not squashed by the key
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_disagreement_max_is_the_reachable_top_of_the_scale(n):
+    import itertools
+
+    votes = np.array(list(itertools.product([0, 1, 2], repeat=n)), dtype=np.uint8).T  # (n, 3**n)
+    reached = int(viz.disagreement_map(list(votes)).max())
+    assert viz.disagreement_max(n) == reached  # 3 for the paper's five models, not n - 1
+    with pytest.raises(DataError):
+        viz.disagreement_max(0)
+
+
+def test_slice_animation_wraps_many_layers(volume):
+    image, label = volume
+    preds = {f"m{i}": label for i in range(6)}  # ground truth + 6 layers, as the viewer page shows
+    anim = viz.slice_animation(image, label, preds, max_frames=2, size=1.9)
+    shown = [ax for ax in anim._fig.axes if ax.get_visible()]
+    assert len(shown) == 7
+    assert anim._fig.get_figwidth() == pytest.approx(4 * 1.9)  # four panels per row, two rows
+    assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2
