@@ -391,4 +391,5 @@ def test_slice_animation_wraps_many_layers(volume):
     shown = [ax for ax in anim._fig.axes if ax.get_visible()]
     assert len(shown) == 7
     assert anim._fig.get_figwidth() == pytest.approx(4 * 1.9)  # four panels per row, two rows
+    assert viz.animation_html(anim).count("data:image/png;base64") == 2
     assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2
