@@ -1069,7 +1069,9 @@ def plot_grouped_bars(
         title: axes title.
 
     Returns:
-        The Figure (one axes); each bar is annotated with its value.
+        The Figure (one axes, the legend under it); each bar is annotated with its value, with
+        headroom above the highest bar so the labels stay under the title; group names wrap to
+        the width of their group.
     """
     plt = _pyplot()
     if not values:
@@ -1077,7 +1079,15 @@ def plot_grouped_bars(
     groups = list(values)
     bars = list(dict.fromkeys(k for g in groups for k in values[g]))
     width = 0.8 / max(1, len(bars))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 1.5), 3.4), constrained_layout=True)
+    # each group gets room for its bars' value labels (about 0.4 in per bar) and its wrapped name;
+    # the legend goes under the axes so the bars keep the width
+    group_in = max(1.3, 0.45 * len(bars) + 0.2)
+    legend_rows = math.ceil(len(bars) / 3)
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, group_in * len(groups) + 1.0), 3.6 + 0.3 * legend_rows), layout="constrained"
+    )
+    bar_in = group_in * width
+    value_rotation = 90 if bar_in < 0.34 else 0  # a value label wider than its bar stands upright
     for b, bar in enumerate(bars):
         xs = np.arange(len(groups)) + (b - (len(bars) - 1) / 2) * width
         ys = [float(values[g].get(bar, np.nan)) for g in groups]
@@ -1099,19 +1109,35 @@ def plot_grouped_bars(
                 ax.annotate(
                     f"{y:.2f}",
                     (rect.get_x() + rect.get_width() / 2, y),
+                    xytext=(0, 2),
+                    textcoords="offset points",
                     ha="center",
                     va="bottom",
+                    rotation=value_rotation,
                     fontsize=FONT_TICK,
                 )
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([textwrap.fill(str(g), 18) for g in groups], fontsize=FONT_TICK)
+    wrap = max(8, int(group_in * 72 / (0.62 * FONT_TICK)) - 1)  # characters that fit under a group
+    ax.set_xticklabels([textwrap.fill(str(g), wrap) for g in groups], fontsize=FONT_TICK)
     ax.tick_params(axis="y", labelsize=FONT_TICK)
     ax.set_ylabel(ylabel, fontsize=FONT_LABEL)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=FONT_LEGEND, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    if title:
-        ax.set_title(title, fontsize=FONT_TITLE)
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low - 1e-9 <= t <= high + 1e-9]
+    headroom = (0.3 if value_rotation else 0.14) * (high - low)  # the value labels stay under the title
+    ax.set_ylim(low, high + headroom)
+    ax.set_yticks(ticks)
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        fontsize=FONT_LEGEND,
+        loc="outside lower center",
+        ncol=min(3, len(bars)),
+        frameon=False,
+    )
+    if title:  # wrapped to the figure's width, so a narrow chart keeps its whole title
+        chars = max(20, int(fig.get_figwidth() * 72 / (0.58 * FONT_TITLE)))
+        ax.set_title(textwrap.fill(title, chars), fontsize=FONT_TITLE)
     return fig
 
 

@@ -170,7 +170,14 @@ def test_read_metrics_and_training_curves(tmp_path):
     # several runs: one key under the panels, one entry per run and per key (not run x key)
     assert not fig2.axes[0].get_legend() and not fig2.axes[1].get_legend()
     (key,) = fig2.legends
-    assert [t.get_text() for t in key.get_texts()] == ["a", "b", "loss", "val_composite", "val_kidney", "val_tumor"]
+    assert [t.get_text() for t in key.get_texts()] == [
+        "a",
+        "b",
+        "loss",
+        "val_composite",
+        "val_kidney",
+        "val_tumor",
+    ]
     np.testing.assert_allclose(fig2.axes[0].lines[0].get_ydata(), [0.85, 0.75, 0.65, 0.55])
     with pytest.raises(DataError, match="no row"):
         viz.plot_training_curves([{"loss": 1.0}])
@@ -393,3 +400,38 @@ def test_slice_animation_wraps_many_layers(volume):
     assert anim._fig.get_figwidth() == pytest.approx(4 * 1.9)  # four panels per row, two rows
     assert viz.animation_html(anim).count("data:image/png;base64") == 2
     assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2
+
+
+def _boxes_overlap(boxes):
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1 :] if ba.overlaps(bb)]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {
+            g: {"kidney": 0.89, "tumor": 0.2}
+            for g in (
+                "nested vote, no post-processing",
+                "plurality vote, no post-processing",
+                "average, no post-processing",
+                "nested vote, k=2",
+            )
+        },
+        {g: {f"bar {b}": 1.0 - b / 10 for b in range(5)} for g in ("none", "k=1", "k=2")},
+    ],
+)
+def test_grouped_bars_labels_do_not_collide(values):
+    fig = viz.plot_grouped_bars(values, title="a title long enough to need the whole width of the figure")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    ticks = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.get_xticklabels()]
+    assert not _boxes_overlap(ticks)
+    title = ax.title.get_window_extent(renderer)
+    frame = ax.get_window_extent(renderer)
+    for note in ax.texts:  # the value labels
+        box = note.get_window_extent(renderer)
+        assert not box.overlaps(title) and box.y1 <= frame.y1, note.get_text()
+    assert not _boxes_overlap([(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts])
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.x1  # the title is not cut
