@@ -56,6 +56,23 @@ FONT_LABEL = 11
 FONT_TICK = 10
 FONT_LEGEND = 10
 
+#: width (inches, at the book's 100 dpi) of the book's text column at 1280 px: a wider figure is
+#: scaled down to it, and its 10 pt text with it, so figures meant to be read are drawn this wide
+BOOK_COLUMN_IN = 6.88
+
+
+def display_points(fig, fontsize: float) -> float:
+    """The size (points) at which text of ``fontsize`` shows once ``fig`` is scaled to the column.
+
+    Args:
+        fig: a Figure; its width is compared with :data:`BOOK_COLUMN_IN`.
+        fontsize: the text's size in points.
+
+    Returns:
+        ``fontsize * min(1, BOOK_COLUMN_IN / figure width)``.
+    """
+    return float(fontsize) * min(1.0, BOOK_COLUMN_IN / fig.get_figwidth())
+
 
 # --------------------------------------------------------------------------------------------
 # small pure helpers (also used by kitsmsan.widgets)
@@ -996,8 +1013,9 @@ def plot_dice_per_case(
         title: figure title.
 
     Returns:
-        The Figure with ``len(regions)`` axes; cases are joined across groups by thin lines so a
-        hard case can be followed from model to model. NaN scores (both masks empty) are skipped.
+        The Figure with ``len(regions)`` axes, one above the other at :data:`BOOK_COLUMN_IN`
+        wide; cases are joined across groups by thin lines so a hard case can be followed from
+        model to model. NaN scores (both masks empty) are skipped.
     """
     plt = _pyplot()
     for col in ("case_id", *regions):
@@ -1008,13 +1026,16 @@ def plot_dice_per_case(
     else:
         group, names = None, ["all"]
     cases = list(dict.fromkeys(table["case_id"].tolist()))
+    # one row per region at the column's width, so the 10 pt text is not scaled below 10 pt
     fig, axes = plt.subplots(
-        1,
         len(regions),
-        figsize=(max(4.0, 1.1 * len(names) + 2) * len(regions) / 1.6 + 1.5, 4.0),
+        1,
+        figsize=(BOOK_COLUMN_IN, 2.6 * len(regions) + 1.0),
         squeeze=False,
+        sharex=True,
         layout="constrained",
     )
+    axes = axes.T  # (1, regions): one panel per region, top to bottom
     for ax, region in zip(axes[0], regions):
         for ci, case in enumerate(cases):
             rows = table[table["case_id"] == case]
@@ -1034,6 +1055,7 @@ def plot_dice_per_case(
         ax.scatter(range(len(names)), means, marker="_", s=400, color="k", zorder=3)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=FONT_TICK)
+        ax.tick_params(axis="x", labelbottom=ax is axes[0, -1])  # the names under the last panel
         ax.tick_params(axis="y", labelsize=FONT_TICK)
         ax.set_ylabel("Dice", fontsize=FONT_LABEL)
         ax.set_ylim(-0.02, 1.02)

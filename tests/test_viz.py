@@ -204,7 +204,8 @@ def test_plot_dice_per_case_means():
     ax_k, ax_t = fig.axes[:2]
     means = ax_k.collections[-1].get_offsets()
     np.testing.assert_allclose(np.asarray(means)[:, 1], [0.7, 0.9])  # NaN skipped for b
-    assert [t.get_text() for t in ax_k.get_xticklabels()] == ["a", "b"]
+    # the panels are stacked and share the model axis: the names are written under the last one
+    assert [t.get_text() for t in ax_t.get_xticklabels()] == ["a", "b"]
     with pytest.raises(DataError, match="column"):
         viz.plot_dice_per_case(table.drop(columns="tumor"))
 
@@ -435,3 +436,22 @@ def test_grouped_bars_labels_do_not_collide(values):
         assert not box.overlaps(title) and box.y1 <= frame.y1, note.get_text()
     assert not _boxes_overlap([(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts])
     assert title.x0 >= 0 and title.x1 <= fig.bbox.x1  # the title is not cut
+
+
+def test_dice_per_case_reads_at_10_points_in_the_book_column():
+    from matplotlib.text import Text
+
+    models = ["unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds", "ensemble"]
+    table = pd.DataFrame(
+        [
+            {"case_id": f"case_{c:05d}", "model": m, "kidney": 0.8, "tumor": 0.4}
+            for m in models
+            for c in range(10)
+        ]
+    )
+    fig = viz.plot_dice_per_case(table, title="per-case Dice")
+    fig.canvas.draw()
+    texts = [t for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
+    small = [(t.get_text(), viz.display_points(fig, t.get_fontsize())) for t in texts]
+    assert min(size for _, size in small) >= 10, sorted(small, key=lambda x: x[1])[:3]
+    assert fig.get_figwidth() <= viz.BOOK_COLUMN_IN
