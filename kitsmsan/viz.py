@@ -291,7 +291,7 @@ def disagreement_map(preds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> 
 def label_key_handles(
     *,
     filled: bool = True,
-    contour: bool = False,
+    contour: bool | np.ndarray = False,
     heat: tuple[str, str] | None = None,
     colors: Mapping[int, Sequence[float]] = LABEL_COLORS,
     what: str = "",
@@ -300,7 +300,9 @@ def label_key_handles(
 
     Args:
         filled: the filled labels (kidney, tumour). Default True.
-        contour: the ground-truth outlines (kidney region white, tumour yellow). Default False.
+        contour: the ground-truth outlines (kidney region white, tumour yellow): True for both,
+            or the drawn ground truth (any shape) to list only the outlines it contains (no
+            tumour entry for a slice without tumour). Default False.
         heat: ``(colour map, meaning)`` of a heat layer, e.g. ``("inferno", "models disagreeing")``.
         colors: label colours. Default :data:`LABEL_COLORS`.
         what: prefix of the filled entries, e.g. ``"prediction: "``.
@@ -314,17 +316,24 @@ def label_key_handles(
             Patch(facecolor=colors[KIDNEY], label=f"{what}kidney"),
             Patch(facecolor=colors[TUMOR], label=f"{what}tumour"),
         ]
-    if contour:
-        handles += [
+    if isinstance(contour, np.ndarray):
+        kidney_drawn, tumour_drawn = bool((contour > 0).any()), bool((contour == TUMOR).any())
+    else:
+        kidney_drawn = tumour_drawn = bool(contour)
+    if kidney_drawn:
+        handles.append(
             Line2D(
                 [],
                 [],
                 color=CONTOUR_COLORS["kidney region"],
                 lw=2.5,
                 label="ground truth: kidney region (outline)",
-            ),
-            Line2D([], [], color=CONTOUR_COLORS["tumor"], lw=2.5, label="ground truth: tumour (outline)"),
-        ]
+            )
+        )
+    if tumour_drawn:
+        handles.append(
+            Line2D([], [], color=CONTOUR_COLORS["tumor"], lw=2.5, label="ground truth: tumour (outline)")
+        )
     if heat is not None:
         cmap, meaning = heat
         handles += [Patch(facecolor=matplotlib.colormaps[cmap](0.85), label=f"{meaning} (brighter = more)")]
@@ -470,7 +479,7 @@ def show_slices(
         fig,
         label_key_handles(
             filled=label is not None or bool(preds),
-            contour=bool(preds) and label is not None,
+            contour=np.asarray(label)[list(slices)] if preds and label is not None else False,
             what="filled: " if preds else "",
         ),
     )
@@ -529,11 +538,16 @@ def plot_attention(
     bar.set_label("weight w", fontsize=FONT_LABEL)
     bar.ax.tick_params(labelsize=FONT_TICK)
     if label2d is not None:
+        drawn = np.asarray(label2d)
         add_label_key(
             fig,
             [
-                *label_key_handles(filled=False, contour=True),
-                Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)"),
+                *label_key_handles(filled=False, contour=drawn),  # only the outlines this slice has
+                *(
+                    [Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)")]
+                    if (drawn > 0).any()
+                    else []
+                ),
             ],
         )
     if title:
@@ -636,6 +650,7 @@ def plot_maps(
     colorbar: bool = True,
     title: str | None = None,
     colorbar_label: str | None = None,
+    categories: Mapping[int, str] | None = None,
 ):
     """Small multiples of 2D maps (attention weights per level, receptive fields, auxiliary outputs).
 
@@ -649,6 +664,9 @@ def plot_maps(
         title: figure title.
         colorbar_label: what the colour means (e.g. ``"models disagreeing"``), written on every
             colour bar. Default None.
+        categories: value → name of maps that hold labels (e.g. ``{0: "background", 1: "kidney",
+            2: "tumour"}``): a key under the panels shows each value's colour (needs ``vmin`` and
+            ``vmax``). Default None.
 
     Returns:
         The Figure (hidden axes fill the last row).
@@ -673,6 +691,20 @@ def plot_maps(
                 bar.set_label(colorbar_label, fontsize=FONT_TICK)
     for ax in list(axes.flat)[len(arrays) :]:
         ax.set_visible(False)
+    if categories:
+        if vmin is None or vmax is None or vmax <= vmin:
+            plt.close(fig)
+            raise DataError("plot_maps: categories need vmin < vmax (the colour of each value)")
+        colours = matplotlib.colormaps[cmap]
+        fig.legend(
+            handles=[
+                Patch(facecolor=colours((v - vmin) / (vmax - vmin)), edgecolor="0.3", label=f"{v}: {name}")
+                for v, name in categories.items()
+            ],
+            loc="outside lower center",
+            ncol=min(len(categories), 4),
+            fontsize=FONT_LEGEND,
+        )
     if title:
         fig.suptitle(title, fontsize=FONT_TITLE)
     return fig

@@ -455,3 +455,27 @@ def test_dice_per_case_reads_at_10_points_in_the_book_column():
     small = [(t.get_text(), viz.display_points(fig, t.get_fontsize())) for t in texts]
     assert min(size for _, size in small) >= 10, sorted(small, key=lambda x: x[1])[:3]
     assert fig.get_figwidth() <= viz.BOOK_COLUMN_IN
+
+
+def test_plot_maps_keys_label_values():
+    target = np.array([[0, 1], [2, 2]])
+    fig = viz.plot_maps(
+        {"t": target}, cmap="viridis", vmin=0, vmax=2, colorbar=False, categories={0: "bg", 1: "k", 2: "t"}
+    )
+    (key,) = fig.legends
+    assert [t.get_text() for t in key.get_texts()] == ["0: bg", "1: k", "2: t"]
+    shown = fig.axes[0].images[0]
+    for patch, value in zip(key.get_patches(), (0, 1, 2)):  # each swatch is the colour drawn for its value
+        np.testing.assert_allclose(patch.get_facecolor(), shown.cmap(shown.norm(value)))
+    with pytest.raises(DataError, match="vmin"):
+        viz.plot_maps({"t": target}, categories={0: "bg"})
+
+
+def test_attention_key_lists_only_the_outlines_drawn(volume):
+    image, label = volume
+    no_tumour = np.where(label[2] == 2, 1, label[2]).astype(np.uint8)
+    texts = _legend_texts(viz.plot_attention(image[2], np.full((8, 8), 0.5), label2d=no_tumour))
+    assert "ground truth: kidney region (outline)" in texts
+    assert not any("tumour" in t for t in texts)
+    with_tumour = _legend_texts(viz.plot_attention(image[2], np.full((8, 8), 0.5), label2d=label[2]))
+    assert "ground truth: tumour (outline)" in with_tumour
