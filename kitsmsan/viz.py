@@ -970,7 +970,10 @@ def plot_training_curves(
                 if panel == "loss" and smooth > 1 and y.size >= smooth:
                     y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
                     x = x[smooth - 1 :]
-                style = styles[i % len(styles)]
+                if k not in style_handles:  # one line style per key over both panels, keyed once
+                    ls = styles[len(style_handles) % len(styles)]
+                    style_handles[k] = Line2D([], [], ls=ls, color="0.3", label=k)
+                style = style_handles[k].get_linestyle()
                 ax.plot(
                     x,
                     y,
@@ -980,7 +983,6 @@ def plot_training_curves(
                     color=colour if multi else f"C{i}",
                     label=k,
                 )
-                style_handles.setdefault(k, Line2D([], [], ls=style, color="0.3", label=k))
                 drawn = True
                 any_loss = any_loss or panel == "loss"
                 any_val = any_val or panel == "val"
