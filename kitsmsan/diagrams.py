@@ -778,10 +778,10 @@ def draw_vote(
         width_ratios=[1.25, 1.0, 1.1],
         left=0.13,
         right=0.99,
-        top=0.9,
+        top=0.86,
         bottom=0.1,
         hspace=1.1,
-        wspace=0.25,
+        wspace=0.4,  # the two-line titles of the middle column stay clear of the right column's
     )
     for i, name in enumerate(models):
         ax = fig.add_subplot(grid[i, 0])
@@ -798,7 +798,7 @@ def draw_vote(
         ax.bar(np.arange(votes.size), votes, color="#2e86c1" if row == 0 else "#e74c3c")
         ax.axhline(k - 0.5, color="black", linestyle="--", linewidth=1.2)
         ax.set_ylim(0, n + 0.3)
-        ax.set_title(f"votes for the {region}; majority = ⌈({n}+1)/2⌉ = {k}", fontsize=FONT - 1)
+        ax.set_title(f"votes for the {region}\nmajority = ⌈({n}+1)/2⌉ = {k}", fontsize=FONT - 1)
         ax.set_xlabel("voxel", fontsize=FONT - 1)
         ax.tick_params(labelsize=FONT - 2)
         labels.append(f"majority = ⌈({n}+1)/2⌉ = {k}")

@@ -68,7 +68,7 @@ from scipy import stats as sps
 
 from kitsmsan.errors import DataError
 from kitsmsan.metrics import REGIONS
-from kitsmsan.viz import REGION_COLORS
+from kitsmsan.viz import BOOK_COLUMN_IN, FONT_LABEL, FONT_LEGEND, FONT_TICK, FONT_TITLE, REGION_COLORS
 
 #: confidence level of every interval (two-sided)
 CONFIDENCE = 0.95
@@ -1096,18 +1096,25 @@ def plot_resolvable(
         title: figure title.
 
     Returns:
-        The Figure (one axis per region in ``sd_range``): the 80 %-power minimum detectable
+        The Figure (one axis per region in ``sd_range``, one above the other at the book column's
+        width, text at 10 pt or more): the 80 %-power minimum detectable
         difference (line and band), the observed ``|difference|`` as labelled points at ``n_paper``.
     """
     labels = dict(labels or {})
     region_names = {"tumor": "tumour", **dict(region_names or {})}
     regions = list(sd_range)
     ns = np.arange(3, int(n_max) + 1)
+    # one panel per row at the book column's width: the dots' labels stay at 10 pt when shown
     fig, axes = plt.subplots(
-        1, len(regions), figsize=(5.2 * len(regions), 4.0), squeeze=False, constrained_layout=True
+        len(regions),
+        1,
+        figsize=(BOOK_COLUMN_IN, 3.9 * len(regions) + 0.4),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
     )
     rho_lo, rho_hi = min(rho_range), max(rho_range)
-    for ax, region in zip(axes[0], regions):
+    for ax, region in zip(axes[:, 0], regions):
         sd_lo, sd_mid, sd_hi = sd_range[region]
         color = REGION_COLORS.get(region, "C0")
         mid = [
@@ -1139,27 +1146,34 @@ def plot_resolvable(
         sub = differences[differences["region"] == region].copy()
         sub["y"] = sub["difference"].abs().clip(lower=1e-3)
         sub = sub.sort_values("y")
-        # label heights spread in log space so that close differences do not overprint
-        text_y, gap = [], 0.09
+        ax.scatter([n_paper] * len(sub), sub["y"], color="k", zorder=3, s=18)
+        ax.set_yscale("log")
+        # label heights spread in log space so that close differences do not overprint: a line of
+        # 10 pt text is FONT_TICK * 1.6 / 72 in of the ~2.7 in high axes spanning these decades
+        decades = float(np.diff(np.log10(ax.get_ylim()))[0])
+        text_y, gap = [], FONT_TICK * 1.6 / 72 * decades / 2.7
         for y in np.log10(sub["y"].to_numpy()):
             text_y.append(max(y, text_y[-1] + gap) if text_y else y)
         for (_, row), ty in zip(sub.iterrows(), text_y):
-            ax.scatter([n_paper], [row["y"]], color="k", zorder=3, s=18)
             name = f"{labels.get(row['a'], row['a'])} − {labels.get(row['b'], row['b'])}: {row['difference']:+.2f}"
             ax.annotate(
                 name,
                 (n_paper, row["y"]),
                 xytext=(n_paper + 0.12 * (n_max - n_paper), 10**ty),
                 textcoords="data",
-                fontsize=7,
+                fontsize=FONT_TICK,
                 va="center",
                 arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6},
             )
         ax.set_yscale("log")
-        ax.set_xlabel("test cases in a paired comparison")
-        ax.set_ylabel(f"difference resolved with {100 * power:g} % power (Dice points)")
-        ax.set_title(f"{region_names.get(region, region)} (dots: |differences| at n = {n_paper})", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        if ax is axes[-1, 0]:
+            ax.set_xlabel("test cases in a paired comparison", fontsize=FONT_LABEL)
+        ax.set_ylabel(f"resolved with {100 * power:g} % power\n(Dice points)", fontsize=FONT_LABEL)
+        ax.tick_params(labelsize=FONT_TICK, which="both")
+        ax.set_title(
+            f"{region_names.get(region, region)} (dots: |differences| at n = {n_paper})", fontsize=FONT_LABEL
+        )
+        ax.legend(fontsize=FONT_LEGEND, loc="upper right")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=FONT_TITLE)
     return fig

@@ -56,6 +56,23 @@ FONT_LABEL = 11
 FONT_TICK = 10
 FONT_LEGEND = 10
 
+#: width (inches, at the book's 100 dpi) of the book's text column at 1280 px: a wider figure is
+#: scaled down to it, and its 10 pt text with it, so figures meant to be read are drawn this wide
+BOOK_COLUMN_IN = 6.88
+
+
+def display_points(fig, fontsize: float) -> float:
+    """The size (points) at which text of ``fontsize`` shows once ``fig`` is scaled to the column.
+
+    Args:
+        fig: a Figure; its width is compared with :data:`BOOK_COLUMN_IN`.
+        fontsize: the text's size in points.
+
+    Returns:
+        ``fontsize * min(1, BOOK_COLUMN_IN / figure width)``.
+    """
+    return float(fontsize) * min(1.0, BOOK_COLUMN_IN / fig.get_figwidth())
+
 
 # --------------------------------------------------------------------------------------------
 # small pure helpers (also used by kitsmsan.widgets)
@@ -226,10 +243,28 @@ def pick_slices(
     return sorted({int(round(v)) for v in np.linspace(lo, hi, num)})
 
 
+def disagreement_max(n_models: int) -> int:
+    """The largest value :func:`disagreement_map` can take for ``n_models`` maps: the top of its scale.
+
+    Three labels (background, kidney, tumour) are voted on, so the most common label of a voxel
+    has at least ``ceil(n / 3)`` votes and at most ``n - ceil(n / 3)`` models disagree with it
+    (3 for the paper's five models; a scale running to ``n - 1`` would never be reached).
+
+    Args:
+        n_models: number of models voting (>= 1).
+
+    Returns:
+        ``max(1, n - ceil(n / 3))`` (at least 1, so a colour scale never has zero width).
+    """
+    if n_models < 1:
+        raise DataError(f"n_models={n_models!r}: must be >= 1")
+    return max(1, n_models - math.ceil(n_models / 3))
+
+
 def disagreement_map(preds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> np.ndarray:
     """How many models disagree with the voxel-wise most common label.
 
-    0 where all models agree; at most ``len(preds) - 1``. With the paper's five models a value of
+    0 where all models agree; at most :func:`disagreement_max` of ``len(preds)``. With the paper's five models a value of
     2 means a 3-to-2 vote, the voxels where the ensemble (MSAN paper, §3.1) was closest to going
     the other way.
 
@@ -256,7 +291,7 @@ def disagreement_map(preds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> 
 def label_key_handles(
     *,
     filled: bool = True,
-    contour: bool = False,
+    contour: bool | np.ndarray = False,
     heat: tuple[str, str] | None = None,
     colors: Mapping[int, Sequence[float]] = LABEL_COLORS,
     what: str = "",
@@ -265,7 +300,9 @@ def label_key_handles(
 
     Args:
         filled: the filled labels (kidney, tumour). Default True.
-        contour: the ground-truth outlines (kidney region white, tumour yellow). Default False.
+        contour: the ground-truth outlines (kidney region white, tumour yellow): True for both,
+            or the drawn ground truth (any shape) to list only the outlines it contains (no
+            tumour entry for a slice without tumour). Default False.
         heat: ``(colour map, meaning)`` of a heat layer, e.g. ``("inferno", "models disagreeing")``.
         colors: label colours. Default :data:`LABEL_COLORS`.
         what: prefix of the filled entries, e.g. ``"prediction: "``.
@@ -279,17 +316,24 @@ def label_key_handles(
             Patch(facecolor=colors[KIDNEY], label=f"{what}kidney"),
             Patch(facecolor=colors[TUMOR], label=f"{what}tumour"),
         ]
-    if contour:
-        handles += [
+    if isinstance(contour, np.ndarray):
+        kidney_drawn, tumour_drawn = bool((contour > 0).any()), bool((contour == TUMOR).any())
+    else:
+        kidney_drawn = tumour_drawn = bool(contour)
+    if kidney_drawn:
+        handles.append(
             Line2D(
                 [],
                 [],
                 color=CONTOUR_COLORS["kidney region"],
                 lw=2.5,
                 label="ground truth: kidney region (outline)",
-            ),
-            Line2D([], [], color=CONTOUR_COLORS["tumor"], lw=2.5, label="ground truth: tumour (outline)"),
-        ]
+            )
+        )
+    if tumour_drawn:
+        handles.append(
+            Line2D([], [], color=CONTOUR_COLORS["tumor"], lw=2.5, label="ground truth: tumour (outline)")
+        )
     if heat is not None:
         cmap, meaning = heat
         handles += [Patch(facecolor=matplotlib.colormaps[cmap](0.85), label=f"{meaning} (brighter = more)")]
@@ -435,7 +479,7 @@ def show_slices(
         fig,
         label_key_handles(
             filled=label is not None or bool(preds),
-            contour=bool(preds) and label is not None,
+            contour=np.asarray(label)[list(slices)] if preds and label is not None else False,
             what="filled: " if preds else "",
         ),
     )
@@ -494,11 +538,16 @@ def plot_attention(
     bar.set_label("weight w", fontsize=FONT_LABEL)
     bar.ax.tick_params(labelsize=FONT_TICK)
     if label2d is not None:
+        drawn = np.asarray(label2d)
         add_label_key(
             fig,
             [
-                *label_key_handles(filled=False, contour=True),
-                Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)"),
+                *label_key_handles(filled=False, contour=drawn),  # only the outlines this slice has
+                *(
+                    [Line2D([], [], color="cyan", lw=2.5, label="kidney region (outline, middle panel)")]
+                    if (drawn > 0).any()
+                    else []
+                ),
             ],
         )
     if title:
@@ -601,6 +650,7 @@ def plot_maps(
     colorbar: bool = True,
     title: str | None = None,
     colorbar_label: str | None = None,
+    categories: Mapping[int, str] | None = None,
 ):
     """Small multiples of 2D maps (attention weights per level, receptive fields, auxiliary outputs).
 
@@ -614,6 +664,9 @@ def plot_maps(
         title: figure title.
         colorbar_label: what the colour means (e.g. ``"models disagreeing"``), written on every
             colour bar. Default None.
+        categories: value → name of maps that hold labels (e.g. ``{0: "background", 1: "kidney",
+            2: "tumour"}``): a key under the panels shows each value's colour (needs ``vmin`` and
+            ``vmax``). Default None.
 
     Returns:
         The Figure (hidden axes fill the last row).
@@ -638,6 +691,20 @@ def plot_maps(
                 bar.set_label(colorbar_label, fontsize=FONT_TICK)
     for ax in list(axes.flat)[len(arrays) :]:
         ax.set_visible(False)
+    if categories:
+        if vmin is None or vmax is None or vmax <= vmin:
+            plt.close(fig)
+            raise DataError("plot_maps: categories need vmin < vmax (the colour of each value)")
+        colours = matplotlib.colormaps[cmap]
+        fig.legend(
+            handles=[
+                Patch(facecolor=colours((v - vmin) / (vmax - vmin)), edgecolor="0.3", label=f"{v}: {name}")
+                for v, name in categories.items()
+            ],
+            loc="outside lower center",
+            ncol=min(len(categories), 4),
+            fontsize=FONT_LEGEND,
+        )
     if title:
         fig.suptitle(title, fontsize=FONT_TITLE)
     return fig
@@ -853,7 +920,8 @@ def plot_training_curves(
 
     Args:
         metrics: a run folder or ``metrics.jsonl`` path, a list of row dicts, or a mapping
-            run name → either (one colour per run).
+            run name → either (one colour per run; with several runs one key under the panels
+            names each run's colour and each key's line style).
         loss_keys: keys for the left panel. Default: auto-detected as above.
         val_keys: keys for the right panel. Default: auto-detected as above.
         smooth: moving-average window (rows) for the loss curves. Default 1 (none).
@@ -869,9 +937,14 @@ def plot_training_curves(
     runs = _as_runs(metrics)
     if smooth < 1:
         raise DataError(f"smooth={smooth!r}: must be >= 1")
-    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+    multi = len(runs) > 1
+    # several runs: one colour per run and one line style per key, keyed once under the panels
+    # (a legend entry per run x key covers the plots and squeezes them)
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 4.6 if multi else 3.6), layout="constrained")
     styles = ["-", "--", ":", "-."]
     any_loss = any_val = False
+    run_handles: list = []
+    style_handles: dict[str, Line2D] = {}
     for r, (name, rows) in enumerate(runs.items()):
         keys = sorted(
             {
@@ -888,45 +961,56 @@ def plot_training_curves(
             else [k for k in keys if k.startswith("val_") or k.startswith("dice")]
         )
         colour = f"C{r % 10}"
-        for i, k in enumerate(lk):
-            x, y = _series(rows, k)
-            if not x.size:
-                continue
-            if smooth > 1 and y.size >= smooth:
-                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-                x = x[smooth - 1 :]
-            lab = k if len(runs) == 1 else f"{name}: {k}"
-            ax_l.plot(x, y, styles[i % len(styles)], color=colour if len(runs) > 1 else f"C{i}", label=lab)
-            any_loss = True
-        for i, k in enumerate(vk):
-            x, y = _series(rows, k)
-            if not x.size:
-                continue
-            lab = k if len(runs) == 1 else f"{name}: {k}"
-            ax_v.plot(
-                x,
-                y,
-                styles[i % len(styles)],
-                marker="o",
-                ms=3,
-                color=colour if len(runs) > 1 else f"C{i}",
-                label=lab,
-            )
-            any_val = True
+        drawn = False
+        for panel, ax, panel_keys in (("loss", ax_l, lk), ("val", ax_v, vk)):
+            for i, k in enumerate(panel_keys):
+                x, y = _series(rows, k)
+                if not x.size:
+                    continue
+                if panel == "loss" and smooth > 1 and y.size >= smooth:
+                    y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+                    x = x[smooth - 1 :]
+                if k not in style_handles:  # one line style per key over both panels, keyed once
+                    ls = styles[len(style_handles) % len(styles)]
+                    style_handles[k] = Line2D([], [], ls=ls, color="0.3", label=k)
+                style = style_handles[k].get_linestyle()
+                ax.plot(
+                    x,
+                    y,
+                    style,
+                    marker="o" if panel == "val" else None,
+                    ms=3,
+                    color=colour if multi else f"C{i}",
+                    label=k,
+                )
+                drawn = True
+                any_loss = any_loss or panel == "loss"
+                any_val = any_val or panel == "val"
+        if drawn:
+            run_handles.append(Patch(facecolor=colour, label=name))
     if not any_loss:
         plt.close(fig)
         raise DataError("plot_training_curves: no row has an iteration counter and a loss value")
     ax_l.set_xlabel("iteration", fontsize=FONT_LABEL)
     ax_l.set_ylabel("Dice loss (1 - Dice)", fontsize=FONT_LABEL)
-    ax_l.legend(fontsize=FONT_LEGEND)
     ax_v.set_xlabel("iteration", fontsize=FONT_LABEL)
     ax_v.set_ylabel("validation Dice", fontsize=FONT_LABEL)
     ax_v.set_ylim(0, 1)
     for ax in (ax_l, ax_v):
         ax.tick_params(labelsize=FONT_TICK)
-    if any_val:
-        ax_v.legend(fontsize=FONT_LEGEND)
+    if multi:
+        handles = [*run_handles, *style_handles.values()]
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=min(len(handles), 5),
+            fontsize=FONT_LEGEND,
+        )
     else:
+        ax_l.legend(fontsize=FONT_LEGEND)
+        if any_val:
+            ax_v.legend(fontsize=FONT_LEGEND)
+    if not any_val:
         ax_v.text(
             0.5,
             0.5,
@@ -963,8 +1047,9 @@ def plot_dice_per_case(
         title: figure title.
 
     Returns:
-        The Figure with ``len(regions)`` axes; cases are joined across groups by thin lines so a
-        hard case can be followed from model to model. NaN scores (both masks empty) are skipped.
+        The Figure with ``len(regions)`` axes, one above the other at :data:`BOOK_COLUMN_IN`
+        wide; cases are joined across groups by thin lines so a hard case can be followed from
+        model to model. NaN scores (both masks empty) are skipped.
     """
     plt = _pyplot()
     for col in ("case_id", *regions):
@@ -975,13 +1060,16 @@ def plot_dice_per_case(
     else:
         group, names = None, ["all"]
     cases = list(dict.fromkeys(table["case_id"].tolist()))
+    # one row per region at the column's width, so the 10 pt text is not scaled below 10 pt
     fig, axes = plt.subplots(
-        1,
         len(regions),
-        figsize=(max(4.0, 1.1 * len(names) + 2) * len(regions) / 1.6 + 1.5, 4.0),
+        1,
+        figsize=(BOOK_COLUMN_IN, 2.6 * len(regions) + 1.0),
         squeeze=False,
+        sharex=True,
         layout="constrained",
     )
+    axes = axes.T  # (1, regions): one panel per region, top to bottom
     for ax, region in zip(axes[0], regions):
         for ci, case in enumerate(cases):
             rows = table[table["case_id"] == case]
@@ -1001,6 +1089,7 @@ def plot_dice_per_case(
         ax.scatter(range(len(names)), means, marker="_", s=400, color="k", zorder=3)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=FONT_TICK)
+        ax.tick_params(axis="x", labelbottom=ax is axes[0, -1])  # the names under the last panel
         ax.tick_params(axis="y", labelsize=FONT_TICK)
         ax.set_ylabel("Dice", fontsize=FONT_LABEL)
         ax.set_ylim(-0.02, 1.02)
@@ -1036,7 +1125,9 @@ def plot_grouped_bars(
         title: axes title.
 
     Returns:
-        The Figure (one axes); each bar is annotated with its value.
+        The Figure (one axes, the legend under it); each bar is annotated with its value, with
+        headroom above the highest bar so the labels stay under the title; group names wrap to
+        the width of their group.
     """
     plt = _pyplot()
     if not values:
@@ -1044,7 +1135,15 @@ def plot_grouped_bars(
     groups = list(values)
     bars = list(dict.fromkeys(k for g in groups for k in values[g]))
     width = 0.8 / max(1, len(bars))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 1.5), 3.4), constrained_layout=True)
+    # each group gets room for its bars' value labels (about 0.4 in per bar) and its wrapped name;
+    # the legend goes under the axes so the bars keep the width
+    group_in = max(1.3, 0.45 * len(bars) + 0.2)
+    legend_rows = math.ceil(len(bars) / 3)
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, group_in * len(groups) + 1.0), 3.6 + 0.3 * legend_rows), layout="constrained"
+    )
+    bar_in = group_in * width
+    value_rotation = 90 if bar_in < 0.34 else 0  # a value label wider than its bar stands upright
     for b, bar in enumerate(bars):
         xs = np.arange(len(groups)) + (b - (len(bars) - 1) / 2) * width
         ys = [float(values[g].get(bar, np.nan)) for g in groups]
@@ -1066,19 +1165,35 @@ def plot_grouped_bars(
                 ax.annotate(
                     f"{y:.2f}",
                     (rect.get_x() + rect.get_width() / 2, y),
+                    xytext=(0, 2),
+                    textcoords="offset points",
                     ha="center",
                     va="bottom",
+                    rotation=value_rotation,
                     fontsize=FONT_TICK,
                 )
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([textwrap.fill(str(g), 18) for g in groups], fontsize=FONT_TICK)
+    wrap = max(8, int(group_in * 72 / (0.62 * FONT_TICK)) - 1)  # characters that fit under a group
+    ax.set_xticklabels([textwrap.fill(str(g), wrap) for g in groups], fontsize=FONT_TICK)
     ax.tick_params(axis="y", labelsize=FONT_TICK)
     ax.set_ylabel(ylabel, fontsize=FONT_LABEL)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=FONT_LEGEND, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    if title:
-        ax.set_title(title, fontsize=FONT_TITLE)
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low - 1e-9 <= t <= high + 1e-9]
+    headroom = (0.3 if value_rotation else 0.14) * (high - low)  # the value labels stay under the title
+    ax.set_ylim(low, high + headroom)
+    ax.set_yticks(ticks)
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        fontsize=FONT_LEGEND,
+        loc="outside lower center",
+        ncol=min(3, len(bars)),
+        frameon=False,
+    )
+    if title:  # wrapped to the figure's width, so a narrow chart keeps its whole title
+        chars = max(20, int(fig.get_figwidth() * 72 / (0.58 * FONT_TITLE)))
+        ax.set_title(textwrap.fill(title, chars), fontsize=FONT_TITLE)
     return fig
 
 
@@ -1098,6 +1213,7 @@ def slice_animation(
     max_frames: int = 48,
     interval: int = 150,
     size: float = 2.4,
+    ncols: int = 4,
 ):
     """An axial fly-through: one panel per layer (ground truth, each prediction), one frame per slice.
 
@@ -1116,6 +1232,8 @@ def slice_animation(
         max_frames: most frames when ``slices`` is None. Default 48.
         interval: milliseconds between frames. Default 150.
         size: inches per panel. Default 2.4.
+        ncols: panels per row; more layers wrap onto further rows, so seven layers at the book's
+            column width stay readable (about 170 px each rather than 65). Default 4.
 
     Returns:
         A :class:`matplotlib.animation.FuncAnimation` (its figure is closed so it is not also
@@ -1147,11 +1265,21 @@ def slice_animation(
             slices = slices[start:] + slices[:start]
     if not slices:
         raise DataError("slice_animation: no slices to show")
+    if ncols < 1:
+        raise DataError(f"ncols={ncols!r}: must be >= 1")
+    ncols = min(ncols, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
     fig, axes = plt.subplots(
-        1, len(layers), figsize=(size * len(layers), size + 0.3), squeeze=False, constrained_layout=True
+        nrows,
+        ncols,
+        figsize=(size * ncols, (size + 0.3) * nrows + 0.4),
+        squeeze=False,
+        constrained_layout=True,
     )
+    for ax in list(axes.flat)[len(layers) :]:
+        ax.set_visible(False)
     artists = []
-    for ax, (name, lab) in zip(axes[0], layers):
+    for ax, (name, lab) in zip(axes.flat, layers):
         z = slices[0]
         artists.append(
             ax.imshow(

@@ -37,7 +37,7 @@ from kitsmsan.data.kits19 import TUMOR
 from kitsmsan.data.preprocess import HU_WINDOW, normalize
 from kitsmsan.errors import DataError
 from kitsmsan.inference import window_starts
-from kitsmsan.viz import LABEL_COLORS, compose_rgb, disagreement_map, window_from_level
+from kitsmsan.viz import LABEL_COLORS, compose_rgb, disagreement_map, disagreement_max, window_from_level
 
 #: layer names that are not models
 IMAGE_LAYER = "image"
@@ -157,7 +157,7 @@ def render_frame(
     if layer == DISAGREEMENT_LAYER:
         if disagreement is None:
             disagreement = disagreement_map(case.model_preds)
-        top = max(1, len(case.model_preds) - 1)
+        top = disagreement_max(len(case.model_preds))
         return compose_rgb(
             image,
             window=window,
@@ -197,7 +197,8 @@ def _hex(rgb: Sequence[float]) -> str:
 def key_html(case: ViewerCase) -> str:
     """The viewer's colour key (HTML): the label colours, and the scales of the heat layers present.
 
-    The disagreement scale runs from 0 (every model agrees with the majority) to ``N − 1`` with the
+    The disagreement scale runs from 0 (every model agrees with the majority) to
+    :func:`kitsmsan.viz.disagreement_max` of the ``N`` models (3 for five), with the
     colour map and range :func:`render_frame` uses; the attention scale from 0 to 1.
     """
 
@@ -225,7 +226,7 @@ def key_html(case: ViewerCase) -> str:
             + '<span style="margin-left:6px">(ground truth, or the chosen model\'s prediction)</span>'
         )
     if DISAGREEMENT_LAYER in layers:
-        top = max(1, len(case.model_preds) - 1)
+        top = disagreement_max(len(case.model_preds))
         parts.append(
             scale(DISAGREEMENT_CMAP, "0 (all agree)", f"{top} models against the majority", "disagreement")
         )

@@ -194,3 +194,18 @@ def test_figures_show_as_png_without_a_pyplot_backend():
     from matplotlib import image as mpimg
 
     assert mpimg.imread(io.BytesIO(png), format="png").shape[1] == 1280
+
+
+def test_vote_texts_do_not_overlap():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = draw_vote()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in (ax.title, *ax.texts) if t.get_text()] + list(fig.texts)
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    overlaps = [
+        (a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1 :] if box_a.overlaps(box_b)
+    ]
+    assert len(boxes) >= 6 and not overlaps, overlaps

@@ -428,6 +428,21 @@ def test_resolvable_table_and_plot():
         np.round(d[d["region"] == "tumor"]["difference"].abs(), 2)
     )
     assert set(pts[:, 0]) == {10}
+    # read at the book's column width: no text under 10 pt, the dots' labels clear of each other
+    from matplotlib.text import Text
+
+    from kitsmsan.viz import display_points
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
+    assert min(display_points(fig, t.get_fontsize()) for t in texts) >= 10
+    for axis in fig.axes:
+        boxes = [Text.get_window_extent(t, renderer) for t in axis.texts]  # the label, not its leader line
+        assert len(boxes) >= 4
+        assert not [
+            (i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])
+        ]
 
 
 def test_measured_spread_by_hand():

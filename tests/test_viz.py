@@ -167,6 +167,17 @@ def test_read_metrics_and_training_curves(tmp_path):
     assert len(ax_val.lines) == 3
     fig2 = viz.plot_training_curves({"a": rows, "b": rows}, smooth=2)
     assert len(fig2.axes[0].lines) == 2
+    # several runs: one key under the panels, one entry per run and per key (not run x key)
+    assert not fig2.axes[0].get_legend() and not fig2.axes[1].get_legend()
+    (key,) = fig2.legends
+    assert [t.get_text() for t in key.get_texts()] == [
+        "a",
+        "b",
+        "loss",
+        "val_composite",
+        "val_kidney",
+        "val_tumor",
+    ]
     np.testing.assert_allclose(fig2.axes[0].lines[0].get_ydata(), [0.85, 0.75, 0.65, 0.55])
     with pytest.raises(DataError, match="no row"):
         viz.plot_training_curves([{"loss": 1.0}])
@@ -193,7 +204,8 @@ def test_plot_dice_per_case_means():
     ax_k, ax_t = fig.axes[:2]
     means = ax_k.collections[-1].get_offsets()
     np.testing.assert_allclose(np.asarray(means)[:, 1], [0.7, 0.9])  # NaN skipped for b
-    assert [t.get_text() for t in ax_k.get_xticklabels()] == ["a", "b"]
+    # the panels are stacked and share the model axis: the names are written under the last one
+    assert [t.get_text() for t in ax_t.get_xticklabels()] == ["a", "b"]
     with pytest.raises(DataError, match="column"):
         viz.plot_dice_per_case(table.drop(columns="tumor"))
 
@@ -355,3 +367,115 @@ def test_plot_helpers_write_no_text_below_10_points(volume, tmp_path):
     hist = figs[4].axes[0]
     assert hist.get_xlabel() == "intensity (HU)" and hist.get_ylabel() == "density (1/HU)"
     assert figs[3].axes[1].get_ylabel() == "models disagreeing"  # the colour bar says what it means
+
+
+def test_training_curves_of_many_runs_keep_their_panels(recwarn):
+    rows = [{"iteration": i, "loss": 1 - i / 500, "loss_ds": 1 - i / 600} for i in range(0, 400, 10)]
+    rows += [{"iteration": i, "val_kidney": 0.5, "val_tumor": 0.2} for i in range(50, 400, 50)]
+    names = ["unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds"]
+    fig = viz.plot_training_curves({n: rows for n in names}, smooth=3, title="five networks")
+    fig.canvas.draw()
+    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
+    assert len(fig.legends[0].get_texts()) == len(names) + 4
+    for ax in fig.axes:
+        assert ax.get_position().height > 0.5  # the panels are not squashed by the key
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_disagreement_max_is_the_reachable_top_of_the_scale(n):
+    import itertools
+
+    votes = np.array(list(itertools.product([0, 1, 2], repeat=n)), dtype=np.uint8).T  # (n, 3**n)
+    reached = int(viz.disagreement_map(list(votes)).max())
+    assert viz.disagreement_max(n) == reached  # 3 for the paper's five models, not n - 1
+    with pytest.raises(DataError):
+        viz.disagreement_max(0)
+
+
+def test_slice_animation_wraps_many_layers(volume):
+    image, label = volume
+    preds = {f"m{i}": label for i in range(6)}  # ground truth + 6 layers, as the viewer page shows
+    anim = viz.slice_animation(image, label, preds, max_frames=2, size=1.9)
+    shown = [ax for ax in anim._fig.axes if ax.get_visible()]
+    assert len(shown) == 7
+    assert anim._fig.get_figwidth() == pytest.approx(4 * 1.9)  # four panels per row, two rows
+    assert viz.animation_html(anim).count("data:image/png;base64") == 2
+    assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2
+
+
+def _boxes_overlap(boxes):
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1 :] if ba.overlaps(bb)]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {
+            g: {"kidney": 0.89, "tumor": 0.2}
+            for g in (
+                "nested vote, no post-processing",
+                "plurality vote, no post-processing",
+                "average, no post-processing",
+                "nested vote, k=2",
+            )
+        },
+        {g: {f"bar {b}": 1.0 - b / 10 for b in range(5)} for g in ("none", "k=1", "k=2")},
+    ],
+)
+def test_grouped_bars_labels_do_not_collide(values):
+    fig = viz.plot_grouped_bars(values, title="a title long enough to need the whole width of the figure")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    ticks = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.get_xticklabels()]
+    assert not _boxes_overlap(ticks)
+    title = ax.title.get_window_extent(renderer)
+    frame = ax.get_window_extent(renderer)
+    for note in ax.texts:  # the value labels
+        box = note.get_window_extent(renderer)
+        assert not box.overlaps(title) and box.y1 <= frame.y1, note.get_text()
+    assert not _boxes_overlap([(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts])
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.x1  # the title is not cut
+
+
+def test_dice_per_case_reads_at_10_points_in_the_book_column():
+    from matplotlib.text import Text
+
+    models = ["unet3d", "msan_v1", "msan_v1_ds", "msan_v2", "msan_v2_ds", "ensemble"]
+    table = pd.DataFrame(
+        [
+            {"case_id": f"case_{c:05d}", "model": m, "kidney": 0.8, "tumor": 0.4}
+            for m in models
+            for c in range(10)
+        ]
+    )
+    fig = viz.plot_dice_per_case(table, title="per-case Dice")
+    fig.canvas.draw()
+    texts = [t for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
+    small = [(t.get_text(), viz.display_points(fig, t.get_fontsize())) for t in texts]
+    assert min(size for _, size in small) >= 10, sorted(small, key=lambda x: x[1])[:3]
+    assert fig.get_figwidth() <= viz.BOOK_COLUMN_IN
+
+
+def test_plot_maps_keys_label_values():
+    target = np.array([[0, 1], [2, 2]])
+    fig = viz.plot_maps(
+        {"t": target}, cmap="viridis", vmin=0, vmax=2, colorbar=False, categories={0: "bg", 1: "k", 2: "t"}
+    )
+    (key,) = fig.legends
+    assert [t.get_text() for t in key.get_texts()] == ["0: bg", "1: k", "2: t"]
+    shown = fig.axes[0].images[0]
+    for patch, value in zip(key.get_patches(), (0, 1, 2)):  # each swatch is the colour drawn for its value
+        np.testing.assert_allclose(patch.get_facecolor(), shown.cmap(shown.norm(value)))
+    with pytest.raises(DataError, match="vmin"):
+        viz.plot_maps({"t": target}, categories={0: "bg"})
+
+
+def test_attention_key_lists_only_the_outlines_drawn(volume):
+    image, label = volume
+    no_tumour = np.where(label[2] == 2, 1, label[2]).astype(np.uint8)
+    texts = _legend_texts(viz.plot_attention(image[2], np.full((8, 8), 0.5), label2d=no_tumour))
+    assert "ground truth: kidney region (outline)" in texts
+    assert not any("tumour" in t for t in texts)
+    with_tumour = _legend_texts(viz.plot_attention(image[2], np.full((8, 8), 0.5), label2d=label[2]))
+    assert "ground truth: tumour (outline)" in with_tumour

@@ -213,3 +213,24 @@ def test_attention_volume_matches_attention_maps():
         widgets.attention_volume(model, image, level=7)
     with pytest.raises(DataError, match="image_hu"):
         widgets.attention_volume(model, image[0])
+
+
+def test_five_models_disagreement_scale_tops_at_the_reachable_count(case):
+    # five models over three labels: at most 3 disagree with the majority, and the key says so
+    lab = case.label
+    preds = {f"m{i}": np.where(np.arange(lab.size).reshape(lab.shape) % 3 == i % 3, lab, 0) for i in range(5)}
+    five = widgets.ViewerCase(case.image, lab, {k: v.astype(np.uint8) for k, v in preds.items()})
+    top = viz.disagreement_max(5)
+    assert top == 3
+    assert f"{top} models against the majority" in widgets.key_html(five)
+    # a voxel with the top count is drawn in the colour map's top colour, as the key's right end
+    dis = np.full(lab.shape, top, dtype=np.uint8)
+    frame = widgets.render_frame(five, "disagreement", 2, disagreement=dis)
+    expected = viz.compose_rgb(
+        five.image[2],
+        heat=np.ones(lab.shape[1:], np.float32),
+        heat_range=(0.0, 1.0),
+        heat_alpha=0.85,
+        cmap=widgets.DISAGREEMENT_CMAP,
+    )
+    np.testing.assert_allclose(frame, expected, atol=1e-6)
