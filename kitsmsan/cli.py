@@ -31,6 +31,7 @@ COMMANDS = (
     "ensemble",
     "evaluate",
     "reproduce",
+    "reference",
     "bench",
 )
 

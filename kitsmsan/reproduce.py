@@ -111,6 +111,16 @@ REPRODUCE_DATA: dict[str, dict[str, Any]] = {
         z_margin_mm=20.0,
     ),
     "paper": dict(train="0-179", test="180-189"),
+    # the reference run (kitsmsan.reference): real-anatomy phantoms only, 60 training and 30 test
+    # cases (the paper's 180-189 among them), otherwise as smoke
+    "cpu-reference": dict(
+        size=64,
+        seed=0,
+        anatomy_train="0-59",
+        anatomy_test="160-189",
+        slice_thickness=5.0,
+        z_margin_mm=20.0,
+    ),
 }
 
 
@@ -234,6 +244,7 @@ def predict_and_vote(
     num_slices: int,
     device: str,
     progress: bool,
+    save_probs: bool = False,
 ) -> str | None:
     """Each network's raw prediction, then the vote over those raw predictions (§2.2, §3.1).
 
@@ -245,6 +256,9 @@ def predict_and_vote(
     ``preds/vote/`` — only the five make the "Ensembled Model". Post-processing (k = 2, 1 or none)
     is applied at evaluation time to every file alike, the vote included, so each column of the
     table is one procedure applied to all rows.
+
+    ``save_probs`` also keeps each network's softmax probabilities (``probs_XXXXX.npy``) for
+    probability averaging (:func:`kitsmsan.ensemble.ensemble_folders` ``method="average"``).
 
     Returns:
         The key of the vote's folder (``"ensemble"`` or ``"vote"``), or None for a single variant.
@@ -259,6 +273,7 @@ def predict_and_vote(
             num_slices=num_slices,
             device=device,
             skip_existing=True,
+            save_probs=save_probs,
             progress=False,
             log=print if progress else None,
         )
@@ -490,7 +505,7 @@ def reproduce(
         DataError: missing data.
         TrainingError: a run diverged (its last good checkpoint is kept; re-run to resume).
     """
-    if preset not in REPRODUCE_DATA:
+    if preset not in ("smoke", "paper"):  # cpu-reference has its own command (kitsmsan.reference)
         raise ConfigError(f"preset={preset!r}: choose 'smoke' or 'paper'")
     variants = VARIANTS if variants is None else tuple(variants)
     if not variants:

@@ -26,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         default="smoke",
-        choices=("smoke", "paper", "colab"),
+        choices=("smoke", "paper", "colab", "cpu-reference"),
         help="settings preset (default: smoke; colab: the paper's schedule shortened to one "
-        "Colab session per network)",
+        "Colab session per network; cpu-reference: the book's CPU reference recipe, see 'kitsmsan reference')",
     )
     p.add_argument(
         "--variant",
