@@ -264,6 +264,7 @@ FRAGMENT_ORDER = (
     "training",
     "train",
     "pipeline",
+    "reference",
     "download",
     "performance",
     "notebooks",

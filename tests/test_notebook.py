@@ -47,12 +47,12 @@ def test_page_root_is_the_parent_of_notebooks(tmp_path):
 def test_page_data_writes_phantoms_splits_and_caches(page):
     assert page.data == page.root / "work" / "data" and page.cache == page.root / "work" / "cache"
     assert page.kind == "pure phantoms" and page.preset == "smoke"
-    assert (page.train_cases, page.test_cases) == ("0-13", "14-19")  # the split that comes with them
+    assert (page.train_cases, page.test_cases) == ("0-13", "14-33")  # the split that comes with them
     assert len(page.split["train"]) == 14 and page.split["test"][0] == "case_00014"
     assert set(page.index["cases"]) == set(page.split["train"] + page.split["test"])
     text = page._repr_markdown_()
     assert text.startswith("**Data on this page: pure phantoms** (`work/data`)")
-    assert "14 training cases, 6 test cases (case_00014," in text
+    assert "14 training cases, 20 test cases (case_00014," in text
 
 
 def test_page_data_seeds_torch(page):
@@ -77,7 +77,7 @@ def test_train_config_is_the_preset_on_the_page(page, tmp_path):
         config.model == {**PRESETS["smoke"]["model"], **config.model} and config.lr == PRESETS["smoke"]["lr"]
     )
     assert (config.data_root, config.cache_dir) == (str(page.data), str(page.cache))
-    assert (config.train_cases, config.test_cases, config.seed) == ("0-13", "14-19", 3)
+    assert (config.train_cases, config.test_cases, config.seed) == ("0-13", "14-33", 3)
     changed = train_config(page, "unet3d", tmp_path / "run", num_iters=7, eval_every=5, device="cpu")
     assert (changed.num_iters, changed.eval_every, changed.device) == (7, 5, "cpu")
 

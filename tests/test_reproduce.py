@@ -234,3 +234,20 @@ def test_ensembled_model_only_when_all_five_took_part():
     assert (
         rows[0]["paper_kits19_averaged"] is None
     )  # a subset's vote is never put beside the paper's ensemble
+
+
+def test_pure_phantom_split_has_twenty_test_cases():
+    """The live book's pure phantoms: 14 training cases and 20 test cases (fewer resolve no paired
+    difference), every one written, and the smoke preset's default split is the same."""
+    from kitsmsan.data.kits19 import parse_case_range
+    from kitsmsan.reproduce import REPRODUCE_DATA
+    from kitsmsan.train.config import PRESETS
+
+    spec = REPRODUCE_DATA["smoke"]
+    train, test = parse_case_range(spec["pure_train"]), parse_case_range(spec["pure_test"])
+    assert len(test) >= 20 and not set(train) & set(test)
+    assert max(train + test) < spec["pure_cases"]
+    assert (PRESETS["smoke"]["train_cases"], PRESETS["smoke"]["test_cases"]) == (
+        spec["pure_train"],
+        spec["pure_test"],
+    )
