@@ -107,15 +107,15 @@ def run_name(seed: int, variant: str) -> str:
 
 
 def reference_config(variant: str, seed: int, out: str | os.PathLike = ".", **overrides: Any) -> TrainConfig:
-    """The :class:`TrainConfig` of one reference run: the ``cpu-reference`` preset, its data and split.
+    """The :class:`~kitsmsan.train.config.TrainConfig` of one reference run: its preset, data and split.
 
     Args:
         variant: one of :data:`kitsmsan.train.config.VARIANTS`.
         seed: the training seed.
         out: the reference output folder; the config's paths are ``out/data``, ``out/cache`` and
             ``out/runs/seed<S>/<variant>`` (default ``"."``: the relative paths the record holds).
-        **overrides: other :class:`TrainConfig` fields (a run with overrides is not the reference:
-            :func:`check_record` refuses its record).
+        **overrides: other :class:`~kitsmsan.train.config.TrainConfig` fields (a run with overrides
+            is not the reference: :func:`check_record` refuses its record).
     """
     out = Path(out)
     spec = REPRODUCE_DATA[PRESET]
@@ -179,9 +179,11 @@ def run_reference(
         seeds: training seeds (default :data:`SEEDS`).
         variants: networks (default all five; the vote is the "Ensembled Model" only with all five).
         jobs: runs trained at a time, one thread each (default :data:`JOBS`).
-        overrides: :class:`TrainConfig` changes for every run (tests shrink the run with these; the
-            provenance records them and :func:`check_record` refuses such a record).
-        data_options: changes to :data:`REPRODUCE_DATA` ``["cpu-reference"]`` (likewise recorded).
+        overrides: :class:`~kitsmsan.train.config.TrainConfig` changes for every run (tests shrink
+            the run with these; the provenance records them and :func:`check_record` refuses such a
+            record).
+        data_options: changes to :data:`kitsmsan.reproduce.REPRODUCE_DATA` ``["cpu-reference"]``
+            (likewise recorded).
         progress: print one line per finished run.
         overwrite: take over ``out`` or ``record`` folders that are not this command's (their
             files are kept, never deleted).
@@ -449,7 +451,7 @@ def check_record(record: str | os.PathLike = RECORD_DIR) -> list[str]:
     """What differs between a record and what ``kitsmsan reference`` would run today.
 
     Compares every recorded run config with :func:`reference_config` of its seed and network, the
-    recorded data settings with :data:`REPRODUCE_DATA` ``["cpu-reference"]``, and the seeds and
+    recorded data settings with :data:`kitsmsan.reproduce.REPRODUCE_DATA` ``["cpu-reference"]``, and the seeds and
     networks with :data:`SEEDS` and all five; a record made with overrides is stale by definition.
 
     Returns:

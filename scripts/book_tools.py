@@ -1061,6 +1061,7 @@ API_ORDER = (
     "kitsmsan.ensemble",
     "kitsmsan.metrics",
     "kitsmsan.reproduce",
+    "kitsmsan.reference",
     "kitsmsan.bench.common",
     "kitsmsan.bench.data",
     "kitsmsan.bench.step",
