@@ -156,7 +156,7 @@ def page_data(
             ``$KITSMSAN_LABELS``, else pure phantoms); ignored when ``data_root`` is given.
         cache_dir: the cache folder (default ``""``: ``work_dir/cache``).
         train_cases, test_cases: case ranges (default ``""``: the split that comes with the data —
-            phantoms 0-13 / 14-19, KiTS19 0-179 / 180-189 as in the paper, §3.1).
+            phantoms 0-13 / 14-33, KiTS19 0-179 / 180-189 as in the paper, §3.1).
         seed: passed to :func:`torch.manual_seed` (default 0).
         root: where relative paths start (default ``None``: :func:`page_root`).
 

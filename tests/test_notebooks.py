@@ -522,8 +522,9 @@ def test_05_ablations(tiny_book, fake_reference):
         assert f"No verdict on kidney Dice for {a} vs {b}: " in text, (a, b)
     assert "vs msan_v1, 2 it: " in text  # deep supervision against the run without it
     # the summary lists every comparison, deep supervision and depth included
-    assert "Deep supervision (2 iterations): No verdict on kidney Dice for msan_v1_ds" in text
-    assert "Input depth (2 iterations): No verdict on kidney Dice for 1 slice vs 4 slices" in text
+    assert "Your run, deep supervision (2 iterations): No verdict on kidney Dice for msan_v1_ds" in text
+    assert "Your run, input depth (2 iterations): No verdict on kidney Dice for 1 slice vs 4 slices" in text
+    assert "Reference run (3 seeds), Res2Net: MSAN-V2 " in text
     assert "points [95 % CI]" in text and "in Table 1: kidney" in text  # the paper's claims beside ours
     # the questions the reference run answers come from it: k, vote rule, deep supervision,
     # attention, Res2Net — each a paired interval with the seeds' signs
