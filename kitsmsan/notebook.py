@@ -36,11 +36,12 @@ from kitsmsan.errors import ConfigError, DataError
 from kitsmsan.inference import load_model, predict_case
 from kitsmsan.metrics import dice_table, kits_dice, summarize
 from kitsmsan.postprocess import keep_largest_components
-from kitsmsan.reproduce import labels_root_from_env, make_data
+from kitsmsan.reference import COMMAND, Reference, load_reference
+from kitsmsan.reproduce import MODEL_NAMES, PAPER_TABLE1, POSTPROCESS_K, labels_root_from_env, make_data
 from kitsmsan.train import TrainConfig, train
 from kitsmsan.train.loop import run_state
 from kitsmsan.train.runlock import changed_run_settings
-from kitsmsan.uncertainty import paired_table
+from kitsmsan.uncertainty import ci_table, paired_table, seed_table
 
 __all__ = [
     "PageData",
@@ -55,6 +56,9 @@ __all__ = [
     "page_root",
     "postprocess",
     "predict_cases",
+    "reference_comparisons",
+    "reference_record",
+    "reference_table1",
     "score_model",
     "to_plain",
     "train_config",
@@ -553,3 +557,168 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, str):
         return obj
     return float(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# the committed reference run (kitsmsan.reference), as the results pages show it
+# --------------------------------------------------------------------------------------------
+
+
+def reference_record(root: str | os.PathLike, reference_dir: str) -> Reference | None:
+    """The reference record a results page compares on, or ``None`` (with one printed line why).
+
+    Args:
+        root: where relative paths start (:attr:`PageData.root`).
+        reference_dir: the record folder (the pages' parameter; default there
+            ``"book/data/reference"``); ``""`` skips the reference sections.
+
+    Returns:
+        :func:`kitsmsan.reference.load_reference` of ``root / reference_dir``; ``None`` when
+        ``reference_dir`` is empty or holds no ``provenance.json`` (e.g. a notebook opened outside
+        the repository), after printing where the record is expected and the command that makes it.
+
+    Raises:
+        DataError: the folder holds a record that cannot be read (the file is named).
+    """
+    if not reference_dir:
+        print("reference_dir is empty: the reference sections are skipped")
+        return None
+    folder = Path(root) / reference_dir
+    if not (folder / "provenance.json").is_file():
+        print(
+            f"{os.path.relpath(folder, root)}: no reference record there (the repository commits it under "
+            f"book/data/reference; regenerate it with: {COMMAND}); the reference sections are skipped"
+        )
+        return None
+    return load_reference(folder)
+
+
+def _seed_difference(rows: pd.DataFrame, a: Any, b: Any, by: str, region: str) -> float:
+    """Mean over the cases both define of ``a − b`` in one seed's rows (status ``"ok"`` only)."""
+    if "status" in rows.columns:
+        rows = rows[rows["status"] == "ok"]
+    va = rows[rows[by] == a].set_index("case_id")[region]
+    vb = rows[rows[by] == b].set_index("case_id")[region]
+    diff = (pd.to_numeric(va, errors="coerce") - pd.to_numeric(vb, errors="coerce")).dropna()
+    return float(diff.mean()) if len(diff) else float("nan")
+
+
+def reference_comparisons(
+    ref: Reference,
+    pairs: Sequence[tuple[Any, Any]],
+    *,
+    by: str = "model",
+    k: int = POSTPROCESS_K,
+    model: str | None = None,
+    names: Mapping[Any, str] | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Paired comparisons ``a − b`` on a reference record, with how many training seeds agree.
+
+    The interval is :func:`kitsmsan.uncertainty.paired_table` over the seed-averaged per-case Dice
+    (:meth:`Reference.cases`: each case's Dice averaged over the seeds, so the cases are resampled
+    with the seed-to-seed variation averaged out of each); beside it, each seed's own difference of
+    the two means (over the cases both define) and how many of the seeds give it the sign of the
+    seed-averaged difference.
+
+    Args:
+        ref: from :func:`reference_record` / :func:`kitsmsan.reference.load_reference`.
+        pairs: ``(a, b)`` keys of ``by``: models (``("msan_v1", "unet3d")``) or post-processing
+            levels (``(2, 1)``).
+        by: ``"model"`` (default: every model with ``k`` components kept) or ``"postprocess"``
+            (the levels 0, 1, 2 of one ``model``).
+        k: components kept when ``by="model"`` (default :data:`kitsmsan.reproduce.POSTPROCESS_K` = 2).
+        model: the model whose post-processing levels are compared (``by="postprocess"`` only).
+        names: display names of the keys, for the sentences (default: the keys).
+        **options: passed to :func:`kitsmsan.uncertainty.paired_table` (``n_resamples``, ``seed``, ...).
+
+    Returns:
+        :func:`kitsmsan.uncertainty.paired_table`'s columns (``a, b, region, difference, low, high, n,
+        verdict, sentence``) plus ``seed_differences`` (a tuple, one per seed, fractions),
+        ``seeds_agree`` and ``n_seeds``; each sentence ends with the seeds' count, e.g. "3 of 3
+        points (3 of 3 training seeds with the same sign)."
+
+    Raises:
+        ConfigError: ``by`` is neither ``"model"`` nor ``"postprocess"``, or ``by="postprocess"``
+            without ``model``.
+        DataError: a key is absent from the record (from ``paired_table``).
+    """
+    if by == "model":
+        averaged = ref.cases(k)
+        per_seed = {s: ref.cases(k, seed=s) for s in ref.seeds}
+    elif by == "postprocess":
+        if model is None:
+            raise ConfigError("reference_comparisons: by='postprocess' needs the model whose levels to compare")
+        averaged = pd.concat([ref.cases(level) for level in (0, 1, 2)], ignore_index=True)
+        averaged = averaged[averaged["model"] == model]
+        per_seed = {}
+        for s in ref.seeds:
+            rows = pd.concat([ref.cases(level, seed=s) for level in (0, 1, 2)], ignore_index=True)
+            per_seed[s] = rows[rows["model"] == model]
+    else:
+        raise ConfigError(f"reference_comparisons: by={by!r}; expected 'model' or 'postprocess'")
+    table = paired_table(averaged, pairs, by=by, names=names, **options)
+    diffs, agree = [], []
+    for _, row in table.iterrows():
+        ds = tuple(_seed_difference(per_seed[s], row["a"], row["b"], by, row["region"]) for s in ref.seeds)
+        diffs.append(ds)
+        agree.append(sum(1 for d in ds if np.sign(d) == np.sign(row["difference"])))
+    table["seed_differences"] = diffs
+    table["seeds_agree"] = agree
+    table["n_seeds"] = len(ref.seeds)
+    table["sentence"] = [
+        f"{sentence} Seed by seed: "
+        + ", ".join(f"{100 * d:+.1f}" for d in ds)
+        + f" points ({m} of {len(ref.seeds)} training seeds with the same sign)."
+        for sentence, m, ds in zip(table["sentence"], agree, diffs)
+    ]
+    return table
+
+
+def reference_table1(ref: Reference, k: int = POSTPROCESS_K, *, digits: int = 1) -> str:
+    """The Table 1 analogue of a reference record, beside the paper's KiTS19 column, as Markdown.
+
+    Per model (the networks of the record, then its vote): the paper's Dice on its ten KiTS19 test
+    cases (MSAN paper, Table 1; "—" where it has no row), the record's mean ± SD over the training
+    seeds (:func:`kitsmsan.uncertainty.seed_table` of :meth:`Reference.seed_summary`), and the 95 %
+    bootstrap interval over the seed-averaged per-case Dice (:func:`kitsmsan.uncertainty.ci_table`
+    of :meth:`Reference.cases`). All in percent; the header names the record's data kind.
+
+    Args:
+        ref: the record.
+        k: components kept (default 2).
+        digits: decimals of the record's columns (default 1).
+    """
+    seeds = seed_table(ref.seed_summary(k))
+    ci = ci_table(ref.cases(k))
+    kind, n_seeds = ref.provenance["data_kind"], len(ref.seeds)
+    vote = ref.provenance.get("vote")
+    models = [m for m in [*ref.variants, vote] if m and m in seeds.index]
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.{digits}f}"
+
+    head = (
+        f"| model | kidney, paper (KiTS19) | kidney, ours: mean ± SD ({n_seeds} seeds) | kidney, ours: 95 % CI "
+        f"| tumour, paper (KiTS19) | tumour, ours: mean ± SD ({n_seeds} seeds) | tumour, ours: 95 % CI | cases |"
+    )
+    lines = [
+        f"**Dice (%), k = {k}: the paper on KiTS19 beside ours on {kind}** (ours: mean ± SD over the "
+        "seeds of each seed's mean; 95 % CI: percentile bootstrap over the cases of the seed-averaged "
+        "per-case Dice)",
+        "",
+        head,
+        "|---|" + "---:|" * 7,
+    ]
+    for m in models:
+        paper, s, c = PAPER_TABLE1.get(m), seeds.loc[m], ci.loc[m]
+        cells = []
+        for region in ("kidney", "tumor"):
+            cells += [
+                "—" if paper is None else f"{paper[region]:.2f}",
+                f"{pct(s[f'{region}_mean'])} ± {pct(s[f'{region}_sd'])}",
+                f"[{pct(c[f'{region}_low'])}, {pct(c[f'{region}_high'])}]",
+            ]
+        n = max(int(c["kidney_n"]), int(c["tumor_n"]))
+        lines.append(f"| {MODEL_NAMES.get(m, m)} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,9 @@ from kitsmsan.notebook import (
     page_root,
     postprocess,
     predict_cases,
+    reference_comparisons,
+    reference_record,
+    reference_table1,
     score_model,
     to_plain,
     train_config,
@@ -240,3 +243,70 @@ def test_to_plain_makes_json_ready_floats():
     out = to_plain({"a": np.float32(0.5), "b": {"c": np.int64(2)}, "d": [np.float64(1.5)], "e": "x"})
     assert out == {"a": 0.5, "b": {"c": 2.0}, "d": [1.5], "e": "x"}
     assert type(out["a"]) is float and json.dumps(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# the reference record as the results pages read it
+# ------------------------------------------------------------------------------------------------
+
+
+def test_reference_record_reads_skips_and_says_why(fake_reference, tmp_path, capsys):
+    ref = reference_record(fake_reference.parent, fake_reference.name)
+    assert ref is not None and ref.seeds == [0, 1, 2] and ref.num_iters == 123
+    assert reference_record(tmp_path, "") is None
+    assert "reference_dir is empty" in capsys.readouterr().out
+    assert reference_record(tmp_path, "absent") is None
+    out = capsys.readouterr().out
+    assert out.startswith("absent: no reference record there") and "kitsmsan reference" in out
+
+
+def test_reference_comparisons_count_the_seeds_that_share_the_sign(fake_reference):
+    import pandas as pd
+
+    ref = reference_record(fake_reference.parent, fake_reference.name)
+    table = reference_comparisons(ref, [("msan_v2", "msan_v1"), ("msan_v1", "unet3d")], n_resamples=500)
+    pc = pd.read_csv(fake_reference / "per_case.csv")
+    pc = pc[pc["postprocess"] == 2]
+    for _, row in table.iterrows():
+        # by hand: each seed's mean of a minus its mean of b (every case defined for both)
+        by_seed = [
+            pc[(pc["seed"] == s) & (pc["model"] == row["a"])][row["region"]].mean()
+            - pc[(pc["seed"] == s) & (pc["model"] == row["b"])][row["region"]].mean()
+            for s in (0, 1, 2)
+        ]
+        assert row["seed_differences"] == pytest.approx(by_seed, abs=1e-9)
+        assert row["seeds_agree"] == sum(np.sign(d) == np.sign(row["difference"]) for d in by_seed)
+        assert row["n_seeds"] == 3
+        assert row["sentence"].endswith(f"({row['seeds_agree']} of 3 training seeds with the same sign).")
+        # the interval is over the seed-averaged cases
+        avg = ref.cases(2)
+        a = avg[avg["model"] == row["a"]].set_index("case_id")[row["region"]]
+        b = avg[avg["model"] == row["b"]].set_index("case_id")[row["region"]]
+        assert row["difference"] == pytest.approx(float((a - b).mean()), abs=1e-12)
+    kidney = table.set_index(["a", "region"]).loc[("msan_v2", "kidney")]
+    assert kidney["seeds_agree"] == 2  # the fixture's MSAN-V2 falls behind in seed 2
+    assert table.set_index(["a", "region"]).loc[("msan_v1", "kidney"), "seeds_agree"] == 3
+    # post-processing levels of one model
+    levels = reference_comparisons(ref, [(2, 1)], by="postprocess", model="ensemble", n_resamples=500)
+    kid = levels.set_index("region").loc["kidney"]
+    assert kid["difference"] == pytest.approx(0.10, abs=1e-5) and kid["seeds_agree"] == 3
+    assert kid["verdict"] == "better"
+    with pytest.raises(ConfigError, match="needs the model"):
+        reference_comparisons(ref, [(2, 1)], by="postprocess")
+    with pytest.raises(ConfigError, match="expected 'model' or 'postprocess'"):
+        reference_comparisons(ref, [(2, 1)], by="seed")
+    with pytest.raises(DataError, match="no rows with model = 'vote'"):
+        reference_comparisons(ref, [("vote", "unet3d")])
+
+
+def test_reference_table1_sets_the_seeds_and_the_interval_beside_the_paper(fake_reference):
+    ref = reference_record(fake_reference.parent, fake_reference.name)
+    md = reference_table1(ref)
+    assert "the paper on KiTS19 beside ours on real-anatomy phantoms" in md
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    s = ref.seed_summary(2)
+    ens = s[s["model"] == "ensemble"]["kidney"]
+    assert f"| 94.38 | {100 * ens.mean():.1f} ± {100 * ens.std(ddof=1):.1f} |" in lines["Ensembled Model"]
+    assert "| — |" in lines["MSAN-V1 with Deep Supervision"]  # no row in the paper
+    assert lines["3D U-Net"].endswith("| 12 |")  # cases
+    assert "ensemble_plurality" not in md  # the alternatives are the ablations' business

@@ -20,9 +20,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from kitsmsan.reproduce import MODEL_NAMES
+from kitsmsan import reference, uncertainty
+from kitsmsan.notebook import reference_comparisons, reference_table1
+from kitsmsan.reproduce import DATA_ANATOMY, MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -382,8 +385,14 @@ def test_03_training_compared_reads_the_runs_and_trains_only_a_missing_one(tiny_
     assert sum("val_kidney" in r for r in rows) >= 2  # validated during training (eval_every)
 
 
+def _reference_lines(record) -> tuple[reference.Reference, list[str]]:
+    """The record and the lines a page prints about it: its provenance and the regenerating command."""
+    ref = reference.load_reference(record)
+    return ref, [f"reference run: {ref.describe()}", f"regenerate with: {reference.COMMAND}"]
+
+
 @pytest.mark.slow
-def test_04_evaluation_writes_table1(tiny_book):
+def test_04_evaluation_writes_table1(tiny_book, fake_reference):
     results = tiny_book["root"] / "eval"
     nb = _execute(
         tiny_book,
@@ -393,6 +402,7 @@ def test_04_evaluation_writes_table1(tiny_book):
         train_missing=False,
         results_dir=str(results),
         num_worst=1,
+        reference_dir=str(fake_reference),
     )
     for name in ("per_case.csv", "summary.csv", "summary.json", "summary.md", "table1.md"):
         assert (results / name).is_file(), name
@@ -401,8 +411,6 @@ def test_04_evaluation_writes_table1(tiny_book):
     assert "user data" in table or "phantoms" in table  # which data the numbers are from
     provenance = json.loads((results / "summary.json").read_text())["provenance"]
     assert provenance["training iterations"].startswith("unet3d 3")
-    import pandas as pd
-
     per_case = pd.read_csv(results / "per_case.csv")
     assert set(per_case["model"]) == {*VARIANTS, "ensemble"} and set(per_case["postprocess"]) == {0, 1, 2}
     assert len(per_case) == 6 * 2 * 3  # models x cases x post-processing
@@ -428,11 +436,31 @@ def test_04_evaluation_writes_table1(tiny_book):
         and "+3.48" in claims
     )
     assert "MSAN-V2 − MSAN-V1" in claims and "(vs " not in claims
+    assert "ours: reference, " in claims and "your run, " in claims and "seeds with its sign" in claims
+    # the reference run is the main comparison: its provenance, command, Table 1 and comparisons
+    ref, lines = _reference_lines(fake_reference)
+    for line in lines:
+        assert line in text, line
+    assert reference_table1(ref) in text
+    pairs = [(v, "unet3d") for v in VARIANTS[1:]]
+    pairs.append(("ensemble", "msan_v2_ds"))  # the fixture's best single network
+    ref_comparisons = reference_comparisons(ref, pairs, names=MODEL_NAMES)
+    for sentence in ref_comparisons["sentence"]:
+        assert sentence in text, sentence
     opening = _glued(nb, "evaluation_opening")
     assert opening.startswith(
-        f"Our numbers come from {provenance['data']}: 2 test cases, 3 training iterations"
+        f"Our numbers come from the reference run on {DATA_ANATOMY}: 12 test cases, 123 training "
+        "iterations per network, 3 training seeds"
     )
-    assert "no verdict in 5 of 5" in opening  # computed, not written by hand
+    assert uncertainty.summarize_verdicts(ref_comparisons) in opening  # computed, not written by hand
+    agree = int((ref_comparisons["seeds_agree"] == 3).sum())
+    assert f"In {agree} of those 10 comparisons all 3 seeds" in opening
+    # your run, beside it, with its own label
+    assert (
+        f"What your run gives ({provenance['data']}, 2 test cases, 3 training iterations per network, "
+        "1 training seed)" in opening
+    )
+    assert f"**Your run:** {provenance['data']}; 2 test cases; 3 iterations per network; seed 0;" in text
 
 
 @pytest.mark.slow
@@ -450,7 +478,7 @@ def test_04_evaluation_refuses_missing_runs(tiny_book):
 
 
 @pytest.mark.slow
-def test_05_ablations(tiny_book):
+def test_05_ablations(tiny_book, fake_reference):
     runs = tiny_book["root"] / "runs05"
     import shutil
 
@@ -463,6 +491,7 @@ def test_05_ablations(tiny_book):
         train_missing=False,
         ablation_iters=2,
         depths="1,4",
+        reference_dir=str(fake_reference),
     )
     results = json.loads((runs / "ablations" / "results.json").read_text())
     assert set(results["results"]) == {
@@ -493,12 +522,53 @@ def test_05_ablations(tiny_book):
         assert f"No verdict on kidney Dice for {a} vs {b}: " in text, (a, b)
     assert "vs msan_v1, 2 it: " in text  # deep supervision against the run without it
     # the summary lists every comparison, deep supervision and depth included
-    assert "Deep supervision (2 iterations): No verdict on kidney Dice for msan_v1_ds" in text
-    assert "Input depth (2 iterations): No verdict on kidney Dice for 1 slice vs 4 slices" in text
+    assert "Your run, deep supervision (2 iterations): No verdict on kidney Dice for msan_v1_ds" in text
+    assert "Your run, input depth (2 iterations): No verdict on kidney Dice for 1 slice vs 4 slices" in text
+    assert "Reference run (3 seeds), Res2Net: MSAN-V2 " in text
     assert "points [95 % CI]" in text and "in Table 1: kidney" in text  # the paper's claims beside ours
+    # the questions the reference run answers come from it: k, vote rule, deep supervision,
+    # attention, Res2Net — each a paired interval with the seeds' signs
+    ref, lines = _reference_lines(fake_reference)
+    for line in lines:
+        assert line in text, line
+    names = {"ensemble": "nested vote", "ensemble_plurality": "plurality vote", "ensemble_average": "average"}
+    ref_all = pd.concat(
+        [
+            reference_comparisons(
+                ref,
+                [(2, 1), (2, 0)],
+                by="postprocess",
+                model="ensemble",
+                names={2: "The ensemble with k = 2", 1: "with k = 1", 0: "with no post-processing"},
+            ),
+            reference_comparisons(
+                ref, [("ensemble", "ensemble_plurality"), ("ensemble", "ensemble_average")], names=names
+            ),
+            reference_comparisons(
+                ref,
+                [
+                    ("msan_v1_ds", "msan_v1"),
+                    ("msan_v2_ds", "msan_v2"),
+                    ("msan_v1", "unet3d"),
+                    ("msan_v2", "msan_v1"),
+                ],
+                names=MODEL_NAMES,
+            ),
+        ],
+        ignore_index=True,
+    )
+    for sentence in ref_all["sentence"]:
+        assert sentence in text, sentence
     opening = _glued(nb, "ablations_opening")
-    assert opening.startswith(f"These are {results['data']}, 2 test cases, one training seed, 2 iterations")
-    assert "Over the 8 comparisons of this page" in opening and "no verdict in 8 of 8" in opening
+    assert opening.startswith(
+        "The post-processing, vote, deep-supervision, attention and Res2Net comparisons come from the "
+        f"reference run on {DATA_ANATOMY}: 12 test cases, 123 iterations per network, 3 training seeds."
+    )
+    assert "Over its 8 comparisons the paired 95 % intervals over the seed-averaged cases give — " in opening
+    assert uncertainty.summarize_verdicts(ref_all) in opening
+    assert f"What your run gives: {results['data']}, 2 test cases, one training seed, 2 iterations" in opening
+    assert "Over its 8 comparisons the paired 95 % intervals give — " in opening
+    assert "no verdict in 8 of 8" in opening  # your run's 2 cases
 
 
 @pytest.mark.slow
@@ -528,10 +598,41 @@ def test_06_slice_viewer(tiny_book):
 
 
 @pytest.mark.slow
-def test_07_how_sure(tiny_book):
-    nb = _execute(tiny_book, "07_how_sure.ipynb", "07.ipynb", runs_dir="absent")
+def test_07_how_sure(tiny_book, fake_reference):
+    nb = _execute(
+        tiny_book, "07_how_sure.ipynb", "07.ipynb", runs_dir="absent", reference_dir=str(fake_reference)
+    )
     text = _text(nb)
     assert "absent/evaluation/per_case.csv: not there" in text  # says where the measured spread comes from
     assert "MSAN-V1 over 3D U-Net" in text and "on 10 cases" in text  # the paper's claim beside ten cases
     assert len(_outputs(nb, "image/png")) >= 1  # the resolvable-difference plot
-    assert "the book's own run scores six pure-phantom test cases" in text
+    assert "our reference run 12 real-anatomy phantoms" in text
+    # the spreads the simulation uses are the reference run's: per seed, the five networks at k = 2
+    ref, lines = _reference_lines(fake_reference)
+    assert lines[0] in text and "Measured on the reference run" in text
+    measured = (
+        pd.concat(
+            [
+                uncertainty.measured_spread(rows[rows["model"].isin(VARIANTS)])
+                for s in ref.seeds
+                for rows in [ref.cases(2, seed=s)]
+            ]
+        )
+        .groupby(level="region")[["sd", "rho"]]
+        .mean()
+    )
+    assert (
+        f"(SD kidney {measured.loc['kidney', 'sd']:.3f}, tumour {measured.loc['tumor', 'sd']:.3f}; "
+        f"ρ kidney {measured.loc['kidney', 'rho']:.2f}, tumour {measured.loc['tumor', 'rho']:.2f}; "
+        f"measured: reference run ({DATA_ANATOMY}))" in text
+    )
+    # a parameter set to a value replaces the measured one
+    nb = _execute(
+        tiny_book,
+        "07_how_sure.ipynb",
+        "07b.ipynb",
+        runs_dir="absent",
+        reference_dir=str(fake_reference),
+        tumor_sd=0.3,
+    )
+    assert f"(SD kidney {measured.loc['kidney', 'sd']:.3f}, tumour 0.300; ρ kidney " in _text(nb)

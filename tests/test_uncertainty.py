@@ -495,7 +495,7 @@ def test_how_sure_notebook_runs_and_measures_a_run(tmp_path):
         str(root / "notebooks" / "07_how_sure.ipynb"),
         str(out),
         cwd=str(root),
-        parameters={"smoke": True, "runs_dir": str(tmp_path)},
+        parameters={"smoke": True, "runs_dir": str(tmp_path), "reference_dir": ""},
         progress_bar=False,
         kernel_name="python3",
     )
@@ -508,6 +508,10 @@ def test_how_sure_notebook_runs_and_measures_a_run(tmp_path):
         for o in c.get("outputs", [])
     )
     assert "Measured from" in text and "of its 8" in text
+    # without a reference record the page says its spreads are assumptions, and which
+    assert (
+        "(SD kidney 0.040, tumour 0.250; ρ kidney 0.70, tumour 0.70; assumed (no reference record))" in text
+    )
     assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 1
 
 
