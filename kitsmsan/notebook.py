@@ -648,7 +648,9 @@ def reference_comparisons(
         per_seed = {s: ref.cases(k, seed=s) for s in ref.seeds}
     elif by == "postprocess":
         if model is None:
-            raise ConfigError("reference_comparisons: by='postprocess' needs the model whose levels to compare")
+            raise ConfigError(
+                "reference_comparisons: by='postprocess' needs the model whose levels to compare"
+            )
         averaged = pd.concat([ref.cases(level) for level in (0, 1, 2)], ignore_index=True)
         averaged = averaged[averaged["model"] == model]
         per_seed = {}

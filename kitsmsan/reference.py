@@ -416,6 +416,26 @@ class Reference:
         s = self.summary[self.summary["postprocess"] == k]
         return s.reset_index(drop=True)
 
+    def target_sentence(self, k: int = POSTPROCESS_K) -> str:
+        """Whether the seeds' mean vote reached :data:`TARGET`, region by region, as one sentence.
+
+        Returns:
+            e.g. ``"The seeds' mean vote scores kidney 92.3 % (target 90 %: reached) and tumour
+            47.3 % (target 50 %: not reached, 2.7 points short)."``; an empty string without a vote.
+        """
+        vote = self.provenance.get("vote")
+        rows = self.seed_summary(k)
+        rows = rows[rows["model"] == vote]
+        if rows.empty:
+            return ""
+        parts = []
+        for region, target in TARGET.items():
+            value = float(rows[region].mean())
+            status = "reached" if value >= target else f"not reached, {100 * (target - value):.1f} points short"
+            name = "tumour" if region == "tumor" else region
+            parts.append(f"{name} {100 * value:.1f} % (target {100 * target:.0f} %: {status})")
+        return f"The seeds' mean vote of the five networks scores {' and '.join(parts)}."
+
     def describe(self) -> str:
         """One line: data kind, cases, iterations, seeds, hardware, commit, wall time."""
         p = self.provenance
