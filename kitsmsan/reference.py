@@ -431,7 +431,9 @@ class Reference:
         parts = []
         for region, target in TARGET.items():
             value = float(rows[region].mean())
-            status = "reached" if value >= target else f"not reached, {100 * (target - value):.1f} points short"
+            status = (
+                "reached" if value >= target else f"not reached, {100 * (target - value):.1f} points short"
+            )
             name = "tumour" if region == "tumor" else region
             parts.append(f"{name} {100 * value:.1f} % (target {100 * target:.0f} %: {status})")
         return f"The seeds' mean vote of the five networks scores {' and '.join(parts)}."
