@@ -635,7 +635,8 @@ def reference_comparisons(
     Returns:
         :func:`kitsmsan.uncertainty.paired_table`'s columns (``a, b, region, difference, low, high, n,
         verdict, sentence``) plus ``seed_differences`` (a tuple, one per seed, fractions),
-        ``seeds_agree`` and ``n_seeds``; each sentence ends with the seeds' count, e.g. "3 of 3
+        ``seeds_agree``, ``n_seeds`` and ``seeds`` (``"2 of 3"``, or ``"identical in all 3"`` when
+        every seed gives exactly no difference: such a row agrees in no sign); each sentence ends with the seeds' count, e.g. "3 of 3
         points (3 of 3 training seeds with the same sign)."
 
     Raises:
@@ -660,20 +661,30 @@ def reference_comparisons(
     else:
         raise ConfigError(f"reference_comparisons: by={by!r}; expected 'model' or 'postprocess'")
     table = paired_table(averaged, pairs, by=by, names=names, **options)
-    diffs, agree = [], []
+    diffs, agree, seeds, sentences = [], [], [], []
+    n = len(ref.seeds)
     for _, row in table.iterrows():
         ds = tuple(_seed_difference(per_seed[s], row["a"], row["b"], by, row["region"]) for s in ref.seeds)
         diffs.append(ds)
-        agree.append(sum(1 for d in ds if np.sign(d) == np.sign(row["difference"])))
+        if row["difference"] == 0 and all(d == 0 for d in ds):
+            # no difference has no sign: such a row counts among no "seeds agree" tally
+            agree.append(0)
+            seeds.append(f"identical in all {n}")
+            sentences.append(f"{row['sentence']} The same in every training seed.")
+            continue
+        m = sum(1 for d in ds if np.sign(d) == np.sign(row["difference"]) != 0)
+        agree.append(m)
+        seeds.append(f"{m} of {n}")
+        sentences.append(
+            f"{row['sentence']} Seed by seed: "
+            + ", ".join(f"{100 * d:+.1f}" for d in ds)
+            + f" points ({m} of {n} training seeds with the same sign)."
+        )
     table["seed_differences"] = diffs
     table["seeds_agree"] = agree
-    table["n_seeds"] = len(ref.seeds)
-    table["sentence"] = [
-        f"{sentence} Seed by seed: "
-        + ", ".join(f"{100 * d:+.1f}" for d in ds)
-        + f" points ({m} of {len(ref.seeds)} training seeds with the same sign)."
-        for sentence, m, ds in zip(table["sentence"], agree, diffs)
-    ]
+    table["n_seeds"] = n
+    table["seeds"] = seeds
+    table["sentence"] = sentences
     return table
 
 

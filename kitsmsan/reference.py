@@ -436,7 +436,12 @@ class Reference:
             )
             name = "tumour" if region == "tumor" else region
             parts.append(f"{name} {100 * value:.1f} % (target {100 * target:.0f} %: {status})")
-        return f"The seeds' mean vote of the five networks scores {' and '.join(parts)}."
+        goal = ", ".join(f"{100 * t:.0f} % ({'tumour' if r == 'tumor' else r})" for r, t in TARGET.items())
+        return (
+            f"The run's target, set before it ran, is a vote of the five networks at a Dice of at least "
+            f"{goal} — the level at which we call its networks trained. The seeds' mean vote scores "
+            f"{' and '.join(parts)}."
+        )
 
     def describe(self) -> str:
         """One line: data kind, cases, iterations, seeds, hardware, commit, wall time."""

@@ -1069,6 +1069,7 @@ def plot_resolvable(
     sd_range: Mapping[str, Sequence[float]],
     *,
     rho_range: Sequence[float] = (0.5, 0.9),
+    rho: float | None = None,
     n_max: int = 60,
     n_paper: int = 10,
     power: float = POWER,
@@ -1085,8 +1086,9 @@ def plot_resolvable(
         differences: from :func:`paper_differences` (``a``, ``b``, ``region``, ``difference``).
         sd_range: per region ``(low, central, high)`` per-case Dice SD (fractions).
         rho_range: ``(low, high)`` between-model correlation; the band spans the worst and best
-            combination of SD and correlation, the line is the central SD at their mean.
-            Default (0.5, 0.9).
+            combination of SD and correlation. Default (0.5, 0.9).
+        rho: the central correlation of the line (with the central SD); default ``None``: the
+            middle of ``rho_range``. Pass the value the tables use, or line and tables disagree.
         n_max: largest number of cases on the x axis (default 60).
         n_paper: the paper's number of test cases, marked (default 10).
         power, alpha: of the minimum detectable difference (0.80, 0.05).
@@ -1114,14 +1116,14 @@ def plot_resolvable(
         layout="constrained",
     )
     rho_lo, rho_hi = min(rho_range), max(rho_range)
+    rho_mid = (rho_lo + rho_hi) / 2 if rho is None else float(rho)
+    if not rho_lo <= rho_mid <= rho_hi:
+        raise DataError(f"plot_resolvable: rho={rho_mid} is outside rho_range {tuple(rho_range)}")
     for ax, region in zip(axes[:, 0], regions):
         sd_lo, sd_mid, sd_hi = sd_range[region]
         color = REGION_COLORS.get(region, "C0")
         mid = [
-            scale
-            * min_detectable_difference(
-                difference_sd(sd_mid, rho=(rho_lo + rho_hi) / 2), n, power=power, alpha=alpha
-            )
+            scale * min_detectable_difference(difference_sd(sd_mid, rho=rho_mid), n, power=power, alpha=alpha)
             for n in ns
         ]
         best = [
@@ -1139,9 +1141,9 @@ def plot_resolvable(
             color=color,
             alpha=0.2,
             lw=0,
-            label=f"SD {sd_lo:g}–{sd_hi:g}, ρ {rho_lo:g}–{rho_hi:g}",
+            label=f"SD {sd_lo:.3f}–{sd_hi:.3f}, ρ {rho_lo:.2f}–{rho_hi:.2f}",
         )
-        ax.plot(ns, mid, color=color, lw=2, label=f"SD {sd_mid:g}, ρ {(rho_lo + rho_hi) / 2:g}")
+        ax.plot(ns, mid, color=color, lw=2, label=f"SD {sd_mid:.3f}, ρ {rho_mid:.2f}")
         ax.axvline(n_paper, color="0.4", ls="--", lw=1)
         sub = differences[differences["region"] == region].copy()
         sub["y"] = sub["difference"].abs().clip(lower=1e-3)

@@ -428,6 +428,16 @@ def test_resolvable_table_and_plot():
         np.round(d[d["region"] == "tumor"]["difference"].abs(), 2)
     )
     assert set(pts[:, 0]) == {10}
+    # the line is the central SD at the central correlation the tables use (not the range's middle)
+    fig2 = u.plot_resolvable(
+        d, {"tumor": (0.15, 0.25, 0.35)}, rho_range=(0.7, 0.99), rho=0.9, n_max=12, n_paper=10
+    )
+    line = fig2.axes[0].get_lines()[0]
+    at10 = float(np.interp(10, line.get_xdata(), line.get_ydata()))
+    assert at10 == pytest.approx(100 * u.min_detectable_difference(u.difference_sd(0.25, rho=0.9), 10))
+    assert "ρ 0.90" in line.get_label()
+    with pytest.raises(DataError, match="outside rho_range"):
+        u.plot_resolvable(d, {"tumor": (0.15, 0.25, 0.35)}, rho_range=(0.7, 0.8), rho=0.9)
     # read at the book's column width: no text under 10 pt, the dots' labels clear of each other
     from matplotlib.text import Text
 

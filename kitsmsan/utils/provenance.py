@@ -44,7 +44,8 @@ def device_name(device: str | None = None) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU {cpu} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def environment(device: str | None = None) -> dict[str, Any]:
