@@ -458,7 +458,8 @@ def compare_sentence(
     how = "paired bootstrap" if interval.kind == "paired difference" else "bootstrap"
 
     def pts(x: float) -> str:
-        return f"{scale * x:+.{digits}f}"
+        text = f"{scale * x:+.{digits}f}"
+        return text[1:] if float(text) == 0 else text  # "0.0", never "-0.0" or "+0.0"
 
     if v == NO_VERDICT:
         why = interval.degenerate or "no interval could be computed"
@@ -472,9 +473,11 @@ def compare_sentence(
             f"{a} is {word} than {b} on {region} Dice: {pts(interval.estimate)} points ({ci}, {how} "
             f"over {n} cases); the interval excludes 0."
         )
+    inside = interval.low <= 0 <= interval.high
     return (
         f"{a} and {b} are not distinguishable on {region} Dice on these {n} cases: "
-        f"{pts(interval.estimate)} points ({ci}, {how}) includes 0."
+        f"{pts(interval.estimate)} points ({ci}, {how}); the interval "
+        + ("includes 0." if inside else f"clears 0 by less than {100 * RESOLUTION:g} points.")
     )
 
 

@@ -895,7 +895,12 @@ def test_ctrl_c_stops_cleanly_and_keeps_partials(tmp_path, server, source):
         lines = [proc.stderr.readline()]  # blocks until the process handled the signal
         while lines[-1] and b"stopping" not in lines[-1]:  # (skip any earlier log line)
             lines.append(proc.stderr.readline())
-        assert b"stopping" in lines[-1], lines
+        if b"stopping" not in lines[-1]:  # say how the process ended, for the record
+            gate.set()
+            code = proc.wait(timeout=60)
+            raise AssertionError(
+                f"no stopping line: stderr {lines}, exit code {code}, stdout {proc.stdout.read()!r}"
+            )
         gate.set()  # now the held body goes on; the worker stops at its next chunk
         _, err = proc.communicate(timeout=60)
     finally:
