@@ -15,6 +15,7 @@ re-evaluated from its folder alone (nanoGPT style).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -161,7 +162,7 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
-        """The named preset (``"paper"`` or ``"smoke"``) with ``overrides`` applied.
+        """The named preset (a key of :data:`PRESETS`) with ``overrides`` applied.
 
         A ``model`` override is merged into the preset's ``model`` dict, so ``--set
         model.ds_placement=decoder`` changes that key and keeps the preset's ``base_channels``.
@@ -171,7 +172,7 @@ class TrainConfig:
         """
         if name not in PRESETS:
             raise ConfigError(f"preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})")
-        data = dict(PRESETS[name])
+        data = copy.deepcopy(PRESETS[name])  # a config never shares the preset's model dict
         overrides = dict(overrides)
         if isinstance(overrides.get("model"), dict) and isinstance(data.get("model"), dict):
             overrides["model"] = {**data["model"], **overrides["model"]}
@@ -391,6 +392,34 @@ PAPER_RECIPE: dict[str, Any] = dict(
     model={},
 )
 
+#: the ``smoke`` preset (also the base of ``cpu-reference``, which changes only what it lists)
+SMOKE_RECIPE: dict[str, Any] = dict(
+    num_slices=4,
+    crop_size=None,
+    batch_size=2,
+    loss="dice",
+    lr=3e-3,
+    lr_step=300,
+    lr_gamma=0.3,
+    num_iters=400,
+    train_cases="0-13",
+    test_cases="14-33",
+    amp="off",
+    channels_last=True,
+    compile=False,
+    ckpt_every=100,
+    eval_every=0,
+    eval_cases=2,
+    log_every=20,
+    projection_after=50,
+    workers=0,
+    device="cpu",
+    fg_fraction=0.8,
+    tumor_fraction=0.5,
+    threads=1,
+    model={"base_channels": 8},
+)
+
 #: Named presets (paths stay ``None``: the CLI fills them in).
 #:
 #: ``paper`` — the settings the MSAN paper states (§2.1, §3.1; :data:`PAPER_STATED`) plus the ones it
@@ -401,32 +430,7 @@ PAPER_RECIPE: dict[str, Any] = dict(
 #: under a minute per model (``book/fragments/decisions-training.md`` says why each value was chosen).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": PAPER_RECIPE,
-    "smoke": dict(
-        num_slices=4,
-        crop_size=None,
-        batch_size=2,
-        loss="dice",
-        lr=3e-3,
-        lr_step=300,
-        lr_gamma=0.3,
-        num_iters=400,
-        train_cases="0-13",
-        test_cases="14-33",
-        amp="off",
-        channels_last=True,
-        compile=False,
-        ckpt_every=100,
-        eval_every=0,
-        eval_cases=2,
-        log_every=20,
-        projection_after=50,
-        workers=0,
-        device="cpu",
-        fg_fraction=0.8,
-        tumor_fraction=0.5,
-        threads=1,
-        model={"base_channels": 8},
-    ),
+    "smoke": SMOKE_RECIPE,
     # ``colab``: the paper's recipe shortened to fit one Colab GPU session per network. Target: at
     # most 4 hours per network on Colab's free T4 (fp16 autocast) at the assumed 30 % of its datasheet
     # peak (kitsmsan.bench.memory.EFFICIENCY): 40,000 iterations of the slowest network (MSAN-V2,
@@ -456,30 +460,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # search is in book/fragments/decisions-reference.md. Changing a value makes the committed
     # record in book/data/reference/ stale (tests/test_reference.py; `kitsmsan reference --check`).
     "cpu-reference": dict(
-        num_slices=4,
-        crop_size=None,
-        batch_size=2,
-        loss="dice",
-        lr=3e-3,
+        SMOKE_RECIPE,
         lr_step=3000,
         lr_gamma=0.1,
         num_iters=5000,
         train_cases="0-59",
         test_cases="160-189",
-        amp="off",
-        channels_last=True,
-        compile=False,
         ckpt_every=500,
-        eval_every=0,
         eval_cases=0,
         log_every=50,
         projection_after=200,
-        workers=0,
-        device="cpu",
-        fg_fraction=0.8,
-        tumor_fraction=0.5,
-        threads=1,
-        model={"base_channels": 8},
     ),
 }
 
