@@ -883,6 +883,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_partials(tmp_path, server, source):
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C as a terminal delivers it: a runner started in the background of a shell without job
+        # control (`nohup make test &`) passes SIGINT on as ignored, and Python then keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     part = root / "case_00002" / "imaging.nii.gz.part"
     try:
