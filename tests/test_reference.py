@@ -186,3 +186,17 @@ def test_a_small_reference_run(tmp_path, kits_labels_dir):
     assert (out / "runs" / "seed0" / "unet3d" / "summary.json").stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(before, pd.read_csv(rec / "per_case.csv"))
     assert not list(rec.rglob("*.pt"))
+
+
+def test_check_of_a_missing_record_is_one_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    out = subprocess.run(
+        [sys.executable, "-m", "kitsmsan", "reference", "--check", "--record", str(missing)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and "reference record" in lines[0], out.stderr
+    assert not missing.exists()  # checking writes nothing
